@@ -4,6 +4,8 @@ Both directions are vectorised numpy: no Python loop over pixels or runs.
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 
@@ -13,11 +15,14 @@ def rle_encode(mask: np.ndarray) -> str:
     Pixels are numbered row-major from 1 at the top-left. An empty mask gives "".
     """
     flat = np.asarray(mask).reshape(-1).astype(bool, copy=False).view(np.uint8)
-    padded = np.empty(flat.size + 2, dtype=np.uint8)
-    padded[0] = padded[-1] = 0
-    padded[1:-1] = flat
-    # Run starts and ends are where the padded signal changes; +1 makes them 1-indexed.
-    edges = np.flatnonzero(padded[1:] != padded[:-1]) + 1
+    if flat.size == 0:
+        return ""
+    # 1-indexed position of the first pixel after each change; the image's ends close open runs.
+    edges = np.flatnonzero(flat[1:] != flat[:-1]) + 2
+    if flat[0]:
+        edges = np.concatenate(([1], edges))
+    if flat[-1]:
+        edges = np.concatenate((edges, [flat.size + 1]))
     if edges.size == 0:
         return ""
     edges[1::2] -= edges[::2]
@@ -25,8 +30,8 @@ def rle_encode(mask: np.ndarray) -> str:
 
 
 def _join_ints(values: np.ndarray) -> str:
-    """Space-separated decimal integers; `np.savetxt`-free and much faster than a join of str()."""
-    return " ".join(values.astype(str).tolist())
+    """Space-separated decimal integers; %-formatting a tuple is ~2x faster than a join of str()."""
+    return ("%d " * values.size % tuple(values.tolist()))[:-1]
 
 
 def rle_decode(rle: str, shape: tuple[int, int]) -> np.ndarray:
@@ -35,7 +40,7 @@ def rle_decode(rle: str, shape: tuple[int, int]) -> np.ndarray:
     n_pixels = height * width
     if not rle or rle.isspace():
         return np.zeros((height, width), dtype=np.uint8)
-    numbers = np.array(rle.split(), dtype=np.int64)
+    numbers = parse_ints(rle)
     starts, lengths = numbers[0::2] - 1, numbers[1::2]
     ends = starts + lengths
     # The mask is alternating gaps of 0 and runs of 1: repeat each value by its length.
@@ -49,6 +54,17 @@ def rle_decode(rle: str, shape: tuple[int, int]) -> np.ndarray:
     return np.repeat(values, counts).reshape(height, width)
 
 
+def parse_ints(text: str) -> np.ndarray:
+    """int64 array of the whitespace-separated integers in `text`; ValueError on anything else."""
+    with warnings.catch_warnings():
+        # NumPy only warns when the text has something that is not a number: make that an error.
+        warnings.simplefilter("error", DeprecationWarning)
+        try:
+            return np.fromstring(text, dtype=np.int64, sep=" ")
+        except DeprecationWarning as warning:
+            raise ValueError(f"not a list of integers: {text[:40]!r}") from warning
+
+
 def rle_problem(rle: str, n_pixels: int) -> str | None:
     """Why `rle` is not a well-formed mask of `n_pixels` pixels, or None when it is.
 
@@ -58,7 +74,7 @@ def rle_problem(rle: str, n_pixels: int) -> str | None:
     if not rle or rle.isspace():
         return None
     try:
-        numbers = np.array(rle.split(), dtype=np.int64)
+        numbers = parse_ints(rle)
     except ValueError:
         return "contains something that is not an integer"
     if numbers.size % 2:

@@ -1,0 +1,1 @@
+"""The workbench CLI, experiment config, run-dir layout and orchestration."""

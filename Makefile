@@ -1,0 +1,28 @@
+# Every target is one line; `make test` and `make demo` set everything up on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+WB := $(VENV)/bin/workbench
+CONFIG ?= configs/demo.yaml
+
+.PHONY: setup test demo folds bench clean-demo
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV) && $(PY) -m pip install -q --upgrade pip && $(PY) -m pip install -q -e '.[test]' && touch $@
+
+test: setup
+	$(PY) -m pytest -q
+
+demo: setup
+	$(WB) demo --config $(CONFIG)
+
+folds: setup
+	$(WB) folds --config $(CONFIG)
+
+bench: setup
+	$(PY) -m bench.run
+
+clean-demo:
+	rm -rf data/synthetic runs/demo

@@ -1,0 +1,49 @@
+"""The config loader: YAML to frozen dataclasses, overrides, unknown keys named."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from carvana.errors import WorkbenchError
+from workbench.config import load_config
+from tests.test_data_validation import assert_user_error, run_cli
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_demo_config_loads_frozen():
+    config = load_config(REPO / "configs" / "demo.yaml")
+    assert config.name == "demo" and config.run_dir == Path("runs/demo")
+    assert config.data == Path("data/synthetic") and config.synth.size == (480, 320)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.seed = 3
+
+
+def test_overrides(tmp_path):
+    config = load_config(REPO / "configs" / "demo.yaml", data=tmp_path / "d", run_dir=tmp_path / "r")
+    assert config.data == tmp_path / "d" and config.run_dir == tmp_path / "r"
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("data: x\nfolds:\n  n_fold: 3\n", "unknown key `folds.n_fold`"),
+    ("data: x\nepochs: 3\n", "unknown key `epochs`"),
+    ("data: x\nfolds:\n  n_folds: three\n", "`folds.n_folds` must be int"),
+    ("data: x\nfolds:\n  stratify: colour\n", "folds.stratify"),
+    ("data: x\nsynth:\n  size: 12\n", "synth.size"),
+    ("folds: {}\n", "no `data:`"),
+    ("data: [unclosed\n", "not valid YAML"),
+])
+def test_bad_config_names_the_key(tmp_path, text, fragment):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(WorkbenchError, match="bad.yaml") as error:
+        load_config(path)
+    assert fragment in str(error.value)
+
+
+def test_bad_config_cli_exits_cleanly(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("data: x\nfolds:\n  n_fold: 3\n")
+    assert_user_error(run_cli("folds", "--config", str(path)), "bad.yaml", "unknown key `folds.n_fold`")

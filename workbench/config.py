@@ -1,0 +1,146 @@
+"""The experiment config: a YAML file loaded into frozen dataclasses, validated on load.
+
+Unknown keys are rejected with their dotted name and the valid ones; relative paths are relative to
+the directory the command runs in (the repository root for `make` targets).
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from carvana.errors import WorkbenchError
+from folds import STRATIFY
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """The synthetic studio generated when the data folder is missing (`make demo`)."""
+
+    cars: int = 24
+    test_cars: int = 8
+    size: tuple[int, int] = (480, 320)  # (W, H)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class FoldsConfig:
+    n_folds: int = 5
+    stratify: str = "area"  # area | make | none
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.stratify not in STRATIFY:
+            raise ValueError(f"folds.stratify is {self.stratify!r}; valid: {', '.join(STRATIFY)}")
+        if self.n_folds < 2:
+            raise ValueError(f"folds.n_folds is {self.n_folds}; use 2 or more")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    name: str
+    data: Path
+    run_dir: Path
+    seed: int = 0
+    synth: SynthConfig | None = None
+    folds: FoldsConfig = field(default_factory=FoldsConfig)
+
+
+def load_config(path: Path, data: Path | None = None, run_dir: Path | None = None) -> ExperimentConfig:
+    """Load `path`; `data` and `run_dir` override the config's folders (the CLI's --data, --run-dir)."""
+    path = Path(path)
+    if not path.is_file():
+        raise WorkbenchError(f"{path}: config not found; see configs/ for examples")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise WorkbenchError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise WorkbenchError(f"{path}: the top level must be a mapping of keys to values")
+    raw.setdefault("name", path.stem)
+    raw.setdefault("run_dir", f"runs/{raw['name']}")
+    if data is not None:
+        raw["data"] = str(data)
+    if run_dir is not None:
+        raw["run_dir"] = str(run_dir)
+    if "data" not in raw:
+        raise WorkbenchError(f"{path}: no `data:` folder given; add `data: data/synthetic` or pass --data DIR")
+    try:
+        return _build(ExperimentConfig, raw, "")
+    except (TypeError, ValueError) as error:
+        raise WorkbenchError(f"{path}: {error}") from None
+
+
+def _build(cls: type, raw: object, prefix: str):
+    """Instantiate dataclass `cls` from a YAML mapping, recursively, rejecting unknown keys."""
+    if not isinstance(raw, dict):
+        raise TypeError(f"`{prefix.rstrip('.') or 'top level'}` must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key not in names:
+            raise ValueError(f"unknown key `{prefix}{key}` (valid keys: {', '.join(names)})")
+    kwargs = {key: _convert(hints[key], value, f"{prefix}{key}") for key, value in raw.items()}
+    return cls(**kwargs)
+
+
+def _convert(hint: object, value: object, name: str) -> object:
+    """Convert a YAML value to the field's type (dataclass, Path, tuple, optional, scalar)."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        options = [h for h in typing.get_args(hint) if h is not type(None)]
+        return None if value is None else _convert(options[0], value, name)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, name + ".")
+    if hint is Path:
+        return Path(str(value))
+    if typing.get_origin(hint) is tuple:
+        return _convert_tuple(hint, value, name)
+    if hint in (int, float, str, bool):
+        if hint is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+            raise TypeError(f"`{name}` must be {hint.__name__}, got {value!r}")
+        return value
+    return value
+
+
+def _convert_tuple(hint: object, value: object, name: str) -> tuple:
+    """Tuples come as YAML lists, or as `WxH` strings for (W, H) sizes."""
+    if isinstance(value, str) and "x" in value:
+        value = value.split("x")
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(f"`{name}` must be a list like [480, 320] or a size like 480x320, got {value!r}")
+    kinds = typing.get_args(hint)
+    if len(kinds) != len(value):
+        raise TypeError(f"`{name}` needs {len(kinds)} values, got {value!r}")
+    try:
+        return tuple(kind(v) for kind, v in zip(kinds, value))
+    except ValueError:
+        raise TypeError(f"`{name}` has a value that is not a number: {value!r}") from None
+
+
+def config_to_dict(config: object) -> dict:
+    """A plain dict of a config dataclass, paths as strings, for saving as YAML."""
+    def plain(value: object) -> object:
+        if isinstance(value, Path):
+            return str(value)
+        if isinstance(value, tuple):
+            return list(value)
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+    return plain(dataclasses.asdict(config))
+
+
+def save_resolved(config: ExperimentConfig) -> Path:
+    """Write the resolved config to RUN/config.yaml atomically."""
+    config.run_dir.mkdir(parents=True, exist_ok=True)
+    path = config.run_dir / "config.yaml"
+    tmp = path.with_name("config.yaml.tmp")
+    tmp.write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    tmp.replace(path)
+    return path

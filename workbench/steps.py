@@ -1,0 +1,69 @@
+"""The steps of a run, each a plain function of the config: data, folds (and later zoo, stack)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from carvana.dataset import CarvanaData, car_of
+from carvana.errors import WorkbenchError
+from carvana.validate import DataSummary, check_data
+from folds import Folds, assign_folds, car_strata, read_folds, write_folds
+from workbench.config import ExperimentConfig, save_resolved
+
+FOLDS_CSV = "folds.csv"
+
+
+def ensure_data(config: ExperimentConfig) -> DataSummary:
+    """Generate the synthetic studio when the config asks for it and the folder is missing; check it."""
+    if not config.data.exists() and config.synth is not None:
+        from carvana.synth import generate
+
+        synth = config.synth
+        print(f"generating the synthetic studio in {config.data} ({synth.cars} + {synth.test_cars} cars, "
+              f"{synth.size[0]}x{synth.size[1]})")
+        generate(config.data, synth.cars, synth.test_cars, synth.size, synth.seed)
+    return check_data(config.data)
+
+
+def make_folds(config: ExperimentConfig) -> Folds:
+    """Write RUN/folds.csv: car-grouped, stratified, seeded. Refuses to replace a different one."""
+    check_data(config.data)
+    data = CarvanaData(config.data)
+    cars = sorted({car_of(img) for img in data.train_ids})
+    strata = car_strata(data, cars, config.folds.stratify)
+    fold_of_car = assign_folds(cars, strata, config.folds.n_folds, config.folds.seed)
+    path = config.run_dir / FOLDS_CSV
+    if path.exists():
+        existing = read_folds(path, data.train_ids)
+        wanted = {img: fold_of_car[car_of(img)] for img in data.train_ids}
+        if existing.fold_of != wanted:
+            raise WorkbenchError(
+                f"{path}: exists with a different assignment; every result in {config.run_dir} is built on it. "
+                "Use another --run-dir, or delete the run folder to start over"
+            )
+        return existing
+    save_resolved(config)
+    return write_folds(path, fold_of_car, data.train_ids)
+
+
+def load_folds(config: ExperimentConfig) -> Folds:
+    """RUN/folds.csv, checked against the data; a clear error when `workbench folds` has not run."""
+    path = config.run_dir / FOLDS_CSV
+    if not path.exists():
+        raise WorkbenchError(f"{path}: not found; run `workbench folds --config ...` first")
+    return read_folds(path, CarvanaData(config.data).train_ids)
+
+
+def describe_folds(folds: Folds) -> str:
+    lines = []
+    for k in range(folds.n_folds):
+        lines.append(f"  fold {k}: {len(folds.cars(k))} cars, {len(folds.ids(k))} images")
+    return "\n".join(lines)
+
+
+def run_demo(config: ExperimentConfig) -> None:
+    """The whole pipeline on the config's data (synthetic when missing)."""
+    print(ensure_data(config))
+    folds = make_folds(config)
+    print(f"{config.run_dir / FOLDS_CSV}: {folds.n_folds} car-grouped folds\n{describe_folds(folds)}")
+
+
