@@ -1,0 +1,214 @@
+"""Blends of members' probability maps as scikit-learn-style estimators.
+
+Every blender takes X: (N, M, H, W) uint8 levels (probability x 255) or float probabilities in [0, 1],
+and y: (N, H, W) 0/1 truth; `fit(X, y)` returns self and `predict_proba(X)` returns (N, H, W) float32
+probabilities. Members are converted to float32 one at a time, so predicting on a batch costs the
+output plus one member, never a float copy of all of X.
+"""
+from __future__ import annotations
+
+from itertools import permutations
+from typing import ClassVar, Iterator
+
+import numpy as np
+from sklearn.base import BaseEstimator
+from sklearn.utils.validation import check_is_fitted
+
+from carvana.errors import WorkbenchError
+from stacking.evaluate import DiceEvaluator
+
+
+def _check_members(X: np.ndarray) -> np.ndarray:
+    """X as an array (N, M, H, W) of uint8 levels or floats in [0, 1]."""
+    X = np.asarray(X)
+    if X.ndim != 4:
+        raise ValueError(f"X must be (N, M, H, W) member maps, got shape {X.shape}")
+    if X.dtype != np.uint8 and (not np.issubdtype(X.dtype, np.floating) or X.min() < 0 or X.max() > 1):
+        raise ValueError(f"X must be uint8 levels or floats in [0, 1], got {X.dtype}")
+    return X
+
+
+def _member_probabilities(X: np.ndarray) -> Iterator[np.ndarray]:
+    """Each member's (N, H, W) float32 probabilities, one member at a time."""
+    for m in range(X.shape[1]):
+        member = X[:, m]
+        yield member.astype(np.float32) / np.float32(255) if member.dtype == np.uint8 else member.astype(np.float32)
+
+
+def _levels(image_members: np.ndarray) -> np.ndarray:
+    """(M, H, W) uint8 levels of one image; floats are rounded to the nearest of the 256 levels."""
+    if image_members.dtype == np.uint8:
+        return image_members
+    return np.rint(image_members * 255).astype(np.uint8)
+
+
+class _Blender(BaseEstimator):
+    """Shared fit/predict plumbing: subclasses define `name` and `_blend`."""
+
+    name: ClassVar[str]
+
+    def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> _Blender:
+        """Check X (N, M, H, W) and, if given, y (N, H, W); fixed blenders learn only the member count."""
+        X = _check_members(X)
+        if y is not None and np.shape(y) != X.shape[:1] + X.shape[2:]:
+            raise ValueError(f"y must be (N, H, W) = {X.shape[:1] + X.shape[2:]}, got {np.shape(y)}")
+        self.n_members_ = X.shape[1]
+        return self
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """Blended probabilities (N, H, W) float32 of X (N, M, H, W)."""
+        check_is_fitted(self)
+        X = _check_members(X)
+        if X.shape[1] != self.n_members_:
+            raise ValueError(f"X has {X.shape[1]} members, the blender was fitted on {self.n_members_}")
+        return self._blend(X)
+
+    def _blend(self, X: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class MeanBlender(_Blender):
+    """Arithmetic mean of the members' probabilities (1st place's equal-weight average)."""
+
+    name = "mean"
+
+    def _blend(self, X: np.ndarray) -> np.ndarray:
+        total = sum(_member_probabilities(X))
+        return (total / np.float32(X.shape[1])).astype(np.float32)
+
+
+class LogitMeanBlender(_Blender):
+    """sigmoid(mean of logits): the normalised geometric mean G(p) / (G(p) + G(1 - p)).
+
+    Probabilities are clipped to [eps, 1 - eps] first, so a single confident member (0 or 255) moves
+    the blend by a bounded logit(1 - eps) / M instead of vetoing every other member.
+    """
+
+    name = "logit_mean"
+
+    def __init__(self, eps: float = 1e-3) -> None:
+        self.eps = eps
+
+    def _blend(self, X: np.ndarray) -> np.ndarray:
+        if not 0 < self.eps < 0.5:
+            raise ValueError(f"eps must be in (0, 0.5), got {self.eps}")
+        total = np.zeros(X.shape[:1] + X.shape[2:], dtype=np.float32)
+        for p in _member_probabilities(X):
+            p = np.clip(p, self.eps, 1 - self.eps)
+            total += np.log(p) - np.log1p(-p)
+        return (1 / (1 + np.exp(-total / np.float32(X.shape[1])))).astype(np.float32)
+
+
+class VoteBlender(_Blender):
+    """Fraction of members voting car, a member voting where its probability >= `threshold`.
+
+    For uint8 levels and threshold 0.5 a vote is level >= 128. Ties: with an even member count, exactly
+    half the votes gives 0.5, which the workbench's `blend >= 0.5` rule counts as car; threshold the
+    output at a value just above 0.5 to make ties background instead.
+    """
+
+    name = "vote"
+
+    def __init__(self, threshold: float = 0.5) -> None:
+        self.threshold = threshold
+
+    def _blend(self, X: np.ndarray) -> np.ndarray:
+        votes = np.zeros(X.shape[:1] + X.shape[2:], dtype=np.float32)
+        for p in _member_probabilities(X):
+            votes += p >= np.float32(self.threshold)
+        return votes / np.float32(X.shape[1])
+
+
+class WeightedMeanBlender(_Blender):
+    """Weighted mean whose weights (>= 0, summing to 1) maximise mean per-image Dice at `threshold`.
+
+    Method: deterministic coordinate search on the simplex, scored exactly by `DiceEvaluator`. From
+    equal weights, try moving `step` of weight (or all a member has, if less) from member j to member
+    i for every ordered pair, in an order shuffled once by `random_state`; keep a move only if it
+    strictly improves the score. Repeat passes until none improves (at most `max_passes`), then halve
+    the step, `n_halvings` times. Dice of a thresholded blend is piecewise constant in the weights, so
+    a gradient-free search is the honest choice; ties keep the earlier (more equal) weights.
+    Learned: `weights_` (M,) float64, `score_` (the training mean Dice at those weights).
+    """
+
+    name = "weighted_mean"
+
+    def __init__(self, threshold: float = 0.5, initial_step: float = 0.5, n_halvings: int = 4,
+                 max_passes: int = 10, random_state: int = 0) -> None:
+        self.threshold = threshold
+        self.initial_step = initial_step
+        self.n_halvings = n_halvings
+        self.max_passes = max_passes
+        self.random_state = random_state
+
+    def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> WeightedMeanBlender:
+        """Learn weights from X (N, M, H, W) and truth y (N, H, W) 0/1."""
+        if y is None:
+            raise ValueError("WeightedMeanBlender.fit needs the truth y (N, H, W)")
+        super().fit(X, y)
+        evaluator = DiceEvaluator(self.n_members_)
+        for image_members, truth in zip(np.asarray(X), np.asarray(y)):
+            evaluator.add_image(_levels(image_members), truth, 1)
+        return self.fit_evaluator(evaluator)
+
+    def fit_evaluator(self, evaluator: DiceEvaluator) -> WeightedMeanBlender:
+        """Learn weights from a ready evaluator (e.g. one streamed from the OOF store)."""
+        self.n_members_ = evaluator.n_members
+        self.weights_, self.score_ = search_simplex_weights(
+            evaluator, self.threshold, self.initial_step, self.n_halvings, self.max_passes, self.random_state)
+        return self
+
+    def _blend(self, X: np.ndarray) -> np.ndarray:
+        total = np.zeros(X.shape[:1] + X.shape[2:], dtype=np.float32)
+        for p, w in zip(_member_probabilities(X), self.weights_):
+            total += np.float32(w) * p
+        return total
+
+
+def search_simplex_weights(evaluator: DiceEvaluator, threshold: float, initial_step: float = 0.5,
+                           n_halvings: int = 4, max_passes: int = 10,
+                           random_state: int = 0) -> tuple[np.ndarray, float]:
+    """Coordinate search for weights (M,) float64 on the simplex; see `WeightedMeanBlender`."""
+    n = evaluator.n_members
+    moves = list(permutations(range(n), 2))
+    moves = [moves[i] for i in np.random.default_rng(random_state).permutation(len(moves))]
+    weights = np.full(n, 1 / n)
+    best = evaluator.score(threshold, weights)
+    step = initial_step
+    for _ in range(n_halvings + 1):
+        for _ in range(max_passes):
+            improved = False
+            for to, frm in moves:
+                moved = min(step, weights[frm])
+                if moved <= 0:
+                    continue
+                candidate = weights.copy()
+                candidate[frm] -= moved
+                candidate[to] += moved
+                score = evaluator.score(threshold, candidate)
+                if score > best:
+                    weights, best, improved = candidate, score, True
+            if not improved:
+                break
+        step /= 2
+    return weights, best
+
+
+def _registry(classes: list[type[_Blender]]) -> dict[str, type[_Blender]]:
+    registry: dict[str, type[_Blender]] = {}
+    for cls in classes:
+        if cls.name in registry:
+            raise ValueError(f"duplicate blender name {cls.name!r}: {registry[cls.name].__name__} and {cls.__name__}")
+        registry[cls.name] = cls
+    return registry
+
+
+BLENDERS = _registry([MeanBlender, LogitMeanBlender, VoteBlender, WeightedMeanBlender])
+
+
+def make_blender(name: str, **params: object) -> _Blender:
+    """A new blender by registry name; an unknown name raises WorkbenchError listing the valid ones."""
+    if name not in BLENDERS:
+        raise WorkbenchError(f"unknown blender {name!r}; valid names: {', '.join(sorted(BLENDERS))} "
+                             "(fix the blender name in the experiment config)")
+    return BLENDERS[name](**params)

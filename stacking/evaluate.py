@@ -1,0 +1,271 @@
+"""Fast, exact mean per-image Dice for Optuna trials over members' uint8 probability maps.
+
+The decision rule (the fast path and `brute_force_mean_dice` share it, so they agree exactly):
+
+* Member maps are uint8 levels v_m = probability x 255, shape (H, W) per image.
+* Trial weights w (non-negative, not all zero; None = equal) are normalised and rounded to integers
+  W_m = round(WEIGHT_SCALE * w_m / sum(w)); None gives W_m = 1. Equal weights therefore reduce to the
+  plain mean, and any weight is honoured to 1 / 65,536 of the total.
+* The blend of a pixel is S / (255 * sum(W)) with S = sum_m W_m * v_m, an exact integer.
+* A pixel is car where blend >= t, compared exactly against t's binary value, i.e. where
+  S >= ceil(t * 255 * sum(W)) computed in rationals. For one member this is level >= ceil(255 t).
+* t lies in (0, 1]; one global t, or 16 per-angle values where t[a - 1] applies to angle a.
+
+Exact integers make ties well defined: a threshold on a level and the same blend under scaled weights
+always decide alike, and no float rounding can flip a pixel between the two paths.
+
+Why it is fast: with equal weights every image is reduced to two histograms of S (truth-positive and
+truth-negative pixels), so a trial is a lookup per image, independent of image size. For weighted
+trials, pixels where every member is 0 (never car for t > 0) or every member is 255 (always car for
+t <= 1) are counted once; only the remaining "uncertain" pixels are stored, as uint8 member values
+grouped by truth, angle and image, and each trial blends only those.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from carvana.metric import dice
+
+WEIGHT_SCALE = 2**16  # 255 * (2**16 + n_members) stays far inside int32
+N_ANGLES = 16
+
+
+def quantize_weights(weights: np.ndarray | Sequence[float] | None, n_members: int) -> np.ndarray:
+    """The integer weights W (n_members,) int64 that define a blend; None means all ones."""
+    if weights is None:
+        return np.ones(n_members, dtype=np.int64)
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape != (n_members,) or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+        raise ValueError(f"weights must be {n_members} finite non-negative numbers, not all zero; got {weights!r}")
+    return np.rint(w / w.sum() * WEIGHT_SCALE).astype(np.int64)
+
+
+def level_thresholds(threshold: float | Sequence[float] | np.ndarray, total_weight: int) -> np.ndarray:
+    """Smallest car S per angle: (16,) int64 ceil(t * 255 * total_weight), exact in rationals."""
+    t = np.asarray(threshold, dtype=np.float64)
+    if t.ndim == 0:
+        t = np.full(N_ANGLES, float(t))
+    if t.shape != (N_ANGLES,) or not np.all((t > 0) & (t <= 1)):
+        raise ValueError(f"threshold must be one number or {N_ANGLES} numbers in (0, 1]; got {threshold!r}")
+    scale = 255 * int(total_weight)
+    return np.array([math.ceil(Fraction(float(x)) * scale) for x in t], dtype=np.int64)
+
+
+def _dice_from_counts(tp: np.ndarray, n_pred: np.ndarray, n_truth: np.ndarray) -> np.ndarray:
+    """Per-image Dice (N,) float64 from integer counts; 1.0 where prediction and truth are both empty."""
+    total = n_pred + n_truth
+    return np.where(total == 0, 1.0, 2.0 * tp / np.maximum(total, 1))
+
+
+def _segment_counts(flags: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Number of True flags in each segment flags[offsets[i]:offsets[i+1]]: (n_segments,) int64."""
+    starts, lengths = offsets[:-1], np.diff(offsets)
+    counts = np.zeros(lengths.size, dtype=np.int64)
+    nonempty = lengths > 0
+    if nonempty.any():
+        # reduceat over non-empty starts only: each then sums exactly up to the next non-empty start.
+        counts[nonempty] = np.add.reduceat(flags.view(np.uint8), starts[nonempty], dtype=np.int64)
+    return counts
+
+
+@dataclass
+class _Uncertain:
+    """Uncertain pixels of one truth class, images in angle-sorted order, packed for trials.
+
+    values: (n_members, n_pixels) uint8; offsets: (n_images + 1,) int64 image boundaries;
+    angle_bounds: (17,) int64 pixel boundaries of angles 1..16.
+    """
+
+    values: np.ndarray
+    offsets: np.ndarray
+    angle_bounds: np.ndarray
+
+    def predicted_counts(self, weights: np.ndarray, k_by_angle: np.ndarray) -> np.ndarray:
+        """Per image (angle-sorted order) number of pixels with S >= k of its angle: (n_images,) int64."""
+        blend = np.zeros(self.values.shape[1], dtype=np.int32)
+        for member_values, w in zip(self.values, weights):
+            if w:
+                blend += member_values * np.int32(w)
+        if np.all(k_by_angle == k_by_angle[0]):
+            car = blend >= k_by_angle[0]
+        else:
+            car = np.empty(blend.size, dtype=bool)
+            for a in range(N_ANGLES):
+                lo, hi = self.angle_bounds[a], self.angle_bounds[a + 1]
+                np.greater_equal(blend[lo:hi], k_by_angle[a], out=car[lo:hi])
+        return _segment_counts(car, self.offsets)
+
+
+class DiceEvaluator:
+    """Mean per-image Dice of (blend >= threshold) vs truth, for many trials over the same maps.
+
+    Feed images with `add_image` (streaming) or build with `from_arrays` / `from_images`; then
+    `score(threshold, weights)` and `per_image(threshold, weights)` follow the module's decision rule.
+    Memory: two (S-histogram) rows of 255 * n_members + 2 int32 per image, plus n_members bytes and a
+    little per uncertain pixel; never a float copy of the maps.
+    """
+
+    def __init__(self, n_members: int) -> None:
+        if not 1 <= n_members <= 257:  # the uint16 level sum holds up to 257 members
+            raise ValueError(f"n_members must be in 1..257, got {n_members}")
+        self.n_members = n_members
+        self._max_sum = 255 * n_members
+        self._hists: list[np.ndarray] = []  # per image (2, max_sum + 1): truth-negative, truth-positive
+        self._angles: list[int] = []
+        self._chunks: list[tuple[np.ndarray, np.ndarray]] = []  # per image (values_pos, values_neg)
+        self.n_pixels = 0
+        self._packed: tuple | None = None
+
+    @classmethod
+    def from_arrays(cls, maps: Sequence[np.ndarray] | np.ndarray, truths: np.ndarray,
+                    angles: Sequence[int] | np.ndarray) -> DiceEvaluator:
+        """Build from per-member maps (M of (N, H, W) uint8), truths (N, H, W) 0/1 and angles (N,) 1..16."""
+        evaluator = cls(len(maps))
+        for i, (truth, angle) in enumerate(zip(truths, angles, strict=True)):
+            evaluator.add_image(np.stack([m[i] for m in maps]), truth, int(angle))
+        return evaluator
+
+    @classmethod
+    def from_images(cls, images: Iterable[tuple[np.ndarray, np.ndarray, int]]) -> DiceEvaluator:
+        """Build from an iterable of (maps (M, H, W) uint8, truth (H, W), angle) without holding them all."""
+        evaluator = None
+        for maps, truth, angle in images:
+            evaluator = evaluator or cls(len(maps))
+            evaluator.add_image(maps, truth, angle)
+        if evaluator is None:
+            raise ValueError("DiceEvaluator.from_images: no images")
+        return evaluator
+
+    def add_image(self, maps: np.ndarray, truth: np.ndarray, angle: int) -> None:
+        """Add one image: maps (M, H, W) uint8 levels, truth (H, W) (non-zero = car), angle in 1..16."""
+        maps = np.asarray(maps)
+        truth = np.asarray(truth)
+        if maps.dtype != np.uint8 or maps.ndim != 3 or maps.shape[0] != self.n_members:
+            raise ValueError(f"maps must be ({self.n_members}, H, W) uint8, got {maps.shape} {maps.dtype}")
+        if truth.shape != maps.shape[1:]:
+            raise ValueError(f"truth shape {truth.shape} differs from maps {maps.shape[1:]}")
+        if not 1 <= int(angle) <= N_ANGLES:
+            raise ValueError(f"angle must be in 1..{N_ANGLES}, got {angle}")
+        self._unpack()
+        flat = maps.reshape(self.n_members, -1)
+        car = truth.reshape(-1) != 0
+        level_sum = flat.sum(axis=0, dtype=np.uint16)
+        bins = level_sum.astype(np.int32)
+        bins[car] += self._max_sum + 1
+        self._hists.append(np.bincount(bins, minlength=2 * (self._max_sum + 1))
+                           .astype(np.int32).reshape(2, -1))
+        # S == 0 means every member is 0, S == 255 M every member is 255: decided for any trial.
+        uncertain = (level_sum != 0) & (level_sum != self._max_sum)
+        self._chunks.append((flat[:, uncertain & car], flat[:, uncertain & ~car]))
+        self._angles.append(int(angle))
+        self.n_pixels += car.size
+
+    @property
+    def n_images(self) -> int:
+        return len(self._angles)
+
+    @property
+    def n_uncertain(self) -> int:
+        """Number of stored uncertain pixels over all images."""
+        self._pack()
+        return sum(part.values.shape[1] for part in self._packed[1])
+
+    @property
+    def uncertain_share(self) -> float:
+        """Share of all pixels that weighted trials must blend."""
+        return self.n_uncertain / max(self.n_pixels, 1)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the packed arrays (histogram suffix sums and uncertain pixels)."""
+        self._pack()
+        suffix, parts, *_ = self._packed
+        return suffix.nbytes + sum(p.values.nbytes + p.offsets.nbytes for p in parts)
+
+    def per_image(self, threshold: float | Sequence[float] | np.ndarray,
+                  weights: np.ndarray | Sequence[float] | None = None) -> np.ndarray:
+        """Dice of each image, (N,) float64 in the order the images were added."""
+        self._pack()
+        suffix, parts, order, angles = self._packed
+        w = quantize_weights(weights, self.n_members)
+        if np.all(w == w[0]):  # equal weights: S itself decides, read it off the histograms
+            k_img = level_thresholds(threshold, self.n_members)[angles - 1]
+            rows = np.arange(angles.size)
+            tp, fp = suffix[1, rows, k_img], suffix[0, rows, k_img]
+        else:
+            k = level_thresholds(threshold, int(w.sum()))
+            tp, fp = np.empty(angles.size, np.int64), np.empty(angles.size, np.int64)
+            tp[order] = parts[0].predicted_counts(w, k)
+            fp[order] = parts[1].predicted_counts(w, k)
+            tp += suffix[1, :, -2]  # pixels where every member is 255
+            fp += suffix[0, :, -2]
+        return _dice_from_counts(tp, tp + fp, suffix[1, :, 0])
+
+    def score(self, threshold: float | Sequence[float] | np.ndarray,
+              weights: np.ndarray | Sequence[float] | None = None) -> float:
+        """Mean per-image Dice of the trial (see the module docstring for the rule)."""
+        return float(self.per_image(threshold, weights).mean())
+
+    def _pack(self) -> None:
+        """Concatenate the per-image chunks into angle-sorted arrays, freeing chunks as they are copied."""
+        if self._packed is not None:
+            return
+        if not self._angles:
+            raise ValueError("DiceEvaluator has no images")
+        angles = np.array(self._angles, dtype=np.int64)
+        order = np.argsort(angles, kind="stable")
+        hists = np.stack(self._hists)  # (N, 2, max_sum + 1)
+        suffix = np.zeros((2, angles.size, self._max_sum + 2), dtype=np.int32)
+        suffix[:, :, :-1] = np.cumsum(hists[:, :, ::-1], axis=2, dtype=np.int64)[:, :, ::-1].transpose(1, 0, 2)
+        parts = tuple(self._pack_class(c, order, angles) for c in (0, 1))
+        self._chunks = []
+        self._packed = (suffix, parts, order, angles)
+
+    def _pack_class(self, cls_index: int, order: np.ndarray, angles: np.ndarray) -> _Uncertain:
+        sizes = np.array([self._chunks[i][cls_index].shape[1] for i in order], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(sizes)])
+        values = np.empty((self.n_members, int(offsets[-1])), dtype=np.uint8)
+        for rank, i in enumerate(order):
+            values[:, offsets[rank]:offsets[rank + 1]] = self._chunks[i][cls_index]
+        first_image_of_angle = np.searchsorted(angles[order], np.arange(1, N_ANGLES + 2))
+        return _Uncertain(values, offsets, offsets[first_image_of_angle])
+
+    def _unpack(self) -> None:
+        """Turn packed arrays back into per-image chunks (views) so more images can be added."""
+        if self._packed is None:
+            return
+        _, parts, order, _ = self._packed
+        chunks: list[list[np.ndarray]] = [[None, None] for _ in order]
+        for cls_index, part in enumerate(parts):
+            for rank, i in enumerate(order):
+                chunks[i][cls_index] = part.values[:, part.offsets[rank]:part.offsets[rank + 1]]
+        self._chunks = [tuple(c) for c in chunks]
+        self._packed = None
+
+
+def brute_force_per_image(maps: Sequence[np.ndarray] | np.ndarray, truths: np.ndarray,
+                          angles: Sequence[int] | np.ndarray, threshold: float | Sequence[float] | np.ndarray,
+                          weights: np.ndarray | Sequence[float] | None = None) -> np.ndarray:
+    """Slow obvious reference: blend every pixel of each image, threshold, `carvana.metric.dice`.
+
+    maps: M of (N, H, W) uint8; truths (N, H, W); angles (N,) 1..16. Returns (N,) float64.
+    """
+    w = quantize_weights(weights, len(maps))
+    k = level_thresholds(threshold, int(w.sum()))
+    scores = []
+    for i, (truth, angle) in enumerate(zip(truths, angles, strict=True)):
+        blend = sum(int(w[m]) * maps[m][i].astype(np.int64) for m in range(len(maps)))
+        scores.append(dice(blend >= k[int(angle) - 1], truth))
+    return np.array(scores)
+
+
+def brute_force_mean_dice(maps: Sequence[np.ndarray] | np.ndarray, truths: np.ndarray,
+                          angles: Sequence[int] | np.ndarray, threshold: float | Sequence[float] | np.ndarray,
+                          weights: np.ndarray | Sequence[float] | None = None) -> float:
+    """Mean of `brute_force_per_image`: the reference `DiceEvaluator.score` must equal."""
+    return float(np.mean(brute_force_per_image(maps, truths, angles, threshold, weights)))
