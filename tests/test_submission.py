@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import gzip
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -200,3 +202,10 @@ def test_parse_image_size():
     for bad in ["1918", "0x5", "axb", "1x2x3"]:
         with pytest.raises(WorkbenchError, match="WxH"):
             parse_image_size(bad)
+
+
+def test_submission_modules_never_import_heavy_frameworks():
+    code = ("import sys, stacking.submission, stacking.blend_files, stacking.score; "
+            "print([m for m in ('torch', 'tensorflow') if m in sys.modules])")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

@@ -1,0 +1,183 @@
+"""Blend submission files directly (as the 31st-place team did): a weighted vote per pixel.
+
+The vote runs on run boundaries, never on pixel arrays: every run of file i adds its bit 2**i to a
+coverage code at its start and removes it at its end; after sorting the boundaries, a cumulative sum
+gives, for each stretch between boundaries, exactly which files cover it. The vote of a code is the
+sum of its files' weights, added in file order, so it equals a per-pixel `sum(w_i * mask_i)` bit for
+bit (ties included). Files are read in lockstep, one row at a time.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from carvana.errors import WorkbenchError
+from stacking.submission import HEADER, KAGGLE_SIZE, AtomicOutput, open_compressed, iter_rows, parse_runs
+
+MAX_FILES = 62  # coverage codes are int64 bit sets
+
+
+def run_coverage(runs: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Boundaries and coverage codes of several run lists (0-indexed starts, exclusive ends, int64).
+
+    Returns (bounds, codes): pixels in [bounds[k], bounds[k + 1]) are covered by the lists whose bit
+    is set in codes[k]; codes[-1] is 0 (nothing covers the pixels after the last boundary).
+    Runs within one list must not overlap (touching is fine).
+    """
+    positions = np.concatenate([edge for starts, ends in runs for edge in (starts, ends)])
+    deltas = np.concatenate(
+        [np.repeat(np.array([1, -1], dtype=np.int64) << i, [starts.size, starts.size]) for i, (starts, _) in enumerate(runs)]
+    )
+    if positions.size == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    order = np.argsort(positions, kind="stable")
+    positions, deltas = positions[order], deltas[order]
+    # Sum the deltas of equal positions first: a run ending where another starts is no boundary.
+    first = np.flatnonzero(np.r_[True, positions[1:] != positions[:-1]])
+    return positions[first], np.cumsum(np.add.reduceat(deltas, first))
+
+
+def vote_runs(
+    runs: Sequence[tuple[np.ndarray, np.ndarray]], weights: Sequence[float], min_votes: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Runs (starts, ends) of the pixels whose weighted vote sum(w_i * covered_i) >= min_votes.
+
+    Strict majority is min_votes = the smallest float above half the total weight (see `blend_rule`).
+    `min_votes` must be > 0, so uncovered pixels are never car.
+    """
+    bounds, codes = run_coverage(runs)
+    if bounds.size == 0:
+        return bounds, bounds
+    unique_codes, inverse = np.unique(codes, return_inverse=True)
+    votes = np.zeros(unique_codes.size)
+    for i, weight in enumerate(weights):  # file order, as a per-pixel weighted sum would add them
+        votes += weight * ((unique_codes >> i) & 1)
+    car = (votes >= min_votes)[inverse].view(np.int8)
+    change = np.diff(car, prepend=np.int8(0))
+    return bounds[change == 1], bounds[change == -1]
+
+
+def blend_rule(weights: Sequence[float], min_votes: float | None) -> tuple[float, str]:
+    """The vote a pixel needs (`vote >= needed`) and a readable statement of the rule."""
+    total = 0.0
+    for weight in weights:
+        total += weight
+    if min_votes is None:
+        return float(np.nextafter(total / 2, np.inf)), f"majority: weighted vote > {total / 2:g} (half of {total:g})"
+    if not 0 < min_votes <= total:
+        raise WorkbenchError(
+            f"--min-votes {min_votes} is outside (0, {total:g}] (the total weight); fix: pass a value in that range"
+        )
+    return float(min_votes), f"min_votes: weighted vote >= {min_votes:g} of {total:g}"
+
+
+def runs_to_rle(starts: np.ndarray, ends: np.ndarray) -> str:
+    """Kaggle RLE of 0-indexed runs (starts, exclusive ends), non-touching, ascending."""
+    if starts.size == 0:
+        return ""
+    pairs = np.empty(2 * starts.size, dtype=np.int64)
+    pairs[0::2] = starts + 1
+    pairs[1::2] = ends - starts
+    return " ".join(pairs.astype(str).tolist())
+
+
+def _check_weights(paths: Sequence[Path], weights: Sequence[float] | None) -> list[float]:
+    if len(paths) < 2:
+        raise WorkbenchError(f"blend needs at least 2 submission files, got {len(paths)}; fix: pass more files")
+    if len(paths) > MAX_FILES:
+        raise WorkbenchError(f"blend takes at most {MAX_FILES} files, got {len(paths)}; fix: blend in stages")
+    if weights is None:
+        return [1.0] * len(paths)
+    weights = [float(w) for w in weights]
+    if len(weights) != len(paths):
+        raise WorkbenchError(f"{len(weights)} weights for {len(paths)} files; fix: pass one --weights value per file")
+    if not all(np.isfinite(w) and w >= 0 for w in weights) or sum(weights) <= 0:
+        raise WorkbenchError(f"weights {weights} must be >= 0 with a positive sum; fix: pass e.g. --weights 1 1 2")
+    return weights
+
+
+def _blended_rows(
+    paths: Sequence[Path], weights: list[float], needed: float, n_pixels: int, size_text: str
+) -> Iterator[tuple[str, str]]:
+    """(img, blended RLE) per row, reading every file in lockstep; refuses differing ids and bad RLE."""
+    readers = [iter_rows(path) for path in paths]
+    row = 0
+    while True:
+        row += 1
+        rows = [next(reader, None) for reader in readers]
+        if all(r is None for r in rows):
+            return
+        for path, r in zip(paths, rows):
+            if r is None:
+                raise WorkbenchError(f"{path}: ends before row {row}, where {paths[0]} goes on; "
+                                     "fix: blend submissions of the same ids")
+        img = rows[0][1]
+        runs = []
+        for path, (_, other, rle) in zip(paths, rows):
+            if other != img:
+                raise WorkbenchError(f"{path}: row {row} has id {other} where {paths[0]} has {img}; "
+                                     "fix: blend submissions written for the same sample_submission.csv")
+            try:
+                runs.append(parse_runs(rle, n_pixels))
+            except ValueError as error:
+                raise WorkbenchError(f"{path}: row {row} ({img}): RLE {error}; fix: check the image size "
+                                     f"({size_text}) or re-write the file with carvana.rle_encode") from None
+        yield img, runs_to_rle(*vote_runs(runs, weights, needed))
+
+
+def sha256_of(path: Path) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def blend_submissions(
+    paths: Sequence[Path],
+    out_path: Path,
+    weights: Sequence[float] | None = None,
+    min_votes: float | None = None,
+    image_size: tuple[int, int] = KAGGLE_SIZE,
+) -> Path:
+    """Weighted per-pixel vote of submission files, written atomically to `out_path` (gzip if .gz).
+
+    Default: equal weights, strict majority (car when the vote sum > half the total weight).
+    `min_votes` K: car when the vote sum >= K. `image_size` is (W, H). Writes `<out_path>.json`
+    naming the inputs (with sha256), the weights, the rule, the size and the time.
+    """
+    paths, out_path = [Path(p) for p in paths], Path(out_path)
+    weights = _check_weights(paths, weights)
+    needed, rule = blend_rule(weights, min_votes)
+    size_text = f"{image_size[0]}x{image_size[1]}"
+    started = time.perf_counter()
+    n_rows = 0
+    with AtomicOutput(out_path) as tmp_path:
+        with open(tmp_path, "wb") as raw, open_compressed(raw, out_path) as out:
+            out.write(f"{HEADER}\n".encode())
+            for img, rle in _blended_rows(paths, weights, needed, image_size[0] * image_size[1], size_text):
+                out.write(f"{img},{rle}\n".encode())
+                n_rows += 1
+        record = {
+            "output": out_path.name,
+            "output_sha256": sha256_of(tmp_path),
+            "inputs": [{"path": str(p.resolve()), "sha256": sha256_of(p), "weight": w} for p, w in zip(paths, weights)],
+            "weights": weights,
+            "min_votes": min_votes,
+            "rule": rule,
+            "image_size": size_text,
+            "n_rows": n_rows,
+            "seconds": round(time.perf_counter() - started, 3),
+            "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        with AtomicOutput(out_path.with_name(out_path.name + ".json")) as json_tmp:
+            json_tmp.write_text(json.dumps(record, indent=2) + "\n")
+    return out_path

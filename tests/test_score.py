@@ -1,0 +1,101 @@
+"""Scoring a submission file: equals carvana.mean_dice on the decoded masks, per angle too."""
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from carvana import WorkbenchError, dice, mean_dice, rle_encode
+from stacking.score import runs_dice, score_submission
+from stacking.submission import parse_runs
+
+SIZE = (30, 20)  # (W, H)
+SHAPE = SIZE[::-1]
+IDS = [f"{car:012x}_{angle:02d}.jpg" for car in (0xA1, 0xB2, 0xC3) for angle in range(1, 17)]
+
+
+def random_mask(rng: np.random.Generator) -> np.ndarray:
+    kind = rng.integers(0, 8)
+    if kind == 0:
+        return np.zeros(SHAPE, dtype=bool)
+    if kind == 1:
+        return np.ones(SHAPE, dtype=bool)
+    return rng.random(SHAPE) < rng.uniform(0.05, 0.95)
+
+
+def write_csv(path: Path, rows: list[tuple[str, str]]) -> Path:
+    text = "img,rle_mask\n" + "".join(f"{img},{rle}\n" for img, rle in rows)
+    path.write_bytes(gzip.compress(text.encode()) if path.name.endswith(".gz") else text.encode())
+    return path
+
+
+def test_runs_dice_equals_dice_of_decoded_masks():
+    rng = np.random.default_rng(0)
+    n_pixels = SIZE[0] * SIZE[1]
+    for _ in range(300):
+        pred, truth = random_mask(rng), random_mask(rng)
+        runs = parse_runs(rle_encode(pred), n_pixels), parse_runs(rle_encode(truth), n_pixels)
+        assert runs_dice(*runs) == dice(pred, truth)
+    touching = parse_runs("1 3 4 3 20 2", n_pixels)  # same pixels as "1 6 20 2"
+    assert runs_dice(touching, parse_runs("1 6 20 2", n_pixels)) == 1.0
+
+
+@pytest.fixture
+def scored_files(tmp_path):
+    rng = np.random.default_rng(1)
+    truths = [random_mask(rng) for _ in IDS]
+    # Predictions near the truth (a few flipped pixels) and some unrelated ones.
+    preds = [t ^ (rng.random(SHAPE) < 0.05) if i % 5 else random_mask(rng) for i, t in enumerate(truths)]
+    truth_path = write_csv(tmp_path / "test_masks.csv", [(i, rle_encode(m)) for i, m in zip(IDS, truths)])
+    sub_path = write_csv(tmp_path / "sub.csv.gz", [(i, rle_encode(m)) for i, m in zip(IDS, preds)])
+    return sub_path, truth_path, preds, truths
+
+
+def test_score_equals_mean_dice(scored_files):
+    sub_path, truth_path, preds, truths = scored_files
+    result = score_submission(sub_path, truth_path, SIZE)
+    assert result.mean_dice == mean_dice(preds, truths)
+    assert result.n_images == len(IDS)
+    assert list(result.dice_by_angle) == [f"{a:02d}" for a in range(1, 17)]
+    for angle, score in result.dice_by_angle.items():
+        chosen = [k for k, img in enumerate(IDS) if img.endswith(f"_{angle}.jpg")]
+        assert score == mean_dice([preds[k] for k in chosen], [truths[k] for k in chosen])
+        assert result.n_by_angle[angle] == 3
+    assert "angle 16 (3)" in result.to_markdown()
+
+
+def test_perfect_submission_scores_one(scored_files):
+    _, truth_path, _, _ = scored_files
+    assert score_submission(truth_path, truth_path, SIZE).mean_dice == 1.0
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda rows: rows[:3] + rows[4:], f"missing id {IDS[3]}"),
+        (lambda rows: rows[:-1], f"missing id {IDS[-1]}: the file ends before row {len(IDS)}"),
+        (lambda rows: rows + [("0000000000ff_01.jpg", "")], "extra id 0000000000ff_01.jpg"),
+        (lambda rows: rows[:6] + [rows[7], rows[6]] + rows[8:], f"row 7 has {IDS[7]} where {IDS[6]} is expected"),
+    ],
+)
+def test_score_refuses_id_mismatch_naming_the_ids(scored_files, tmp_path, edit, match):
+    sub_path, truth_path, preds, _ = scored_files
+    rows = [(i, rle_encode(m)) for i, m in zip(IDS, preds)]
+    bad = write_csv(tmp_path / "bad.csv.gz", edit(rows))
+    with pytest.raises(WorkbenchError, match=match) as error:
+        score_submission(bad, truth_path, SIZE)
+    assert str(bad) in str(error.value) and str(truth_path) in str(error.value)
+
+
+def test_score_refuses_malformed_rle_naming_file_and_row(scored_files, tmp_path):
+    _, truth_path, preds, _ = scored_files
+    rows = [(i, rle_encode(m)) for i, m in zip(IDS, preds)]
+    rows[9] = (IDS[9], "5 3 6 1")
+    bad = write_csv(tmp_path / "bad.csv", rows)
+    with pytest.raises(WorkbenchError, match="row 10 .*overlap") as error:
+        score_submission(bad, truth_path, SIZE)
+    assert str(bad) in str(error.value)
+    with pytest.raises(WorkbenchError, match="last pixel"):
+        score_submission(truth_path, truth_path, (10, 10))  # the wrong --size
