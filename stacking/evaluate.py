@@ -33,6 +33,7 @@ from carvana.metric import dice
 
 WEIGHT_SCALE = 2**16  # 255 * (2**16 + n_members) stays far inside int32
 N_ANGLES = 16
+CHUNK = 2**17  # pixels blended at a time in weighted trials
 
 
 def quantize_weights(weights: np.ndarray | Sequence[float] | None, n_members: int) -> np.ndarray:
@@ -64,13 +65,9 @@ def _dice_from_counts(tp: np.ndarray, n_pred: np.ndarray, n_truth: np.ndarray) -
 
 def _segment_counts(flags: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     """Number of True flags in each segment flags[offsets[i]:offsets[i+1]]: (n_segments,) int64."""
-    starts, lengths = offsets[:-1], np.diff(offsets)
-    counts = np.zeros(lengths.size, dtype=np.int64)
-    nonempty = lengths > 0
-    if nonempty.any():
-        # reduceat over non-empty starts only: each then sums exactly up to the next non-empty start.
-        counts[nonempty] = np.add.reduceat(flags.view(np.uint8), starts[nonempty], dtype=np.int64)
-    return counts
+    # A loop of count_nonzero (SIMD, ~2 us per call) beats np.add.reduceat (not vectorised) ~10x here.
+    bounds = offsets.tolist()
+    return np.array([np.count_nonzero(flags[a:b]) for a, b in zip(bounds[:-1], bounds[1:])], dtype=np.int64)
 
 
 @dataclass
@@ -87,17 +84,19 @@ class _Uncertain:
 
     def predicted_counts(self, weights: np.ndarray, k_by_angle: np.ndarray) -> np.ndarray:
         """Per image (angle-sorted order) number of pixels with S >= k of its angle: (n_images,) int64."""
-        blend = np.zeros(self.values.shape[1], dtype=np.int32)
-        for member_values, w in zip(self.values, weights):
-            if w:
-                blend += member_values * np.int32(w)
-        if np.all(k_by_angle == k_by_angle[0]):
-            car = blend >= k_by_angle[0]
-        else:
-            car = np.empty(blend.size, dtype=bool)
-            for a in range(N_ANGLES):
-                lo, hi = self.angle_bounds[a], self.angle_bounds[a + 1]
-                np.greater_equal(blend[lo:hi], k_by_angle[a], out=car[lo:hi])
+        active = [(values, np.int32(w)) for values, w in zip(self.values, weights) if w]
+        car = np.empty(self.values.shape[1], dtype=bool)
+        # Blend in cache-sized chunks with reused buffers: 2-4x faster than whole-array temporaries.
+        blend, term = np.empty(CHUNK, np.int32), np.empty(CHUNK, np.int32)
+        bounds = self.angle_bounds.tolist()
+        for a in range(N_ANGLES):
+            for start in range(bounds[a], bounds[a + 1], CHUNK):
+                stop = min(start + CHUNK, bounds[a + 1])
+                acc, tmp = blend[:stop - start], term[:stop - start]
+                np.multiply(active[0][0][start:stop], active[0][1], out=acc)
+                for values, w in active[1:]:
+                    acc += np.multiply(values[start:stop], w, out=tmp)
+                np.greater_equal(acc, k_by_angle[a], out=car[start:stop])
         return _segment_counts(car, self.offsets)
 
 
