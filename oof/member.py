@@ -1,0 +1,137 @@
+"""A member's metadata (`<store>/<member>/member.json`): creation, the spec/folds/resolution guard, reset.
+
+Several processes (one per fold job) open the same member at once, so every read-modify-write of
+member.json happens under an exclusive `flock` on `<member>/.lock` and lands by atomic replace: no
+process loses another's update. The maps themselves are separate files and need no lock.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import json
+import re
+import shutil
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+from carvana.errors import WorkbenchError
+from oof.format import FORMAT, FORMAT_VERSION, SPLITS, write_json_atomic
+
+META_NAME = "member.json"
+LOCK_NAME = ".lock"
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def canonical_spec(spec: dict) -> dict:
+    """The spec as it reads back from JSON (tuples become lists, keys sorted), so comparisons are fair."""
+    try:
+        return json.loads(json.dumps(spec, sort_keys=True))
+    except TypeError as error:
+        raise TypeError(f"member spec must be JSON-serialisable (plain dicts, lists, str, numbers): {error}") from None
+
+
+def check_identity(folds_hash: str, resolution: tuple[int, int]) -> tuple[str, list[int]]:
+    """Validated (folds_hash, [H, W])."""
+    if not isinstance(folds_hash, str) or not _SHA256_HEX.match(folds_hash):
+        raise ValueError(f"folds_hash must be the sha256 hex digest of folds.csv, got {folds_hash!r}")
+    height, width = (int(v) for v in resolution)
+    if height <= 0 or width <= 0:
+        raise ValueError(f"resolution must be positive (H, W), got {resolution!r}")
+    return folds_hash, [height, width]
+
+
+@contextlib.contextmanager
+def locked(member_dir: Path) -> Iterator[None]:
+    """Hold the member's exclusive lock (blocking) for the duration of the block."""
+    member_dir.mkdir(parents=True, exist_ok=True)
+    with open(member_dir / LOCK_NAME, "a") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+
+def load_meta(member_dir: Path) -> dict | None:
+    """The member's metadata, or None if it has none; WorkbenchError if it is damaged or too new."""
+    path = member_dir / META_NAME
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as error:
+        raise WorkbenchError(f"{path}: unreadable ({error}); re-run `workbench fold-train` for this member with a reset")
+    if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
+        raise WorkbenchError(
+            f"{path}: store format {meta.get('format')} v{meta.get('format_version')}, this workbench reads "
+            f"{FORMAT} v{FORMAT_VERSION}; upgrade the workbench or re-run `workbench fold-train` with a reset"
+        )
+    return meta
+
+
+def open_meta(member_dir: Path, spec: dict, folds_hash: str, resolution: tuple[int, int], reset: bool) -> dict:
+    """Create, verify or (with `reset`) recreate the member's metadata under its lock; return it.
+
+    A member whose spec, folds_hash or resolution differs is refused unless `reset`, which deletes
+    all its maps first: old maps must never pass for the new spec's.
+    """
+    spec = canonical_spec(spec)
+    folds_hash, size = check_identity(folds_hash, resolution)
+    with locked(member_dir):
+        meta = None if reset else load_meta(member_dir)
+        if meta is not None:
+            _refuse_changes(member_dir, meta, spec, folds_hash, size)
+            meta["updated"] = now()
+        else:
+            for split in SPLITS:
+                shutil.rmtree(member_dir / split, ignore_errors=True)
+            stamp = now()
+            meta = {
+                "member": member_dir.name, "format": FORMAT, "format_version": FORMAT_VERSION, "spec": spec,
+                "folds_hash": folds_hash, "resolution": size, "generation": uuid.uuid4().hex,
+                "created": stamp, "updated": stamp, "sessions": {},
+            }
+        write_json_atomic(member_dir / META_NAME, meta)
+    return meta
+
+
+def _refuse_changes(member_dir: Path, meta: dict, spec: dict, folds_hash: str, size: list[int]) -> None:
+    changes = []
+    if meta["spec"] != spec:
+        keys = sorted(k for k in set(meta["spec"]) | set(spec) if meta["spec"].get(k) != spec.get(k))
+        changes.append(f"spec (keys {', '.join(map(str, keys))})")
+    if meta["folds_hash"] != folds_hash:
+        changes.append("folds_hash (folds.csv changed)")
+    if meta["resolution"] != size:
+        changes.append(f"resolution ({meta['resolution']} -> {size})")
+    if changes:
+        raise WorkbenchError(
+            f"{member_dir}: member {member_dir.name} was written with a different {'; '.join(changes)}; its maps "
+            "would not match: re-run `workbench fold-train` for it with a reset (or give the new spec a new name)"
+        )
+
+
+def record_sessions(member_dir: Path, generation: str, n_maps: dict[str, int]) -> None:
+    """Note under the lock that a writer finished, with {`train/fold2` or `test`: maps written}."""
+    with locked(member_dir):
+        meta = load_meta(member_dir)
+        if meta is None or meta["generation"] != generation:
+            raise WorkbenchError(stale_message(member_dir))
+        stamp = now()
+        for session, count in n_maps.items():
+            meta["sessions"][session] = {"n_maps": count, "finished": stamp}
+        meta["updated"] = stamp
+        write_json_atomic(member_dir / META_NAME, meta)
+
+
+def stale_message(member_dir: Path) -> str:
+    return (
+        f"{member_dir}: member {member_dir.name} was reset by another process while this one was writing it; "
+        "its maps from before the reset are gone: re-run this `workbench fold-train` job"
+    )
