@@ -47,6 +47,12 @@ def cmd_folds(args: argparse.Namespace) -> None:
     print(f"{config.run_dir / FOLDS_CSV}: {folds.n_folds} car-grouped folds\n{describe_folds(folds)}")
 
 
+def cmd_fold_train(args: argparse.Namespace) -> None:
+    from workbench.fold_train import fold_train
+
+    fold_train(_config(args), member=args.member, fold=args.fold, retrain=tuple(args.retrain or ()))
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from workbench.steps import run_demo
 
@@ -74,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, func, text in [
         ("folds", cmd_folds, "write RUN/folds.csv: car-grouped, stratified folds"),
+        ("fold-train", cmd_fold_train, "train every member x fold not finished; write OOF and test maps"),
         ("demo", cmd_demo, "run the whole pipeline (synthetic data when missing)"),
     ]:
         verb = verbs.add_parser(name, help=text)
@@ -81,6 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
         verb.add_argument("--data", type=Path, help="data folder (overrides the config)")
         verb.add_argument("--run-dir", type=Path, help="run folder (overrides the config)")
         verb.set_defaults(func=func)
+        if name == "fold-train":
+            verb.add_argument("--member", help="train only this member (one job of a fan-out)")
+            verb.add_argument("--fold", type=int, help="train only this fold")
+            verb.add_argument("--retrain", nargs="*", metavar="MEMBER",
+                              help="discard these members' results (e.g. after changing their spec)")
     return parser
 
 

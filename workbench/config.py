@@ -15,6 +15,8 @@ import yaml
 
 from carvana.errors import WorkbenchError
 from folds import STRATIFY
+from zoo.registry import resolve_members
+from zoo.spec import MemberSpec
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,11 @@ class FoldsConfig:
 
 
 @dataclass(frozen=True)
+class StackConfig:
+    resolution: tuple[int, int] | None = None  # (W, H) of the OOF store's maps; None = the data's size
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     name: str
     data: Path
@@ -48,6 +55,15 @@ class ExperimentConfig:
     seed: int = 0
     synth: SynthConfig | None = None
     folds: FoldsConfig = field(default_factory=FoldsConfig)
+    zoo: tuple[MemberSpec, ...] = ()  # from the YAML's `zoo: {train: {...}, members: [...]}`
+    stack: StackConfig = field(default_factory=StackConfig)
+
+    def member(self, name: str) -> MemberSpec:
+        """The zoo member called `name`; WorkbenchError listing the valid names."""
+        for spec in self.zoo:
+            if spec.name == name:
+                return spec
+        raise WorkbenchError(f"no member {name!r} in this config's zoo; valid: {', '.join(s.name for s in self.zoo)}")
 
 
 def load_config(path: Path, data: Path | None = None, run_dir: Path | None = None) -> ExperimentConfig:
@@ -70,9 +86,22 @@ def load_config(path: Path, data: Path | None = None, run_dir: Path | None = Non
     if "data" not in raw:
         raise WorkbenchError(f"{path}: no `data:` folder given; add `data: data/synthetic` or pass --data DIR")
     try:
+        raw["zoo"] = _zoo_members(raw.get("zoo"))
         return _build(ExperimentConfig, raw, "")
     except (TypeError, ValueError) as error:
         raise WorkbenchError(f"{path}: {error}") from None
+
+
+def _zoo_members(raw: object) -> tuple[MemberSpec, ...]:
+    """Resolve `zoo: {train: {...defaults}, members: [...]}` against the member catalogue."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict):
+        raise TypeError("`zoo` must be a mapping with `members:` (and optional `train:` defaults)")
+    unknown = sorted(set(raw) - {"train", "members"})
+    if unknown:
+        raise ValueError(f"unknown key `zoo.{unknown[0]}` (valid keys: train, members)")
+    return tuple(resolve_members(raw.get("members") or [], raw.get("train") or {}))
 
 
 def _build(cls: type, raw: object, prefix: str):
@@ -97,6 +126,8 @@ def _convert(hint: object, value: object, name: str) -> object:
         return _build(hint, value, name + ".")
     if hint is Path:
         return Path(str(value))
+    if typing.get_origin(hint) is tuple and typing.get_args(hint)[0] is MemberSpec:
+        return value  # already resolved by _zoo_members
     if typing.get_origin(hint) is tuple:
         return _convert_tuple(hint, value, name)
     if hint in (int, float, str, bool):

@@ -1,0 +1,108 @@
+"""`RUN/leaderboard.csv`: one row per entry (member, blend, stacker) with its honest OOF mean Dice.
+
+Scores are computed at the data's original size (maps are upsampled bilinearly, then thresholded),
+so they are the competition's metric, not an approximation at the store's resolution.
+"""
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from carvana.dataset import CarvanaData, angle_of, read_rle_csv
+from carvana.metric import dice
+from carvana.rle import rle_decode
+from folds import Folds
+from oof import Store
+
+LEADING_COLUMNS = ["entry", "kind", "oof_mean_dice", "threshold"]
+
+
+@dataclass
+class EntryScore:
+    entry: str
+    kind: str  # member | blend | stacker
+    threshold: float
+    oof_per_image: dict[str, float]  # train image id -> Dice
+    folds: Folds
+    test_per_image: dict[str, float] | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def oof_mean_dice(self) -> float:
+        return float(np.mean(list(self.oof_per_image.values())))
+
+    def row(self) -> dict[str, object]:
+        row: dict[str, object] = {"entry": self.entry, "kind": self.kind, "oof_mean_dice": f"{self.oof_mean_dice:.6f}",
+                                  "threshold": f"{self.threshold:g}"}
+        for k in range(self.folds.n_folds):
+            row[f"fold{k}"] = f"{np.mean([d for i, d in self.oof_per_image.items() if self.folds.fold_of[i] == k]):.6f}"
+        for angle in range(1, 17):
+            scores = [d for i, d in self.oof_per_image.items() if angle_of(i) == angle]
+            row[f"angle{angle:02d}"] = f"{np.mean(scores):.6f}" if scores else ""
+        if self.test_per_image:
+            row["test_mean_dice"] = f"{np.mean(list(self.test_per_image.values())):.6f}"
+        row.update(self.extra)
+        return row
+
+
+def upsampled_dice(proba_u8: np.ndarray, truth: np.ndarray, threshold: float = 0.5) -> float:
+    """Dice of a (h, w) uint8 map, resized bilinearly to the truth's (H, W) and thresholded, vs the truth."""
+    if proba_u8.shape != truth.shape:
+        proba_u8 = cv2.resize(proba_u8, truth.shape[::-1], interpolation=cv2.INTER_LINEAR)
+    return dice(proba_u8 >= threshold * 255, truth)
+
+
+def test_truth(data: CarvanaData) -> dict[str, str] | None:
+    """The test truth RLEs when the data has them (the synthetic studio does), else None."""
+    return read_rle_csv(data.test_truth_path) if data.test_truth_path.exists() else None
+
+
+def score_member(store: Store, member: str, data: CarvanaData, folds: Folds, size: tuple[int, int]) -> EntryScore:
+    """OOF (and, with test truth, test) per-image Dice of a member's maps at threshold 0.5; size is (W, H)."""
+    shape = (size[1], size[0])
+    oof = {img: upsampled_dice(store.read(member, "train", img), rle_decode(rle, shape))
+           for img, rle in data.train_rles.items()}
+    truth = test_truth(data)
+    test = None
+    if truth is not None and set(store.ids(member, "test")) == set(truth):
+        test = {img: upsampled_dice(store.read(member, "test", img), rle_decode(rle, shape)) for img, rle in truth.items()}
+    return EntryScore(member, "member", 0.5, oof, folds, test)
+
+
+def write_leaderboard(path: Path, entries: list[EntryScore]) -> list[dict[str, object]]:
+    """Merge `entries` into the leaderboard at `path` (same entry replaced), sorted by OOF score; atomic."""
+    rows = {row["entry"]: row for row in read_leaderboard(path)}
+    rows.update({e.entry: e.row() for e in entries})
+    ordered = sorted(rows.values(), key=lambda r: -float(r["oof_mean_dice"]))
+    columns = LEADING_COLUMNS + sorted({c for r in ordered for c in r} - set(LEADING_COLUMNS),
+                                       key=lambda c: (c != "test_mean_dice", not c.startswith("fold"), c))
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, restval="")
+        writer.writeheader()
+        writer.writerows(ordered)
+    os.replace(tmp, path)
+    return ordered
+
+
+def read_leaderboard(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def format_table(rows: list[dict[str, object]], extra_columns: tuple[str, ...] = ()) -> str:
+    """A fixed-width text table of the leaderboard's main columns, best first."""
+    columns = ["entry", "kind", "oof_mean_dice", "threshold"]
+    columns += [c for c in rows[0] if c.startswith("fold")] if rows else []
+    columns += [c for c in ("test_mean_dice", *extra_columns) if any(r.get(c) for r in rows)]
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
+    lines = ["  ".join(c.ljust(widths[c]) for c in columns)]
+    lines += ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns) for r in rows]
+    return "\n".join(lines)

@@ -1,0 +1,83 @@
+"""Decode-and-resize once: every image (and mask) of a split at one resolution, in a .npy file that
+every later epoch and member memory-maps (decoding 1918x1280 JPEGs every epoch starves a GPU).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+from numpy.lib.format import open_memmap
+from tqdm import tqdm
+
+from carvana.dataset import CarvanaData
+
+
+def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(H, W, 3) uint8 -> (height, width, 3) uint8; area interpolation when shrinking."""
+    if image.shape[:2] == (height, width):
+        return image
+    shrink = height < image.shape[0]
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+def resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(H, W) uint8 0/1 -> (height, width) uint8 0/1: area-average, then majority."""
+    if mask.shape == (height, width):
+        return mask
+    soft = cv2.resize(mask.astype(np.float32), (width, height), interpolation=cv2.INTER_AREA)
+    return (soft >= 0.5).astype(np.uint8)
+
+
+def resize_proba(proba: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(h, w) float32 probabilities -> (height, width), bilinear (as the winners did)."""
+    if proba.shape == (height, width):
+        return proba
+    return cv2.resize(proba, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+def cached_split(data: CarvanaData, split: str, height: int, width: int, cache_dir: Path,
+                 with_masks: bool = True) -> tuple[list[str], np.ndarray, np.ndarray | None]:
+    """(ids, images (N, h, w, 3) uint8 memmap, masks (N, h, w) uint8 memmap or None) for a split.
+
+    Built on first use (atomically, in parallel threads) and reused while the image list is the same.
+    """
+    ids = data.ids(split)
+    key = hashlib.sha256(("\n".join(ids) + str(data.root.resolve())).encode()).hexdigest()[:12]
+    folder = cache_dir / f"{height}x{width}"
+    images_path = folder / f"{split}-{key}-images.npy"
+    masks_path = folder / f"{split}-{key}-masks.npy"
+    wants_masks = with_masks and split == "train"
+    if not images_path.exists() or (wants_masks and not masks_path.exists()):
+        folder.mkdir(parents=True, exist_ok=True)
+        _build(data, split, ids, height, width, images_path, masks_path if wants_masks else None)
+    images = np.load(images_path, mmap_mode="r")
+    masks = np.load(masks_path, mmap_mode="r") if wants_masks else None
+    return ids, images, masks
+
+
+def _build(data: CarvanaData, split: str, ids: list[str], height: int, width: int,
+           images_path: Path, masks_path: Path | None) -> None:
+    tmp_images = images_path.with_name(images_path.name + f".{os.getpid()}.tmp")
+    tmp_masks = masks_path.with_name(masks_path.name + f".{os.getpid()}.tmp") if masks_path else None
+    images = open_memmap(tmp_images, mode="w+", dtype=np.uint8, shape=(len(ids), height, width, 3))
+    masks = open_memmap(tmp_masks, mode="w+", dtype=np.uint8, shape=(len(ids), height, width)) if tmp_masks else None
+
+    def load(index: int) -> None:
+        images[index] = resize_image(data.load_image(ids[index], split), height, width)
+        if masks is not None:
+            masks[index] = resize_mask(data.load_mask(ids[index]), height, width)
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        list(tqdm(pool.map(load, range(len(ids))), total=len(ids), unit="img", leave=False,
+                  desc=f"caching {split} at {height}x{width}"))
+    images.flush()
+    del images
+    os.replace(tmp_images, images_path)
+    if masks is not None:
+        masks.flush()
+        del masks
+        os.replace(tmp_masks, masks_path)

@@ -1,0 +1,331 @@
+"""The Keras/TensorFlow U-Net member (after R1 and R2): model, fold training, prediction.
+
+Same recipe and files as `zoo.train_torch.train_fold`: BCE + (1 - soft Dice), albumentations with the
+same per-epoch seeds, Adam or RMSprop, ReduceLROnPlateau and early stopping on validation mean Dice,
+the best checkpoint by that score, gradient accumulation, `log.csv` with `LOG_COLUMNS`, a progress bar,
+GPU with mixed precision when present. TensorFlow is imported inside functions so the workbench starts
+fast; the model outputs logits (sigmoid in the loss and in prediction), as the PyTorch members do.
+
+Resume: after every epoch `last.npz` (weights, optimizer variables, state as JSON) is replaced
+atomically in one file, so a kill at any moment leaves either the previous or the new epoch.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import queue
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from carvana.errors import WorkbenchError
+from zoo.augment import build_augment
+from zoo.cache import resize_image, resize_proba
+from zoo.fold_data import FoldData
+from zoo.spec import MemberSpec
+
+# The same columns as zoo.train_torch.LOG_COLUMNS (a test holds them equal); not imported from there,
+# which would load PyTorch into every TensorFlow process.
+LOG_COLUMNS = ["epoch", "train_loss", "val_mean_dice", "lr", "seconds", "images_per_s", "data_wait_share"]
+PLATEAU_THRESHOLD, PLATEAU_EPS = 1e-4, 1e-8  # torch's ReduceLROnPlateau defaults, so both families agree
+
+
+def _tf():
+    """(tensorflow, keras), configured once: quiet logs, all cores, mixed precision on a GPU."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+    import tensorflow as tf
+
+    if not getattr(_tf, "done", False):
+        try:  # only possible before TensorFlow's runtime starts; later calls keep the first setting
+            tf.config.threading.set_intra_op_parallelism_threads(os.cpu_count() or 1)
+            tf.config.threading.set_inter_op_parallelism_threads(os.cpu_count() or 1)
+        except RuntimeError:
+            pass
+        gpus = tf.config.list_physical_devices("GPU")
+        for gpu in gpus:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        if gpus:
+            keras.mixed_precision.set_global_policy("mixed_float16")
+        _tf.done = True
+    return tf, keras
+
+
+def build_keras_unet(spec: MemberSpec):
+    """U-Net: `spec.depth` conv-BN-ReLU blocks (two 3x3 convs) with max-pool down, `spec.filters`
+    doubling per step, a centre block, UpSampling2D + skip concatenation up, a 1x1 conv to one logit.
+
+    Input (height, width, 3) float in [0, 1]; output (height, width, 1) float32 logits.
+    """
+    _, keras = _tf()
+    if spec.height % 2**spec.depth or spec.width % 2**spec.depth:
+        raise ValueError(f"member {spec.name}: {spec.height}x{spec.width} is not divisible by 2**depth ({2**spec.depth})")
+    layers = keras.layers
+    inputs = keras.Input((spec.height, spec.width, 3), name="image")
+    x, skips = inputs, []
+    for level in range(spec.depth):
+        x = _conv_block(layers, x, spec.filters * 2**level, f"down{level}")
+        skips.append(x)
+        x = layers.MaxPooling2D(2, name=f"pool{level}")(x)
+    x = _conv_block(layers, x, spec.filters * 2**spec.depth, "centre")
+    for level in reversed(range(spec.depth)):
+        x = layers.UpSampling2D(2, name=f"upsample{level}")(x)
+        x = layers.Concatenate(name=f"skip{level}")([x, skips[level]])
+        x = _conv_block(layers, x, spec.filters * 2**level, f"up{level}")
+    logits = layers.Conv2D(1, 1, dtype="float32", name="logits")(x)  # float32 even under mixed precision
+    return keras.Model(inputs, logits, name=spec.name)
+
+
+def _conv_block(layers, x, filters: int, name: str):
+    for i in (1, 2):
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv{i}")(x)
+        x = layers.BatchNormalization(name=f"{name}_bn{i}")(x)
+        x = layers.Activation("relu", name=f"{name}_relu{i}")(x)
+    return x
+
+
+def bce_dice_loss(logits, target):
+    """BCE + (1 - soft Dice) of (B, h, w, 1) logits against (B, h, w, 1) float 0/1 targets."""
+    tf, _ = _tf()
+    bce = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=target, logits=logits))
+    proba = tf.reshape(tf.sigmoid(logits), [tf.shape(logits)[0], -1])
+    target = tf.reshape(target, [tf.shape(target)[0], -1])
+    soft_dice = (2 * tf.reduce_sum(proba * target, 1) + 1) / (tf.reduce_sum(proba, 1) + tf.reduce_sum(target, 1) + 1)
+    return bce + (1 - tf.reduce_mean(soft_dice))
+
+
+def train_keras_fold(spec: MemberSpec, data: FoldData, work_dir: Path, progress: bool = True) -> Path:
+    """Train `spec` on `data.train_idx`, validate on `data.val_idx`; return `work_dir/best.weights.h5`.
+
+    `work_dir/last.npz` holds everything to resume (weights, optimizer variables, epoch, best score,
+    plateau and early-stopping counters, learning rate, history); `log.csv` has one row per epoch.
+    """
+    tf, keras = _tf()
+    cfg = spec.train
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(cfg.seed + 1000 * data.fold)
+    model = build_keras_unet(spec)
+    optimizer = _build_optimizer(keras, cfg.optimizer, cfg.lr)
+    optimizer.build(model.trainable_variables)
+    last_path, best_path = work_dir / "last.npz", work_dir / "best.weights.h5"
+    state = {"epoch": 0, "best": -1.0, "bad_epochs": 0, "lr": cfg.lr, "plateau_best": float("-inf"),
+             "plateau_bad": 0, "history": []}
+    if last_path.exists():
+        state = _resume(last_path, model, optimizer)
+    step = _train_step(tf, model, optimizer, cfg.accumulate)
+    while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.early_stop_patience:
+        epoch = state["epoch"] + 1
+        epoch_seed = cfg.seed + 1000 * data.fold + epoch
+        augment = build_augment(epoch_seed) if cfg.augment else None
+        order = np.random.default_rng(epoch_seed).permutation(data.train_idx)
+        batches = _batches(data.images, data.masks, order, cfg.batch_size, augment)
+        loss, seconds, wait = _train_epoch(step, batches, cfg.accumulate, -(-len(order) // cfg.batch_size),
+                                           desc=f"{spec.name} fold {data.fold} epoch {epoch}/{cfg.epochs}",
+                                           progress=progress)
+        val_dice = evaluate(model, data.images, data.masks, data.val_idx, cfg.batch_size)
+        state["lr"] = _plateau_step(state, val_dice, cfg.plateau_factor, cfg.plateau_patience)
+        optimizer.learning_rate.assign(state["lr"])
+        improved = val_dice > state["best"]
+        if improved:
+            _save_best(model, best_path)
+        state.update(epoch=epoch, best=max(val_dice, state["best"]), bad_epochs=0 if improved else state["bad_epochs"] + 1)
+        state["history"].append([epoch, round(loss, 5), round(val_dice, 5), state["lr"], round(seconds, 2),
+                                 round(len(order) / seconds, 2), round(wait / seconds, 4)])
+        _save_last(last_path, state, model, optimizer)
+        _write_log(work_dir / "log.csv", state["history"])
+    return best_path
+
+
+def _build_optimizer(keras, name: str, lr: float):
+    optimizer = (keras.optimizers.Adam if name == "adam" else keras.optimizers.RMSprop)(learning_rate=lr)
+    if keras.mixed_precision.global_policy().name == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+def _train_step(tf, model, optimizer, accumulate: int):
+    """A compiled `step(images uint8, masks uint8, apply: bool) -> loss`: adds the gradient of
+    loss / accumulate to accumulators, and with `apply` steps the optimizer and clears them."""
+    variables = model.trainable_variables
+    sums = [tf.Variable(tf.zeros_like(v), trainable=False) for v in variables]
+
+    @tf.function(reduce_retracing=True)
+    def step(images, masks, apply):  # `apply` is a Python bool: one trace each
+        with tf.GradientTape() as tape:
+            logits = model(tf.cast(images, tf.float32) / 255.0, training=True)
+            loss = bce_dice_loss(logits, tf.cast(masks, tf.float32)[..., None])
+            scaled = optimizer.scale_loss(loss / accumulate)
+        for total, grad in zip(sums, tape.gradient(scaled, variables)):
+            total.assign_add(grad)
+        if apply:
+            optimizer.apply([tf.identity(total) for total in sums], variables)
+            for total in sums:
+                total.assign(tf.zeros_like(total))
+        return loss
+
+    return step
+
+
+def _batches(images, masks, order: np.ndarray, batch_size: int, augment):
+    """Yield (images (B, h, w, 3) uint8, masks (B, h, w) uint8) in `order`, augmented in order."""
+    for start in range(0, len(order), batch_size):
+        pairs = []
+        for index in order[start:start + batch_size]:
+            image, mask = np.asarray(images[index]), np.asarray(masks[index])
+            if augment is not None:
+                out = augment(image=image, mask=mask)
+                image, mask = out["image"], out["mask"]
+            pairs.append((image, mask))
+        yield np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+
+def _prefetch(iterable, depth: int = 2):
+    """Iterate `iterable` in one background thread (order kept, so seeded augmentation stays
+    reproducible); TensorFlow releases the GIL, so batches are prepared while the model computes."""
+    buffer: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+
+    def produce() -> None:
+        try:
+            for item in iterable:
+                buffer.put(item)
+            buffer.put(done)
+        except BaseException as error:  # re-raised in the consumer
+            buffer.put(error)
+
+    threading.Thread(target=produce, daemon=True).start()
+    while (item := buffer.get()) is not done:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
+def _train_epoch(step, batches, accumulate: int, n_batches: int, desc: str, progress: bool):
+    """One pass; returns (mean loss, seconds, seconds spent waiting for batches). The last, partial
+    group of an accumulation is applied at the end of the epoch, as the PyTorch loop does."""
+    total, wait = 0.0, 0.0
+    start = tick = time.perf_counter()
+    bar = tqdm(_prefetch(batches), total=n_batches, desc=desc, leave=False, disable=not progress, unit="batch")
+    for index, (images, masks) in enumerate(bar, start=1):
+        wait += time.perf_counter() - tick
+        loss = step(images, masks, index % accumulate == 0 or index == n_batches)
+        total += float(loss)
+        bar.set_postfix(loss=f"{total / index:.4f}")
+        tick = time.perf_counter()
+    return total / max(n_batches, 1), time.perf_counter() - start, wait
+
+
+def evaluate(model, images: np.ndarray, masks: np.ndarray, indices: np.ndarray, batch_size: int) -> float:
+    """Mean per-image Dice at threshold 0.5 over `indices` (1.0 for an image where both are empty)."""
+    scores = []
+    for start in range(0, len(indices), batch_size):
+        batch = np.sort(indices[start:start + batch_size])
+        pred = _logits(model, images[batch]) > 0
+        truth = np.asarray(masks[batch]) > 0
+        inter = (pred & truth).sum((1, 2))
+        total = pred.sum((1, 2)) + truth.sum((1, 2))
+        scores.append(np.where(total > 0, 2 * inter / np.maximum(total, 1), 1.0))
+    return float(np.concatenate(scores).mean()) if scores else 0.0
+
+
+def _logits(model, images: np.ndarray) -> np.ndarray:
+    """(B, h, w, 3) uint8 -> (B, h, w) float32 logits."""
+    logits = model.predict_on_batch(np.asarray(images, dtype=np.float32) / 255)  # a compiled, retrace-free call
+    return np.asarray(logits)[..., 0].astype(np.float32)
+
+
+def _plateau_step(state: dict, score: float, factor: float, patience: int) -> float:
+    """ReduceLROnPlateau(mode="max") as torch does it; updates the counters in `state`, returns the lr."""
+    if score > state["plateau_best"] * (1 + PLATEAU_THRESHOLD):
+        state["plateau_best"], state["plateau_bad"] = score, 0
+    else:
+        state["plateau_bad"] += 1
+    if state["plateau_bad"] > patience:
+        state["plateau_bad"] = 0
+        if state["lr"] - state["lr"] * factor > PLATEAU_EPS:
+            return state["lr"] * factor
+    return state["lr"]
+
+
+def _save_best(model, path: Path) -> None:
+    tmp = path.with_name(f".{os.getpid()}.tmp.weights.h5")  # Keras insists on the suffix
+    model.save_weights(tmp)
+    os.replace(tmp, path)
+
+
+def _save_last(path: Path, state: dict, model, optimizer) -> None:
+    arrays = {f"weight{i}": w for i, w in enumerate(model.get_weights())}
+    arrays.update({f"optimizer{i}": np.asarray(v) for i, v in enumerate(optimizer.variables)})
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, state=np.array(json.dumps(state)), **arrays)
+    os.replace(tmp, path)
+
+
+def _resume(path: Path, model, optimizer) -> dict:
+    with np.load(path) as saved:
+        n_weights = sum(k.startswith("weight") for k in saved.files)
+        n_optimizer = sum(k.startswith("optimizer") for k in saved.files)
+        if n_weights != len(model.weights) or n_optimizer != len(optimizer.variables):
+            raise WorkbenchError(f"{path} was written by another model or optimizer; delete it to train from scratch")
+        model.set_weights([saved[f"weight{i}"] for i in range(n_weights)])
+        for i, variable in enumerate(optimizer.variables):
+            variable.assign(saved[f"optimizer{i}"])
+        state = json.loads(str(saved["state"]))
+    optimizer.learning_rate.assign(state["lr"])
+    return state
+
+
+class KerasMember:
+    """Fold models of one Keras member; several checkpoints are averaged (the test set)."""
+
+    def __init__(self, spec: MemberSpec, checkpoint_paths: list[Path]) -> None:
+        if not checkpoint_paths:
+            raise WorkbenchError(f"member {spec.name}: no checkpoints given; train its folds first")
+        self.spec = spec
+        self.models = []
+        for path in checkpoint_paths:
+            if not Path(path).exists():
+                raise WorkbenchError(f"{path} is missing; re-run the member's fold training")
+            model = build_keras_unet(spec)
+            model.load_weights(path)
+            self.models.append(model)
+
+    def predict_proba(self, images: np.ndarray, angles: np.ndarray | None = None) -> np.ndarray:
+        """(N, H, W, 3) uint8 -> (N, H, W) float32 probabilities in [0, 1] (angles are unused)."""
+        n, height, width = images.shape[:3]
+        out = np.empty((n, height, width), np.float32)
+        batch_size = self.spec.train.batch_size
+        for start in range(0, n, batch_size):
+            batch = np.stack([resize_image(np.asarray(img), self.spec.height, self.spec.width)
+                              for img in images[start:start + batch_size]])
+            proba = np.mean([self._predict_one(model, batch) for model in self.models], axis=0)
+            for i, p in enumerate(proba):
+                out[start + i] = resize_proba(p, height, width)
+        return np.clip(out, 0, 1, out=out)
+
+    def _predict_one(self, model, batch: np.ndarray) -> np.ndarray:
+        """(B, h, w, 3) uint8 -> (B, h, w) float32: sigmoid, averaged with the hflip TTA map."""
+        proba = _sigmoid(_logits(model, batch))
+        if self.spec.train.hflip_tta:
+            flipped = _sigmoid(_logits(model, batch[:, :, ::-1]))[:, :, ::-1]
+            proba = (proba + flipped) / 2
+        return proba
+
+
+def _write_log(path: Path, history: list[list]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(LOG_COLUMNS)
+        writer.writerows(history)
+    os.replace(tmp, path)
+
+
+def _sigmoid(logits: np.ndarray) -> np.ndarray:
+    return (0.5 * (1 + np.tanh(0.5 * logits))).astype(np.float32)  # tanh form cannot overflow

@@ -1,0 +1,129 @@
+"""Running one member x fold end to end (train, predict its held-out cars into the store) and one
+member's test predictions (its fold models averaged, streamed image batch by batch).
+
+Both are idempotent and resumable: a finished member x fold leaves `done.json` and is skipped; an
+interrupted one resumes from its last epoch; test maps already in the store are not predicted again.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from carvana.dataset import CarvanaData, angle_of
+from carvana.errors import WorkbenchError
+from folds import Folds
+from oof import Store
+from zoo.cache import cached_split, resize_proba
+from zoo.fold_data import FoldData, split_fold
+from zoo.members import fit_avg_mask, load_member
+from zoo.spec import MemberSpec
+
+PREDICT_CHUNK = 16  # images predicted and written at a time: bounded memory at any test size
+
+
+def member_dir(run_dir: Path, spec: MemberSpec) -> Path:
+    return run_dir / "members" / spec.name
+
+
+def claim_member(run_dir: Path, spec: MemberSpec, retrain: bool = False) -> Path:
+    """The member's folder, refusing results made under another spec unless `retrain` discards them."""
+    folder = member_dir(run_dir, spec)
+    spec_path = folder / "spec.json"
+    if spec_path.exists():
+        recorded = json.loads(spec_path.read_text())
+        if recorded.get("hash") != spec.hash:
+            if not retrain:
+                raise WorkbenchError(
+                    f"{spec_path}: member {spec.name} was trained with another spec; rename it in the config, "
+                    f"or re-run with `--retrain {spec.name}` to discard its results"
+                )
+            shutil.rmtree(folder)
+    if not spec_path.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_json(spec_path, {"hash": spec.hash, "spec": spec.to_dict()})
+    return folder
+
+
+def fold_done(run_dir: Path, spec: MemberSpec, fold: int) -> bool:
+    return (member_dir(run_dir, spec) / f"fold{fold}" / "done.json").exists()
+
+
+def run_member_fold(spec: MemberSpec, fold: int, data: CarvanaData, folds: Folds, run_dir: Path,
+                    store: Store, resolution: tuple[int, int], progress: bool = True) -> None:
+    """Train `spec` without fold `fold`'s cars, then write their OOF maps to `store` at `resolution`."""
+    work_dir = member_dir(run_dir, spec) / f"fold{fold}"
+    work_dir.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    ids, images, masks = cached_split(data, "train", spec.height, spec.width, run_dir / "cache")
+    train_idx, val_idx, oof_idx = split_fold(ids, folds, fold, spec.train.seed)
+    fold_data = FoldData(fold, ids, images, masks, train_idx, val_idx, oof_idx)
+    checkpoint = fit(spec, fold_data, work_dir, progress)
+    member = load_member(spec, [checkpoint])
+    oof_ids = [ids[i] for i in oof_idx]
+    with store.open_member(spec.name, spec.to_dict(), folds.hash, resolution) as writer:
+        for chunk in _chunks(list(oof_idx), desc=f"{spec.name} fold {fold}: OOF maps", progress=progress):
+            _write_maps(writer, member, images[np.array(chunk)], [ids[i] for i in chunk], "train", resolution, fold)
+    _write_json(work_dir / "done.json", {"checkpoint": checkpoint.name, "n_oof": len(oof_ids),
+                                         "seconds": round(time.time() - start, 1), "spec_hash": spec.hash})
+
+
+def fit(spec: MemberSpec, data: FoldData, work_dir: Path, progress: bool) -> Path:
+    """Train the member on one fold; return the checkpoint its predictions load from."""
+    if spec.arch == "avg_mask":
+        path = work_dir / "avg_mask.npy"
+        tmp = work_dir / "avg_mask.tmp.npy"
+        np.save(tmp, fit_avg_mask(data.masks, data.angles, np.concatenate([data.train_idx, data.val_idx])))
+        os.replace(tmp, path)
+        return path
+    if spec.framework == "keras":
+        from zoo.keras_unet import train_keras_fold
+
+        return train_keras_fold(spec, data, work_dir, progress)
+    from zoo.train_torch import train_fold
+
+    return train_fold(spec, data, work_dir, progress)
+
+
+def predict_member_test(spec: MemberSpec, folds: Folds, data: CarvanaData, run_dir: Path, store: Store,
+                        resolution: tuple[int, int], progress: bool = True) -> None:
+    """Average the member's fold models over the test images not yet in the store, chunk by chunk."""
+    folder = member_dir(run_dir, spec)
+    checkpoints = []
+    for fold in range(folds.n_folds):
+        done = folder / f"fold{fold}" / "done.json"
+        checkpoints.append(folder / f"fold{fold}" / json.loads(done.read_text())["checkpoint"])
+    member = load_member(spec, checkpoints)
+    todo = [img for img in data.test_ids if not store.has(spec.name, "test", img)]
+    if not todo:
+        return
+    ids, images, _ = cached_split(data, "test", spec.height, spec.width, run_dir / "cache", with_masks=False)
+    position = {img: i for i, img in enumerate(ids)}
+    with store.open_member(spec.name, spec.to_dict(), folds.hash, resolution) as writer:
+        for chunk in _chunks(todo, desc=f"{spec.name}: test maps ({folds.n_folds} folds averaged)", progress=progress):
+            batch = np.stack([images[position[img]] for img in chunk])
+            _write_maps(writer, member, batch, chunk, "test", resolution, None)
+
+
+def _write_maps(writer, member, batch: np.ndarray, chunk: list[str], split: str,
+                resolution: tuple[int, int], fold: int | None) -> None:
+    """Predict `batch` ((n, h, w, 3) uint8 at the member's size), resize to the store's, write."""
+    angles = np.array([angle_of(img) for img in chunk])
+    for img, proba in zip(chunk, member.predict_proba(batch, angles=angles)):
+        writer.write(split, img, resize_proba(proba, *resolution), fold=fold)
+
+
+def _chunks(items: list, desc: str, progress: bool):
+    for start in tqdm(range(0, len(items), PREDICT_CHUNK), desc=desc, leave=False, disable=not progress, unit="chunk"):
+        yield items[start:start + PREDICT_CHUNK]
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str))
+    os.replace(tmp, path)

@@ -1,0 +1,55 @@
+"""PyTorch members: R2's 3-layer CNN and segmentation-models-pytorch decoders with any encoder."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from carvana.errors import WorkbenchError
+from zoo.spec import MemberSpec
+
+
+class SimpleCNN(nn.Module):
+    """R2's baseline: conv16 - conv32 - conv1 (5x5), ReLU between; returns logits (N, 1, H, W)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Conv2d(3, 16, 5, padding=2), nn.ReLU(inplace=True),
+            nn.Conv2d(16, 32, 5, padding=2), nn.ReLU(inplace=True),
+            nn.Conv2d(32, 1, 5, padding=2),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+def build_torch_model(spec: MemberSpec) -> nn.Module:
+    """An untrained model for `spec` that maps (N, 3, H, W) float images to (N, 1, H, W) logits."""
+    if spec.arch == "simple_cnn":
+        return SimpleCNN()
+    import segmentation_models_pytorch as smp
+
+    kinds = {"unet": smp.Unet, "fpn": smp.FPN, "linknet": smp.Linknet}
+    kwargs = {"decoder_channels": spec.decoder_channels} if spec.arch == "unet" and spec.decoder_channels else {}
+    if spec.arch == "unet" and spec.decoder_channels:
+        kwargs["encoder_depth"] = len(spec.decoder_channels)
+    try:
+        model = kinds[spec.arch](spec.encoder, encoder_weights=None, classes=1, **kwargs)
+    except (KeyError, ValueError, RuntimeError) as error:
+        raise WorkbenchError(f"member {spec.name}: cannot build {spec.arch} with encoder {spec.encoder!r} ({error})") from None
+    if spec.encoder_weights:
+        _load_encoder_weights(model, Path(spec.encoder_weights), spec.name)
+    return model
+
+
+def _load_encoder_weights(model: nn.Module, path: Path, name: str) -> None:
+    """Load a local encoder state dict (this machine cannot download pretrained weights)."""
+    if not path.is_file():
+        raise WorkbenchError(f"member {name}: encoder_weights file {path} not found; give a local .pth file or leave it empty")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    missing, unexpected = model.encoder.load_state_dict(state, strict=False)
+    if len(missing) > len(state) // 2:
+        raise WorkbenchError(f"member {name}: {path} does not fit encoder {model.encoder.__class__.__name__} "
+                             f"({len(missing)} weights missing); check the file is for this encoder")
