@@ -228,13 +228,13 @@ def test_concurrent_metadata_updates_lose_nothing(tmp_path):
     store.open_member("m", SPEC, FOLDS_HASH, SHAPE)
     context = multiprocessing.get_context("spawn")
     barrier = context.Barrier(2)
-    jobs = [context.Process(target=_record_many, args=(str(store.path), fold, 150, barrier)) for fold in (0, 1)]
+    jobs = [context.Process(target=_record_many, args=(str(store.path), fold, 50, barrier)) for fold in (0, 1)]
     for job in jobs:
         job.start()
     for job in jobs:
         job.join(timeout=60)
     assert [job.exitcode for job in jobs] == [0, 0]
-    assert len(store.metadata("m")["sessions"]) == 2 * 150
+    assert len(store.metadata("m")["sessions"]) == 2 * 50
 
 
 def test_writes_leave_no_temp_files_even_when_they_fail(tmp_path, monkeypatch):
