@@ -105,8 +105,9 @@ class DiceEvaluator:
 
     Feed images with `add_image` (streaming) or build with `from_arrays` / `from_images`; then
     `score(threshold, weights)` and `per_image(threshold, weights)` follow the module's decision rule.
-    Memory: two (S-histogram) rows of 255 * n_members + 2 int32 per image, plus n_members bytes and a
-    little per uncertain pixel; never a float copy of the maps.
+    Memory: four rows (histograms and their suffix sums) of ~255 * n_members int32 per image, plus
+    n_members bytes per uncertain pixel; never a float copy of the maps. Adding images after a score
+    re-packs, briefly holding the uncertain pixels twice.
     """
 
     def __init__(self, n_members: int) -> None:
@@ -116,7 +117,7 @@ class DiceEvaluator:
         self._max_sum = 255 * n_members
         self._hists: list[np.ndarray] = []  # per image (2, max_sum + 1): truth-negative, truth-positive
         self._angles: list[int] = []
-        self._chunks: list[tuple[np.ndarray, np.ndarray]] = []  # per image (values_pos, values_neg)
+        self._chunks: list[list[np.ndarray | None]] = []  # per image [values_pos, values_neg]
         self.n_pixels = 0
         self._packed: tuple | None = None
 
@@ -160,7 +161,7 @@ class DiceEvaluator:
                            .astype(np.int32).reshape(2, -1))
         # S == 0 means every member is 0, S == 255 M every member is 255: decided for any trial.
         uncertain = (level_sum != 0) & (level_sum != self._max_sum)
-        self._chunks.append((flat[:, uncertain & car], flat[:, uncertain & ~car]))
+        self._chunks.append([flat[:, uncertain & car], flat[:, uncertain & ~car]])
         self._angles.append(int(angle))
         self.n_pixels += car.size
 
@@ -231,6 +232,7 @@ class DiceEvaluator:
         values = np.empty((self.n_members, int(offsets[-1])), dtype=np.uint8)
         for rank, i in enumerate(order):
             values[:, offsets[rank]:offsets[rank + 1]] = self._chunks[i][cls_index]
+            self._chunks[i][cls_index] = None  # keeps the peak near one copy of the uncertain pixels
         first_image_of_angle = np.searchsorted(angles[order], np.arange(1, N_ANGLES + 2))
         return _Uncertain(values, offsets, offsets[first_image_of_angle])
 
@@ -243,7 +245,7 @@ class DiceEvaluator:
         for cls_index, part in enumerate(parts):
             for rank, i in enumerate(order):
                 chunks[i][cls_index] = part.values[:, part.offsets[rank]:part.offsets[rank + 1]]
-        self._chunks = [tuple(c) for c in chunks]
+        self._chunks = chunks
         self._packed = None
 
 
