@@ -208,7 +208,7 @@ class Store:
         raise WorkbenchError(duplicate_message(self.path / member, img, found))
 
     def _paths(self, member: str, split: str, imgs: list[str]) -> list[Path]:
-        if split == "test" or len(imgs) < 4:
+        if split == "test":
             return [self._locate(member, split, img) for img in imgs]
         # One listing of the fold folders instead of a stat per image and fold.
         index = self.train_folds(member)
