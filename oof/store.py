@@ -27,8 +27,8 @@ from oof.format import (
 )
 from oof.member import META_NAME, load_meta, open_meta, record_sessions, stale_message
 
-# One thread by default: from a warm page cache, 2 or 4 threads were 1.4-1.8x slower than 1 (bench_store),
-# since a map decodes in well under a millisecond. More threads can only pay off on a slow (network) disk.
+# One thread by default: from a warm page cache on 2 cores, 2-4 threads were never faster than 1 and up to
+# 3x slower (bench_store), a map decoding in under a millisecond. They may pay off on a slow network disk.
 READ_THREADS = 1
 
 
