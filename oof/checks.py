@@ -9,12 +9,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Iterable, Mapping
 
 from carvana.errors import WorkbenchError
-from oof.format import canonical_id
+from oof.format import canonical_id, retrain_hint
 
 if TYPE_CHECKING:
     from oof.store import Store
 
-_RERUN = "re-run `workbench fold-train`"
 
 
 def check_coverage(store: Store, member: str, fold_of: Mapping[str, int], folds_hash: str) -> None:
@@ -28,7 +27,7 @@ def check_coverage(store: Store, member: str, fold_of: Mapping[str, int], folds_
     if built_on != folds_hash:
         raise WorkbenchError(
             f"{where} was built on other folds (folds_hash {built_on[:12]}..., folds.csv has {folds_hash[:12]}...); "
-            f"its OOF maps would leak: {_RERUN} for {member} with a reset"
+            f"its OOF maps would leak: {retrain_hint(member)}"
         )
     expected = {canonical_id(img): int(fold) for img, fold in fold_of.items()}
     written = store.train_folds(member)
@@ -39,20 +38,20 @@ def check_coverage(store: Store, member: str, fold_of: Mapping[str, int], folds_
         wrong = [k for k in written[img] if k != expected[img]]
         raise WorkbenchError(
             f"{where}: OOF map of {img} was written by fold {wrong[0]}, whose model trained on that car "
-            f"(a leak; its car is held out by fold {expected[img]}){_more(leaks)}: {_RERUN} for {member} with a reset"
+            f"(a leak; its car is held out by fold {expected[img]}){_more(leaks)}: {retrain_hint(member)}"
         )
     extra = sorted(set(written) - set(expected))
     if extra:
         raise WorkbenchError(
             f"{where}: OOF map of {extra[0]} (fold {written[extra[0]][0]}), an image not in folds.csv{_more(extra)}; "
-            f"the store belongs to other data: {_RERUN} for {member} with a reset"
+            f"the store belongs to other data: {retrain_hint(member)}"
         )
     missing = sorted(set(expected) - set(written))
     if missing:
         folds = sorted({expected[img] for img in missing})
         raise WorkbenchError(
             f"{where}: no OOF map of train image {missing[0]} (fold {expected[missing[0]]}){_more(missing)}; "
-            f"{_RERUN} for {member}, folds {', '.join(map(str, folds))}"
+            f"{'folds' if len(folds) > 1 else 'fold'} {', '.join(map(str, folds))} incomplete: {retrain_hint(member)}"
         )
 
 
@@ -64,12 +63,13 @@ def check_test(store: Store, member: str, test_ids: Iterable[str]) -> None:
     missing, extra = sorted(expected - written), sorted(written - expected)
     if missing:
         raise WorkbenchError(
-            f"{where}: no test map of {missing[0]}{_more(missing)}; {_RERUN} for {member} (its test prediction)"
+            f"{where}: no test map of {missing[0]}{_more(missing)}; re-run `workbench fold-train` (it predicts missing "
+            "test maps)"
         )
     if extra:
         raise WorkbenchError(
             f"{where}: test map of {extra[0]}, an image not in the test set{_more(extra)}; the store belongs to "
-            f"other data: {_RERUN} for {member} with a reset"
+            f"other data: {retrain_hint(member)}"
         )
 
 

@@ -43,6 +43,11 @@ def canonical_id(img: str) -> str:
     return stem
 
 
+def retrain_hint(member: str) -> str:
+    """The fix for a member whose maps are wrong: retraining it rewrites all of them (fold jobs that are done skip)."""
+    return f"re-run `workbench fold-train --retrain {member}`"
+
+
 def check_member_name(member: str) -> str:
     """The member name, if it is safe as a folder name (letters, digits, `_`, `.`, `-`)."""
     if not isinstance(member, str) or not MEMBER_PATTERN.match(member):
@@ -99,11 +104,12 @@ def decode_map(data: bytes, path: Path, shape: tuple[int, int]) -> np.ndarray:
         got_shape, fortran_order, dtype = read_header(stream)
         array = np.frombuffer(raw, dtype=np.uint8, offset=stream.tell())
     except (zstandard.ZstdError, ValueError) as error:
-        raise WorkbenchError(f"{path}: damaged map ({error}); delete it and re-run `workbench fold-train`") from None
+        fix = "re-run `workbench fold-train --retrain` for its member"
+        raise WorkbenchError(f"{path}: damaged map ({error}); {fix}") from None
     if dtype != np.uint8 or fortran_order or tuple(got_shape) != tuple(shape) or array.size != shape[0] * shape[1]:
         raise WorkbenchError(
             f"{path}: holds a {dtype} map of shape {tuple(got_shape)}, the store's maps are uint8 {tuple(shape)}; "
-            "delete it and re-run `workbench fold-train`"
+            "re-run `workbench fold-train --retrain` for its member"
         )
     return array.reshape(shape)
 

@@ -23,7 +23,7 @@ from carvana.errors import WorkbenchError
 from oof import checks
 from oof.format import (
     FOLD_DIR_PATTERN, MAP_SUFFIX, canonical_id, check_member_name, check_split, encode_map, fold_dir_name,
-    read_map, to_uint8, write_atomic,
+    read_map, retrain_hint, to_uint8, write_atomic,
 )
 from oof.member import META_NAME, load_meta, open_meta, record_sessions, stale_message
 
@@ -202,9 +202,8 @@ class Store:
         if len(found) == 1:
             return found[0]
         if not found:
-            raise WorkbenchError(
-                f"{self.path / member}: no {split} map of {img}; re-run `workbench fold-train` for {member}"
-            )
+            fix = retrain_hint(member) if split == "train" else "re-run `workbench fold-train` (it predicts them)"
+            raise WorkbenchError(f"{self.path / member}: no {split} map of {img}; {fix}")
         raise WorkbenchError(duplicate_message(self.path / member, img, found))
 
     def _paths(self, member: str, split: str, imgs: list[str]) -> list[Path]:
@@ -262,7 +261,7 @@ def duplicate_message(member_dir: Path, img: str, paths: list[Path]) -> str:
     folds = ", ".join(p.parent.name for p in paths)
     return (
         f"{member_dir}: train image {img} has OOF maps from several folds ({folds}); only the fold that held its "
-        "car out may predict it: re-run `workbench fold-train` for this member with a reset"
+        f"car out may predict it: {retrain_hint(member_dir.name)}"
     )
 
 

@@ -130,7 +130,7 @@ def test_map_from_the_fold_that_trained_on_the_car_is_a_leak(tmp_path):
 
 def test_store_built_on_other_folds_is_refused(tmp_path):
     store = honest_store(tmp_path)
-    with pytest.raises(WorkbenchError, match=r"unet_resnet34_32.*other folds.*fold-train"):
+    with pytest.raises(WorkbenchError, match=r"unet_resnet34_32.*other folds.*fold-train --retrain unet_resnet34_32"):
         store.check_coverage("unet_resnet34_32", FOLD_OF, OTHER_HASH)
 
 
@@ -149,7 +149,7 @@ def test_changed_member_is_refused_and_reset_starts_afresh(tmp_path, change):
     store = honest_store(tmp_path)
     created = store.metadata("unet_resnet34_32")["created"]
     args = {"spec": SPEC, "folds_hash": FOLDS_HASH, "resolution": SHAPE, **change}
-    with pytest.raises(WorkbenchError, match="unet_resnet34_32.*different.*reset"):
+    with pytest.raises(WorkbenchError, match="unet_resnet34_32.*different.*--retrain unet_resnet34_32"):
         store.open_member("unet_resnet34_32", **args)
     assert len(store.ids("unet_resnet34_32", "train")) == len(FOLD_OF)
     # Reopening unchanged keeps the maps (a re-run job resumes); a tuple spec equals its JSON list.
