@@ -1,0 +1,239 @@
+"""What a synthetic car is: body type and dimensions, paint, parts, metadata, annotation policy.
+
+Everything here is drawn from a numpy Generator, so one car's spec depends only on that Generator's
+seed. All lengths are metres; colours are RGB 0..255.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# Share of cars per paint colour. White and silver are close to the studio background and make up
+# close to half of the real Carvana fleet, which is what makes the real task hard.
+PAINTS: dict[str, tuple[float, tuple[int, int, int]]] = {
+    "white": (0.26, (238, 238, 235)),
+    "silver": (0.18, (188, 191, 195)),
+    "black": (0.13, (22, 23, 26)),
+    "grey": (0.11, (105, 108, 112)),
+    "red": (0.09, (160, 22, 26)),
+    "blue": (0.09, (28, 55, 120)),
+    "dark_blue": (0.04, (20, 28, 55)),
+    "green": (0.03, (30, 75, 50)),
+    "beige": (0.04, (190, 170, 135)),
+    "orange": (0.03, (215, 110, 25)),
+}
+WHITE_OR_SILVER = ("white", "silver")
+
+# Annotation noise, drawn once per car (the real masks were drawn per car by people with habits).
+P_INCLUDE_THIN_PARTS = 0.6  # the mask covers antenna, spoiler and roof rails
+P_FILL_SPOKE_GAPS = 0.5  # the mask covers the whole wheel disc, background seen through spokes included
+P_BOUNDARY_JITTER = 0.3  # the mask boundary wobbles smoothly around the true outline
+JITTER_PX_AT_FULL_SIZE = (1.0, 3.0)  # wobble scale in pixels at 1918 px width (scaled with width)
+
+# Thin parts, each drawn per car when its body type allows it.
+P_WHIP_ANTENNA = 0.35
+P_SPOILER = 0.3  # sedans, coupes and hatchbacks
+P_ROOF_RAILS = 0.5  # SUVs, wagons and vans
+
+
+@dataclass(frozen=True)
+class BodyType:
+    """Ranges (low, high) of a body type's dimensions; see `Dims` for what each means."""
+
+    name: str
+    length: tuple[float, float]
+    width: tuple[float, float]
+    height: tuple[float, float]
+    wheel_radius: tuple[float, float]
+    clearance: tuple[float, float]
+    belt: tuple[float, float]  # belt line height as a fraction of the height
+    hood: tuple[float, float]  # bonnet length as a fraction of the length
+    cabin: tuple[float, float] | None  # cabin base length / length; None: the cabin runs to the rear
+    rake: tuple[float, float]  # windshield run (m) per metre of cabin height
+    rear_rake: tuple[float, float]  # rear window run (m) per metre of cabin height
+    n_side_windows: int
+    bed: bool = False  # pickup: an open bed behind the cab
+
+
+BODY_TYPES: dict[str, BodyType] = {b.name: b for b in [
+    BodyType("sedan", (4.5, 5.0), (1.78, 1.88), (1.40, 1.50), (0.31, 0.34), (0.13, 0.16),
+             (0.60, 0.66), (0.22, 0.27), (0.42, 0.48), (0.9, 1.3), (0.9, 1.4), 2),
+    BodyType("coupe", (4.3, 4.8), (1.78, 1.88), (1.28, 1.38), (0.32, 0.35), (0.11, 0.14),
+             (0.62, 0.68), (0.27, 0.32), (0.40, 0.46), (1.2, 1.6), (1.5, 2.2), 1),
+    BodyType("hatchback", (3.9, 4.35), (1.70, 1.80), (1.42, 1.52), (0.29, 0.32), (0.13, 0.16),
+             (0.58, 0.63), (0.20, 0.24), None, (0.9, 1.2), (0.4, 0.7), 2),
+    BodyType("wagon", (4.6, 4.95), (1.78, 1.86), (1.45, 1.55), (0.31, 0.34), (0.14, 0.17),
+             (0.58, 0.63), (0.20, 0.24), None, (0.9, 1.2), (0.15, 0.35), 3),
+    BodyType("suv", (4.5, 5.1), (1.82, 1.98), (1.65, 1.85), (0.35, 0.40), (0.19, 0.24),
+             (0.56, 0.62), (0.19, 0.23), None, (0.7, 1.0), (0.1, 0.3), 3),
+    BodyType("pickup", (5.2, 5.9), (1.90, 2.02), (1.75, 1.92), (0.37, 0.41), (0.22, 0.27),
+             (0.55, 0.60), (0.22, 0.26), (0.30, 0.42), (0.55, 0.8), (0.02, 0.08), 2, bed=True),
+    BodyType("van", (4.8, 5.3), (1.90, 2.0), (1.72, 1.90), (0.32, 0.35), (0.14, 0.18),
+             (0.48, 0.54), (0.12, 0.16), None, (0.7, 1.0), (0.05, 0.15), 3),
+]}
+
+# Each make carries a bias toward some body types (weights), its model names and its trims.
+MAKES: dict[str, dict[str, object]] = {
+    "Toyota": {"bodies": {"sedan": 4, "suv": 3, "hatchback": 2, "pickup": 2, "van": 1},
+               "models": {"sedan": ["Camry", "Avalon"], "suv": ["RAV4", "Highlander"], "hatchback": ["Corolla iM", "Prius"],
+                          "pickup": ["Tacoma", "Tundra"], "van": ["Sienna"]}, "trims": ["LE", "SE", "XLE", "Limited"]},
+    "Ford": {"bodies": {"pickup": 4, "suv": 3, "sedan": 2, "van": 1, "coupe": 1},
+             "models": {"pickup": ["F-150", "Ranger"], "suv": ["Explorer", "Escape"], "sedan": ["Fusion", "Taurus"],
+                        "van": ["Transit Connect"], "coupe": ["Mustang"]}, "trims": ["S", "SE", "XLT", "Titanium"]},
+    "Honda": {"bodies": {"sedan": 4, "hatchback": 2, "suv": 3, "van": 1},
+              "models": {"sedan": ["Accord", "Civic"], "hatchback": ["Fit", "Civic Hatchback"], "suv": ["CR-V", "Pilot"],
+                         "van": ["Odyssey"]}, "trims": ["LX", "EX", "EX-L", "Touring"]},
+    "Chevrolet": {"bodies": {"pickup": 4, "suv": 3, "sedan": 2, "van": 1, "coupe": 1},
+                  "models": {"pickup": ["Silverado 1500", "Colorado"], "suv": ["Equinox", "Tahoe"],
+                             "sedan": ["Malibu", "Impala"], "van": ["Express"], "coupe": ["Camaro"]},
+                  "trims": ["LS", "LT", "LTZ", "Premier"]},
+    "BMW": {"bodies": {"sedan": 4, "coupe": 2, "suv": 2, "wagon": 1},
+            "models": {"sedan": ["3 Series", "5 Series"], "coupe": ["4 Series"], "suv": ["X3", "X5"], "wagon": ["3 Series Wagon"]},
+            "trims": ["328i", "335i", "xDrive28i", "M Sport"]},
+    "Mercedes-Benz": {"bodies": {"sedan": 4, "coupe": 2, "suv": 2, "van": 1, "wagon": 1},
+                      "models": {"sedan": ["C-Class", "E-Class"], "coupe": ["C-Class Coupe"], "suv": ["GLC", "GLE"],
+                                 "van": ["Metris"], "wagon": ["E-Class Wagon"]}, "trims": ["C300", "E350", "4MATIC", "AMG"]},
+    "Nissan": {"bodies": {"sedan": 4, "suv": 3, "hatchback": 1, "coupe": 1, "pickup": 1},
+               "models": {"sedan": ["Altima", "Sentra"], "suv": ["Rogue", "Pathfinder"], "hatchback": ["Versa Note"],
+                          "coupe": ["370Z"], "pickup": ["Frontier"]}, "trims": ["S", "SV", "SL", "Platinum"]},
+    "Volkswagen": {"bodies": {"hatchback": 4, "sedan": 2, "wagon": 2, "suv": 2},
+                   "models": {"hatchback": ["Golf", "Beetle"], "sedan": ["Jetta", "Passat"], "wagon": ["Golf SportWagen"],
+                              "suv": ["Tiguan", "Touareg"]}, "trims": ["S", "SE", "SEL", "TDI"]},
+}
+DRIVETRAINS = ["FWD", "AWD", "4WD", "RWD"]
+ENGINES = ["2.0L I4", "2.5L I4", "3.5L V6", "1.8L I4 Turbo", "5.3L V8"]
+
+
+@dataclass(frozen=True)
+class AnnotationPolicy:
+    """How this car's masks were drawn: what the annotator included and how steady their hand was."""
+
+    include_thin_parts: bool
+    fill_spoke_gaps: bool
+    jitter_px: float  # 0 = exact outline; otherwise the wobble scale in pixels at 1918 px width
+
+
+@dataclass(frozen=True)
+class Dims:
+    """A car's dimensions (m). x runs rear -> front, y right -> left, z up; the car is centred at x=y=0."""
+
+    length: float
+    width: float
+    height: float
+    wheel_radius: float
+    clearance: float
+    z_belt: float  # height of the belt line (bottom of the side windows)
+    x_cowl: float  # x of the windshield base
+    x_cabin_rear: float  # x of the rear window base
+    x_roof_front: float
+    x_roof_rear: float
+    x_wheels: tuple[float, float]  # rear and front axle x
+    z_nose: float  # height of the bonnet's front edge
+    z_tail: float  # height of the boot lid at the rear
+    corner_front: tuple[float, float]  # plan-view chamfer of the front corners: (run along x, inset in y)
+    corner_rear: tuple[float, float]
+    shoulder: tuple[float, float]  # the flank's top bevel: (height below the belt, inset in y at the belt)
+
+
+@dataclass(frozen=True)
+class CarSpec:
+    """Everything needed to render one car from any angle and write its metadata row."""
+
+    car_id: str
+    body: BodyType
+    dims: Dims
+    paint_name: str
+    paint: tuple[int, int, int]
+    rim: tuple[int, int, int]
+    n_spokes: int
+    spoke_fill: float  # fraction of the rim's annulus covered by spokes (the rest shows what is behind)
+    antenna: bool
+    spoiler: bool
+    roof_rails: bool
+    policy: AnnotationPolicy
+    metadata: dict[str, object]
+
+
+def _uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
+    return float(rng.uniform(bounds[0], bounds[1]))
+
+
+def draw_annotation_policy(rng: np.random.Generator) -> AnnotationPolicy:
+    """One car's annotation habits, at the rates P_INCLUDE_THIN_PARTS, P_FILL_SPOKE_GAPS, P_BOUNDARY_JITTER."""
+    include_thin = bool(rng.random() < P_INCLUDE_THIN_PARTS)
+    fill_gaps = bool(rng.random() < P_FILL_SPOKE_GAPS)
+    jitter = _uniform(rng, JITTER_PX_AT_FULL_SIZE) if rng.random() < P_BOUNDARY_JITTER else 0.0
+    return AnnotationPolicy(include_thin, fill_gaps, jitter)
+
+
+def draw_paint(rng: np.random.Generator) -> tuple[str, tuple[int, int, int]]:
+    """A paint name and a slightly perturbed RGB colour, at the shares in PAINTS."""
+    names = list(PAINTS)
+    shares = np.array([PAINTS[n][0] for n in names])
+    name = names[int(rng.choice(len(names), p=shares / shares.sum()))]
+    base = np.array(PAINTS[name][1], dtype=np.float64)
+    # Mostly a change of brightness; a little of hue, so greys stay grey.
+    colour = np.clip(base * rng.uniform(0.94, 1.04) + rng.normal(0.0, 2.0, size=3), 0, 255)
+    return name, tuple(int(c) for c in colour.round())
+
+
+def draw_dims(rng: np.random.Generator, body: BodyType) -> Dims:
+    """Dimensions of one car of `body`, inside the body type's ranges."""
+    length, width, height = (_uniform(rng, r) for r in (body.length, body.width, body.height))
+    radius, clearance = _uniform(rng, body.wheel_radius), _uniform(rng, body.clearance)
+    z_belt = height * _uniform(rng, body.belt)
+    cabin_h = height - z_belt
+    x_front, x_rear = length / 2, -length / 2
+    x_cowl = x_front - length * _uniform(rng, body.hood)
+    if body.cabin is None:
+        x_cabin_rear = x_rear + _uniform(rng, (0.04, 0.12))
+    else:
+        x_cabin_rear = max(x_cowl - length * _uniform(rng, body.cabin), x_rear + 0.3)
+    x_roof_front = x_cowl - cabin_h * _uniform(rng, body.rake)
+    x_roof_rear = min(x_cabin_rear + cabin_h * _uniform(rng, body.rear_rake), x_roof_front - 0.5)
+    overhang_front = radius + length * rng.uniform(0.12, 0.17)
+    overhang_rear = radius + length * rng.uniform(0.12, 0.19)
+    x_wheels = (x_rear + overhang_rear, x_front - overhang_front)
+    z_nose = z_belt - _uniform(rng, (0.08, 0.16))
+    z_tail = z_belt + _uniform(rng, (-0.04, 0.04)) if x_cabin_rear > x_rear + 0.3 else z_belt
+    arch_clear = radius + 0.05
+    corner_front = (min(_uniform(rng, (0.35, 0.6)), overhang_front - arch_clear - 0.05), _uniform(rng, (0.10, 0.22)))
+    corner_rear = (min(_uniform(rng, (0.25, 0.45)), overhang_rear - arch_clear - 0.05), _uniform(rng, (0.06, 0.16)))
+    shoulder = (_uniform(rng, (0.10, 0.16)), _uniform(rng, (0.03, 0.07)))
+    return Dims(length, width, height, radius, clearance, z_belt, x_cowl, x_cabin_rear,
+                x_roof_front, x_roof_rear, x_wheels, z_nose, z_tail, corner_front, corner_rear, shoulder)
+
+
+def draw_metadata(rng: np.random.Generator, car_id: str) -> tuple[dict[str, object], BodyType]:
+    """A metadata row (`id,year,make,model,trim1,trim2`) and the body type its make and model imply."""
+    make = list(MAKES)[int(rng.integers(len(MAKES)))]
+    info = MAKES[make]
+    bodies = info["bodies"]
+    names = list(bodies)
+    weights = np.array([bodies[n] for n in names], dtype=np.float64)
+    body = names[int(rng.choice(len(names), p=weights / weights.sum()))]
+    model = info["models"][body][int(rng.integers(len(info["models"][body])))]
+    trim1 = info["trims"][int(rng.integers(len(info["trims"])))]
+    trim2 = f"{ENGINES[int(rng.integers(len(ENGINES)))]} {DRIVETRAINS[int(rng.integers(len(DRIVETRAINS)))]}"
+    year = int(rng.integers(2007, 2017))
+    row = {"id": car_id, "year": year, "make": make, "model": model, "trim1": trim1, "trim2": trim2}
+    return row, BODY_TYPES[body]
+
+
+def draw_car(rng: np.random.Generator) -> CarSpec:
+    """One car, entirely from `rng` (its id too)."""
+    car_id = f"{int(rng.integers(0, 2**48)):012x}"
+    metadata, body = draw_metadata(rng, car_id)
+    dims = draw_dims(rng, body)
+    paint_name, paint = draw_paint(rng)
+    rim_kind = rng.random()
+    rim = (200, 202, 206) if rim_kind < 0.6 else (120, 122, 126) if rim_kind < 0.85 else (45, 46, 50)
+    n_spokes = int(rng.choice([5, 5, 6, 7, 10]))
+    spoke_fill = _uniform(rng, (0.25, 0.65))
+    antenna = bool(rng.random() < P_WHIP_ANTENNA)
+    spoiler = body.name in ("sedan", "coupe", "hatchback") and bool(rng.random() < P_SPOILER)
+    rails = body.name in ("suv", "wagon", "van") and bool(rng.random() < P_ROOF_RAILS)
+    policy = draw_annotation_policy(rng)
+    return CarSpec(car_id, body, dims, paint_name, paint, rim, n_spokes, spoke_fill,
+                   antenna, spoiler, rails, policy, metadata)
