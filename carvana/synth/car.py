@@ -4,34 +4,24 @@ from __future__ import annotations
 import numpy as np
 
 from carvana.synth.catalog import CarSpec, Dims
-from carvana.synth.geometry import (FILL, THIN, Mesh, PackedMesh, arch, circle, clip_box, extrude,
-                                    lift, pack, sub_quad)
-
-N_ARCH = 9  # points per wheel arch
-N_WHEEL = 28  # points per tyre circle
-TYRE_INSET = 0.03  # tyre face inside the body side (m)
+from carvana.synth.geometry import THIN, Mesh, PackedMesh, arch, clip_box, extrude, lift, pack, sub_quad
+from carvana.synth.wheels import N_ARCH, TYRE_INSET, add_wheel, add_wheel_well, arch_circle, tyre_width
 
 
 def build_car(spec: CarSpec) -> PackedMesh:
     """The complete mesh of one car, ready to render from any yaw."""
     mesh = Mesh()
     d = spec.dims
-    tyre_width = 0.62 * d.wheel_radius
     body_quads, edge_tags, pieces = _body(mesh, spec)
     _body_decals(mesh, spec, body_quads, edge_tags, pieces)
     _cabin(mesh, spec)
     _mirrors(mesh, d)
     for x in d.x_wheels:
         for side in (1.0, -1.0):
-            _wheel(mesh, spec, x, side, tyre_width)
-            _wheel_well(mesh, d, x, side, tyre_width)
+            add_wheel(mesh, spec, x, side)
+            add_wheel_well(mesh, d, x, side)
     _thin_parts(mesh, spec)
     return pack(mesh)
-
-
-def _arch(d: Dims) -> tuple[float, float]:
-    """(z of the centre, radius) of the wheel arches: a gap above the tyre, little at its sides."""
-    return d.wheel_radius + 0.03, d.wheel_radius + 0.05
 
 
 def _body_profile(spec: CarSpec) -> tuple[np.ndarray, list[str]]:
@@ -47,7 +37,7 @@ def _body_profile(spec: CarSpec) -> tuple[np.ndarray, list[str]]:
 
     go((xr + 0.14, c), "bottom")
     for xw in d.x_wheels:
-        for p in arch(xw, *_arch(d), c, N_ARCH):
+        for p in arch(xw, *arch_circle(d), c, N_ARCH):
             go((float(p[0]), float(p[1])), "arch")
         tags[-1] = "bottom"
     go((xf - 0.16, c), "front_low")
@@ -119,10 +109,16 @@ def _body(mesh: Mesh, spec: CarSpec) -> tuple[list[int], list[str], list[tuple[i
             profile, tags = _insert_breaks(profile, tags, axis, value)
     hi, lo = _lift_body(d, profile, 1.0), _lift_body(d, profile, -1.0)
     quads = []
+    # The arch lining runs from the flank in to the wheel-well panel only, not across the car.
+    lining = (TYRE_INSET + tyre_width(d) + 0.02) / d.width
     for i, tag in enumerate(tags):
         j = (i + 1) % len(profile)
-        material = "well" if tag == "arch" else "trim" if tag == "bottom" else "paint"
-        quads.append(mesh.add([np.array([hi[i], hi[j], lo[j], lo[i]])], material))
+        quad = np.array([hi[i], hi[j], lo[j], lo[i]])
+        if tag == "arch":
+            mesh.add([sub_quad(quad, (0.0, 1.0), (0.0, lining))], "well")
+            quads.append(mesh.add([sub_quad(quad, (0.0, 1.0), (1.0 - lining, 1.0))], "well"))
+        else:
+            quads.append(mesh.add([quad], "trim" if tag == "bottom" else "paint"))
     pieces = []
     xs, zs = [-np.inf, *x_breaks, np.inf], [-np.inf, *z_breaks, np.inf]
     for x_range in zip(xs[:-1], xs[1:]):
@@ -153,7 +149,7 @@ def _body_decals(mesh: Mesh, spec: CarSpec, quads: list[int], tags: list[str],
             mesh.add([sub_quad(quad, (0.45, 0.85), (0.40, 0.60))], "plate", parent=q)
         elif tag == "bed":
             mesh.add([sub_quad(quad, (0.0, 0.97), (0.05, 0.95))], "bed", parent=q)
-    z_centre, radius = _arch(d)
+    z_centre, radius = arch_circle(d)
     z_low = min(z_centre + radius + 0.04, d.z_belt - d.shoulder[0] - 0.03)
     for face, piece, side in pieces:
         lower = clip_box(piece, z=(-np.inf, z_low))
@@ -193,7 +189,8 @@ def _side_windows(spec: CarSpec, profile: np.ndarray) -> list[np.ndarray]:
     """(K, 2) (x, z) outlines of the side windows: the cabin outline inset by the pillars."""
     d = spec.dims
     z_lo, z_hi = d.z_belt + 0.035, d.height - 0.06
-    a_pillar, c_pillar, b_pillar = 0.09, {"hatchback": 0.22, "coupe": 0.16, "sedan": 0.13}.get(spec.body.name, 0.09), 0.08
+    a_pillar, b_pillar = 0.09, 0.08
+    c_pillar = {"hatchback": 0.22, "coupe": 0.16, "sedan": 0.13}.get(spec.body.name, 0.09)
 
     def along(p: np.ndarray, q: np.ndarray, z: float) -> float:
         return float(p[0] + (q[0] - p[0]) * (z - p[1]) / (q[1] - p[1]))
@@ -226,58 +223,6 @@ def _mirrors(mesh: Mesh, d: Dims) -> None:
         extrude(mesh, profile, max(inner, outer), min(inner, outer), ["paint"] * 4, "paint")
 
 
-def _wheel(mesh: Mesh, spec: CarSpec, x: float, side: float, tyre_width: float) -> None:
-    """A tyre (tread and two sidewall rings) with a spoked rim on its outer side.
-
-    The wheel is hollow: the inner side is only the tyre's ring, so the gaps between the spokes
-    show whatever is behind the wheel (the arch lining above the sill, the floor below it).
-    """
-    d = spec.dims
-    r = d.wheel_radius
-    centre = (x, r)
-    outer_y = side * (d.width / 2 - TYRE_INSET)
-    inner_y = outer_y - side * tyre_width
-    y_hi, y_lo = max(outer_y, inner_y), min(outer_y, inner_y)
-    _, cap_hi, cap_lo = extrude(mesh, circle(centre, r, N_WHEEL), y_hi, y_lo, ["tyre"] * N_WHEEL, "tyre")
-    r_rim = 0.66 * r
-    for cap, y in ((cap_hi, y_hi + 1e-3), (cap_lo, y_lo - 1e-3)):
-        flip = (lambda p: p[::-1]) if cap == cap_hi else (lambda p: p)
-        outline = mesh.faces[cap].contours[0]
-        mesh.faces[cap].contours.append(lift(circle(centre, r_rim, N_WHEEL), y))  # a hole: the rim's place
-        mesh.add([outline], "none", layer=FILL, parent=cap)
-        if y * side < abs(outer_y):  # the inner side: no rim
-            continue
-        rim = [flip(lift(circle(centre, r_rim, N_WHEEL), y)), lift(circle(centre, 0.88 * r_rim, N_WHEEL), y)]
-        mesh.add(rim, "rim", parent=cap)
-        for spoke in _spokes(centre, 0.2 * r_rim, 0.9 * r_rim, spec.n_spokes, spec.spoke_fill):
-            mesh.add([flip(lift(spoke, y))], "rim", parent=cap)
-        mesh.add([flip(lift(circle(centre, 0.24 * r_rim, 12), y))], "hub", parent=cap)
-
-
-def _spokes(centre: tuple[float, float], r_in: float, r_out: float, n: int, fill: float) -> list[np.ndarray]:
-    """n (4, 2) spoke quads from r_in to r_out covering `fill` of the annulus, tapering outward."""
-    pitch = 2 * np.pi / n
-    spokes = []
-    for k in range(n):
-        t = np.pi / 2 + k * pitch
-        w_in, w_out = 0.5 * pitch * min(1.0, fill * 1.6), 0.5 * pitch * fill
-        ang = np.array([t - w_in, t - w_out, t + w_out, t + w_in])
-        rad = np.array([r_in, r_out * 1.03, r_out * 1.03, r_in])
-        spokes.append(np.column_stack([centre[0] + rad * np.cos(ang), centre[1] + rad * np.sin(ang)]))
-    return spokes
-
-
-def _wheel_well(mesh: Mesh, d: Dims, x: float, side: float, tyre_width: float) -> None:
-    """A dark lining behind the tyre's upper half, so the arch is not a tunnel through the car.
-
-    Below the axle it is left open: through the lower spoke gaps one sees under the car.
-    """
-    outline = clip_box(arch(x, *_arch(d), d.clearance, N_ARCH)[::-1], z=(d.wheel_radius, np.inf))
-    y = side * (d.width / 2 - TYRE_INSET - tyre_width - 0.02)
-    poly = lift(outline, y)
-    mesh.add([poly if side < 0 else poly[::-1]], "well", bias=0.6)
-
-
 def _thin_parts(mesh: Mesh, spec: CarSpec) -> None:
     """Whip antenna, roof rails and rear spoiler: the parts annotators disagree about."""
     d = spec.dims
@@ -303,4 +248,5 @@ def _thin_parts(mesh: Mesh, spec: CarSpec) -> None:
         extrude(mesh, wing, half, -half, ["paint"] * 4, "paint", layer=THIN)
         if z < z_roof - 0.05:
             for s in (1.0, -1.0):
-                mesh.line((x0 + 0.10, s * (half - 0.3), d.z_tail - 0.01), (x0 + 0.08, s * (half - 0.3), z), 0.015, "trim")
+                y = s * (half - 0.3)
+                mesh.line((x0 + 0.10, y, d.z_tail - 0.01), (x0 + 0.08, y, z), 0.015, "trim")

@@ -73,34 +73,42 @@ BODY_TYPES: dict[str, BodyType] = {b.name: b for b in [
              (0.48, 0.54), (0.12, 0.16), None, (0.7, 1.0), (0.05, 0.15), 3),
 ]}
 
-# Each make carries a bias toward some body types (weights), its model names and its trims.
-MAKES: dict[str, dict[str, object]] = {
-    "Toyota": {"bodies": {"sedan": 4, "suv": 3, "hatchback": 2, "pickup": 2, "van": 1},
-               "models": {"sedan": ["Camry", "Avalon"], "suv": ["RAV4", "Highlander"], "hatchback": ["Corolla iM", "Prius"],
-                          "pickup": ["Tacoma", "Tundra"], "van": ["Sienna"]}, "trims": ["LE", "SE", "XLE", "Limited"]},
-    "Ford": {"bodies": {"pickup": 4, "suv": 3, "sedan": 2, "van": 1, "coupe": 1},
-             "models": {"pickup": ["F-150", "Ranger"], "suv": ["Explorer", "Escape"], "sedan": ["Fusion", "Taurus"],
-                        "van": ["Transit Connect"], "coupe": ["Mustang"]}, "trims": ["S", "SE", "XLT", "Titanium"]},
-    "Honda": {"bodies": {"sedan": 4, "hatchback": 2, "suv": 3, "van": 1},
-              "models": {"sedan": ["Accord", "Civic"], "hatchback": ["Fit", "Civic Hatchback"], "suv": ["CR-V", "Pilot"],
-                         "van": ["Odyssey"]}, "trims": ["LX", "EX", "EX-L", "Touring"]},
-    "Chevrolet": {"bodies": {"pickup": 4, "suv": 3, "sedan": 2, "van": 1, "coupe": 1},
-                  "models": {"pickup": ["Silverado 1500", "Colorado"], "suv": ["Equinox", "Tahoe"],
-                             "sedan": ["Malibu", "Impala"], "van": ["Express"], "coupe": ["Camaro"]},
-                  "trims": ["LS", "LT", "LTZ", "Premier"]},
-    "BMW": {"bodies": {"sedan": 4, "coupe": 2, "suv": 2, "wagon": 1},
-            "models": {"sedan": ["3 Series", "5 Series"], "coupe": ["4 Series"], "suv": ["X3", "X5"], "wagon": ["3 Series Wagon"]},
-            "trims": ["328i", "335i", "xDrive28i", "M Sport"]},
-    "Mercedes-Benz": {"bodies": {"sedan": 4, "coupe": 2, "suv": 2, "van": 1, "wagon": 1},
-                      "models": {"sedan": ["C-Class", "E-Class"], "coupe": ["C-Class Coupe"], "suv": ["GLC", "GLE"],
-                                 "van": ["Metris"], "wagon": ["E-Class Wagon"]}, "trims": ["C300", "E350", "4MATIC", "AMG"]},
-    "Nissan": {"bodies": {"sedan": 4, "suv": 3, "hatchback": 1, "coupe": 1, "pickup": 1},
-               "models": {"sedan": ["Altima", "Sentra"], "suv": ["Rogue", "Pathfinder"], "hatchback": ["Versa Note"],
-                          "coupe": ["370Z"], "pickup": ["Frontier"]}, "trims": ["S", "SV", "SL", "Platinum"]},
-    "Volkswagen": {"bodies": {"hatchback": 4, "sedan": 2, "wagon": 2, "suv": 2},
-                   "models": {"hatchback": ["Golf", "Beetle"], "sedan": ["Jetta", "Passat"], "wagon": ["Golf SportWagen"],
-                              "suv": ["Tiguan", "Touareg"]}, "trims": ["S", "SE", "SEL", "TDI"]},
-}
+
+@dataclass(frozen=True)
+class Make:
+    """A make, its models per body type with a weight (the make's bias toward that body), its trims."""
+
+    name: str
+    models: dict[str, tuple[int, tuple[str, ...]]]  # body type -> (weight, model names)
+    trims: tuple[str, ...]
+
+
+MAKES: dict[str, Make] = {m.name: m for m in [
+    Make("Toyota", {"sedan": (4, ("Camry", "Avalon")), "suv": (3, ("RAV4", "Highlander")),
+                    "hatchback": (2, ("Corolla iM", "Prius")), "pickup": (2, ("Tacoma", "Tundra")),
+                    "van": (1, ("Sienna",))}, ("LE", "SE", "XLE", "Limited")),
+    Make("Ford", {"pickup": (4, ("F-150", "Ranger")), "suv": (3, ("Explorer", "Escape")),
+                  "sedan": (2, ("Fusion", "Taurus")), "van": (1, ("Transit Connect",)), "coupe": (1, ("Mustang",))},
+         ("S", "SE", "XLT", "Titanium")),
+    Make("Honda", {"sedan": (4, ("Accord", "Civic")), "suv": (3, ("CR-V", "Pilot")),
+                   "hatchback": (2, ("Fit", "Civic Hatchback")), "van": (1, ("Odyssey",))},
+         ("LX", "EX", "EX-L", "Touring")),
+    Make("Chevrolet", {"pickup": (4, ("Silverado 1500", "Colorado")), "suv": (3, ("Equinox", "Tahoe")),
+                       "sedan": (2, ("Malibu", "Impala")), "van": (1, ("Express",)), "coupe": (1, ("Camaro",))},
+         ("LS", "LT", "LTZ", "Premier")),
+    Make("BMW", {"sedan": (4, ("3 Series", "5 Series")), "coupe": (2, ("4 Series",)), "suv": (2, ("X3", "X5")),
+                 "wagon": (1, ("3 Series Wagon",))}, ("328i", "335i", "xDrive28i", "M Sport")),
+    Make("Mercedes-Benz", {"sedan": (4, ("C-Class", "E-Class")), "coupe": (2, ("C-Class Coupe",)),
+                           "suv": (2, ("GLC", "GLE")), "van": (1, ("Metris",)), "wagon": (1, ("E-Class Wagon",))},
+         ("C300", "E350", "4MATIC", "AMG")),
+    Make("Nissan", {"sedan": (4, ("Altima", "Sentra")), "suv": (3, ("Rogue", "Pathfinder")),
+                    "hatchback": (1, ("Versa Note",)), "coupe": (1, ("370Z",)), "pickup": (1, ("Frontier",))},
+         ("S", "SV", "SL", "Platinum")),
+    Make("Volkswagen", {"hatchback": (4, ("Golf", "Beetle")), "sedan": (2, ("Jetta", "Passat")),
+                        "wagon": (2, ("Golf SportWagen",)), "suv": (2, ("Tiguan", "Touareg"))},
+         ("S", "SE", "SEL", "TDI")),
+]}
+assert all(body in BODY_TYPES for make in MAKES.values() for body in make.models)
 DRIVETRAINS = ["FWD", "AWD", "4WD", "RWD"]
 ENGINES = ["2.0L I4", "2.5L I4", "3.5L V6", "1.8L I4 Turbo", "5.3L V8"]
 
@@ -207,17 +215,16 @@ def draw_dims(rng: np.random.Generator, body: BodyType) -> Dims:
 
 def draw_metadata(rng: np.random.Generator, car_id: str) -> tuple[dict[str, object], BodyType]:
     """A metadata row (`id,year,make,model,trim1,trim2`) and the body type its make and model imply."""
-    make = list(MAKES)[int(rng.integers(len(MAKES)))]
-    info = MAKES[make]
-    bodies = info["bodies"]
-    names = list(bodies)
-    weights = np.array([bodies[n] for n in names], dtype=np.float64)
-    body = names[int(rng.choice(len(names), p=weights / weights.sum()))]
-    model = info["models"][body][int(rng.integers(len(info["models"][body])))]
-    trim1 = info["trims"][int(rng.integers(len(info["trims"])))]
+    make = MAKES[list(MAKES)[int(rng.integers(len(MAKES)))]]
+    bodies = list(make.models)
+    weights = np.array([make.models[b][0] for b in bodies], dtype=np.float64)
+    body = bodies[int(rng.choice(len(bodies), p=weights / weights.sum()))]
+    names = make.models[body][1]
+    model = names[int(rng.integers(len(names)))]
+    trim1 = make.trims[int(rng.integers(len(make.trims)))]
     trim2 = f"{ENGINES[int(rng.integers(len(ENGINES)))]} {DRIVETRAINS[int(rng.integers(len(DRIVETRAINS)))]}"
     year = int(rng.integers(2007, 2017))
-    row = {"id": car_id, "year": year, "make": make, "model": model, "trim1": trim1, "trim2": trim2}
+    row = {"id": car_id, "year": year, "make": make.name, "model": model, "trim1": trim1, "trim2": trim2}
     return row, BODY_TYPES[body]
 
 

@@ -24,7 +24,6 @@ class Face:
     layer: int = SOLID
     parent: int = -1  # index of the face a decal lies on (drawn right after it); -1: sorted by depth
     radius: float = 0.0  # lines only: the part's radius in metres
-    bias: float = 0.0  # added to the depth sort key (m): > 0 draws the face earlier
 
 
 @dataclass
@@ -49,7 +48,7 @@ class PackedMesh:
     points: (V, 3) float64; normals, centroids: (F, 3) float64 (lines have a zero normal);
     bounds[f]: the (start, stop) rows of each contour of face f (a face's rows are contiguous and
     faces follow each other, so starts: (F,) int64 suits np.ufunc.reduceat); materials: (F,) str;
-    layers, parents: (F,) int64; radius, bias: (F,) float64.
+    layers, parents: (F,) int64; radius: (F,) float64.
     """
 
     points: np.ndarray
@@ -61,7 +60,6 @@ class PackedMesh:
     layers: np.ndarray
     parents: np.ndarray
     radius: np.ndarray
-    bias: np.ndarray
 
 
 def newell_normal(poly: np.ndarray) -> np.ndarray:
@@ -95,9 +93,10 @@ def pack(mesh: Mesh) -> PackedMesh:
     is_decal = parents >= 0
     normals_arr[is_decal] = normals_arr[parents[is_decal]]
     return PackedMesh(
-        points=np.concatenate(points), bounds=bounds, starts=np.array([b[0][0] for b in bounds]), normals=normals_arr, centroids=np.array(centroids),
+        points=np.concatenate(points), bounds=bounds, starts=np.array([b[0][0] for b in bounds]),
+        normals=normals_arr, centroids=np.array(centroids),
         materials=np.array([f.material for f in mesh.faces]), layers=np.array([f.layer for f in mesh.faces]),
-        parents=parents, radius=np.array([f.radius for f in mesh.faces]), bias=np.array([f.bias for f in mesh.faces]),
+        parents=parents, radius=np.array([f.radius for f in mesh.faces]),
     )
 
 

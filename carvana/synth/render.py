@@ -1,10 +1,11 @@
-"""Render one car at one angle: painter's algorithm over shaded polygons, plus the true masks.
+"""Render one car at one angle: shaded polygons behind a depth buffer, plus the true coverage layers.
 
 Faces facing away from the camera are culled; the rest are drawn far to near (by centroid distance),
-each followed by its decals. Colours are flat per face: Lambert from the studio lights, Blinn-Phong
-specular, and a reflection of the bright studio (floor below the horizon) with a Fresnel boost.
-The car is drawn without anti-aliasing onto a copy of the studio, then blended in through an
-anti-aliased coverage map, which avoids light seams between neighbouring faces.
+each followed by its decals, into a `raster.Canvas` whose depth test settles what the sort cannot.
+Colours are flat per face: Lambert from the studio lights, Blinn-Phong specular, and a reflection
+of the bright studio (floor below the horizon) with a Fresnel boost. The car is drawn without
+anti-aliasing onto a copy of the studio, then blended in through an anti-aliased coverage map,
+which avoids light seams between neighbouring faces.
 """
 from __future__ import annotations
 
@@ -99,7 +100,7 @@ def draw_order(packed: PackedMesh, visible: np.ndarray, distance: np.ndarray) ->
     for f in np.flatnonzero(packed.parents >= 0):
         decals.setdefault(int(packed.parents[f]), []).append(int(f))
     order = []
-    for f in primary[np.argsort(-(distance[primary] + packed.bias[primary]), kind="stable")]:
+    for f in primary[np.argsort(-distance[primary], kind="stable")]:
         order.append(int(f))
         order.extend(decals.get(int(f), []))
     return order
@@ -124,8 +125,10 @@ def render_view(packed: PackedMesh, spec: CarSpec, angle: int, size: tuple[int, 
     inv_depth = 1.0 / cam_points[:, 2]
     planes = face_planes(normals @ basis.T, camera.to_camera(centroids), inv_depth, packed.starts,
                          camera.focal, (size[0] / 2, size[1] / 2))
-    thickness = np.maximum(1, np.round(2 * packed.radius * camera.focal * np.maximum.reduceat(inv_depth, packed.starts)))
-    thickness = thickness.astype(np.int64) * (packed.radius > 0)
+    # Lines (thin parts) get their projected width, at least 1 px; polygons get 0 (no box padding).
+    nearest = np.maximum.reduceat(inv_depth, packed.starts)
+    thickness = np.maximum(1, np.round(2 * packed.radius * camera.focal * nearest)).astype(np.int64)
+    thickness *= packed.radius > 0
     boxes = face_boxes(fixed, packed.starts, size, thickness)
 
     background = apply_gain(studio_background(size), _shadow(camera, spec, rot))
@@ -171,6 +174,6 @@ def _shadow(camera: Camera, spec: CarSpec, rot: np.ndarray) -> np.ndarray:
     for x in d.x_wheels:
         for s in (1.0, -1.0):
             cx, cy, ex, ey = x, s * y_tyre, 0.45 * d.wheel_radius, 0.45 * d.wheel_radius
-            patch = np.array([[cx - ex, cy - ey, 0], [cx + ex, cy - ey, 0], [cx + ex, cy + ey, 0], [cx - ex, cy + ey, 0]])
-            contacts.append(patch @ rot.T)
+            patch = [[cx - ex, cy - ey, 0], [cx + ex, cy - ey, 0], [cx + ex, cy + ey, 0], [cx - ex, cy + ey, 0]]
+            contacts.append(np.array(patch) @ rot.T)
     return shadow_gain(camera, footprint, contacts)

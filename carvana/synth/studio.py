@@ -16,6 +16,7 @@ FLOOR_FAR, FLOOR_NEAR = 214.0, 232.0  # floor at the horizon and at the bottom e
 HORIZON_DIP = 10.0  # how much darker the wall/floor seam is
 VIGNETTE = 0.10  # brightness lost in the corners
 NOISE_SIGMA = 1.8  # sensor noise, grey levels
+EXPOSURE = (0.97, 1.02)  # per-photo exposure gain
 SHADOW_BROAD, SHADOW_CONTACT = 0.30, 0.45  # darkening under the car body and under the tyres
 
 
@@ -93,10 +94,11 @@ def apply_gain(image: np.ndarray, gain: np.ndarray) -> np.ndarray:
 
 
 def finish(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Lens and sensor: slight softness, vignetting and noise. (H, W, 3) uint8 -> same."""
+    """Lens and sensor: slight softness, exposure, vignetting and noise. (H, W, 3) uint8 -> same."""
     height, width = image.shape[:2]
     soft = cv2.GaussianBlur(image, (0, 0), 0.55)
-    vignetted = cv2.multiply(soft, _vignette((width, height)), scale=1.0 / 255)
+    exposure = float(rng.uniform(*EXPOSURE))
+    vignetted = cv2.multiply(soft, _vignette((width, height)), scale=exposure / 255)
     tile = _noise_tile((width, height))
     dy, dx = (int(v) for v in rng.integers(0, 64, size=2))
     noisy = vignetted.astype(np.int16) + tile[dy:dy + height, dx:dx + width]

@@ -88,6 +88,7 @@ def generate(out_dir: Path, n_cars: int, n_test_cars: int, size: tuple[int, int]
     train, test = draw_cars(seed, TRAIN, n_cars, taken), draw_cars(seed, TEST, n_test_cars, taken)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
+        tmp.chmod(0o755)  # mkdtemp makes it private; the dataset is not
         _write_layout(tmp, train, test, size, seed, progress)
         if out_dir.exists():
             out_dir.rmdir()  # empty, checked above
