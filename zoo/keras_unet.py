@@ -12,9 +12,11 @@ atomically in one file, so a kill at any moment leaves either the previous or th
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import os
 import queue
+import sys
 import threading
 import time
 from pathlib import Path
@@ -37,6 +39,10 @@ PLATEAU_THRESHOLD, PLATEAU_EPS = 1e-4, 1e-8  # torch's ReduceLROnPlateau default
 def _tf():
     """(tensorflow, keras), configured once: quiet logs, all cores, mixed precision on a GPU."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if "tensorflow" not in sys.modules and importlib.util.find_spec("triton") is not None:
+        # Triton (which torch.optim loads through torch._dynamo) segfaults when imported after
+        # TensorFlow, so a process that trains both families must load it first.
+        import triton  # noqa: F401
     import keras
     import tensorflow as tf
 
@@ -83,14 +89,17 @@ def build_keras_unet(spec: MemberSpec):
 def _conv_block(layers, x, filters: int, name: str):
     for i in (1, 2):
         x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv{i}")(x)
-        x = layers.BatchNormalization(name=f"{name}_bn{i}")(x)
+        # momentum 0.9 = PyTorch's 0.1: Keras's 0.99 leaves the running statistics far from the
+        # data after the few hundred steps of a short run, and inference then fails
+        x = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn{i}")(x)
         x = layers.Activation("relu", name=f"{name}_relu{i}")(x)
     return x
 
 
 def bce_dice_loss(logits, target):
     """BCE + (1 - soft Dice) of (B, h, w, 1) logits against (B, h, w, 1) float 0/1 targets."""
-    tf, _ = _tf()
+    import tensorflow as tf  # not _tf(): this runs inside traced functions
+
     bce = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=target, logits=logits))
     proba = tf.reshape(tf.sigmoid(logits), [tf.shape(logits)[0], -1])
     target = tf.reshape(target, [tf.shape(target)[0], -1])
@@ -117,7 +126,7 @@ def train_keras_fold(spec: MemberSpec, data: FoldData, work_dir: Path, progress:
              "plateau_bad": 0, "history": []}
     if last_path.exists():
         state = _resume(last_path, model, optimizer)
-    step = _train_step(tf, model, optimizer, cfg.accumulate)
+    step = _train_step(tf, model, optimizer, cfg.accumulate, spec.height, spec.width)
     while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.early_stop_patience:
         epoch = state["epoch"] + 1
         epoch_seed = cfg.seed + 1000 * data.fold + epoch
@@ -148,27 +157,33 @@ def _build_optimizer(keras, name: str, lr: float):
     return optimizer
 
 
-def _train_step(tf, model, optimizer, accumulate: int):
-    """A compiled `step(images uint8, masks uint8, apply: bool) -> loss`: adds the gradient of
-    loss / accumulate to accumulators, and with `apply` steps the optimizer and clears them."""
+def _train_step(tf, model, optimizer, accumulate: int, height: int, width: int):
+    """Compiled `step(images uint8, masks uint8, apply: bool) -> loss`: adds the gradient of
+    loss / accumulate to accumulators; with `apply` it also steps the optimizer and clears them."""
     variables = model.trainable_variables
     sums = [tf.Variable(tf.zeros_like(v), trainable=False) for v in variables]
+    signature = [tf.TensorSpec([None, height, width, 3], tf.uint8), tf.TensorSpec([None, height, width], tf.uint8)]
 
-    @tf.function(reduce_retracing=True)
-    def step(images, masks, apply):  # `apply` is a Python bool: one trace each
+    def accumulate_gradient(images, masks):
         with tf.GradientTape() as tape:
             logits = model(tf.cast(images, tf.float32) / 255.0, training=True)
             loss = bce_dice_loss(logits, tf.cast(masks, tf.float32)[..., None])
             scaled = optimizer.scale_loss(loss / accumulate)
         for total, grad in zip(sums, tape.gradient(scaled, variables)):
             total.assign_add(grad)
-        if apply:
-            optimizer.apply([tf.identity(total) for total in sums], variables)
-            for total in sums:
-                total.assign(tf.zeros_like(total))
         return loss
 
-    return step
+    def accumulate_and_apply(images, masks):
+        loss = accumulate_gradient(images, masks)
+        optimizer.apply([tf.identity(total) for total in sums], variables)
+        for total in sums:
+            total.assign(tf.zeros_like(total))
+        return loss
+
+    # One trace each, whatever the batch size (the last batch is smaller).
+    compiled = {apply: tf.function(fn, input_signature=signature, autograph=False)
+                for apply, fn in ((False, accumulate_gradient), (True, accumulate_and_apply))}
+    return lambda images, masks, apply: compiled[apply](images, masks)
 
 
 def _batches(images, masks, order: np.ndarray, batch_size: int, augment):
@@ -260,7 +275,7 @@ def _save_best(model, path: Path) -> None:
 
 def _save_last(path: Path, state: dict, model, optimizer) -> None:
     arrays = {f"weight{i}": w for i, w in enumerate(model.get_weights())}
-    arrays.update({f"optimizer{i}": np.asarray(v) for i, v in enumerate(optimizer.variables)})
+    arrays.update({f"optimizer{i}": v.numpy() for i, v in enumerate(optimizer.variables)})
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         np.savez(f, state=np.array(json.dumps(state)), **arrays)

@@ -1,0 +1,201 @@
+"""The Keras U-Net member: model shape, one fold's training (log, checkpoints, accumulation),
+exact resume (also after SIGKILL), and prediction with resizing, hflip TTA and model averaging."""
+from __future__ import annotations
+
+import ast
+import csv
+import dataclasses
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from zoo.fold_data import FoldData
+from zoo.keras_unet import LOG_COLUMNS, KerasMember, _plateau_step, build_keras_unet, train_keras_fold
+from zoo.spec import MemberSpec, TrainConfig
+
+REPO = Path(__file__).resolve().parents[1]
+H, W = 64, 96
+# batch 4, accumulate 2 on 16 training images: 4 batches, optimizer steps after batches 2 and 4
+SPEC = MemberSpec("keras_unet_test", "keras_unet", H, W, depth=2, filters=8,
+                  train=TrainConfig(epochs=1, batch_size=4, accumulate=2, optimizer="rmsprop", lr=1e-3))
+
+
+def ellipse_data(n: int = 24, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(images (n, H, W, 3) uint8, masks (n, H, W) uint8): a coloured ellipse on a bright studio."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:H, :W]
+    images, masks = np.empty((n, H, W, 3), np.uint8), np.empty((n, H, W), np.uint8)
+    for i in range(n):
+        cy, cx = rng.uniform(0.4, 0.6) * H, rng.uniform(0.35, 0.65) * W
+        inside = ((yy - cy) / (rng.uniform(0.2, 0.3) * H)) ** 2 + ((xx - cx) / (rng.uniform(0.25, 0.35) * W)) ** 2 <= 1
+        image = rng.normal(rng.integers(200, 240), 8, (H, W, 3))
+        image[inside] = rng.integers(0, 160, 3) + rng.normal(0, 8, (inside.sum(), 3))
+        images[i], masks[i] = np.clip(image, 0, 255), inside
+    return images, masks
+
+
+def fold_data(images: np.ndarray, masks: np.ndarray) -> FoldData:
+    idx = np.arange(len(images))
+    return FoldData(0, [f"{i:012x}_01.jpg" for i in idx], images, masks, idx[:16], idx[16:20], idx[20:])
+
+
+def read_log(path: Path) -> list[list[str]]:
+    with open(path, newline="") as f:
+        return list(csv.reader(f))
+
+
+def optimizer_iterations(last_path: Path) -> int:
+    with np.load(last_path) as saved:
+        return int(saved["optimizer0"])  # Keras optimizers list `iterations` first
+
+
+@pytest.fixture(scope="module")
+def data() -> FoldData:
+    return fold_data(*ellipse_data())
+
+
+@pytest.fixture(scope="module")
+def one_epoch(data, tmp_path_factory) -> Path:
+    work_dir = tmp_path_factory.mktemp("keras_one_epoch")
+    train_keras_fold(SPEC, data, work_dir, progress=False)
+    return work_dir
+
+
+def test_log_columns_are_the_torch_loops():
+    tree = ast.parse((REPO / "zoo" / "train_torch.py").read_text())
+    assigned = {node.targets[0].id: node.value for node in tree.body
+                if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)}
+    assert ast.literal_eval(assigned["LOG_COLUMNS"]) == LOG_COLUMNS
+
+
+def test_model_maps_an_image_to_one_logit_per_pixel():
+    model = build_keras_unet(dataclasses.replace(SPEC, depth=3))
+    assert model.input_shape == (None, H, W, 3)
+    assert model.output_shape == (None, H, W, 1)
+    out = np.asarray(model(np.zeros((2, H, W, 3), np.float32), training=False))
+    assert out.shape == (2, H, W, 1) and out.dtype == np.float32
+    with pytest.raises(ValueError, match="divisible"):
+        build_keras_unet(dataclasses.replace(SPEC, depth=6))  # 64 / 2**6 is not whole
+
+
+def test_plateau_step_matches_torch():
+    torch = pytest.importorskip("torch")
+    scores = [0.5, 0.6, 0.6, 0.60001, 0.59, 0.58, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7, 0.71]
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([parameter], lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=2)
+    state = {"lr": 1e-3, "plateau_best": float("-inf"), "plateau_bad": 0}
+    ours, theirs = [], []
+    for score in scores:
+        scheduler.step(score)
+        theirs.append(optimizer.param_groups[0]["lr"])
+        state["lr"] = _plateau_step(state, score, 0.5, 2)
+        ours.append(state["lr"])
+    assert ours == pytest.approx(theirs, rel=1e-12)
+    assert len(set(theirs)) >= 3  # the sequence does reduce, twice
+
+
+def test_one_epoch_writes_log_best_and_last(one_epoch, data):
+    rows = read_log(one_epoch / "log.csv")
+    assert rows[0] == LOG_COLUMNS and len(rows) == 2
+    row = dict(zip(rows[0], rows[1]))
+    assert row["epoch"] == "1" and float(row["lr"]) == pytest.approx(1e-3)
+    assert 0 <= float(row["val_mean_dice"]) <= 1 and math.isfinite(float(row["train_loss"]))
+    assert float(row["images_per_s"]) == pytest.approx(16 / float(row["seconds"]), rel=0.02)
+    assert 0 <= float(row["data_wait_share"]) < 1
+    assert (one_epoch / "best.weights.h5").stat().st_size > 0
+    assert optimizer_iterations(one_epoch / "last.npz") == 2  # 4 batches, accumulate 2
+    assert not list(one_epoch.glob("*.tmp*"))
+
+
+def test_predict_proba_resizes_and_stays_in_unit_interval(one_epoch):
+    member = KerasMember(SPEC, [one_epoch / "best.weights.h5"])
+    images = ellipse_data(3, seed=1)[0]
+    big = np.stack([np.repeat(np.repeat(img, 2, 0), 2, 1) for img in images])[:, :100, :150]  # 100 x 150
+    proba = member.predict_proba(big)
+    assert proba.shape == (3, 100, 150) and proba.dtype == np.float32
+    assert 0 <= proba.min() and proba.max() <= 1 and proba.std() > 0
+
+
+def test_hflip_tta_makes_predictions_flip_equivariant(one_epoch):
+    images = ellipse_data(2, seed=2)[0]
+    flipped = np.ascontiguousarray(images[:, :, ::-1])
+    member = KerasMember(SPEC, [one_epoch / "best.weights.h5"])
+    np.testing.assert_allclose(member.predict_proba(flipped), member.predict_proba(images)[:, :, ::-1], atol=1e-5)
+    plain = KerasMember(dataclasses.replace(SPEC, train=dataclasses.replace(SPEC.train, hflip_tta=False)),
+                        [one_epoch / "best.weights.h5"])
+    assert np.abs(plain.predict_proba(flipped) - plain.predict_proba(images)[:, :, ::-1]).max() > 1e-4
+
+
+@pytest.mark.slow
+def test_resume_continues_without_redoing_an_epoch_and_averages_models(one_epoch, data, tmp_path):
+    work_dir = tmp_path / "run"
+    shutil.copytree(one_epoch, work_dir)
+    first = read_log(one_epoch / "log.csv")
+    spec = dataclasses.replace(SPEC, train=dataclasses.replace(SPEC.train, epochs=2))
+    best = train_keras_fold(spec, data, work_dir, progress=False)
+    rows = read_log(work_dir / "log.csv")
+    assert [r[0] for r in rows[1:]] == ["1", "2"] and rows[:2] == first
+    assert float(rows[2][1]) < float(rows[1][1])  # it learns: the training loss falls
+    assert optimizer_iterations(work_dir / "last.npz") == 4  # optimizer state carried over
+    train_keras_fold(spec, data, work_dir, progress=False)  # finished: a no-op
+    assert read_log(work_dir / "log.csv") == rows
+
+    images = ellipse_data(2, seed=3)[0]
+    paths = [one_epoch / "best.weights.h5", best]
+    single = [KerasMember(SPEC, [p]).predict_proba(images) for p in paths]
+    both = KerasMember(SPEC, paths).predict_proba(images)
+    np.testing.assert_allclose(both, (single[0] + single[1]) / 2, atol=1e-6)
+
+
+TRAIN_SCRIPT = """
+import sys
+from pathlib import Path
+import numpy as np
+sys.path.insert(0, {repo!r})
+from tests.test_keras_unet import SPEC, fold_data
+import dataclasses
+from zoo.keras_unet import train_keras_fold
+folder = Path({folder!r})
+data = fold_data(np.load(folder / "images.npy"), np.load(folder / "masks.npy"))
+spec = dataclasses.replace(SPEC, train=dataclasses.replace(SPEC.train, epochs={epochs}))
+train_keras_fold(spec, data, folder / "run", progress=False)
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_rerun_matches_an_uninterrupted_run(data, tmp_path):
+    epochs = 4
+    np.save(tmp_path / "images.npy", np.asarray(data.images))
+    np.save(tmp_path / "masks.npy", np.asarray(data.masks))
+    script = TRAIN_SCRIPT.format(repo=str(REPO), folder=str(tmp_path), epochs=epochs)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    process = subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.DEVNULL)
+    last = tmp_path / "run" / "last.npz"
+    deadline = time.monotonic() + 90
+    while not last.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # into the next epoch (an epoch takes ~1 s here)
+    assert process.poll() is None, "training ended before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_rows = len(read_log(tmp_path / "run" / "log.csv")) - 1
+    assert 1 <= killed_rows < epochs
+
+    subprocess.run([sys.executable, "-c", script], env=env, stderr=subprocess.DEVNULL, check=True, timeout=120)
+    resumed = read_log(tmp_path / "run" / "log.csv")
+    reference_dir = tmp_path / "reference"
+    train_keras_fold(dataclasses.replace(SPEC, train=dataclasses.replace(SPEC.train, epochs=epochs)), data,
+                     reference_dir, progress=False)
+    reference = read_log(reference_dir / "log.csv")
+    assert [r[0] for r in resumed[1:]] == [str(e) for e in range(1, epochs + 1)]
+    for ours, theirs in zip(resumed[1:], reference[1:]):  # train_loss, val_mean_dice, lr
+        assert [float(v) for v in ours[1:4]] == pytest.approx([float(v) for v in theirs[1:4]], abs=2e-4)
