@@ -5,6 +5,7 @@ import csv
 import re
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -18,7 +19,8 @@ from carvana.synth.car import build_car
 from carvana.synth.catalog import (JITTER_PX_AT_FULL_SIZE, P_BOUNDARY_JITTER, P_FILL_SPOKE_GAPS,
                                    P_INCLUDE_THIN_PARTS, PAINTS, WHITE_OR_SILVER, AnnotationPolicy,
                                    draw_annotation_policy, draw_car, draw_paint)
-from carvana.synth.raster import face_planes
+from carvana.synth.geometry import Mesh, clip_half_plane, extrude, pack
+from carvana.synth.raster import Canvas, face_planes
 from carvana.synth.render import Layers, render_view
 from carvana.synth.writer import car_rng, write_mask_gif
 
@@ -238,3 +240,52 @@ def test_face_planes_match_ray_plane_intersection() -> None:
             depth = normal @ cam[0] / (normal @ ray)
             assert plane[0] * u + plane[1] * v + plane[2] == pytest.approx(1 / depth, rel=1e-9)
         assert plane[3] == pytest.approx(1 / cam[:, 2].max()) and plane[4] == pytest.approx(1 / cam[:, 2].min())
+
+
+def test_extrude_winds_every_face_outward() -> None:
+    mesh = Mesh()
+    square = np.array([(0.0, 0.0), (2.0, 0.0), (2.0, 1.0), (0.0, 1.0)])  # counter-clockwise in (x, z)
+    quads, cap_hi, cap_lo = extrude(mesh, square, 0.5, -0.5, ["paint"] * 4, "paint")
+    packed = pack(mesh)
+    centre = np.array([1.0, 0.0, 0.5])
+    for f in [*quads, cap_hi, cap_lo]:
+        outward = packed.centroids[f] - centre
+        assert packed.normals[f] @ outward / np.linalg.norm(outward) > 0.99
+
+
+def test_clip_half_plane_matches_pixel_test_on_a_concave_polygon() -> None:
+    """Clip a star against a slanted half-plane; compare with rasterising the star and testing pixels."""
+    t = np.linspace(0, 2 * np.pi, 10, endpoint=False)
+    radius = np.where(np.arange(10) % 2 == 0, 180.0, 70.0)
+    star = np.column_stack([200 + radius * np.cos(t), 200 + radius * np.sin(t)])
+    normal, value = np.array([0.6, 0.8]), 0.6 * 200 + 0.8 * 230
+    clipped = clip_half_plane(star, normal, value)
+
+    def raster(poly: np.ndarray) -> np.ndarray:
+        canvas = np.zeros((400, 400), np.uint8)
+        cv2.fillPoly(canvas, [np.round(poly * 16).astype(np.int32)], 1, cv2.LINE_8, 4)
+        return canvas.astype(bool)
+
+    rows, cols = np.mgrid[0:400, 0:400]
+    expected = raster(star) & (cols * normal[0] + rows * normal[1] >= value)
+    got = raster(clipped)
+    assert (got ^ expected).sum() < 0.01 * expected.sum()
+
+
+def test_canvas_keeps_the_nearest_face_and_decals_fill_parent_holes() -> None:
+    canvas = Canvas(np.zeros((20, 20, 3), np.uint8), np.zeros((20, 20), np.float32))
+
+    def square(x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+        return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], np.int32) * 16
+
+    box = np.array([0, 0, 20, 20])
+    near, far = np.array([0, 0, 0.5, 0.5, 0.5]), np.array([0, 0, 0.2, 0.2, 0.2])  # 1/depth planes
+    red, blue, green = (np.array(c, np.uint8) for c in ([255, 0, 0], [0, 0, 255], [0, 255, 0]))
+    canvas.polygon([square(2, 2, 12, 12)], box, near, red, decal=False)
+    canvas.polygon([square(6, 6, 16, 16)], box, far, blue, decal=False)  # drawn later, but behind
+    assert tuple(canvas.image[8, 8]) == (255, 0, 0) and tuple(canvas.image[14, 14]) == (0, 0, 255)
+    ring = [square(0, 0, 20, 20), square(5, 5, 15, 15)]  # a face with a hole, nearer than everything
+    canvas.polygon(ring, box, np.array([0, 0, 0.9, 0.9, 0.9]), green, decal=False)
+    assert tuple(canvas.image[1, 1]) == (0, 255, 0) and tuple(canvas.image[8, 8]) == (255, 0, 0)
+    canvas.polygon([square(7, 7, 9, 9)], box, np.array([0, 0, 0.9, 0.9, 0.9]), blue, decal=True)  # in the hole
+    assert tuple(canvas.image[8, 8]) == (0, 0, 255)

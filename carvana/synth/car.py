@@ -134,7 +134,8 @@ def _body(mesh: Mesh, spec: CarSpec) -> tuple[list[int], list[str], list[tuple[i
 
 def _body_decals(mesh: Mesh, spec: CarSpec, quads: list[int], tags: list[str],
                  pieces: list[tuple[int, np.ndarray, float]]) -> None:
-    """Lamps, grille, plates, the pickup's bed, and the darker lower flank (it mirrors the floor)."""
+    """Lamps, grille, plates, the pickup's bed, the darker lower flank (it mirrors the floor), shut
+    lines and door handles."""
     d = spec.dims
     for q, tag in zip(quads, tags):
         quad = mesh.faces[q].contours[0]
@@ -151,21 +152,38 @@ def _body_decals(mesh: Mesh, spec: CarSpec, quads: list[int], tags: list[str],
             mesh.add([sub_quad(quad, (0.0, 0.97), (0.05, 0.95))], "bed", parent=q)
     z_centre, radius = arch_circle(d)
     z_low = min(z_centre + radius + 0.04, d.z_belt - d.shoulder[0] - 0.03)
+    edges = _door_edges(spec)
     for face, piece, side in pieces:
-        lower = clip_box(piece, z=(-np.inf, z_low))
-        if len(lower) >= 3:
-            lifted = _lift_body(d, lower, side) + np.array([0.0, side * 1e-3, 0.0])
-            mesh.add([lifted[::-1] if side > 0 else lifted], "paint_low", parent=face)
+        _flank_decal(mesh, d, face, piece, side, (-np.inf, np.inf), (-np.inf, z_low), "paint_low")
+        for x in edges:
+            _flank_decal(mesh, d, face, piece, side, (x - 0.008, x + 0.008), (d.clearance + 0.06, d.z_belt), "seam")
+        for x in edges[1:]:  # a handle ahead of each door's rear shut line
+            _flank_decal(mesh, d, face, piece, side, (x - 0.22, x - 0.08), (d.z_belt - 0.10, d.z_belt - 0.07), "handle")
+
+
+def _flank_decal(mesh: Mesh, d: Dims, face: int, piece: np.ndarray, side: float, x: tuple[float, float],
+                 z: tuple[float, float], material: str) -> None:
+    """The part of the box x, z that lies on one flank piece, as a decal of that piece."""
+    part = clip_box(piece, x=x, z=z)
+    if len(part) >= 3:
+        lifted = _lift_body(d, part, side)
+        mesh.add([lifted[::-1] if side > 0 else lifted], material, parent=face)
+
+
+def _cabin_profile(d: Dims) -> np.ndarray:
+    """(6, 2) counter-clockwise (x, z) outline of the greenhouse: floor, windshield, roof, rear window."""
+    z_roof = d.height
+    return np.array([
+        (d.x_cabin_rear, d.z_belt), (d.x_cowl, d.z_belt), (d.x_roof_front, z_roof - 0.04),
+        (d.x_roof_front - 0.12, z_roof), (d.x_roof_rear + 0.10, z_roof), (d.x_roof_rear, z_roof - 0.03),
+    ])
 
 
 def _cabin(mesh: Mesh, spec: CarSpec) -> None:
     """Greenhouse: a tapered extrusion; windshield and rear window are glass insets, side windows decals."""
     d = spec.dims
     z_roof = d.height
-    profile = np.array([
-        (d.x_cabin_rear, d.z_belt), (d.x_cowl, d.z_belt), (d.x_roof_front, z_roof - 0.04),
-        (d.x_roof_front - 0.12, z_roof), (d.x_roof_rear + 0.10, z_roof), (d.x_roof_rear, z_roof - 0.03),
-    ])
+    profile = _cabin_profile(d)
     tags = ["floor", "windshield", "roof", "roof", "roof", "backlight"]
     half_belt, half_roof = d.width / 2 - d.shoulder[1] - 0.01, d.width / 2 * 0.80
     slope = (half_roof - half_belt) / (z_roof - d.z_belt)
@@ -180,16 +198,18 @@ def _cabin(mesh: Mesh, spec: CarSpec) -> None:
             low = 0.45 if spec.body.name in ("suv", "van", "wagon", "hatchback") else 0.04
             low = 0.55 if spec.body.bed else low
             mesh.add([sub_quad(quad, (0.06, 0.96 - low), (0.08, 0.92))], "glass", parent=q)
-    for window in _side_windows(spec, profile):
+    for window in _side_windows(spec):
         mesh.add([lift(window, (y_hi[0] + 1e-3, y_hi[1]))[::-1]], "glass", parent=cap_hi)
         mesh.add([lift(window, (y_lo[0] - 1e-3, y_lo[1]))], "glass", parent=cap_lo)
 
 
-def _side_windows(spec: CarSpec, profile: np.ndarray) -> list[np.ndarray]:
-    """(K, 2) (x, z) outlines of the side windows: the cabin outline inset by the pillars."""
+def _window_layout(spec: CarSpec) -> tuple[np.ndarray, np.ndarray]:
+    """The glass area on a flank as a (4, 2) (x, z) outline, and the n + 1 ascending x where the
+    n side windows start and end (pillars sit on the inner cuts)."""
     d = spec.dims
+    profile = _cabin_profile(d)
     z_lo, z_hi = d.z_belt + 0.035, d.height - 0.06
-    a_pillar, b_pillar = 0.09, 0.08
+    a_pillar = 0.09
     c_pillar = {"hatchback": 0.22, "coupe": 0.16, "sedan": 0.13}.get(spec.body.name, 0.09)
 
     def along(p: np.ndarray, q: np.ndarray, z: float) -> float:
@@ -197,20 +217,35 @@ def _side_windows(spec: CarSpec, profile: np.ndarray) -> list[np.ndarray]:
 
     xa = [along(profile[1], profile[2], z) - a_pillar for z in (z_lo, z_hi)]
     xc = [along(profile[0], profile[5], z) + c_pillar for z in (z_lo, z_hi)]
-    window = np.array([(xc[0], z_lo), (xa[0], z_lo), (xa[1], z_hi), (xc[1], z_hi)])
+    glass = np.array([(xc[0], z_lo), (xa[0], z_lo), (xa[1], z_hi), (xc[1], z_hi)])
     n = spec.body.n_side_windows
     x_lo, x_hi = min(xc), max(xa)
-    cuts = np.linspace(x_lo, x_hi, n + 1)
-    if n == 3:  # the last window (behind the C pillar) is the shortest
-        cuts = x_lo + (x_hi - x_lo) * np.array([0.0, 0.22, 0.58, 1.0])
-    pieces = []
+    shares = np.array([0.0, 0.22, 0.58, 1.0]) if n == 3 else np.linspace(0.0, 1.0, n + 1)  # short last window
+    return glass, x_lo + (x_hi - x_lo) * shares
+
+
+def _side_windows(spec: CarSpec) -> list[np.ndarray]:
+    """(K, 2) (x, z) outlines of the side windows: the glass area split by pillars."""
+    glass, cuts = _window_layout(spec)
+    b_pillar = 0.08
+    n = len(cuts) - 1
+    windows = []
     for i in range(n):
         lo = cuts[i] + (b_pillar / 2 if i > 0 else 0.0)
         hi = cuts[i + 1] - (b_pillar / 2 if i < n - 1 else 0.0)
-        piece = clip_box(window, x=(lo, hi))
-        if len(piece) >= 3:
-            pieces.append(piece)
-    return pieces
+        window = clip_box(glass, x=(lo, hi))
+        if len(window) >= 3:
+            windows.append(window)
+    return windows
+
+
+def _door_edges(spec: CarSpec) -> list[float]:
+    """x of the door shut lines: behind the front wheel, at the inner pillars, and behind the last door."""
+    _, cuts = _window_layout(spec)
+    edges = {spec.dims.x_cowl + 0.03, *cuts[1:-1]}
+    if len(cuts) <= 3:
+        edges.add(cuts[0] + 0.05)
+    return sorted(edges)
 
 
 def _mirrors(mesh: Mesh, d: Dims) -> None:

@@ -134,24 +134,22 @@ def sub_quad(quad: np.ndarray, u: tuple[float, float], v: tuple[float, float]) -
     return np.array([at(u[0], v[0]), at(u[1], v[0]), at(u[1], v[1]), at(u[0], v[1])])
 
 
-def clip_half_plane(poly: np.ndarray, axis: int, value: float, keep_above: bool) -> np.ndarray:
-    """Sutherland-Hodgman: the part of a (K, 2) polygon with poly[:, axis] >= value (or <=).
+def clip_half_plane(poly: np.ndarray, normal: tuple[float, float], value: float) -> np.ndarray:
+    """Sutherland-Hodgman: the part of a (K, 2) polygon where normal . p >= value.
 
     Correct for concave polygons against one half-plane (it may leave zero-width bridges, which
     fill to nothing).
     """
     if len(poly) == 0:
         return poly
-    sign = 1.0 if keep_above else -1.0
-    inside = sign * (poly[:, axis] - value) >= 0
+    side = poly @ np.asarray(normal, dtype=np.float64) - value
     out = []
     for i in range(len(poly)):
         j = (i + 1) % len(poly)
-        if inside[i]:
+        if side[i] >= 0:
             out.append(poly[i])
-        if inside[i] != inside[j]:
-            t = (value - poly[i, axis]) / (poly[j, axis] - poly[i, axis])
-            out.append(poly[i] + t * (poly[j] - poly[i]))
+        if (side[i] >= 0) != (side[j] >= 0):
+            out.append(poly[i] + side[i] / (side[i] - side[j]) * (poly[j] - poly[i]))
     return np.array(out).reshape(-1, 2)
 
 
@@ -159,10 +157,11 @@ def clip_box(poly: np.ndarray, x: tuple[float, float] = (-np.inf, np.inf),
              z: tuple[float, float] = (-np.inf, np.inf)) -> np.ndarray:
     """The part of a (K, 2) (x, z) polygon inside x[0] <= x <= x[1], z[0] <= z <= z[1]."""
     for axis, (low, high) in ((0, x), (1, z)):
+        unit = (1.0, 0.0) if axis == 0 else (0.0, 1.0)
         if np.isfinite(low):
-            poly = clip_half_plane(poly, axis, low, True)
+            poly = clip_half_plane(poly, unit, low)
         if np.isfinite(high):
-            poly = clip_half_plane(poly, axis, high, False)
+            poly = clip_half_plane(poly, (-unit[0], -unit[1]), -high)
     return poly
 
 

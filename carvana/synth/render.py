@@ -36,6 +36,8 @@ class Material:
 MATERIALS: dict[str, Material] = {
     "paint": Material(None, 0.16, 0.55, 40.0),
     "paint_low": Material(None, 0.12, 0.4, 40.0, tone=0.9),
+    "seam": Material(None, 0.06, 0.1, tone=0.7),
+    "handle": Material(None, 0.3, 0.8, 50.0, tone=0.8),
     "glass": Material((30, 36, 46), 0.28, 0.9, 80.0),
     "tyre": Material((30, 30, 32), 0.02, 0.05),
     "rim": Material(None, 0.25, 0.6, 30.0),
