@@ -24,8 +24,9 @@ What it models
   are 44% of cars; then black, grey, red, blue and a few others.
 - Per-car annotation habits (catalog.draw_annotation_policy), the same for train and test truth:
   P_INCLUDE_THIN_PARTS = 0.6 of cars have antenna/spoiler/rails in the mask, P_FILL_SPOKE_GAPS = 0.5
-  have whole wheel discs, P_BOUNDARY_JITTER = 0.3 have an outline wobbling by 1-3 px (at 1918 px
-  width, scaled with the image; invisible below ~300 px width).
+  have whole wheel discs (background seen through the spokes included), P_BOUNDARY_JITTER = 0.3 have
+  an outline wobbling by 1-3 px at 1918 px width. The wobble scales with the width and is skipped
+  below 0.35 px, so at 480 px it reaches only some of those cars and barely moves the outline.
 - Metadata: year, one of 8 makes (each biased toward some body types), model, trim1, trim2.
 
 What it does not model
@@ -36,8 +37,9 @@ What it does not model
 - Real annotation errors (missed parts, polygonal outlines); the masks here are pixel-exact except
   for the per-car habits above.
 
-Speed: roughly 20-45 ms per 480x320 photo on one core (render, mask, JPEG, GIF and RLE);
-deterministic for a seed; car i of a split is the same whatever the number of cars.
+Speed (one core, shared machine): ~30 ms to render a 480x320 photo, ~50 ms per photo end to end
+(render, mask, JPEG, GIF, RLE); ~130 ms / ~200 ms at 1918x1280. Deterministic for a seed; car i of
+a split is the same whatever the number of cars.
 """
 from carvana.synth.catalog import (P_BOUNDARY_JITTER, P_FILL_SPOKE_GAPS, P_INCLUDE_THIN_PARTS, PAINTS,
                                    AnnotationPolicy, draw_annotation_policy)

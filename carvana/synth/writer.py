@@ -107,13 +107,12 @@ def _write_layout(root: Path, train: list[CarSpec], test: list[CarSpec], size: t
              for index, spec in enumerate(cars) for angle in range(1, N_ANGLES + 1)]
     rles: dict[int, list[tuple[str, str]]] = {TRAIN: [], TEST: []}
     bar = tqdm(total=len(shots), desc="synth", unit="img", disable=not progress)
-    packed_for: dict[str, object] = {}
+    packed, packed_id = None, ""
     for shot in shots:
-        if shot.spec.car_id not in packed_for:
-            packed_for.clear()  # one car at a time: shots are grouped by car
-            packed_for[shot.spec.car_id] = build_car(shot.spec)
+        if shot.spec.car_id != packed_id:  # shots come grouped by car: build each mesh once
+            packed, packed_id = build_car(shot.spec), shot.spec.car_id
         rng = car_rng(seed, shot.split, shot.index, shot.angle)
-        image, layers = render_view(packed_for[shot.spec.car_id], shot.spec, shot.angle, size, rng)
+        image, layers = render_view(packed, shot.spec, shot.angle, size, rng)
         mask = annotate(layers, shot.spec.policy, rng)
         folder = "train" if shot.split == TRAIN else "test"
         quality = int(rng.integers(JPEG_QUALITY[0], JPEG_QUALITY[1] + 1))
