@@ -225,7 +225,13 @@ def _encoded_chunks(encoder: _MaskEncoder, chunks: list[Sequence[str]], n_jobs: 
         for chunk in chunks:
             yield encoder.lines(chunk)
         return
-    with multiprocessing.get_context().Pool(n_jobs, initializer=_init_worker, initargs=(encoder,)) as pool:
+    # forkserver, not fork: forking a parent whose OpenCV thread pool has just worked hangs the child's
+    # first cv2 call now and then (2 scripts in 6 here); forkserver children come from a clean process.
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    if context.get_start_method() == "forkserver":
+        context.set_forkserver_preload([__name__])
+    with context.Pool(n_jobs, initializer=_init_worker, initargs=(encoder,)) as pool:
         pending: deque = deque()
         for chunk in chunks:
             pending.append(pool.apply_async(_encode_in_worker, (chunk,)))
