@@ -22,6 +22,7 @@ from carvana.errors import WorkbenchError
 from stacking.submission import HEADER, KAGGLE_SIZE, AtomicOutput, open_compressed, iter_rows, parse_runs
 
 MAX_FILES = 62  # coverage codes are int64 bit sets
+TABLE_FILES = 16  # up to this many files, the vote of every code is looked up in a 2**n table
 
 
 def run_coverage(runs: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
@@ -44,23 +45,44 @@ def run_coverage(runs: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndar
     return positions[first], np.cumsum(np.add.reduceat(deltas, first))
 
 
+def vote_table(weights: Sequence[float], min_votes: float) -> np.ndarray:
+    """Whether each coverage code passes: (2**n_files,) bool, `sum of its files' weights >= min_votes`.
+
+    Weights are added in file order, as a per-pixel `votes += w_i * mask_i` adds them, so ties and
+    float rounding come out the same.
+    """
+    codes = np.arange(1 << len(weights), dtype=np.int64)
+    return _code_votes(codes, weights) >= min_votes
+
+
+def _code_votes(codes: np.ndarray, weights: Sequence[float]) -> np.ndarray:
+    votes = np.zeros(codes.size)
+    for i, weight in enumerate(weights):
+        votes += weight * ((codes >> i) & 1)
+    return votes
+
+
 def vote_runs(
-    runs: Sequence[tuple[np.ndarray, np.ndarray]], weights: Sequence[float], min_votes: float
+    runs: Sequence[tuple[np.ndarray, np.ndarray]], weights: Sequence[float], min_votes: float,
+    table: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Runs (starts, ends) of the pixels whose weighted vote sum(w_i * covered_i) >= min_votes.
 
     Strict majority is min_votes = the smallest float above half the total weight (see `blend_rule`).
-    `min_votes` must be > 0, so uncovered pixels are never car.
+    `min_votes` must be > 0, so uncovered pixels are never car. `table`: `vote_table(weights,
+    min_votes)`, worth passing when voting many rows with up to TABLE_FILES files.
     """
     bounds, codes = run_coverage(runs)
     if bounds.size == 0:
         return bounds, bounds
-    unique_codes, inverse = np.unique(codes, return_inverse=True)
-    votes = np.zeros(unique_codes.size)
-    for i, weight in enumerate(weights):  # file order, as a per-pixel weighted sum would add them
-        votes += weight * ((unique_codes >> i) & 1)
-    car = (votes >= min_votes)[inverse].view(np.int8)
-    change = np.diff(car, prepend=np.int8(0))
+    if table is None and len(weights) <= TABLE_FILES:
+        table = vote_table(weights, min_votes)
+    if table is not None:
+        car = table[codes]
+    else:  # too many files for a table of every code: vote only the codes that occur
+        unique_codes, inverse = np.unique(codes, return_inverse=True)
+        car = (_code_votes(unique_codes, weights) >= min_votes)[inverse]
+    change = np.diff(car.view(np.int8), prepend=np.int8(0))
     return bounds[change == 1], bounds[change == -1]
 
 
@@ -85,7 +107,8 @@ def runs_to_rle(starts: np.ndarray, ends: np.ndarray) -> str:
     pairs = np.empty(2 * starts.size, dtype=np.int64)
     pairs[0::2] = starts + 1
     pairs[1::2] = ends - starts
-    return " ".join(pairs.astype(str).tolist())
+    # One %-format of a tuple is ~2.5x faster than a join of str() or of astype(str).
+    return ("%d " * pairs.size % tuple(pairs.tolist()))[:-1]
 
 
 def _check_weights(paths: Sequence[Path], weights: Sequence[float] | None) -> list[float]:
@@ -104,7 +127,8 @@ def _check_weights(paths: Sequence[Path], weights: Sequence[float] | None) -> li
 
 
 def _blended_rows(
-    paths: Sequence[Path], weights: list[float], needed: float, n_pixels: int, size_text: str
+    paths: Sequence[Path], weights: list[float], needed: float, table: np.ndarray | None, n_pixels: int,
+    size_text: str,
 ) -> Iterator[tuple[str, str]]:
     """(img, blended RLE) per row, reading every file in lockstep; refuses differing ids and bad RLE."""
     readers = [iter_rows(path) for path in paths]
@@ -129,7 +153,7 @@ def _blended_rows(
             except ValueError as error:
                 raise WorkbenchError(f"{path}: row {row} ({img}): RLE {error}; fix: check the image size "
                                      f"({size_text}) or re-write the file with carvana.rle_encode") from None
-        yield img, runs_to_rle(*vote_runs(runs, weights, needed))
+        yield img, runs_to_rle(*vote_runs(runs, weights, needed, table))
 
 
 def sha256_of(path: Path) -> str:
@@ -157,13 +181,14 @@ def blend_submissions(
     paths, out_path = [Path(p) for p in paths], Path(out_path)
     weights = _check_weights(paths, weights)
     needed, rule = blend_rule(weights, min_votes)
+    table = vote_table(weights, needed) if len(weights) <= TABLE_FILES else None
     size_text = f"{image_size[0]}x{image_size[1]}"
     started = time.perf_counter()
     n_rows = 0
     with AtomicOutput(out_path) as tmp_path:
         with open(tmp_path, "wb") as raw, open_compressed(raw, out_path) as out:
             out.write(f"{HEADER}\n".encode())
-            for img, rle in _blended_rows(paths, weights, needed, image_size[0] * image_size[1], size_text):
+            for img, rle in _blended_rows(paths, weights, needed, table, image_size[0] * image_size[1], size_text):
                 out.write(f"{img},{rle}\n".encode())
                 n_rows += 1
         record = {

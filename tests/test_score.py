@@ -40,6 +40,7 @@ def test_runs_dice_equals_dice_of_decoded_masks():
         assert runs_dice(*runs) == dice(pred, truth)
     touching = parse_runs("1 3 4 3 20 2", n_pixels)  # same pixels as "1 6 20 2"
     assert runs_dice(touching, parse_runs("1 6 20 2", n_pixels)) == 1.0
+    assert runs_dice(parse_runs("2 6 22 1", n_pixels), touching) == 2.0 * 5 / (7 + 8)  # pixels 2-6 in both
 
 
 @pytest.fixture
