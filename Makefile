@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 WB := $(VENV)/bin/workbench
 CONFIG ?= configs/demo.yaml
 
-.PHONY: setup test demo folds bench clean-demo
+.PHONY: setup test demo folds fold-train bench clean-demo
 
 setup: $(VENV)/.installed
 
@@ -20,6 +20,9 @@ demo: setup
 
 folds: setup
 	$(WB) folds --config $(CONFIG)
+
+fold-train: setup
+	$(WB) fold-train --config $(CONFIG)
 
 bench: setup
 	$(PY) -m bench.run

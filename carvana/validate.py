@@ -158,5 +158,5 @@ def _decode_everything(data: CarvanaData, train_ids, test_ids, size, progress: b
     jobs = [(check_train, i) for i in train_ids] + [(check_test, i) for i in test_ids]
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = pool.map(lambda job: job[0](job[1]), jobs)
-        for _ in tqdm(results, total=len(jobs), desc="decoding", disable=not progress, unit="img"):
+        for _ in tqdm(results, total=len(jobs), desc="decoding", disable=None if progress else True, unit="img"):
             pass

@@ -99,6 +99,8 @@ def read_leaderboard(path: Path) -> list[dict[str, str]]:
 
 def format_table(rows: list[dict[str, object]], extra_columns: tuple[str, ...] = ()) -> str:
     """A fixed-width text table of the leaderboard's main columns, best first."""
+    if not rows:
+        return "(no entry has finished every fold yet)"
     columns = ["entry", "kind", "oof_mean_dice", "threshold"]
     columns += [c for c in rows[0] if c.startswith("fold")] if rows else []
     columns += [c for c in ("test_mean_dice", *extra_columns) if any(r.get(c) for r in rows)]

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from carvana import rle_decode, rle_encode
 from carvana.dataset import CarvanaData, load_mask
 from carvana.errors import WorkbenchError
 from carvana.validate import check_data
@@ -20,10 +21,10 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
-    """Non-zero exit, one line on stderr naming the problem, no traceback."""
+    """Non-zero exit, one `error:` line on stderr naming the problem, no traceback."""
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1, result.stderr
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
@@ -96,9 +97,9 @@ def csv_disagrees(root: Path) -> str:
     path = root / "train_masks.csv"
     lines = path.read_text().splitlines()
     img, rle = lines[1].split(",")
-    numbers = rle.split()
-    numbers[1] = str(int(numbers[1]) - 1)
-    lines[1] = f"{img}," + " ".join(numbers)
+    mask = rle_decode(rle, (64, 96))
+    mask[0, 0] ^= 1  # a well-formed RLE of a different mask
+    lines[1] = f"{img},{rle_encode(mask)}"
     path.write_text("\n".join(lines) + "\n")
     return "train_masks.csv"
 

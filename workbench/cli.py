@@ -54,7 +54,7 @@ def cmd_fold_train(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from workbench.steps import run_demo
+    from workbench.demo import run_demo
 
     run_demo(_config(args))
 

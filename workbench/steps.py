@@ -58,12 +58,3 @@ def describe_folds(folds: Folds) -> str:
     for k in range(folds.n_folds):
         lines.append(f"  fold {k}: {len(folds.cars(k))} cars, {len(folds.ids(k))} images")
     return "\n".join(lines)
-
-
-def run_demo(config: ExperimentConfig) -> None:
-    """The whole pipeline on the config's data (synthetic when missing)."""
-    print(ensure_data(config))
-    folds = make_folds(config)
-    print(f"{config.run_dir / FOLDS_CSV}: {folds.n_folds} car-grouped folds\n{describe_folds(folds)}")
-
-
