@@ -54,7 +54,10 @@ def _tf():
             pass
         gpus = tf.config.list_physical_devices("GPU")
         for gpu in gpus:
-            tf.config.experimental.set_memory_growth(gpu, True)
+            try:  # take GPU memory as needed, not all of it up front
+                tf.config.experimental.set_memory_growth(gpu, True)
+            except RuntimeError:
+                pass
         if gpus:
             keras.mixed_precision.set_global_policy("mixed_float16")
         _tf.done = True
@@ -122,6 +125,8 @@ def train_keras_fold(spec: MemberSpec, data: FoldData, work_dir: Path, progress:
     optimizer = _build_optimizer(keras, cfg.optimizer, cfg.lr)
     optimizer.build(model.trainable_variables)
     last_path, best_path = work_dir / "last.npz", work_dir / "best.weights.h5"
+    for stale in work_dir.glob(".*.tmp.weights.h5"):  # left by a kill during _save_best
+        stale.unlink()
     state = {"epoch": 0, "best": -1.0, "bad_epochs": 0, "lr": cfg.lr, "plateau_best": float("-inf"),
              "plateau_bad": 0, "history": []}
     if last_path.exists():
@@ -161,21 +166,27 @@ def _train_step(tf, model, optimizer, accumulate: int, height: int, width: int):
     """Compiled `step(images uint8, masks uint8, apply: bool) -> loss`: adds the gradient of
     loss / accumulate to accumulators; with `apply` it also steps the optimizer and clears them."""
     variables = model.trainable_variables
-    sums = [tf.Variable(tf.zeros_like(v), trainable=False) for v in variables]
+    sums = [tf.Variable(tf.zeros_like(v), trainable=False) for v in variables] if accumulate > 1 else []
     signature = [tf.TensorSpec([None, height, width, 3], tf.uint8), tf.TensorSpec([None, height, width], tf.uint8)]
 
-    def accumulate_gradient(images, masks):
+    def gradients(images, masks):
         with tf.GradientTape() as tape:
             logits = model(tf.cast(images, tf.float32) / 255.0, training=True)
             loss = bce_dice_loss(logits, tf.cast(masks, tf.float32)[..., None])
             scaled = optimizer.scale_loss(loss / accumulate)
-        for total, grad in zip(sums, tape.gradient(scaled, variables)):
+        return loss, tape.gradient(scaled, variables)
+
+    def accumulate_gradient(images, masks):
+        loss, grads = gradients(images, masks)
+        for total, grad in zip(sums, grads):
             total.assign_add(grad)
         return loss
 
     def accumulate_and_apply(images, masks):
-        loss = accumulate_gradient(images, masks)
-        optimizer.apply([tf.identity(total) for total in sums], variables)
+        loss, grads = gradients(images, masks)
+        if sums:
+            grads = [total + grad for total, grad in zip(sums, grads)]
+        optimizer.apply(grads, variables)
         for total in sums:
             total.assign(tf.zeros_like(total))
         return loss
