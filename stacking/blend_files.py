@@ -33,9 +33,8 @@ def run_coverage(runs: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndar
     Runs within one list must not overlap (touching is fine).
     """
     positions = np.concatenate([edge for starts, ends in runs for edge in (starts, ends)])
-    deltas = np.concatenate(
-        [np.repeat(np.array([1, -1], dtype=np.int64) << i, [starts.size, starts.size]) for i, (starts, _) in enumerate(runs)]
-    )
+    bit_pairs = [np.array([1, -1], dtype=np.int64) << i for i in range(len(runs))]  # +bit at starts, -bit at ends
+    deltas = np.concatenate([np.repeat(pair, starts.size) for pair, (starts, _) in zip(bit_pairs, runs)])
     if positions.size == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     order = np.argsort(positions, kind="stable")
@@ -138,10 +137,11 @@ def _blended_rows(
         rows = [next(reader, None) for reader in readers]
         if all(r is None for r in rows):
             return
-        for path, r in zip(paths, rows):
-            if r is None:
-                raise WorkbenchError(f"{path}: ends before row {row}, where {paths[0]} goes on; "
-                                     "fix: blend submissions of the same ids")
+        if any(r is None for r in rows):
+            ended = next(p for p, r in zip(paths, rows) if r is None)
+            going = next(p for p, r in zip(paths, rows) if r is not None)
+            raise WorkbenchError(f"{ended}: ends before row {row}, where {going} goes on; "
+                                 "fix: blend submissions of the same ids")
         img = rows[0][1]
         runs = []
         for path, (_, other, rle) in zip(paths, rows):

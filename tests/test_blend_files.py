@@ -163,3 +163,10 @@ def test_blend_of_decoded_masks_round_trips(tmp_path):
     out = blend_submissions(paths, tmp_path / "out.csv.gz", image_size=SIZE)
     for (img, rle), (_, original) in zip(read_csv(out), rows):
         np.testing.assert_array_equal(rle_decode(rle, SHAPE), rle_decode(original, SHAPE))
+
+
+def test_blend_names_the_file_that_ends_early_even_when_it_is_the_first(tmp_path):
+    short = write_csv(tmp_path / "short.csv.gz", good_rows()[:-2])
+    good = write_csv(tmp_path / "good.csv.gz", good_rows())
+    with pytest.raises(WorkbenchError, match=f"^{short}: ends before row {len(IDS) - 1}, where {good} goes on"):
+        blend_submissions([short, good], tmp_path / "out.csv.gz", image_size=SIZE)
