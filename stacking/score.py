@@ -77,7 +77,7 @@ def _mismatch(sub_path: Path, truth_path: Path, row: int, got: str | None, want:
     expected = set(truth_ids) | set(later_truth) | ({want} if want else set())
     problem = describe_id_mismatch(row, got, want, expected, set(truth_ids), later_sub)
     return WorkbenchError(
-        f"{sub_path}: {problem} (against {truth_path}); fix: score a submission of exactly the truth's ids, in its order"
+        f"{sub_path}: {problem} (against {truth_path}); fix: score a submission of the truth's ids, in its order"
     )
 
 

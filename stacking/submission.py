@@ -101,7 +101,7 @@ def iter_rows(path: Path) -> Iterator[tuple[int, str, str]]:
         try:
             header = f.readline().rstrip("\r\n")
             if header.lstrip("\ufeff") != HEADER:
-                raise WorkbenchError(f"{path}: header is {header[:60]!r}, not {HEADER!r}; fix: write the header {HEADER}")
+                raise WorkbenchError(f"{path}: header is {header[:60]!r}, not {HEADER!r}; fix: make line 1 {HEADER}")
             for row, line in enumerate(f, start=1):
                 img, comma, rle = line.rstrip("\r\n").partition(",")
                 if not comma or not img or "," in rle:
@@ -169,7 +169,7 @@ def validate_submission(path: Path, expected_ids: Sequence[str], image_size: tup
             seen = set(expected_ids[: n_rows - 1])
             later = (other for _, other, _ in rows)
             problem = describe_id_mismatch(n_rows, img, want, expected_set, seen, later)
-            raise WorkbenchError(f"{path}: {problem}; fix: write exactly the ids of sample_submission.csv, in its order")
+            raise WorkbenchError(f"{path}: {problem}; fix: write exactly sample_submission.csv's ids, in its order")
         try:
             parse_runs(rle, n_pixels)
         except ValueError as error:
@@ -196,7 +196,7 @@ class _MaskEncoder:
         prob = self.read_map(img)
         if not isinstance(prob, np.ndarray) or prob.ndim != 2 or prob.dtype != np.uint8:
             kind = f"{prob.dtype} {prob.shape}" if isinstance(prob, np.ndarray) else type(prob).__name__
-            raise WorkbenchError(f"map of {img}: got {kind}; fix: read_map must return an (h, w) uint8 map (prob x 255)")
+            raise WorkbenchError(f"map of {img}: got {kind}; fix: read_map must return (h, w) uint8 (prob x 255)")
         if prob.shape != (self.height, self.width):
             # Bilinear on the uint8 levels: OpenCV's fixed-point rounding is within 1/255 of float bilinear.
             prob = cv2.resize(prob, (self.width, self.height), interpolation=cv2.INTER_LINEAR)
