@@ -238,3 +238,12 @@ def test_sigkill_mid_run_then_rerun_matches_an_uninterrupted_run(data, tmp_path)
     assert [r[0] for r in resumed[1:]] == [str(e) for e in range(1, KILL_EPOCHS + 1)]
     for ours, theirs in zip(resumed[1:], reference[1:], strict=True):  # train_loss, val_mean_dice, lr
         assert [float(v) for v in ours[1:4]] == pytest.approx([float(v) for v in theirs[1:4]], abs=2e-4)
+
+
+def test_a_checkpoint_of_another_shape_is_a_user_error(one_epoch):
+    from carvana.errors import WorkbenchError
+
+    with pytest.raises(WorkbenchError, match="best.weights.h5"):
+        KerasMember(dataclasses.replace(SPEC, filters=16), [one_epoch / "best.weights.h5"])
+    with pytest.raises(WorkbenchError, match="missing"):
+        KerasMember(SPEC, [one_epoch / "nothing.weights.h5"])

@@ -19,6 +19,7 @@ import queue
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -200,14 +201,10 @@ def _train_step(tf, model, optimizer, accumulate: int, height: int, width: int):
 def _batches(images, masks, order: np.ndarray, batch_size: int, augment):
     """Yield (images (B, h, w, 3) uint8, masks (B, h, w) uint8) in `order`, augmented in order."""
     for start in range(0, len(order), batch_size):
-        pairs = []
-        for index in order[start:start + batch_size]:
-            image, mask = np.asarray(images[index]), np.asarray(masks[index])
-            if augment is not None:
-                out = augment(image=image, mask=mask)
-                image, mask = out["image"], out["mask"]
-            pairs.append((image, mask))
-        yield np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+        pairs = [(np.asarray(images[i]), np.asarray(masks[i])) for i in order[start:start + batch_size]]
+        if augment is not None:
+            pairs = [(out["image"], out["mask"]) for out in (augment(image=im, mask=m) for im, m in pairs)]
+        yield np.stack([im for im, _ in pairs]), np.stack([m for _, m in pairs])
 
 
 def _prefetch(iterable, depth: int = 2):
@@ -318,9 +315,7 @@ class KerasMember:
         for path in checkpoint_paths:
             if not Path(path).exists():
                 raise WorkbenchError(f"{path} is missing; re-run the member's fold training")
-            model = build_keras_unet(spec)
-            model.load_weights(path)
-            self.models.append(model)
+            self.models.append(_load_model(spec, Path(path)))
 
     def predict_proba(self, images: np.ndarray, angles: np.ndarray | None = None) -> np.ndarray:
         """(N, H, W, 3) uint8 -> (N, H, W) float32 probabilities in [0, 1] (angles are unused)."""
@@ -342,6 +337,23 @@ class KerasMember:
             flipped = _sigmoid(_logits(model, batch[:, :, ::-1]))[:, :, ::-1]
             proba = (proba + flipped) / 2
         return proba
+
+
+def _load_model(spec: MemberSpec, path: Path):
+    """The model of `spec` with the weights in `path`. Keras only warns (UserWarning) about layers it
+    could not fill, which then keep random weights: here that is an error."""
+    model = build_keras_unet(spec)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            model.load_weights(path)
+        except ValueError as error:
+            caught.append(error)
+    problems = [str(w) if isinstance(w, ValueError) else str(w.message) for w in caught
+                if isinstance(w, ValueError) or issubclass(w.category, UserWarning)]
+    if problems:
+        raise WorkbenchError(f"{path} does not fit member {spec.name} ({problems[0].splitlines()[0]}); retrain that fold")
+    return model
 
 
 def _write_log(path: Path, history: list[list]) -> None:
