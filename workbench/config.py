@@ -48,6 +48,30 @@ class StackConfig:
 
 
 @dataclass(frozen=True)
+class TuneConfig:
+    """`workbench tune`: Optuna over the blend's threshold(s) and member weights, nested over the folds."""
+
+    storage: str | None = None  # an Optuna storage URL, or journal:PATH; None = sqlite:///RUN/optuna.db
+    study: str = "blend"  # outer studies are <study>-outer<k>
+    n_trials: int = 200  # complete trials per study; there are n_folds + 1 studies
+    per_angle: bool = True  # 16 per-angle threshold offsets
+    tune_weights: bool = True
+    threshold_range: tuple[float, float] = (0.2, 0.8)
+    seed: int = 0
+    members: list[str] | None = None  # None = every member whose OOF maps are complete
+
+    def __post_init__(self) -> None:
+        if self.n_trials < 1:
+            raise ValueError(f"tune.n_trials is {self.n_trials}; use 1 or more")
+        low, high = self.threshold_range
+        if not 0 < low <= 0.5 <= high <= 1:
+            raise ValueError(f"tune.threshold_range is {list(self.threshold_range)}; need 0 < low <= 0.5 <= high <= 1")
+        if self.members is not None and (not isinstance(self.members, list) or not self.members
+                                         or not all(isinstance(m, str) for m in self.members)):
+            raise ValueError(f"tune.members must be a non-empty list of member names, got {self.members!r}")
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     name: str
     data: Path
@@ -57,6 +81,7 @@ class ExperimentConfig:
     folds: FoldsConfig = field(default_factory=FoldsConfig)
     zoo: tuple[MemberSpec, ...] = ()  # from the YAML's `zoo: {train: {...}, members: [...]}`
     stack: StackConfig = field(default_factory=StackConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
 
     def member(self, name: str) -> MemberSpec:
         """The zoo member called `name`; WorkbenchError listing the valid names."""
