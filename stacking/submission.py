@@ -7,6 +7,7 @@ the number of rows (a real submission has 100,064 rows of ~10-20 kB of RLE text 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gzip
 import multiprocessing
 import os
@@ -213,6 +214,22 @@ def _init_worker(encoder: _MaskEncoder) -> None:
     global _WORKER_ENCODER
     _WORKER_ENCODER = encoder
     cv2.setNumThreads(1)  # the pool already uses every core; OpenCV's own threads would oversubscribe
+    _keep_freed_memory()
+
+
+def _keep_freed_memory() -> None:
+    """Let glibc keep freed blocks up to 32 MB in the heap instead of returning them to the OS.
+
+    Measured in forkserver workers: every mask's ~2.5 MB temporaries were unmapped on free and
+    faulted in again (~1,200 page faults per mask), making a worker 2-3x slower than the same loop
+    in the parent. No-op where libc has no mallopt (musl, macOS, Windows).
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: allocate blocks below 32 MB from the heap
+        libc.mallopt(-1, 128 << 20)  # M_TRIM_THRESHOLD: keep up to 128 MB of free heap top
+    except (OSError, AttributeError):
+        pass
 
 
 def _encode_in_worker(ids: Sequence[str]) -> str:
