@@ -18,7 +18,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from carvana.errors import WorkbenchError
-from stacking.submission import HEADER, KAGGLE_SIZE, AtomicOutput, open_compressed, iter_rows, parse_runs
+from stacking.submission import HEADER, KAGGLE_SIZE, atomic_output, iter_rows, open_compressed, parse_runs
 
 MAX_FILES = 62  # coverage codes are int64 bit sets
 TABLE_FILES = 16  # up to this many files, the vote of every code is looked up in a 2**n table
@@ -184,7 +184,7 @@ def blend_submissions(
     size_text = f"{image_size[0]}x{image_size[1]}"
     started = time.perf_counter()
     n_rows = 0
-    with AtomicOutput(out_path) as tmp_path:
+    with atomic_output(out_path) as tmp_path:
         with open(tmp_path, "wb") as raw, open_compressed(raw, out_path) as out:
             out.write(f"{HEADER}\n".encode())
             for img, rle in _blended_rows(paths, weights, needed, table, image_size[0] * image_size[1], size_text):
@@ -202,6 +202,6 @@ def blend_submissions(
             "seconds": round(time.perf_counter() - started, 3),
             "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         }
-        with AtomicOutput(out_path.with_name(out_path.name + ".json")) as json_tmp:
+        with atomic_output(out_path.with_name(out_path.name + ".json")) as json_tmp:
             json_tmp.write_text(json.dumps(record, indent=2) + "\n")
     return out_path

@@ -293,7 +293,7 @@ def write_submission(
         except Exception as error:
             raise TypeError(f"read_map must be picklable for n_jobs={n_jobs} ({error}); pass a module-level "
                             "function or a reader object, or use n_jobs=1") from error
-    with AtomicOutput(out_path) as tmp_path:
+    with atomic_output(out_path) as tmp_path:
         texts = contextlib.closing(_encoded_chunks(encoder, chunks, n_jobs))  # closing stops the pool
         bar = tqdm(total=len(ids), unit="mask", disable=not progress, desc=f"writing {out_path.name}")
         with open(tmp_path, "wb") as raw, open_compressed(raw, out_path) as out, texts as texts, bar:
@@ -312,24 +312,19 @@ def open_compressed(raw: IO[bytes], out_path: Path) -> IO[bytes]:
     return contextlib.nullcontext(raw)
 
 
-class AtomicOutput:
-    """`with AtomicOutput(path) as tmp:` write tmp (same folder); on success it replaces `path`,
-    on any error it is deleted and `path` keeps its old bytes."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-
-    def __enter__(self) -> Path:
-        if not self.path.parent.is_dir():
-            raise WorkbenchError(f"{self.path.parent}: no such folder; fix: create it or choose another --out")
-        fd, name = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-        os.close(fd)
-        self.tmp = Path(name)
-        return self.tmp
-
-    def __exit__(self, exc_type: object, *exc: object) -> None:
-        if exc_type is None:
-            os.chmod(self.tmp, 0o644)  # mkstemp makes 0600; a submission is an ordinary file
-            os.replace(self.tmp, self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)
+@contextlib.contextmanager
+def atomic_output(path: Path) -> Iterator[Path]:
+    """`with atomic_output(path) as tmp:` write tmp (same folder); on success it replaces `path`,
+    on any error (or interrupt) it is deleted and `path` keeps its old bytes."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise WorkbenchError(f"{path.parent}: no such folder; fix: create it or choose another --out")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a submission is an ordinary file
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
