@@ -83,6 +83,9 @@ class CarvanaData:
 
     root: Path
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
     def image_path(self, img: str, split: str = "train") -> Path:
         return self.root / (TRAIN_DIR if split == "train" else TEST_DIR) / f"{img}.jpg"
 

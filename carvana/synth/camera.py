@@ -13,7 +13,7 @@ N_ANGLES = 16
 CAMERA_DISTANCE = 9.0  # m from the turntable's centre
 CAMERA_HEIGHT = 1.55  # m: a slight elevation, the roof is just visible
 TARGET_HEIGHT = 0.95  # m: the point projected to the image centre (car sits a little below centre)
-FOCAL_PER_WIDTH = 1.0  # focal length in units of the image width: a 4.7 m car's side fills ~55%
+FOCAL_PER_WIDTH = 1.35  # focal length in units of the image width: a 4.7 m car's side fills ~75%, as at Carvana
 WALL_DISTANCE = 7.0  # m behind the turntable: where wall meets floor (the horizon line)
 
 # Studio lights: unit directions toward each light, and their strengths. An overhead softbox

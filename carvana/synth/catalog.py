@@ -161,6 +161,16 @@ class CarSpec:
     roof_rails: bool
     policy: AnnotationPolicy
     metadata: dict[str, object]
+    placement: tuple[float, float] = (0.0, 0.0)  # m: where the car stands on the turntable (its x, y)
+
+    @property
+    def offset(self) -> np.ndarray:
+        """(3,) the car-frame offset of the turntable's centre; rotates with the car."""
+        return np.array([self.placement[0], self.placement[1], 0.0])
+
+
+PLACEMENT_X_M = (-0.45, 0.45)  # along the car
+PLACEMENT_Y_M = (-0.3, 0.3)  # across the car
 
 
 def _uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
@@ -242,5 +252,7 @@ def draw_car(rng: np.random.Generator) -> CarSpec:
     spoiler = body.name in ("sedan", "coupe", "hatchback") and bool(rng.random() < P_SPOILER)
     rails = body.name in ("suv", "wagon", "van") and bool(rng.random() < P_ROOF_RAILS)
     policy = draw_annotation_policy(rng)
+    # Drivers park a little off the turntable's centre, so the car drifts across the frame as it turns.
+    placement = (_uniform(rng, PLACEMENT_X_M), _uniform(rng, PLACEMENT_Y_M))
     return CarSpec(car_id, body, dims, paint_name, paint, rim, n_spokes, spoke_fill,
-                   antenna, spoiler, rails, policy, metadata)
+                   antenna, spoiler, rails, policy, metadata, placement)

@@ -113,10 +113,10 @@ def render_view(packed: PackedMesh, spec: CarSpec, angle: int, size: tuple[int, 
     """Photograph one car at angle 1..16: an (H, W, 3) uint8 RGB image and its true coverage layers."""
     camera = Camera(size)
     rot = yaw_matrix(angle)
-    cam_points = camera.to_camera(packed.points @ rot.T)
+    cam_points = camera.to_camera((packed.points + spec.offset) @ rot.T)
     uv = camera.image_coords(cam_points)
     fixed = to_fixed(uv)
-    normals, centroids = packed.normals @ rot.T, packed.centroids @ rot.T
+    normals, centroids = packed.normals @ rot.T, (packed.centroids + spec.offset) @ rot.T
     to_eye = camera.position - centroids
     distance = np.linalg.norm(to_eye, axis=1)
     to_eye /= distance[:, None]
@@ -170,12 +170,12 @@ def _shadow(camera: Camera, spec: CarSpec, rot: np.ndarray) -> np.ndarray:
     """(H, W) float32 floor gain: a soft shadow under the body and darker patches under the tyres."""
     d = spec.dims
     hl, hw = d.length / 2 + 0.05, d.width / 2 + 0.02
-    footprint = np.array([[-hl, -hw, 0], [hl, -hw, 0], [hl, hw, 0], [-hl, hw, 0]]) @ rot.T
+    footprint = (np.array([[-hl, -hw, 0], [hl, -hw, 0], [hl, hw, 0], [-hl, hw, 0]]) + spec.offset) @ rot.T
     contacts = []
     y_tyre = d.width / 2 - TYRE_INSET - 0.31 * d.wheel_radius
     for x in d.x_wheels:
         for s in (1.0, -1.0):
             cx, cy, ex, ey = x, s * y_tyre, 0.45 * d.wheel_radius, 0.45 * d.wheel_radius
             patch = [[cx - ex, cy - ey, 0], [cx + ex, cy - ey, 0], [cx + ex, cy + ey, 0], [cx - ex, cy + ey, 0]]
-            contacts.append(np.array(patch) @ rot.T)
+            contacts.append((np.array(patch) + spec.offset) @ rot.T)
     return shadow_gain(camera, footprint, contacts)
