@@ -53,6 +53,18 @@ def cmd_fold_train(args: argparse.Namespace) -> None:
     fold_train(_config(args), member=args.member, fold=args.fold, retrain=tuple(args.retrain or ()))
 
 
+def cmd_tune(args: argparse.Namespace) -> None:
+    from workbench.tune import tune_run
+
+    tune_run(_config(args))
+
+
+def cmd_dashboard(args: argparse.Namespace) -> None:
+    from workbench.dashboard import serve_dashboard
+
+    serve_dashboard(_config(args), host=args.host, port=args.port)
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from workbench.demo import run_demo
 
@@ -81,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, func, text in [
         ("folds", cmd_folds, "write RUN/folds.csv: car-grouped, stratified folds"),
         ("fold-train", cmd_fold_train, "train every member x fold not finished; write OOF and test maps"),
+        ("tune", cmd_tune, "nested Optuna tuning of the blend's thresholds and weights; writes RUN/tune.json"),
+        ("dashboard", cmd_dashboard, "serve optuna-dashboard on the run's tuning storage"),
         ("demo", cmd_demo, "run the whole pipeline (synthetic data when missing)"),
     ]:
         verb = verbs.add_parser(name, help=text)
@@ -93,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
             verb.add_argument("--fold", type=int, help="train only this fold")
             verb.add_argument("--retrain", nargs="*", metavar="MEMBER",
                               help="discard these members' results (e.g. after changing their spec)")
+        if name == "dashboard":
+            verb.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: every interface)")
+            verb.add_argument("--port", type=int, default=8080)
     return parser
 
 
