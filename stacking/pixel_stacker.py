@@ -1,0 +1,182 @@
+"""Learned per-pixel second-level models (stackers) over the members' probability maps.
+
+Near 0.997 most pixels are decided by every member alike; a stacker only learns and predicts on the
+uncertain band (see `stacking.features`): a pixel is decided by consensus when every member's
+probability is <= lo or every member's is >= hi (defaults 0.02 and 0.98, i.e. all levels <= 5 or all
+>= 250). Output map: consensus pixels get the members' mean probability, band pixels the level-2
+model's probability. The model sees at most `max_pixels` sampled band pixels, spread evenly over the
+images, and the feature matrix is only ever built for those, so memory stays bounded at any scale.
+
+Level-2 models (`STACKERS`): "lightgbm" (gradient-boosted trees, the angle as a categorical feature)
+and "logistic" (logistic regression on standardised features, the angle one-hot).
+If the sampled band pixels are all one class (or there are none) there is nothing to learn:
+`model_` is None and band pixels get the members' mean too.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import numpy as np
+from sklearn.base import BaseEstimator
+from sklearn.utils.validation import check_is_fitted
+
+from carvana.errors import WorkbenchError
+from stacking.blenders import _check_members, _levels
+from stacking.features import (
+    N_ANGLES,
+    band_levels,
+    band_mask,
+    check_image,
+    feature_names,
+    member_mean,
+    pixel_features,
+    sample_band_features,
+)
+
+PREDICT_CHUNK = 2**18  # band pixels featurised at a time when predicting: bounded memory per image
+
+Images = Iterable[tuple[np.ndarray, np.ndarray, int]]
+
+
+def _lightgbm(random_state: int, params: dict | None) -> Any:
+    from lightgbm import LGBMClassifier  # imported here so `import stacking` stays light
+
+    defaults = dict(n_estimators=200, num_leaves=31, learning_rate=0.05, min_child_samples=50, n_jobs=2,
+                    verbose=-1, deterministic=True, force_col_wise=True, random_state=random_state)
+    return LGBMClassifier(**{**defaults, **(params or {})})
+
+
+def _logistic(random_state: int, params: dict | None) -> Any:
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    if params:
+        raise ValueError(f"lgbm_params apply to model='lightgbm' only, got {params!r} for model='logistic'")
+    angle_categories = [np.arange(1, N_ANGLES + 1, dtype=np.float32)]
+    encode = ColumnTransformer([("angle", OneHotEncoder(categories=angle_categories, sparse_output=False), [-1])],
+                               remainder=StandardScaler())
+    return Pipeline([("encode", encode),
+                     ("logistic", LogisticRegression(C=1.0, max_iter=300, random_state=random_state))])
+
+
+@dataclass(frozen=True)
+class Level2Model:
+    """A level-2 model: `build(random_state, lgbm_params)` returns an unfitted sklearn classifier."""
+
+    name: str
+    build: Callable[[int, dict | None], Any]
+    fit_params: Callable[[int], dict]  # n_features -> extra keyword arguments of the classifier's fit
+
+
+def _registry(models: list[Level2Model]) -> dict[str, Level2Model]:
+    registry: dict[str, Level2Model] = {}
+    for model in models:
+        if model.name in registry:
+            raise ValueError(f"duplicate stacker name {model.name!r}")
+        registry[model.name] = model
+    return registry
+
+
+STACKERS = _registry([
+    Level2Model("lightgbm", _lightgbm, lambda n_features: {"categorical_feature": [n_features - 1]}),
+    Level2Model("logistic", _logistic, lambda n_features: {}),
+])
+
+
+def _level2(name: str) -> Level2Model:
+    if name not in STACKERS:
+        raise WorkbenchError(f"unknown stacker {name!r}; valid names: {', '.join(sorted(STACKERS))} "
+                             "(fix the stacker name in the experiment config)")
+    return STACKERS[name]
+
+
+class PixelStacker(BaseEstimator):
+    """Per-pixel level-2 model on the uncertain band; scikit-learn estimator rules.
+
+    Learned: `model_` (the fitted classifier, or None when the band sample had one class),
+    `n_members_`, `feature_names_`, `band_share_` (share of all fit pixels in the band),
+    `n_band_pixels_`, `n_fit_pixels_` (rows of the feature matrix the model was fitted on,
+    <= max_pixels), `n_images_`.
+    """
+
+    def __init__(self, model: str = "lightgbm", lo: float = 0.02, hi: float = 0.98, max_pixels: int = 2_000_000,
+                 random_state: int = 0, lgbm_params: dict | None = None) -> None:
+        self.model = model
+        self.lo = lo
+        self.hi = hi
+        self.max_pixels = max_pixels
+        self.random_state = random_state
+        self.lgbm_params = lgbm_params
+
+    def fit(self, X: np.ndarray | Images, y: np.ndarray | None = None, angles: np.ndarray | None = None,
+            n_images: int | None = None) -> PixelStacker:
+        """Fit on arrays X (N, M, H, W) uint8 (or floats in [0, 1]), y (N, H, W) 0/1, angles (N,) 1..16,
+        or on an iterable X of (maps (M, H, W) uint8, truth (H, W), angle) streamed one image at a time
+        (then y and angles are None; `n_images`, if known, saves featurising pixels that get cut).
+        """
+        spec = _level2(self.model)
+        lo_level, hi_level = band_levels(self.lo, self.hi)
+        images, n_images = self._fit_images(X, y, angles, n_images)
+        sample = sample_band_features(images, lo_level, hi_level, self.max_pixels, self.random_state, n_images)
+        self.n_members_, self.n_images_ = sample.n_members, sample.n_images
+        self.feature_names_ = feature_names(sample.n_members)
+        self.band_share_ = sample.n_band / max(sample.n_pixels, 1)
+        self.n_band_pixels_, self.n_fit_pixels_ = sample.n_band, sample.labels.size
+        self.model_ = None
+        if np.unique(sample.labels).size == 2:
+            n_features = sample.features.shape[1]
+            self.model_ = spec.build(self.random_state, self.lgbm_params)
+            self.model_.fit(sample.features, sample.labels, **spec.fit_params(n_features))
+        return self
+
+    def predict_proba(self, X: np.ndarray, angles: np.ndarray) -> np.ndarray:
+        """Probabilities (N, H, W) float32 of X (N, M, H, W) uint8 (or floats in [0, 1]), angles (N,) 1..16."""
+        check_is_fitted(self, "n_members_")
+        X = _check_members(X)
+        angles = np.asarray(angles)
+        if angles.shape != X.shape[:1]:
+            raise ValueError(f"angles must be (N,) = ({X.shape[0]},), got {angles.shape}")
+        out = np.empty(X.shape[:1] + X.shape[2:], dtype=np.float32)
+        for i in range(X.shape[0]):
+            out[i] = self.predict_image(_levels(X[i]), int(angles[i]))
+        return out
+
+    def predict_image(self, maps: np.ndarray, angle: int) -> np.ndarray:
+        """Probability map (H, W) float32 of one image's maps (M, H, W) uint8 and its angle 1..16."""
+        check_is_fitted(self, "n_members_")
+        maps = np.asarray(maps)
+        check_image(maps, angle, self.n_members_)
+        out = member_mean(maps)
+        if self.model_ is None:
+            return out
+        band = np.flatnonzero(band_mask(maps, *band_levels(self.lo, self.hi)))
+        flat = out.reshape(-1)
+        for start in range(0, band.size, PREDICT_CHUNK):
+            index = band[start:start + PREDICT_CHUNK]
+            features = pixel_features(maps, angle, index, mean=out)
+            flat[index] = self.model_.predict_proba(features)[:, 1]
+        return out
+
+    def _fit_images(self, X: Any, y: Any, angles: Any, n_images: int | None) -> tuple[Images, int | None]:
+        """The fit input as a stream of (maps, truth, angle) and its length if known."""
+        if isinstance(X, np.ndarray):
+            X = _check_members(X)
+            if y is None or angles is None:
+                raise ValueError("fit on arrays needs the truth y (N, H, W) and angles (N,)")
+            y, angles = np.asarray(y), np.asarray(angles)
+            if y.shape != X.shape[:1] + X.shape[2:] or angles.shape != X.shape[:1]:
+                raise ValueError(f"y must be (N, H, W) = {X.shape[:1] + X.shape[2:]} and angles (N,), "
+                                 f"got {y.shape} and {angles.shape}")
+            return ((_levels(X[i]), y[i], int(angles[i])) for i in range(X.shape[0])), X.shape[0]
+        if y is not None or angles is not None:
+            raise ValueError("fit on a stream of (maps, truth, angle) takes no separate y or angles")
+        return X, n_images
+
+
+def make_stacker(name: str, **params: object) -> PixelStacker:
+    """A new PixelStacker with level-2 model `name`; an unknown name raises WorkbenchError listing the valid ones."""
+    _level2(name)
+    return PixelStacker(model=name, **params)

@@ -1,0 +1,225 @@
+"""Pixel stackers: features and the band rule against per-pixel loops, the sampling budget,
+determinism, streaming = arrays, and a held-out win over the mean blend on members with a bias."""
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import cv2
+import numpy as np
+import pytest
+from sklearn.base import clone
+
+from carvana.errors import WorkbenchError
+from carvana.metric import mean_dice
+from stacking.blenders import MeanBlender
+from stacking.features import (
+    band_levels,
+    band_mask,
+    feature_names,
+    pixel_features,
+    sample_band_features,
+    window_sides,
+)
+from stacking.pixel_stacker import STACKERS, Level2Model, PixelStacker, _registry, make_stacker
+
+# One thread: on a busy 2-core box LightGBM's 2 OpenMP threads spin and run ~10x slower.
+FAST = {"n_jobs": 1}
+
+
+def toy_data(n: int = 12, height: int = 48, width: int = 64, seed: int = 0):
+    """Ellipse cars; 3 members = blurred truth + per-pixel noise through a steep logit, member 2 biased outward.
+
+    Returns X (n, 3, H, W) uint8, y (n, H, W) uint8 0/1, angles (n,) 1..16.
+    """
+    rng = np.random.default_rng(seed)
+    y = np.zeros((n, height, width), np.uint8)
+    X = np.empty((n, 3, height, width), np.uint8)
+    for i in range(n):
+        centre = (int(rng.integers(20, 44)), int(rng.integers(16, 32)))
+        axes = (int(rng.integers(10, 20)), int(rng.integers(6, 12)))
+        cv2.ellipse(y[i], centre, axes, 0, 0, 360, 1, -1)
+        soft = cv2.GaussianBlur(y[i].astype(np.float32), (0, 0), 1.5)
+        for m, bias in enumerate((0.0, 0.0, 0.25)):
+            noise = rng.normal(0, 0.05, (height, width)).astype(np.float32)
+            X[i, m] = np.rint(255 / (1 + np.exp(-30 * (soft - 0.5 + bias + noise))))
+    return X, y, np.arange(n) % 16 + 1
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return toy_data()
+
+
+def stream(X, y, angles):
+    """A generator (no len) of (maps, truth, angle), as a caller streaming from the store would pass."""
+    for i in range(len(X)):
+        yield X[i], y[i], int(angles[i])
+
+
+def slow_features(maps: np.ndarray, angle: int, r: int, c: int) -> list[float]:
+    """Feature row of pixel (r, c) computed the obvious way, per pixel."""
+    n_members, height, width = maps.shape
+    p = [maps[m, r, c] / 255 for m in range(n_members)]
+    q = [min(max(v, 1 / 510), 1 - 1 / 510) for v in p]
+    mean_map = maps.astype(np.float64).mean(axis=0) / 255
+    context = []
+    for side in window_sides(height):
+        padded = np.pad(mean_map, side // 2, mode="reflect")  # numpy "reflect" is OpenCV's reflect-101
+        context.append(padded[r:r + side, c:c + side].mean())
+    mean = sum(p) / n_members
+    std = math.sqrt(sum((v - mean) ** 2 for v in p) / n_members)
+    return (p + [math.log(v / (1 - v)) for v in q] + [mean, std, min(p), max(p)] + context
+            + [(r + 0.5) / height, (c + 0.5) / width, angle])
+
+
+def slow_band(maps: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """(H, W) bool per pixel: not (every member <= lo or every member >= hi), in exact rationals."""
+    _, height, width = maps.shape
+    band = np.zeros((height, width), bool)
+    for r in range(height):
+        for c in range(width):
+            p = [Fraction(int(v), 255) for v in maps[:, r, c]]
+            band[r, c] = not (all(v <= Fraction(lo) for v in p) or all(v >= Fraction(hi) for v in p))
+    return band
+
+
+def test_pixel_features_match_a_per_pixel_computation(toy):
+    X, _, angles = toy
+    maps = X[3]
+    pixels = [(0, 0), (47, 63), (20, 30), (5, 60), (30, 2)]
+    index = np.array([r * maps.shape[2] + c for r, c in pixels])
+    out = pixel_features(maps, int(angles[3]), index)
+    assert out.dtype == np.float32 and out.shape == (len(pixels), len(feature_names(3))) == (5, 15)
+    expected = np.array([slow_features(maps, int(angles[3]), r, c) for r, c in pixels])
+    np.testing.assert_allclose(out, expected, atol=2e-6)
+
+
+def test_window_sides_scale_with_the_image_height():
+    assert window_sides(640) == (5, 17)
+    assert window_sides(1280) == (11, 35)
+    assert window_sides(48) == (3, 9)  # tiny images keep two distinct scales
+
+
+@pytest.mark.parametrize("lo, hi", [(0.02, 0.98), (5 / 255, 250 / 255), (0.0, 1.0), (0.2, 0.7)])
+def test_band_mask_and_band_share_match_the_per_pixel_rule(toy, lo, hi):
+    X, y, angles = toy
+    lo_level, hi_level = band_levels(lo, hi)
+    bands = [slow_band(X[i], lo, hi) for i in range(4)]
+    for i in range(4):
+        np.testing.assert_array_equal(band_mask(X[i], lo_level, hi_level), bands[i])
+    stacker = PixelStacker(lo=lo, hi=hi, lgbm_params=FAST).fit(X[:4], y[:4], angles[:4])
+    assert stacker.band_share_ == sum(b.sum() for b in bands) / y[:4].size
+    assert stacker.n_band_pixels_ == stacker.n_fit_pixels_ == sum(b.sum() for b in bands)
+
+
+def test_default_band_is_a_minority_of_pixels_on_the_toy_maps(toy):
+    X, y, angles = toy
+    assert 0.02 < PixelStacker(lgbm_params=FAST).fit(X, y, angles).band_share_ < 0.15
+
+
+@pytest.mark.parametrize("model, params", [("lightgbm", FAST), ("logistic", None)])
+def test_fit_predict_shapes_range_and_consensus_pixels_get_the_members_mean(toy, model, params):
+    X, y, angles = toy
+    stacker = PixelStacker(model=model, lgbm_params=params).fit(X[:8], y[:8], angles[:8])
+    assert stacker.model_ is not None and stacker.n_members_ == 3
+    out = stacker.predict_proba(X[8:], angles[8:])
+    assert out.shape == (4, 48, 64) and out.dtype == np.float32
+    assert out.min() >= 0 and out.max() <= 1
+    np.testing.assert_array_equal(stacker.predict_image(X[9], int(angles[9])), out[1])
+    np.testing.assert_array_equal(stacker.predict_proba(X[8:] / 255.0, angles[8:]), out)  # float input
+    mean = MeanBlender().fit(X[8:]).predict_proba(X[8:])
+    consensus = ~np.stack([slow_band(X[i], 0.02, 0.98) for i in range(8, 12)])
+    assert consensus.mean() > 0.5
+    np.testing.assert_allclose(out[consensus], mean[consensus], atol=1e-6)
+    assert not np.allclose(out[~consensus], mean[~consensus], atol=1e-3)  # the model decides the band
+
+
+def test_sampling_budget_is_respected_and_spread_evenly_over_images(toy):
+    X, y, angles = toy
+    lo_level, hi_level = band_levels(0.02, 0.98)
+    bands = [int(band_mask(X[i], lo_level, hi_level).sum()) for i in range(12)]
+    assert min(bands) > 100 // 12  # every image has more band pixels than its quotas below
+    sample = sample_band_features(stream(X, y, angles), lo_level, hi_level, max_pixels=60)
+    assert sample.features.shape == (60, 15) and sample.labels.shape == (60,)
+    assert np.bincount(sample.features[:, -1].astype(int) - 1).tolist() == [5] * 12  # angle = image here
+    stacker = PixelStacker(max_pixels=60, lgbm_params=FAST).fit(X, y, angles)
+    assert stacker.n_fit_pixels_ == 60 and stacker.n_band_pixels_ == sum(bands)
+    odd_budget = PixelStacker(max_pixels=100, lgbm_params=FAST).fit(X, y, angles)
+    assert odd_budget.n_fit_pixels_ == 12 * (100 // 12) <= 100
+    with pytest.raises(ValueError, match="max_pixels"):
+        PixelStacker(max_pixels=11, lgbm_params=FAST).fit(X, y, angles)
+
+
+def test_streaming_fit_equals_array_fit(toy):
+    X, y, angles = toy
+    lo_level, hi_level = band_levels(0.02, 0.98)
+    # 60 pixels over a stream of unknown length: quotas shrink 60, 30, 20, ... and held samples get cut
+    streamed = sample_band_features(stream(X, y, angles), lo_level, hi_level, 60)
+    known = sample_band_features(list(stream(X, y, angles)), lo_level, hi_level, 60)
+    np.testing.assert_array_equal(streamed.features, known.features)
+    np.testing.assert_array_equal(streamed.labels, known.labels)
+    assert known.max_held == 60 and 60 < streamed.max_held <= 150  # uncut, the stream would hold 184 rows
+    from_arrays = PixelStacker(max_pixels=600, lgbm_params=FAST).fit(X[:8], y[:8], angles[:8])
+    from_stream = PixelStacker(max_pixels=600, lgbm_params=FAST).fit(stream(X[:8], y[:8], angles[:8]))
+    assert from_stream.n_fit_pixels_ == from_arrays.n_fit_pixels_ <= 600
+    np.testing.assert_array_equal(from_stream.predict_proba(X[8:], angles[8:]),
+                                  from_arrays.predict_proba(X[8:], angles[8:]))
+
+
+def test_deterministic_for_a_seed(toy):
+    X, y, angles = toy
+
+    def fit(seed: int) -> PixelStacker:
+        return PixelStacker(max_pixels=240, random_state=seed, lgbm_params=FAST).fit(X[:8], y[:8], angles[:8])
+
+    first, again, other = fit(0), fit(0), fit(1)
+    np.testing.assert_array_equal(first.predict_proba(X[8:], angles[8:]), again.predict_proba(X[8:], angles[8:]))
+    assert not np.array_equal(first.predict_proba(X[8:], angles[8:]), other.predict_proba(X[8:], angles[8:]))
+
+
+def test_lightgbm_beats_the_mean_blend_on_held_out_images(toy):
+    X, y, angles = toy
+    stacker = PixelStacker(lgbm_params=FAST).fit(X[:8], y[:8], angles[:8])
+    held = slice(8, 12)
+    stacked = mean_dice(stacker.predict_proba(X[held], angles[held]) >= 0.5, y[held])
+    blended = mean_dice(MeanBlender().fit(X[held]).predict_proba(X[held]) >= 0.5, y[held])
+    assert stacked > blended + 0.001
+
+
+def test_one_class_band_sample_falls_back_to_the_members_mean(toy):
+    X, y, angles = toy
+    stacker = PixelStacker(lgbm_params=FAST).fit(X[:4], np.ones_like(y[:4]), angles[:4])
+    assert stacker.model_ is None
+    np.testing.assert_allclose(stacker.predict_proba(X[4:6], angles[4:6]),
+                               MeanBlender().fit(X[4:6]).predict_proba(X[4:6]), atol=1e-6)
+
+
+def test_registry_and_make_stacker():
+    assert set(STACKERS) == {"lightgbm", "logistic"}
+    stacker = make_stacker("logistic", max_pixels=1000)
+    assert isinstance(stacker, PixelStacker) and stacker.model == "logistic" and stacker.max_pixels == 1000
+    with pytest.raises(WorkbenchError, match="lightgbm, logistic"):
+        make_stacker("xgboost")
+    with pytest.raises(WorkbenchError, match="valid names"):
+        PixelStacker(model="xgboost").fit(np.zeros((1, 2, 4, 4), np.uint8), np.zeros((1, 4, 4)), np.ones(1))
+    with pytest.raises(ValueError, match="duplicate"):
+        _registry([STACKERS["lightgbm"], Level2Model("lightgbm", STACKERS["logistic"].build, dict)])
+    assert clone(PixelStacker(lo=0.1, lgbm_params={"n_estimators": 5})).get_params()["lo"] == 0.1
+
+
+def test_input_errors(toy):
+    X, y, angles = toy
+    with pytest.raises(ValueError, match="angles"):
+        PixelStacker().fit(X, y)
+    with pytest.raises(ValueError, match="angle must be"):
+        PixelStacker().fit(X[:2], y[:2], np.array([1, 17]))
+    with pytest.raises(ValueError, match="lo < 0.5 < hi"):
+        PixelStacker(lo=0.6).fit(X[:2], y[:2], angles[:2])
+    with pytest.raises(ValueError, match="lightgbm"):
+        PixelStacker(model="logistic", lgbm_params={"n_jobs": 1}).fit(X[:4], y[:4], angles[:4])
+    stacker = PixelStacker(lgbm_params=FAST).fit(X[:4], y[:4], angles[:4])
+    with pytest.raises(ValueError, match="members"):
+        stacker.predict_proba(X[:2, :2], angles[:2])
+    with pytest.raises(ValueError, match="no separate y"):
+        PixelStacker().fit(stream(X, y, angles), y)
