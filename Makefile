@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 WB := $(VENV)/bin/workbench
 CONFIG ?= configs/demo.yaml
 
-.PHONY: setup test demo folds fold-train bench clean-demo
+.PHONY: setup test demo folds fold-train bench clean-demo dashboard
 
 setup: $(VENV)/.installed
 
@@ -23,6 +23,9 @@ folds: setup
 
 fold-train: setup
 	$(WB) fold-train --config $(CONFIG)
+
+dashboard: setup
+	$(WB) dashboard --config $(CONFIG)
 
 bench: setup
 	$(PY) -m bench.run
