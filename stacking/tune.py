@@ -1,0 +1,382 @@
+"""Optuna tuning of the blend's threshold (global or per angle) and member weights on honest OOF maps.
+
+Every trial is scored by `DiceEvaluator` (exact mean per-image Dice, see stacking/evaluate.py) on the
+images of some folds. The search space (`TuneSpace`) has these parameters:
+
+* `threshold`: the global threshold in `threshold_range`.
+* `t01`..`t16` (per_angle): OFFSETS added to `threshold` for photos of that angle, in +-max_offset;
+  the angle's threshold is clip(threshold + offset, *threshold_range). Offsets (not absolute values)
+  keep `threshold` meaningful and let TPE move all angles at once.
+* `w_<member>` (tune_weights, 2+ members): weights in [0, 1], normalised by the evaluator; all zero
+  counts as equal weights.
+
+`nested_tune` makes the tuning honest: the params applied to fold k's images come from a study that
+never scored a fold-k image; the full study (all folds) gives the params for the test set.
+Studies live in any Optuna storage; several processes may work on one study at once.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import random
+import socket
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+import optuna
+import sqlalchemy
+from tqdm import tqdm
+
+from carvana.dataset import angle_of
+from carvana.errors import WorkbenchError
+from oof import Store
+from stacking.evaluate import N_ANGLES, DiceEvaluator, level_thresholds, quantize_weights
+
+WORKER = f"{socket.gethostname()}:{os.getpid()}"
+HEARTBEAT_SECONDS, GRACE_SECONDS = 10, 30  # server databases: a dead worker's trial fails after 30 s
+_ALIVE = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
+
+
+class FoldedEvaluator:
+    """One DiceEvaluator per fold; scores a trial on the union of some folds' images."""
+
+    def __init__(self, evaluators: Mapping[int, DiceEvaluator], ids: Mapping[int, Sequence[str]] | None = None):
+        self.evaluators = dict(evaluators)
+        self.ids = {k: list(v) for k, v in (ids or {}).items()}  # image ids per fold, in the order added
+
+    @property
+    def folds(self) -> list[int]:
+        return sorted(self.evaluators)
+
+    def per_image(self, threshold: float | np.ndarray, weights: np.ndarray | None, folds: Sequence[int]) -> np.ndarray:
+        """Per-image Dice (N,) float64 of the folds' images, fold by fold in the order of `folds`."""
+        return np.concatenate([self.evaluators[k].per_image(threshold, weights) for k in folds])
+
+    def score(self, threshold: float | np.ndarray, weights: np.ndarray | None, folds: Sequence[int]) -> float:
+        """Mean per-image Dice over the union of `folds`' images."""
+        return float(self.per_image(threshold, weights, folds).mean())
+
+
+def build_folded_evaluator(store: Store, members: Sequence[str], fold_of: Mapping[str, int],
+                           truths: Callable[[str], np.ndarray], angles: Callable[[str], int] = angle_of,
+                           progress: bool = False) -> FoldedEvaluator:
+    """Stream every image of `fold_of` ({img: fold}) into its fold's evaluator, one image at a time.
+
+    Maps are read with `store.read(member, "train", img)`: (H, W) uint8; `truths(img)` must give the
+    (H, W) 0/1 truth at the store's resolution; `angles(img)` the angle 1..16.
+    """
+    evaluators = {k: DiceEvaluator(len(members)) for k in sorted(set(fold_of.values()))}
+    ids: dict[int, list[str]] = {k: [] for k in evaluators}
+    for img in tqdm(sorted(fold_of), desc="loading OOF maps", disable=not progress, leave=False):
+        maps = np.stack([store.read(m, "train", img) for m in members])
+        evaluators[fold_of[img]].add_image(maps, truths(img), angles(img))
+        ids[fold_of[img]].append(img)
+    return FoldedEvaluator(evaluators, ids)
+
+
+@dataclass(frozen=True)
+class TuneSpace:
+    """What a study searches: see the module docstring for the parameters."""
+
+    per_angle: bool = True
+    tune_weights: bool = True
+    threshold_range: tuple[float, float] = (0.2, 0.8)
+    max_offset: float = 0.1
+
+    def __post_init__(self) -> None:
+        low, high = self.threshold_range
+        if not 0 < low <= 0.5 <= high <= 1:
+            raise ValueError(f"threshold_range must satisfy 0 < low <= 0.5 <= high <= 1, got {self.threshold_range}")
+        if not 0 < self.max_offset <= 0.5:
+            raise ValueError(f"max_offset must be in (0, 0.5], got {self.max_offset}")
+
+    def baseline(self, members: Sequence[str]) -> dict[str, float]:
+        """The plain blend's params: threshold 0.5 for every angle, equal weights."""
+        params = {"threshold": 0.5}
+        params.update({f"t{a:02d}": 0.0 for a in range(1, N_ANGLES + 1)} if self.per_angle else {})
+        params.update({f"w_{m}": 1.0 for m in members} if self._weighted(members) else {})
+        return params
+
+    def suggest(self, trial: optuna.Trial, members: Sequence[str]) -> dict[str, float]:
+        low, high = self.threshold_range
+        params = {"threshold": trial.suggest_float("threshold", low, high)}
+        for a in range(1, N_ANGLES + 1) if self.per_angle else ():
+            params[f"t{a:02d}"] = trial.suggest_float(f"t{a:02d}", -self.max_offset, self.max_offset)
+        for m in members if self._weighted(members) else ():
+            params[f"w_{m}"] = trial.suggest_float(f"w_{m}", 0.0, 1.0)
+        return params
+
+    def decode(self, params: Mapping[str, float], members: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(thresholds (16,) float64 by angle, weights (M,) float64 summing to 1) of a trial's params."""
+        offsets = np.array([params.get(f"t{a:02d}", 0.0) for a in range(1, N_ANGLES + 1)])
+        threshold = np.clip(params["threshold"] + offsets, *self.threshold_range)
+        weights = np.array([params.get(f"w_{m}", 1.0) for m in members], dtype=np.float64)
+        if weights.sum() <= 0:
+            weights = np.ones(len(members))
+        return threshold, weights / weights.sum()
+
+    def _weighted(self, members: Sequence[str]) -> bool:
+        return self.tune_weights and len(members) > 1
+
+
+@dataclass
+class TunedParams:
+    """A study's best trial, decoded: threshold (16,) by angle, weights (M,) in `members` order."""
+
+    threshold: np.ndarray
+    weights: np.ndarray
+    value: float
+    n_trials: int  # COMPLETE trials in the study
+    members: tuple[str, ...] = ()
+    params: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"threshold": self.threshold.tolist(), "weights": dict(zip(self.members, self.weights.tolist())),
+                "value": self.value, "n_trials": self.n_trials, "params": self.params}
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """An Optuna storage for `url`: `journal:PATH` (a journal file, safe on NFS) or an RDB URL (sqlite, postgresql).
+
+    Server databases get heartbeats, so a trial whose worker died on any host is failed after GRACE_SECONDS.
+    SQLite gets none (the heartbeat thread's writes contend for the file lock: +130 ms a trial); there,
+    as for journals, a RUNNING trial whose worker process on this host has died is failed instead.
+    """
+    if url.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        return JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
+    if url.startswith("sqlite:"):
+        with _sqlite_lock(url):  # workers starting at once would race to create the tables
+            storage = optuna.storages.RDBStorage(url)
+            _fast_sqlite(storage.engine)
+        return storage
+    for attempt in range(3):  # the same race on a server database: the loser finds the tables made
+        try:
+            with _quiet_experimental():
+                return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS)
+        except sqlalchemy.exc.DBAPIError:
+            if attempt == 2:
+                raise
+            time.sleep(1 + random.random())
+
+
+@contextlib.contextmanager
+def _sqlite_lock(url: str) -> Iterator[None]:
+    """Hold an exclusive flock on `<database>.lock` (nothing for an in-memory database)."""
+    path = url.removeprefix("sqlite:///")
+    if path in ("", ":memory:") or url == path:
+        yield
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{path}.lock", "a") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+
+def _fast_sqlite(engine: object) -> None:
+    """WAL journal, fsync only at checkpoints: Optuna commits once per parameter, and a synced commit
+    (~10 ms on a plain disk) made a 20-parameter trial cost ~0.5 s. A crash can lose the last trials,
+    never corrupt the file. WAL needs a local disk; over NFS use `journal:PATH`."""
+    from sqlalchemy import event
+
+    def set_pragmas(connection: object, _record: object) -> None:
+        cursor = connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    event.listen(engine, "connect", set_pragmas)
+    engine.dispose()  # connections opened while creating the tables lack the pragmas
+    with engine.connect():  # switch to WAL now, under the caller's lock (it needs the file to itself)
+        pass
+
+
+@contextlib.contextmanager
+def _quiet_experimental() -> Iterator[None]:
+    """Silence Optuna's ExperimentalWarning for heartbeats (experimental in name since Optuna 2.9)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
+
+
+def tune_study(evaluator: FoldedEvaluator, folds: Sequence[int], members: Sequence[str], space: TuneSpace,
+               storage: str | optuna.storages.BaseStorage, study_name: str, n_trials: int, seed: int,
+               context: Mapping[str, object] | None = None, progress: bool = False) -> TunedParams:
+    """Run trials until the study has `n_trials` COMPLETE trials in total; return its best.
+
+    A new study starts with the baseline trial (threshold 0.5, equal weights). Re-running continues
+    the study; several processes on one study together stop at `n_trials`. `context` (JSON-able,
+    e.g. the folds' hash) is stored with the members, folds and space: reusing the study with any of
+    them different is refused. The sampler's seed is `seed` + the number of trials already there, so
+    a single process is reproducible and a worker joining later draws other random trials.
+    """
+    if n_trials < 1:
+        raise ValueError(f"n_trials must be >= 1, got {n_trials}")
+    storage = open_storage(storage) if isinstance(storage, str) else storage
+    attrs = {"members": list(members), "folds": [int(k) for k in folds], "space": _jsonable(asdict(space)),
+             "context": _jsonable(dict(context or {}))}
+    study = _open_study(storage, study_name, attrs, space.baseline(members))
+    study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.get_trials(deepcopy=False)))
+    surplus: list[int] = []
+
+    def objective(trial: optuna.Trial) -> float:
+        trial.set_user_attr("worker", WORKER)
+        ahead = sum(t.number < trial.number for t in trial.study.get_trials(deepcopy=False, states=_ALIVE))
+        if ahead >= n_trials:  # another worker took the last slot between our count and our ask
+            surplus.append(trial.number)
+            trial.set_user_attr("surplus", True)
+            raise optuna.TrialPruned(f"surplus: the study already has {n_trials} trials")
+        threshold, weights = space.decode(space.suggest(trial, members), members)
+        return evaluator.score(threshold, weights, folds)
+
+    with tqdm(total=n_trials, desc=study_name, disable=not progress, leave=False) as bar:
+        while not surplus:
+            n_done, n_running = _count_trials(study)
+            bar.update(n_done - bar.n)
+            if n_done + n_running >= n_trials:
+                break
+            study.optimize(objective, n_trials=1)
+    return best_params(study, members, space)
+
+
+def best_params(study: optuna.Study, members: Sequence[str], space: TuneSpace) -> TunedParams:
+    """The study's best trial as TunedParams (WorkbenchError when it has no complete trial)."""
+    complete = study.get_trials(deepcopy=False, states=_ALIVE[:1])
+    if not complete:
+        raise WorkbenchError(f"study {study.study_name}: no complete trial yet; run `workbench tune` to add some")
+    best = max(complete, key=lambda t: (t.value, -t.number))
+    threshold, weights = space.decode(best.params, members)
+    return TunedParams(threshold, weights, float(best.value), len(complete), tuple(members), dict(best.params))
+
+
+def _count_trials(study: optuna.Study) -> tuple[int, int]:
+    """(COMPLETE, live RUNNING) trials, after failing the RUNNING trials of workers that died."""
+    with _quiet_experimental():
+        optuna.storages.fail_stale_trials(study)  # heartbeat storages only; a no-op elsewhere
+    trials = study.get_trials(deepcopy=False)
+    host = socket.gethostname()
+    n_running = 0
+    for trial in trials:
+        if trial.state != optuna.trial.TrialState.RUNNING:
+            continue
+        worker_host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
+        if worker_host == host and pid.isdigit() and not _alive(int(pid)):
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                study.tell(trial.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+        else:
+            n_running += 1
+    return sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials), n_running
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _open_study(storage: optuna.storages.BaseStorage, name: str, attrs: dict, baseline: dict) -> optuna.Study:
+    """Create the study (and enqueue the baseline) or load it and refuse a mismatched reuse."""
+    try:
+        study = optuna.create_study(storage=storage, study_name=name, direction="maximize")
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=name, storage=storage)
+        _check_attrs(study, attrs)
+        return study
+    for key, value in attrs.items():
+        study.set_user_attr(key, value)
+    study.enqueue_trial(baseline)
+    return study
+
+
+def _check_attrs(study: optuna.Study, attrs: dict) -> None:
+    stored = study.user_attrs
+    if not stored:  # its creator is still writing them (two workers starting at once)
+        return
+    for key, value in attrs.items():
+        if stored.get(key) != value:
+            raise WorkbenchError(
+                f"study {study.study_name!r} was tuned with {key} = {stored.get(key)!r}, now {value!r}; its trials do "
+                "not apply: set `tune.study` to a new name, or delete it (`optuna delete-study --storage URL "
+                f"--study-name {study.study_name}`)"
+            )
+
+
+def _jsonable(value: object) -> object:
+    """Tuples as lists, so a value compares equal to itself read back from the storage."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+@dataclass
+class NestedResult:
+    """Honest (nested) and tuned-on scores of a tuning, and the params to apply to the test set.
+
+    honest_per_image: {img: Dice} where fold k's images use the params of the study that never saw
+    fold k; tuned_on: the full study's best value (optimistic: tuned and scored on the same images);
+    params: the full study's best (apply these to the test set); outer: {k: outer-k study's best}.
+    """
+
+    honest_per_image: dict[str, float]
+    honest_mean: float
+    tuned_on: float
+    baseline: float  # threshold 0.5, equal weights, all folds
+    params: TunedParams
+    outer: dict[int, TunedParams]
+
+    def to_dict(self) -> dict:
+        return {"honest_mean": self.honest_mean, "tuned_on": self.tuned_on, "baseline": self.baseline,
+                "params": self.params.to_dict(), "outer": {str(k): p.to_dict() for k, p in self.outer.items()}}
+
+
+def nested_tune(evaluator: FoldedEvaluator, n_folds: int, members: Sequence[str], space: TuneSpace,
+                storage: str | optuna.storages.BaseStorage, name: str, n_trials: int, seed: int,
+                context: Mapping[str, object] | None = None, progress: bool = False) -> NestedResult:
+    """Study `{name}-outer{k}` on folds != k for each k (scored on fold k), then study `name` on all folds.
+
+    Each study gets `n_trials` complete trials (see `tune_study`), so the whole costs (n_folds + 1) x n_trials.
+    """
+    all_folds = list(range(n_folds))
+    if evaluator.folds != all_folds:
+        raise ValueError(f"the evaluator holds folds {evaluator.folds}, expected 0..{n_folds - 1}")
+    storage = open_storage(storage) if isinstance(storage, str) else storage
+    run = dict(members=members, space=space, storage=storage, n_trials=n_trials, seed=seed, context=context,
+               progress=progress)
+    outer, honest = {}, {}
+    for k in all_folds:
+        outer[k] = tune_study(evaluator, [f for f in all_folds if f != k], study_name=f"{name}-outer{k}", **run)
+        scores = evaluator.per_image(outer[k].threshold, outer[k].weights, [k])
+        ids = evaluator.ids.get(k) or [f"fold{k}/{i}" for i in range(scores.size)]
+        honest.update(zip(ids, scores.tolist(), strict=True))
+    full = tune_study(evaluator, all_folds, study_name=name, **run)
+    return NestedResult(honest, float(np.mean(list(honest.values()))), full.value,
+                        evaluator.score(0.5, None, all_folds), full, outer)
+
+
+def blend_proba(maps: np.ndarray, params: TunedParams) -> np.ndarray:
+    """(H, W) float32 blend S / (255 sum W) of one image's maps (M, H, W) uint8 under the tuned weights."""
+    w = quantize_weights(params.weights, len(maps))
+    level_sum = np.tensordot(w, maps.astype(np.int64), axes=1)
+    return (level_sum / float(255 * w.sum())).astype(np.float32)
+
+
+def blend_mask(maps: np.ndarray, angle: int, params: TunedParams) -> np.ndarray:
+    """(H, W) bool car mask of one image's maps (M, H, W) uint8 at angle 1..16, by the evaluator's exact rule."""
+    w = quantize_weights(params.weights, len(maps))
+    level_sum = np.tensordot(w, maps.astype(np.int64), axes=1)
+    return level_sum >= level_thresholds(params.threshold, int(w.sum()))[int(angle) - 1]

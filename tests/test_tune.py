@@ -1,0 +1,283 @@
+"""Optuna tuning: baseline first, resumable to an exact trial count, honest nesting by construction,
+several processes on one study, and `workbench tune` end to end on a tiny run."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+
+from carvana.errors import WorkbenchError
+from carvana.metric import dice
+from stacking.evaluate import DiceEvaluator
+from stacking.tune import (
+    WORKER, FoldedEvaluator, TunedParams, TuneSpace, blend_mask, build_folded_evaluator, nested_tune, open_storage,
+    tune_study,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+MEMBERS = ["a", "b", "c"]
+COMPLETE = optuna.trial.TrialState.COMPLETE
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def make_images(seed: int = 0, n_images: int = 12, shape=(24, 32)):
+    """Ellipse truths; members are noisy logistic maps of the distance, biased low / none / high."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    images = []
+    for i in range(n_images):
+        cy, cx = shape[0] / 2 + rng.integers(-3, 4), shape[1] / 2 + rng.integers(-4, 5)
+        d = ((yy - cy) / rng.integers(5, 9)) ** 2 + ((xx - cx) / rng.integers(7, 12)) ** 2
+        logits = [4 * (1 - d) + bias + rng.normal(0, 0.8, d.shape) for bias in (-1.0, 0.0, 1.5)]
+        maps = np.stack([np.rint(255 / (1 + np.exp(-x))) for x in logits]).astype(np.uint8)
+        images.append((maps, (d < 1).astype(np.uint8), i % 16 + 1))
+    return images
+
+
+def make_evaluator(poison_fold: int | None = None, n_folds: int = 3) -> FoldedEvaluator:
+    """Image i in fold i % n_folds; `poison_fold`'s truths are inverted."""
+    evaluators = {k: DiceEvaluator(len(MEMBERS)) for k in range(n_folds)}
+    ids: dict[int, list[str]] = {k: [] for k in range(n_folds)}
+    for i, (maps, truth, angle) in enumerate(make_images()):
+        k = i % n_folds
+        evaluators[k].add_image(maps, 1 - truth if k == poison_fold else truth, angle)
+        ids[k].append(f"img{i:02d}")
+    return FoldedEvaluator(evaluators, ids)
+
+
+def sqlite_url(path: Path) -> str:
+    return f"sqlite:///{path.resolve()}"
+
+
+def values(storage, name: str) -> list[float]:
+    return [t.value for t in optuna.load_study(study_name=name, storage=storage).trials]
+
+
+def test_folded_score_is_the_mean_over_the_union():
+    folded = make_evaluator()
+    images = make_images()
+    union = DiceEvaluator.from_images(img for i, img in enumerate(images) if i % 3 in (0, 2))
+    for threshold, weights in [(0.5, None), (np.linspace(0.3, 0.7, 16), [0.2, 0.5, 0.3])]:
+        got = folded.per_image(threshold, weights, [0, 2])
+        np.testing.assert_array_equal(np.sort(got), np.sort(union.per_image(threshold, weights)))
+        assert folded.score(threshold, weights, [0, 2]) == pytest.approx(union.score(threshold, weights), abs=1e-15)
+
+
+def test_space_decodes_offsets_clipped_and_weights_normalised():
+    space = TuneSpace(threshold_range=(0.3, 0.6), max_offset=0.2)
+    params = {"threshold": 0.55, "t01": 0.2, "t02": -0.2, **{f"t{a:02d}": 0.0 for a in range(3, 17)},
+              "w_a": 0.0, "w_b": 1.0, "w_c": 3.0}
+    threshold, weights = space.decode(params, MEMBERS)
+    assert threshold[0] == 0.6 and threshold[1] == pytest.approx(0.35) and np.all(threshold[2:] == 0.55)
+    np.testing.assert_allclose(weights, [0, 0.25, 0.75])
+    zero = space.decode({**params, "w_b": 0.0, "w_c": 0.0}, MEMBERS)[1]
+    np.testing.assert_allclose(zero, [1 / 3] * 3)  # all weights zero: the plain mean
+    assert set(TuneSpace(per_angle=False).baseline(["only"])) == {"threshold"}  # one member: no weights
+    with pytest.raises(ValueError):
+        TuneSpace(threshold_range=(0.6, 0.8))  # the baseline 0.5 must lie inside
+
+
+def test_baseline_first_and_resume_to_exact_count(tmp_path):
+    folded, url = make_evaluator(), sqlite_url(tmp_path / "optuna.db")
+    best = tune_study(folded, [0, 1, 2], MEMBERS, TuneSpace(), url, "s", n_trials=4, seed=0)
+    study = optuna.load_study(study_name="s", storage=url)
+    first = study.trials[0]
+    assert first.params == TuneSpace().baseline(MEMBERS)
+    assert first.value == folded.score(0.5, None, [0, 1, 2])
+    assert best.n_trials == 4 and best.value == max(t.value for t in study.trials)
+    assert best.members == tuple(MEMBERS) and best.threshold.shape == (16,) and best.weights.sum() == pytest.approx(1)
+    before = [(t.params, t.value) for t in study.trials]
+
+    tune_study(folded, [0, 1, 2], MEMBERS, TuneSpace(), url, "s", n_trials=4, seed=0)
+    assert len(optuna.load_study(study_name="s", storage=url).trials) == 4  # nothing added
+    tune_study(folded, [0, 1, 2], MEMBERS, TuneSpace(), url, "s", n_trials=7, seed=0)
+    trials = optuna.load_study(study_name="s", storage=url).trials
+    assert len(trials) == 7 and all(t.state == COMPLETE for t in trials)
+    assert [(t.params, t.value) for t in trials[:4]] == before  # continued, nothing lost or redone
+
+
+def test_journal_storage_resumes(tmp_path):
+    folded, url = make_evaluator(), f"journal:{tmp_path / 'optuna.log'}"
+    tune_study(folded, [0, 1], MEMBERS, TuneSpace(per_angle=False), url, "j", n_trials=3, seed=0)
+    tune_study(folded, [0, 1], MEMBERS, TuneSpace(per_angle=False), url, "j", n_trials=3, seed=0)
+    assert len(optuna.load_study(study_name="j", storage=open_storage(url)).trials) == 3
+
+
+def test_reuse_with_other_settings_is_refused(tmp_path):
+    folded, url = make_evaluator(), sqlite_url(tmp_path / "optuna.db")
+    tune_study(folded, [0, 1, 2], MEMBERS, TuneSpace(), url, "s", 1, 0, context={"folds_hash": "x"})
+    for change in [dict(members=["a", "b"]), dict(space=TuneSpace(per_angle=False)), dict(folds=[0, 1]),
+                   dict(context={"folds_hash": "y"})]:
+        kwargs = dict(members=MEMBERS, space=TuneSpace(), folds=[0, 1, 2], context={"folds_hash": "x"}) | change
+        with pytest.raises(WorkbenchError, match="set `tune.study` to a new name"):
+            tune_study(folded, storage=url, study_name="s", n_trials=2, seed=0, **kwargs)
+
+
+def test_dead_workers_running_trial_is_failed_and_replaced(tmp_path):
+    folded, url = make_evaluator(), sqlite_url(tmp_path / "optuna.db")
+    tune_study(folded, [0, 1, 2], MEMBERS, TuneSpace(), url, "s", n_trials=2, seed=0)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    study = optuna.load_study(study_name="s", storage=url)
+    orphan = study.ask()  # a `workbench tune` killed mid-trial leaves this RUNNING
+    orphan.set_user_attr("worker", f"{socket.gethostname()}:{int(dead.stdout)}")
+    tune_study(folded, [0, 1, 2], MEMBERS, TuneSpace(), url, "s", n_trials=4, seed=0)
+    states = [t.state for t in optuna.load_study(study_name="s", storage=url).trials]
+    assert states.count(COMPLETE) == 4 and states[orphan.number] == optuna.trial.TrialState.FAIL
+
+
+def test_nested_outer_study_never_sees_its_fold():
+    """Poison fold 0's truths: the outer-0 study must not change at all, every study that sees fold 0 must."""
+    run = dict(n_folds=3, members=MEMBERS, space=TuneSpace(), name="blend", n_trials=12, seed=3)
+    clean_storage, poisoned_storage = optuna.storages.InMemoryStorage(), optuna.storages.InMemoryStorage()
+    clean = nested_tune(make_evaluator(), storage=clean_storage, **run)
+    poisoned = nested_tune(make_evaluator(poison_fold=0), storage=poisoned_storage, **run)
+    assert values(clean_storage, "blend-outer0") == values(poisoned_storage, "blend-outer0")
+    assert clean.outer[0].params == poisoned.outer[0].params
+    for name in ["blend-outer1", "blend-outer2", "blend"]:
+        assert values(clean_storage, name) != values(poisoned_storage, name)
+    fold0 = [f"img{i:02d}" for i in range(0, 12, 3)]
+    assert all(clean.honest_per_image[i] != poisoned.honest_per_image[i] for i in fold0)
+
+
+def test_nested_result_is_consistent():
+    folded, storage = make_evaluator(), optuna.storages.InMemoryStorage()
+    result = nested_tune(folded, 3, MEMBERS, TuneSpace(), storage, "blend", n_trials=8, seed=0)
+    assert sorted(result.honest_per_image) == [f"img{i:02d}" for i in range(12)]
+    for k, params in result.outer.items():
+        expected = folded.per_image(params.threshold, params.weights, [k])
+        np.testing.assert_array_equal([result.honest_per_image[i] for i in folded.ids[k]], expected)
+        assert params.value == pytest.approx(folded.score(params.threshold, params.weights, [f for f in range(3) if f != k]))
+    assert result.honest_mean == pytest.approx(np.mean(list(result.honest_per_image.values())))
+    assert result.tuned_on == result.params.value == max(values(storage, "blend"))
+    assert result.baseline == folded.score(0.5, None, [0, 1, 2]) <= result.tuned_on
+
+
+def test_blend_mask_follows_the_evaluator_rule():
+    images = make_images(seed=5)
+    evaluator = DiceEvaluator.from_images(images)
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        params = TunedParams(rng.uniform(0.2, 0.8, 16), rng.dirichlet([1, 1, 1]), 0.0, 1)
+        got = [dice(blend_mask(maps, angle, params), truth) for maps, truth, angle in images]
+        np.testing.assert_array_equal(got, evaluator.per_image(params.threshold, params.weights))
+
+
+WORKER_SCRIPT = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from tests.test_tune import make_evaluator, MEMBERS
+    from stacking.tune import FoldedEvaluator, TuneSpace, tune_study
+
+    class Slow(FoldedEvaluator):  # slow trials, so that both workers are surely at work at once
+        def score(self, *args):
+            time.sleep(0.03)
+            return super().score(*args)
+
+    folder = Path(sys.argv[1])
+    slow = Slow(make_evaluator().evaluators)
+    (folder / f"ready{sys.argv[2]}").touch()
+    while not (folder / "go").exists():
+        time.sleep(0.01)
+    tune_study(slow, [0, 1, 2], MEMBERS, TuneSpace(), sys.argv[3], "shared", n_trials=30, seed=int(sys.argv[2]))
+""")
+
+
+def test_two_processes_share_one_study(tmp_path):
+    url = sqlite_url(tmp_path / "optuna.db")
+    workers = [subprocess.Popen([sys.executable, "-c", WORKER_SCRIPT, str(tmp_path), str(i), url], cwd=REPO,
+                                stderr=subprocess.PIPE, text=True) for i in range(2)]
+    deadline = time.time() + 60
+    while not all((tmp_path / f"ready{i}").exists() for i in range(2)) and time.time() < deadline:
+        time.sleep(0.05)
+    (tmp_path / "go").touch()
+    for worker in workers:
+        assert worker.wait(timeout=120) == 0, worker.stderr.read()
+    trials = optuna.load_study(study_name="shared", storage=url).trials
+    complete = [t for t in trials if t.state == COMPLETE]
+    assert len(complete) == 30
+    assert len({t.user_attrs["worker"] for t in complete}) == 2  # both did work
+    assert all(t.user_attrs.get("surplus") for t in trials if t.state != COMPLETE)
+    assert WORKER not in {t.user_attrs["worker"] for t in trials}
+
+
+# ---- `workbench tune` on a tiny run -------------------------------------------------------------------
+STORE_HW = (32, 48)  # half the tiny data's 64 x 96: truths go through the area + majority resize
+
+
+def make_run(config_path: Path, n_members: int = 2):
+    """folds.csv and an OOF store of `n_members` noisy members for the tiny dataset; returns (config, folds)."""
+    from carvana.dataset import CarvanaData
+    from oof import Store
+    from workbench.config import load_config
+    from workbench.steps import make_folds
+    from workbench.tune import truth_reader
+
+    config = load_config(config_path)
+    folds = make_folds(config)
+    truth = truth_reader(CarvanaData(config.data), (64, 96), STORE_HW)
+    store = Store(config.run_dir / "oof")
+    rng = np.random.default_rng(0)
+    for m in range(n_members):
+        with store.open_member(f"m{m}", {"name": f"m{m}"}, folds.hash, STORE_HW) as writer:
+            for img, fold in folds.fold_of.items():
+                noisy = truth(img) * 200.0 + rng.normal(30 + 20 * m, 40, STORE_HW)
+                writer.write("train", img, np.clip(noisy, 0, 255).astype(np.uint8), fold)
+    return config, folds
+
+
+def test_folded_evaluator_from_the_store(tiny_config):
+    from carvana.dataset import CarvanaData, angle_of
+    from oof import Store
+    from workbench.tune import truth_reader
+
+    config, folds = make_run(tiny_config)
+    store = Store(config.run_dir / "oof")
+    truth = truth_reader(CarvanaData(config.data), (64, 96), STORE_HW)
+    assert truth(folds.ids(0)[0]).shape == STORE_HW
+    folded = build_folded_evaluator(store, ["m0", "m1"], folds.fold_of, truth)
+    for k in range(folds.n_folds):
+        ids = folds.ids(k)
+        reference = DiceEvaluator.from_images(
+            (np.stack([store.read(m, "train", i) for m in ["m0", "m1"]]), truth(i), angle_of(i)) for i in ids)
+        assert folded.ids[k] == ids
+        np.testing.assert_array_equal(folded.per_image(0.45, [0.3, 0.7], [k]), reference.per_image(0.45, [0.3, 0.7]))
+
+
+def test_workbench_tune_two_processes(tiny_config, tmp_path):
+    config_text = tiny_config.read_text() + "tune:\n  n_trials: 5\n"
+    tiny_config.write_text(config_text)
+    config, folds = make_run(tiny_config)
+    command = [sys.executable, "-m", "workbench.cli", "tune", "--config", str(tiny_config)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    runs = [subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    outputs = [run.communicate(timeout=120) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    url = f"sqlite:///{config.run_dir.resolve() / 'optuna.db'}"
+    for name in ["blend", "blend-outer0", "blend-outer1", "blend-outer2"]:
+        trials = optuna.load_study(study_name=name, storage=url).trials
+        assert sum(t.state == COMPLETE for t in trials) == 5, name
+    assert "honest" in outputs[0][0] and (config.run_dir / "tune.json").is_file()
+    import json
+    saved = json.loads((config.run_dir / "tune.json").read_text())
+    assert saved["members"] == ["m0", "m1"] and len(saved["honest_per_image"]) == len(folds.fold_of)
+
+
+def test_workbench_tune_without_store_is_a_clear_error(tiny_config):
+    from workbench.cli import main
+    from workbench.config import load_config
+    from workbench.steps import make_folds
+
+    make_folds(load_config(tiny_config))
+    with pytest.raises(WorkbenchError, match="fold-train"):
+        from workbench.tune import tune_run
+        tune_run(load_config(tiny_config), progress=False)
+    assert main(["tune", "--config", str(tiny_config)]) == 2

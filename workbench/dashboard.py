@@ -1,0 +1,38 @@
+"""`workbench dashboard`: optuna-dashboard on the run's tuning storage (RUN/optuna.db or `tune.storage`)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from carvana.errors import WorkbenchError
+from workbench.config import ExperimentConfig
+from workbench.tune import storage_url
+
+NOT_YET = "run `workbench tune --config ...` (or `make stack`) first"
+
+
+def require_storage(url: str) -> None:
+    """WorkbenchError when a file storage (sqlite:///PATH, journal:PATH) does not exist yet.
+
+    Opening a missing SQLite file would silently create an empty database; server URLs are not checked.
+    """
+    for prefix in ("sqlite:///", "journal:"):
+        if url.startswith(prefix):
+            path = Path(url.removeprefix(prefix))
+            if not path.is_file():
+                raise WorkbenchError(f"{path}: no tuning storage yet (tune.storage is {url}); {NOT_YET}")
+
+
+def serve_dashboard(config: ExperimentConfig, host: str = "127.0.0.1", port: int = 8080) -> None:
+    """Serve optuna-dashboard on the run's storage until interrupted (Ctrl-C)."""
+    from optuna_dashboard import run_server
+
+    from stacking.tune import open_storage
+
+    url = storage_url(config)
+    require_storage(url)
+    storage = open_storage(url)
+    print(f"optuna-dashboard for {url} at http://{host}:{port}/ (Ctrl-C stops it)", flush=True)
+    try:
+        run_server(storage, host=host, port=port)
+    except OSError as error:
+        raise WorkbenchError(f"cannot serve on {host}:{port} ({error.strerror or error}); pass another --port") from None

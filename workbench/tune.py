@@ -1,0 +1,108 @@
+"""`workbench tune`: nested Optuna tuning of the blend's threshold(s) and member weights on honest OOF maps.
+
+Reads RUN/folds.csv and the OOF store, scores trials with the exact fast Dice evaluator at the store's
+resolution, and writes RUN/tune.json (honest and tuned-on scores, the params for the test set). Several
+`workbench tune` processes on one storage share the work; see stacking/tune.py.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+
+from carvana.dataset import CarvanaData
+from carvana.errors import WorkbenchError
+from carvana.rle import rle_decode
+from carvana.validate import check_data
+from folds import Folds
+from oof import Store
+from oof.format import write_json_atomic
+from workbench.config import ExperimentConfig
+from workbench.steps import load_folds
+
+TUNE_JSON = "tune.json"
+OPTUNA_DB = "optuna.db"
+
+
+def storage_url(config: ExperimentConfig) -> str:
+    """`tune.storage` as given, or SQLite in RUN/optuna.db (absolute, so any working directory finds it)."""
+    if config.tune.storage:
+        return config.tune.storage
+    return f"sqlite:///{(config.run_dir / OPTUNA_DB).resolve()}"
+
+
+def complete_members(store: Store, fold_of: dict[str, int]) -> list[str]:
+    """Members that have an OOF map of every image in folds.csv (unfinished ones are skipped)."""
+    return [m for m in store.members() if set(fold_of) <= set(store.train_folds(m))]
+
+
+def tune_members(config: ExperimentConfig, store: Store, folds: Folds) -> list[str]:
+    """`tune.members` or every complete member, each checked honest for these folds."""
+    members = list(config.tune.members or complete_members(store, folds.fold_of))
+    if not members:
+        raise WorkbenchError(f"{store.path}: no member has OOF maps of every train image yet; "
+                             "run `workbench fold-train --config ...` first")
+    for member in members:
+        store.check_coverage(member, folds.fold_of, folds.hash)
+    return members
+
+
+def truth_reader(data: CarvanaData, native_hw: tuple[int, int], shape: tuple[int, int]) -> Callable[[str], np.ndarray]:
+    """img -> (H, W) uint8 0/1 truth at the store's `shape`: decoded at `native_hw`, area-averaged, majority."""
+    rles = data.train_rles
+
+    def truth(img: str) -> np.ndarray:
+        mask = rle_decode(rles[img], native_hw)
+        if mask.shape == tuple(shape):
+            return mask
+        soft = cv2.resize(mask.astype(np.float32), (shape[1], shape[0]), interpolation=cv2.INTER_AREA)
+        return (soft >= 0.5).astype(np.uint8)
+
+    return truth
+
+
+def tune_run(config: ExperimentConfig, progress: bool = True):
+    """Nested tuning over the run's folds; prints the summary, writes RUN/tune.json, returns the NestedResult."""
+    import optuna
+
+    from stacking.tune import TuneSpace, build_folded_evaluator, nested_tune
+
+    folds = load_folds(config)
+    width, height = check_data(config.data).size
+    store = Store(config.run_dir / "oof")
+    members = tune_members(config, store, folds)
+    truth = truth_reader(CarvanaData(config.data), (height, width), store.resolution(members[0]))
+    evaluator = build_folded_evaluator(store, members, folds.fold_of, truth, progress=progress)
+    tune = config.tune
+    space = TuneSpace(per_angle=tune.per_angle, tune_weights=tune.tune_weights, threshold_range=tune.threshold_range)
+    context = {"folds_hash": folds.hash, "generations": {m: store.metadata(m)["generation"] for m in members}}
+    url = storage_url(config)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial would bury the summary
+    result = nested_tune(evaluator, folds.n_folds, members, space, url, tune.study, tune.n_trials, tune.seed,
+                         context=context, progress=progress)
+    path = config.run_dir / TUNE_JSON
+    write_json_atomic(path, {"storage": url, "study": tune.study, "members": members, **result.to_dict(),
+                             "honest_per_image": result.honest_per_image})
+    print(summary(result, folds, tune.study, url))
+    print(f"wrote {path}")
+    return result
+
+
+def summary(result, folds: Folds, study: str, url: str) -> str:
+    """A few lines: baseline, tuned-on and honest mean Dice, the per-fold honest scores and the params."""
+    params = result.params
+    per_fold = "  ".join(
+        f"fold{k} {np.mean([d for img, d in result.honest_per_image.items() if folds.fold_of[img] == k]):.6f}"
+        for k in range(folds.n_folds))
+    weights = ", ".join(f"{m} {w:.3f}" for m, w in zip(params.members, params.weights))
+    thresholds = (f"{params.threshold[0]:.4f}" if np.all(params.threshold == params.threshold[0])
+                  else f"{params.threshold.min():.4f}..{params.threshold.max():.4f} by angle")
+    return "\n".join([
+        f"tuned blend, study {study!r} + {folds.n_folds} outer studies, {params.n_trials} trials in the full study ({url})",
+        f"  baseline (threshold 0.5, equal weights)   {result.baseline:.6f}",
+        f"  tuned-on (tuned and scored on all folds) {result.tuned_on:.6f}",
+        f"  honest (fold k scored with params tuned without it) {result.honest_mean:.6f}   {per_fold}",
+        f"  test-set params: threshold {thresholds}; weights {weights}",
+    ])
