@@ -24,12 +24,12 @@ def require_storage(url: str) -> None:
 
 def serve_dashboard(config: ExperimentConfig, host: str = "127.0.0.1", port: int = 8080) -> None:
     """Serve optuna-dashboard on the run's storage until interrupted (Ctrl-C)."""
+    url = storage_url(config)
+    require_storage(url)
     from optuna_dashboard import run_server
 
     from stacking.tune import open_storage
 
-    url = storage_url(config)
-    require_storage(url)
     storage = open_storage(url)
     print(f"optuna-dashboard for {url} at http://{host}:{port}/ (Ctrl-C stops it)", flush=True)
     try:
