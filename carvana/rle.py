@@ -75,8 +75,10 @@ def rle_problem(rle: str, n_pixels: int) -> str | None:
         return None
     try:
         numbers = parse_ints(rle)
-    except ValueError:
+    except (ValueError, OverflowError):
         return "contains something that is not an integer"
+    if (numbers > n_pixels).any():  # also keeps the sums below from overflowing int64
+        return f"runs past the image's last pixel ({n_pixels})"
     if numbers.size % 2:
         return "has an odd count of numbers (needs start/length pairs)"
     starts, lengths = numbers[0::2], numbers[1::2]

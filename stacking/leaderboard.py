@@ -62,16 +62,18 @@ def test_truth(data: CarvanaData) -> dict[str, str] | None:
     return read_rle_csv(data.test_truth_path) if data.test_truth_path.exists() else None
 
 
-def score_member(store: Store, member: str, data: CarvanaData, folds: Folds, size: tuple[int, int]) -> EntryScore:
-    """OOF (and, with test truth, test) per-image Dice of a member's maps at threshold 0.5; size is (W, H)."""
+def score_entry(store: Store, entry: str, kind: str, data: CarvanaData, folds: Folds,
+                size: tuple[int, int]) -> EntryScore:
+    """OOF (and, with test truth, test) per-image Dice at threshold 0.5 of an entry's stored maps
+    (a member in the OOF store, or a blend / stacker in the stack store); `size` is (W, H)."""
     shape = (size[1], size[0])
-    oof = {img: upsampled_dice(store.read(member, "train", img), rle_decode(rle, shape))
+    oof = {img: upsampled_dice(store.read(entry, "train", img), rle_decode(rle, shape))
            for img, rle in data.train_rles.items()}
     truth = test_truth(data)
     test = None
-    if truth is not None and set(store.ids(member, "test")) == set(truth):
-        test = {img: upsampled_dice(store.read(member, "test", img), rle_decode(rle, shape)) for img, rle in truth.items()}
-    return EntryScore(member, "member", 0.5, oof, folds, test)
+    if truth is not None and set(store.ids(entry, "test")) == set(truth):
+        test = {img: upsampled_dice(store.read(entry, "test", img), rle_decode(rle, shape)) for img, rle in truth.items()}
+    return EntryScore(entry, kind, 0.5, oof, folds, test)
 
 
 def write_leaderboard(path: Path, entries: list[EntryScore]) -> list[dict[str, object]]:

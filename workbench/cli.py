@@ -53,6 +53,12 @@ def cmd_fold_train(args: argparse.Namespace) -> None:
     fold_train(_config(args), member=args.member, fold=args.fold, retrain=tuple(args.retrain or ()))
 
 
+def cmd_stack(args: argparse.Namespace) -> None:
+    from workbench.stack import stack
+
+    stack(_config(args))
+
+
 def cmd_tune(args: argparse.Namespace) -> None:
     from workbench.tune import tune_run
 
@@ -63,6 +69,43 @@ def cmd_dashboard(args: argparse.Namespace) -> None:
     from workbench.dashboard import serve_dashboard
 
     serve_dashboard(_config(args), host=args.host, port=args.port)
+
+
+def cmd_submit(args: argparse.Namespace) -> None:
+    from workbench.submit import local_score, submit
+
+    config = _config(args)
+    path = submit(config, entry=args.entry, out_path=args.out)
+    print(f"wrote {path}")
+    score = local_score(config, path)
+    if score is not None:
+        print(f"local score against {config.data / 'test_masks.csv'}: mean Dice {score.mean_dice:.6f}")
+
+
+def cmd_blend(args: argparse.Namespace) -> None:
+    from stacking.blend_files import blend_submissions
+
+    size = args.size or _data_size(args) or (1918, 1280)
+    path = blend_submissions(args.files, args.out, weights=args.weights, min_votes=args.min_votes, image_size=size)
+    print(f"wrote {path} (inputs and weights recorded in {path.with_name(path.name + '.json')})")
+
+
+def _data_size(args: argparse.Namespace) -> tuple[int, int] | None:
+    """The image size of the config's data, when a config is given and its data exists."""
+    if not args.config:
+        return None
+    from carvana.validate import check_data
+
+    config = _config(args)
+    return check_data(config.data).size if config.data.exists() else None
+
+
+def cmd_score(args: argparse.Namespace) -> None:
+    from stacking.score import score_submission
+
+    result = score_submission(args.submission, args.truth, args.size or (1918, 1280))
+    print(f"{args.submission}: mean Dice {result.mean_dice:.6f} over {result.n_images} images\n")
+    print(result.to_markdown())
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -90,11 +133,30 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--quick", action="store_true", help="skip decoding every image and mask")
     check.set_defaults(func=cmd_check_data)
 
+    blend = verbs.add_parser("blend", help="weighted vote of submission files (decode, vote, re-encode)")
+    blend.add_argument("files", type=Path, nargs="+", help="submission files (.csv or .csv.gz)")
+    blend.add_argument("--out", type=Path, required=True, help="output file (.csv.gz)")
+    blend.add_argument("--weights", type=float, nargs="+", help="one weight per file (default: equal)")
+    blend.add_argument("--min-votes", type=float, help="weighted votes a pixel needs (default: strict majority)")
+    blend.add_argument("--size", type=_size, help="image size WxH (default: the config's data, else 1918x1280)")
+    blend.add_argument("--config", type=Path, help="experiment YAML, for the image size of its data")
+    blend.add_argument("--data", type=Path, help=argparse.SUPPRESS)
+    blend.add_argument("--run-dir", type=Path, help=argparse.SUPPRESS)
+    blend.set_defaults(func=cmd_blend)
+
+    score = verbs.add_parser("score", help="mean Dice of a submission against a truth file, and by angle")
+    score.add_argument("submission", type=Path)
+    score.add_argument("--truth", type=Path, required=True, help="truth in the submission format (e.g. test_masks.csv)")
+    score.add_argument("--size", type=_size, help="image size WxH (default 1918x1280)")
+    score.set_defaults(func=cmd_score)
+
     for name, func, text in [
         ("folds", cmd_folds, "write RUN/folds.csv: car-grouped, stratified folds"),
         ("fold-train", cmd_fold_train, "train every member x fold not finished; write OOF and test maps"),
+        ("stack", cmd_stack, "blends and stackers over the OOF maps, tuning, leaderboard, submission"),
         ("tune", cmd_tune, "nested Optuna tuning of the blend's thresholds and weights; writes RUN/tune.json"),
         ("dashboard", cmd_dashboard, "serve optuna-dashboard on the run's tuning storage"),
+        ("submit", cmd_submit, "write RUN/submission.csv.gz from an entry's test maps (default: the best)"),
         ("demo", cmd_demo, "run the whole pipeline (synthetic data when missing)"),
     ]:
         verb = verbs.add_parser(name, help=text)
@@ -107,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
             verb.add_argument("--fold", type=int, help="train only this fold")
             verb.add_argument("--retrain", nargs="*", metavar="MEMBER",
                               help="discard these members' results (e.g. after changing their spec)")
+        if name == "submit":
+            verb.add_argument("--entry", help="leaderboard entry (default: the best by honest OOF mean Dice)")
+            verb.add_argument("--out", type=Path, help="output path (default RUN/submission.csv.gz)")
         if name == "dashboard":
             verb.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: every interface)")
             verb.add_argument("--port", type=int, default=8080)

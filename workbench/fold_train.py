@@ -8,7 +8,7 @@ from carvana.dataset import CarvanaData
 from carvana.errors import WorkbenchError
 from carvana.validate import check_data
 from oof import Store
-from stacking.leaderboard import format_table, score_member, write_leaderboard
+from stacking.leaderboard import format_table, score_entry, write_leaderboard
 from workbench.config import ExperimentConfig
 from workbench.steps import make_folds
 from zoo.runner import claim_member, fold_done, predict_member_test, run_member_fold
@@ -50,7 +50,7 @@ def fold_train(config: ExperimentConfig, member: str | None = None, fold: int | 
     for spec in finished:
         store.check_coverage(spec.name, folds.fold_of, folds.hash)
         store.check_test(spec.name, data.test_ids)
-    scores = [score_member(store, s.name, data, folds, summary.size) for s in finished]
+    scores = [score_entry(store, s.name, "member", data, folds, summary.size) for s in finished]
     rows = write_leaderboard(config.run_dir / "leaderboard.csv", scores)
     print(f"\n{config.run_dir / 'leaderboard.csv'} (fold-train took {time.time() - start:.0f} s):")
     print(format_table([r for r in rows if r["kind"] == "member"]))

@@ -45,7 +45,7 @@ class MapsDataset(Dataset):
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
     """(..., h, w, 3) uint8 -> (..., 3, h, w) float32 in [0, 1]."""
-    tensor = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255)
+    tensor = torch.from_numpy(np.array(images, dtype=np.float32)).div_(255)  # a copy: memmaps are read-only
     return tensor.movedim(-1, -3)
 
 

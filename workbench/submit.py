@@ -1,0 +1,80 @@
+"""Submissions: write one from a leaderboard entry's test maps, blend files, score against truth."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from carvana.dataset import SAMPLE_CSV, CarvanaData
+from carvana.errors import WorkbenchError
+from carvana.validate import check_data
+from oof import Store
+from stacking.leaderboard import read_leaderboard
+from stacking.score import ScoreResult, score_submission
+from stacking.submission import read_sample_ids, write_submission
+from workbench.config import ExperimentConfig
+
+SUBMISSION = "submission.csv.gz"
+
+
+@dataclass(frozen=True)
+class TestMapReader:
+    """Picklable `read_map` for the submission writer's worker processes: one entry's test maps."""
+
+    store_path: Path
+    entry: str
+
+    def __call__(self, img: str) -> np.ndarray:
+        return Store(self.store_path).read(self.entry, "test", img)
+
+
+def entry_store(config: ExperimentConfig, kind: str) -> Store:
+    """Members' maps are in RUN/oof, blends' and stackers' in RUN/stack."""
+    return Store(config.run_dir / ("oof" if kind == "member" else "stack"))
+
+
+def best_entry(config: ExperimentConfig) -> dict[str, str]:
+    """The leaderboard row with the best honest OOF mean Dice (never chosen by test score)."""
+    rows = read_leaderboard(config.run_dir / "leaderboard.csv")
+    if not rows:
+        raise WorkbenchError(f"{config.run_dir / 'leaderboard.csv'}: no leaderboard yet; run `workbench stack` first")
+    return max(rows, key=lambda r: float(r["oof_mean_dice"]))
+
+
+def submit(config: ExperimentConfig, entry: str | None = None, out_path: Path | None = None,
+           progress: bool = True) -> Path:
+    """Write `RUN/submission.csv.gz` (or `out_path`) from `entry`'s test maps (default: the best entry)."""
+    summary = check_data(config.data)
+    rows = {r["entry"]: r for r in read_leaderboard(config.run_dir / "leaderboard.csv")}
+    row = best_entry(config) if entry is None else rows.get(entry)
+    if row is None:
+        raise WorkbenchError(f"{config.run_dir / 'leaderboard.csv'}: no entry {entry!r}; valid: {', '.join(rows)}")
+    store = entry_store(config, row["kind"])
+    ids = read_sample_ids(config.data / SAMPLE_CSV)
+    out_path = Path(out_path or config.run_dir / SUBMISSION)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    write_submission(ids, TestMapReader(store.path, row["entry"]), out_path, image_size=summary.size,
+                     threshold=float(row["threshold"]) if row["threshold"] != "per-angle" else 0.5, progress=progress)
+    record = {"entry": row["entry"], "kind": row["kind"], "oof_mean_dice": float(row["oof_mean_dice"]),
+              "n_rows": len(ids), "seconds": round(time.time() - start, 1), "written": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    _write_json(out_path.with_name(out_path.name.removesuffix(".gz").removesuffix(".csv") + ".json"), record)
+    return out_path
+
+
+def local_score(config: ExperimentConfig, submission: Path) -> ScoreResult | None:
+    """The submission's mean Dice against the data's test truth, when it has one (synthetic data)."""
+    data = CarvanaData(config.data)
+    if not data.test_truth_path.exists():
+        return None
+    return score_submission(submission, data.test_truth_path, check_data(config.data).size)
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    os.replace(tmp, path)
