@@ -117,7 +117,8 @@ class BandSample:
     """The training sample: features (n, F) float32 and labels (n,) uint8 0/1 of sampled band pixels.
 
     n_pixels and n_band count every pixel and every band pixel of the images seen (not just sampled);
-    max_held is the most sampled rows held at once while streaming (<= 2.5 x max_pixels).
+    max_held is the most sampled rows held at once while streaming (<= 2.5 x max_pixels); the rest
+    are the settings the sample was drawn with.
     """
 
     features: np.ndarray
@@ -127,6 +128,10 @@ class BandSample:
     n_pixels: int
     n_band: int
     max_held: int
+    lo_level: int
+    hi_level: int
+    max_pixels: int
+    random_state: int
 
 
 def sample_band_features(images: Iterable[tuple[np.ndarray, np.ndarray, int]], lo_level: int, hi_level: int,
@@ -166,7 +171,8 @@ def sample_band_features(images: Iterable[tuple[np.ndarray, np.ndarray, int]], l
         raise ValueError("no images to fit on")
     _cut(chunks, quota)
     features, labels = _pack(chunks)
-    return BandSample(features, labels, len(chunks), n_members, n_pixels, n_band, max_held)
+    return BandSample(features, labels, len(chunks), n_members, n_pixels, n_band, max_held,
+                      lo_level, hi_level, max_pixels, random_state)
 
 
 def _cut(chunks: list[tuple[np.ndarray, np.ndarray]], quota: int) -> int:

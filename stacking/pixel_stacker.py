@@ -25,6 +25,7 @@ from carvana.errors import WorkbenchError
 from stacking.blenders import _check_members, _levels
 from stacking.features import (
     N_ANGLES,
+    BandSample,
     band_levels,
     band_mask,
     check_image,
@@ -117,19 +118,28 @@ class PixelStacker(BaseEstimator):
         or on an iterable X of (maps (M, H, W) uint8, truth (H, W), angle) streamed one image at a time
         (then y and angles are None; `n_images`, if known, saves featurising pixels that get cut).
         """
-        spec = _level2(self.model)
+        _level2(self.model)
         lo_level, hi_level = band_levels(self.lo, self.hi)
         images, n_images = self._fit_images(X, y, angles, n_images)
-        sample = sample_band_features(images, lo_level, hi_level, self.max_pixels, self.random_state, n_images)
+        return self.fit_sample(sample_band_features(images, lo_level, hi_level, self.max_pixels,
+                                                    self.random_state, n_images))
+
+    def fit_sample(self, sample: BandSample) -> PixelStacker:
+        """Fit on a ready `sample_band_features` sample drawn with this stacker's lo, hi, max_pixels and
+        random_state (build it once per fold and fit several level-2 models on it)."""
+        spec = _level2(self.model)
+        drawn = (sample.lo_level, sample.hi_level, sample.max_pixels, sample.random_state)
+        if drawn != (*band_levels(self.lo, self.hi), self.max_pixels, self.random_state):
+            raise ValueError(f"the sample was drawn with (lo_level, hi_level, max_pixels, random_state) = {drawn}, "
+                             "not this stacker's settings")
         self.n_members_, self.n_images_ = sample.n_members, sample.n_images
         self.feature_names_ = feature_names(sample.n_members)
         self.band_share_ = sample.n_band / max(sample.n_pixels, 1)
         self.n_band_pixels_, self.n_fit_pixels_ = sample.n_band, sample.labels.size
         self.model_ = None
         if np.unique(sample.labels).size == 2:
-            n_features = sample.features.shape[1]
             self.model_ = spec.build(self.random_state, self.lgbm_params)
-            self.model_.fit(sample.features, sample.labels, **spec.fit_params(n_features))
+            self.model_.fit(sample.features, sample.labels, **spec.fit_params(sample.features.shape[1]))
         return self
 
     def predict_proba(self, X: np.ndarray, angles: np.ndarray) -> np.ndarray:

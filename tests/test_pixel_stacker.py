@@ -167,6 +167,17 @@ def test_streaming_fit_equals_array_fit(toy):
                                   from_arrays.predict_proba(X[8:], angles[8:]))
 
 
+def test_fit_sample_equals_fit_and_checks_the_sample_settings(toy):
+    X, y, angles = toy
+    sample = sample_band_features(stream(X[:8], y[:8], angles[:8]), *band_levels(0.02, 0.98), 300, 0)
+    direct = PixelStacker(max_pixels=300, lgbm_params=FAST).fit(X[:8], y[:8], angles[:8])
+    from_sample = PixelStacker(max_pixels=300, lgbm_params=FAST).fit_sample(sample)
+    np.testing.assert_array_equal(from_sample.predict_proba(X[8:], angles[8:]), direct.predict_proba(X[8:], angles[8:]))
+    assert from_sample.band_share_ == direct.band_share_
+    with pytest.raises(ValueError, match="not this stacker's settings"):
+        PixelStacker(max_pixels=300, hi=0.9).fit_sample(sample)
+
+
 def test_deterministic_for_a_seed(toy):
     X, y, angles = toy
 
