@@ -4,8 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 WB := $(VENV)/bin/workbench
 CONFIG ?= configs/demo.yaml
+RUN ?= runs/$(basename $(notdir $(CONFIG)))
 
-.PHONY: setup test demo folds fold-train bench clean-demo dashboard
+.PHONY: setup test demo folds fold-train stack tune submit blend dashboard bench clean-demo
 
 setup: $(VENV)/.installed
 
@@ -23,6 +24,18 @@ folds: setup
 
 fold-train: setup
 	$(WB) fold-train --config $(CONFIG)
+
+stack: setup
+	$(WB) stack --config $(CONFIG)
+
+tune: setup
+	$(WB) tune --config $(CONFIG)
+
+submit: setup
+	$(WB) submit --config $(CONFIG)
+
+blend: setup
+	$(WB) blend $(RUN)/submissions/*.csv.gz --config $(CONFIG) --out $(RUN)/blend.csv.gz
 
 dashboard: setup
 	$(WB) dashboard --config $(CONFIG)
