@@ -23,10 +23,6 @@ from stacking.features import (
 )
 from stacking.pixel_stacker import STACKERS, Level2Model, PixelStacker, _registry, make_stacker
 
-# One thread: on a busy 2-core box LightGBM's 2 OpenMP threads spin and run ~10x slower.
-FAST = {"n_jobs": 1}
-
-
 def toy_data(n: int = 12, height: int = 48, width: int = 64, seed: int = 0):
     """Ellipse cars; 3 members = blurred truth + per-pixel noise through a steep logit, member 2 biased outward.
 
@@ -108,20 +104,20 @@ def test_band_mask_and_band_share_match_the_per_pixel_rule(toy, lo, hi):
     bands = [slow_band(X[i], lo, hi) for i in range(4)]
     for i in range(4):
         np.testing.assert_array_equal(band_mask(X[i], lo_level, hi_level), bands[i])
-    stacker = PixelStacker(lo=lo, hi=hi, lgbm_params=FAST).fit(X[:4], y[:4], angles[:4])
+    stacker = PixelStacker(lo=lo, hi=hi).fit(X[:4], y[:4], angles[:4])
     assert stacker.band_share_ == sum(b.sum() for b in bands) / y[:4].size
     assert stacker.n_band_pixels_ == stacker.n_fit_pixels_ == sum(b.sum() for b in bands)
 
 
 def test_default_band_is_a_minority_of_pixels_on_the_toy_maps(toy):
     X, y, angles = toy
-    assert 0.02 < PixelStacker(lgbm_params=FAST).fit(X, y, angles).band_share_ < 0.15
+    assert 0.02 < PixelStacker().fit(X, y, angles).band_share_ < 0.15
 
 
-@pytest.mark.parametrize("model, params", [("lightgbm", FAST), ("logistic", None)])
-def test_fit_predict_shapes_range_and_consensus_pixels_get_the_members_mean(toy, model, params):
+@pytest.mark.parametrize("model", ["lightgbm", "logistic"])
+def test_fit_predict_shapes_range_and_consensus_pixels_get_the_members_mean(toy, model):
     X, y, angles = toy
-    stacker = PixelStacker(model=model, lgbm_params=params).fit(X[:8], y[:8], angles[:8])
+    stacker = PixelStacker(model=model).fit(X[:8], y[:8], angles[:8])
     assert stacker.model_ is not None and stacker.n_members_ == 3
     out = stacker.predict_proba(X[8:], angles[8:])
     assert out.shape == (4, 48, 64) and out.dtype == np.float32
@@ -143,12 +139,12 @@ def test_sampling_budget_is_respected_and_spread_evenly_over_images(toy):
     sample = sample_band_features(stream(X, y, angles), lo_level, hi_level, max_pixels=60)
     assert sample.features.shape == (60, 15) and sample.labels.shape == (60,)
     assert np.bincount(sample.features[:, -1].astype(int) - 1).tolist() == [5] * 12  # angle = image here
-    stacker = PixelStacker(max_pixels=60, lgbm_params=FAST).fit(X, y, angles)
+    stacker = PixelStacker(max_pixels=60).fit(X, y, angles)
     assert stacker.n_fit_pixels_ == 60 and stacker.n_band_pixels_ == sum(bands)
-    odd_budget = PixelStacker(max_pixels=100, lgbm_params=FAST).fit(X, y, angles)
+    odd_budget = PixelStacker(max_pixels=100).fit(X, y, angles)
     assert odd_budget.n_fit_pixels_ == 12 * (100 // 12) <= 100
     with pytest.raises(ValueError, match="max_pixels"):
-        PixelStacker(max_pixels=11, lgbm_params=FAST).fit(X, y, angles)
+        PixelStacker(max_pixels=11).fit(X, y, angles)
 
 
 def test_streaming_fit_equals_array_fit(toy):
@@ -160,8 +156,8 @@ def test_streaming_fit_equals_array_fit(toy):
     np.testing.assert_array_equal(streamed.features, known.features)
     np.testing.assert_array_equal(streamed.labels, known.labels)
     assert known.max_held == 60 and 60 < streamed.max_held <= 150  # uncut, the stream would hold 184 rows
-    from_arrays = PixelStacker(max_pixels=600, lgbm_params=FAST).fit(X[:8], y[:8], angles[:8])
-    from_stream = PixelStacker(max_pixels=600, lgbm_params=FAST).fit(stream(X[:8], y[:8], angles[:8]))
+    from_arrays = PixelStacker(max_pixels=600).fit(X[:8], y[:8], angles[:8])
+    from_stream = PixelStacker(max_pixels=600).fit(stream(X[:8], y[:8], angles[:8]))
     assert from_stream.n_fit_pixels_ == from_arrays.n_fit_pixels_ <= 600
     np.testing.assert_array_equal(from_stream.predict_proba(X[8:], angles[8:]),
                                   from_arrays.predict_proba(X[8:], angles[8:]))
@@ -170,8 +166,8 @@ def test_streaming_fit_equals_array_fit(toy):
 def test_fit_sample_equals_fit_and_checks_the_sample_settings(toy):
     X, y, angles = toy
     sample = sample_band_features(stream(X[:8], y[:8], angles[:8]), *band_levels(0.02, 0.98), 300, 0)
-    direct = PixelStacker(max_pixels=300, lgbm_params=FAST).fit(X[:8], y[:8], angles[:8])
-    from_sample = PixelStacker(max_pixels=300, lgbm_params=FAST).fit_sample(sample)
+    direct = PixelStacker(max_pixels=300).fit(X[:8], y[:8], angles[:8])
+    from_sample = PixelStacker(max_pixels=300).fit_sample(sample)
     np.testing.assert_array_equal(from_sample.predict_proba(X[8:], angles[8:]), direct.predict_proba(X[8:], angles[8:]))
     assert from_sample.band_share_ == direct.band_share_
     with pytest.raises(ValueError, match="not this stacker's settings"):
@@ -182,7 +178,7 @@ def test_deterministic_for_a_seed(toy):
     X, y, angles = toy
 
     def fit(seed: int) -> PixelStacker:
-        return PixelStacker(max_pixels=240, random_state=seed, lgbm_params=FAST).fit(X[:8], y[:8], angles[:8])
+        return PixelStacker(max_pixels=240, random_state=seed).fit(X[:8], y[:8], angles[:8])
 
     first, again, other = fit(0), fit(0), fit(1)
     np.testing.assert_array_equal(first.predict_proba(X[8:], angles[8:]), again.predict_proba(X[8:], angles[8:]))
@@ -191,7 +187,7 @@ def test_deterministic_for_a_seed(toy):
 
 def test_lightgbm_beats_the_mean_blend_on_held_out_images(toy):
     X, y, angles = toy
-    stacker = PixelStacker(lgbm_params=FAST).fit(X[:8], y[:8], angles[:8])
+    stacker = PixelStacker().fit(X[:8], y[:8], angles[:8])
     held = slice(8, 12)
     stacked = mean_dice(stacker.predict_proba(X[held], angles[held]) >= 0.5, y[held])
     blended = mean_dice(MeanBlender().fit(X[held]).predict_proba(X[held]) >= 0.5, y[held])
@@ -200,7 +196,7 @@ def test_lightgbm_beats_the_mean_blend_on_held_out_images(toy):
 
 def test_one_class_band_sample_falls_back_to_the_members_mean(toy):
     X, y, angles = toy
-    stacker = PixelStacker(lgbm_params=FAST).fit(X[:4], np.ones_like(y[:4]), angles[:4])
+    stacker = PixelStacker().fit(X[:4], np.ones_like(y[:4]), angles[:4])
     assert stacker.model_ is None
     np.testing.assert_allclose(stacker.predict_proba(X[4:6], angles[4:6]),
                                MeanBlender().fit(X[4:6]).predict_proba(X[4:6]), atol=1e-6)
@@ -229,7 +225,7 @@ def test_input_errors(toy):
         PixelStacker(lo=0.6).fit(X[:2], y[:2], angles[:2])
     with pytest.raises(ValueError, match="lightgbm"):
         PixelStacker(model="logistic", lgbm_params={"n_jobs": 1}).fit(X[:4], y[:4], angles[:4])
-    stacker = PixelStacker(lgbm_params=FAST).fit(X[:4], y[:4], angles[:4])
+    stacker = PixelStacker().fit(X[:4], y[:4], angles[:4])
     with pytest.raises(ValueError, match="members"):
         stacker.predict_proba(X[:2, :2], angles[:2])
     with pytest.raises(ValueError, match="no separate y"):
