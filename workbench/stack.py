@@ -25,6 +25,7 @@ from stacking.blenders import make_blender
 from stacking.leaderboard import EntryScore, format_table, score_entry, write_leaderboard
 from stacking.oof_table import OofTable, test_maps
 from workbench.config import ExperimentConfig
+from workbench.report import write_report
 from workbench.steps import load_folds
 from workbench.submit import local_score, submit
 
@@ -119,6 +120,7 @@ def stack(config: ExperimentConfig, progress: bool = True) -> list[dict]:
     rows = write_leaderboard(config.run_dir / "leaderboard.csv", scores)
     print(f"\n{config.run_dir / 'leaderboard.csv'} (stack took {time.time() - start:.0f} s):")
     print(format_table(rows))
+    print(f"report: {write_report(config.run_dir, data, rows, entry_store, member_store) / 'report.md'}")
     write_submissions(config, rows, progress)
     return rows
 

@@ -1,0 +1,121 @@
+"""`RUN/report/`: what a competitor looks at to decide the next step.
+
+- `report.md`: the leaderboard, Dice by angle and by fold for the top entries;
+- `dice_by_entry.png`, `dice_by_angle.png`, `dice_by_fold.png`: the same as charts;
+- `worst.png`: the best entry's worst OOF images, photo with its errors overlaid
+  (red: predicted car that is background, blue: missed car).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from carvana.dataset import CarvanaData
+from carvana.rle import rle_decode
+from oof import Store
+from stacking.leaderboard import upsampled_dice
+
+N_TOP = 6  # entries shown in the by-angle and by-fold views
+N_WORST = 6
+
+
+def write_report(run_dir: Path, data: CarvanaData, rows: list[dict], entry_store: Store, member_store: Store) -> Path:
+    """Write the report for leaderboard `rows` (best first); return its folder."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    folder = run_dir / "report"
+    folder.mkdir(parents=True, exist_ok=True)
+    top = rows[:N_TOP]
+    angles = [f"angle{a:02d}" for a in range(1, 17)]
+    fold_columns = [c for c in rows[0] if c.startswith("fold")]
+    _bar_chart(folder / "dice_by_entry.png", rows)
+    _line_chart(folder / "dice_by_angle.png", top, angles, "angle", [a[-2:] for a in angles])
+    _line_chart(folder / "dice_by_fold.png", top, fold_columns, "fold", [c[4:] for c in fold_columns])
+    best = rows[0]
+    store = member_store if best["kind"] == "member" else entry_store
+    worst = _worst_images(store, best["entry"], data)
+    cv2.imwrite(str(folder / "worst.png"), cv2.cvtColor(_overlay_grid(data, store, best["entry"], worst), cv2.COLOR_RGB2BGR))
+    text = _markdown(rows, top, angles, fold_columns, best["entry"], worst)
+    tmp = folder / "report.md.tmp"
+    tmp.write_text(text)
+    os.replace(tmp, folder / "report.md")
+    return folder
+
+
+def _worst_images(store: Store, entry: str, data: CarvanaData) -> list[tuple[str, float]]:
+    """The entry's N_WORST train images by OOF Dice at the photos' size: [(img, dice)], worst first."""
+    height, width = data.load_mask(data.train_ids[0]).shape
+    scores = [(img, upsampled_dice(store.read(entry, "train", img), rle_decode(rle, (height, width))))
+              for img, rle in data.train_rles.items()]
+    return sorted(scores, key=lambda s: s[1])[:N_WORST]
+
+
+def _overlay_grid(data: CarvanaData, store: Store, entry: str, worst: list[tuple[str, float]]) -> np.ndarray:
+    """(rows x 3 tiles) RGB: photos with false positives red and false negatives blue, Dice written on."""
+    tiles = []
+    for img, score in worst:
+        photo = data.load_image(img)
+        truth = data.load_mask(img).astype(bool)
+        proba = cv2.resize(store.read(entry, "train", img), truth.shape[::-1], interpolation=cv2.INTER_LINEAR)
+        pred = proba >= 128
+        tile = photo.copy()
+        tile[pred & ~truth] = (0.4 * tile[pred & ~truth] + 0.6 * np.array([255, 0, 0])).astype(np.uint8)
+        tile[truth & ~pred] = (0.4 * tile[truth & ~pred] + 0.6 * np.array([0, 80, 255])).astype(np.uint8)
+        cv2.putText(tile, f"{img}  Dice {score:.4f}", (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 2)
+        tiles.append(tile)
+    while len(tiles) % 3:
+        tiles.append(np.full_like(tiles[0], 255))
+    rows = [np.concatenate(tiles[i:i + 3], axis=1) for i in range(0, len(tiles), 3)]
+    return np.concatenate(rows, axis=0)
+
+
+def _bar_chart(path: Path, rows: list[dict]) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(rows) + 1.2))
+    names = [f"{r['entry']} ({r['kind']})" for r in rows][::-1]
+    ax.barh(names, [float(r["oof_mean_dice"]) for r in rows][::-1], color="tab:blue", label="honest OOF")
+    tests = [float(r["test_mean_dice"]) if r.get("test_mean_dice") else np.nan for r in rows][::-1]
+    ax.plot(tests, names, "o", color="tab:orange", label="test (synthetic truth)")
+    low = min(float(r["oof_mean_dice"]) for r in rows)
+    ax.set_xlim(max(0.0, low - 0.02), 1.0)
+    ax.set_xlabel("mean per-image Dice")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _line_chart(path: Path, rows: list[dict], columns: list[str], xlabel: str, ticks: list[str]) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for row in rows:
+        ax.plot(ticks, [float(row[c]) if row.get(c) else np.nan for c in columns], marker="o", label=row["entry"])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("OOF mean Dice")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _markdown(rows, top, angles, fold_columns, best: str, worst: list[tuple[str, float]]) -> str:
+    def table(header: list[str], body: list[list[object]]) -> str:
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        return "\n".join(lines + ["| " + " | ".join(str(c) for c in r) + " |" for r in body])
+
+    board = table(["entry", "kind", "honest OOF mean Dice", "test mean Dice"],
+                  [[r["entry"], r["kind"], r["oof_mean_dice"], r.get("test_mean_dice", "")] for r in rows])
+    by_angle = table(["angle"] + [r["entry"] for r in top], [[a[-2:]] + [r.get(a, "") for r in top] for a in angles])
+    by_fold = table(["fold"] + [r["entry"] for r in top], [[c[4:]] + [r[c] for r in top] for c in fold_columns])
+    worst_text = "\n".join(f"- {img}: {score:.4f}" for img, score in worst)
+    return (f"# Run report\n\nBest entry by honest OOF mean Dice: **{best}**.\n\n## Leaderboard\n\n{board}\n\n"
+            f"![](dice_by_entry.png)\n\n## Dice by angle\n\n{by_angle}\n\n![](dice_by_angle.png)\n\n"
+            f"## Dice by fold\n\n{by_fold}\n\n![](dice_by_fold.png)\n\n"
+            f"## Worst OOF images of {best}\n\nRed: predicted car on background; blue: missed car.\n\n"
+            f"{worst_text}\n\n![](worst.png)\n")
