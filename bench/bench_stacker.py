@@ -102,7 +102,8 @@ def run(quick: bool) -> str:
     table = markdown_table(
         ["step", "seconds", "per image", "reference (same run)"],
         [[f"band sample: stream {n_fit} images, featurise sampled band pixels", f"{built['seconds']:.1f}",
-          f"{built['seconds'] / n_fit * 1e3:.1f} ms", f"generating the maps took {built['generate']:.1f} s (not counted)"],
+          f"{built['seconds'] / n_fit * 1e3:.1f} ms",
+          f"generating the maps took {built['generate']:.1f} s (not counted)"],
          [f"LightGBM fit (defaults: 200 trees, n_jobs=1), {rows_fit:,} rows x {sample.features.shape[1]} features",
           f"{fit_default:.1f}", "", "-"],
          [f"LightGBM fit on the first {part.labels.size:,} rows, n_jobs=1", f"{fit_one:.1f}", "",

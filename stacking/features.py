@@ -11,9 +11,11 @@ float32 (F-ordered), F = 2M + 9 columns in this order:
 | 2M | `mean` | the members' mean probability |
 | 2M+1 | `std` | the members' standard deviation (ddof 0): their disagreement |
 | 2M+2, 2M+3 | `min`, `max` | the members' extreme probabilities |
-| 2M+4, 2M+5 | `context_small`, `context_large` | box mean (`cv2.blur`, reflect-101 border) of the member-mean map over k x k windows, k = `window_sides(H)` |
+| 2M+4, 2M+5 | `context_small`, `context_large` | box means of the member-mean map over k x k, k = `window_sides(H)` |
 | 2M+6, 2M+7 | `y`, `x` | (row + 0.5) / H and (col + 0.5) / W |
 | 2M+8 | `angle` | the image's angle 1..16 as a number (LightGBM: categorical; logistic: one-hot) |
+
+Context uses `cv2.blur` with its default reflect-101 border; windows are 5 and 17 px at 640 px tall, scaled.
 
 The uncertain band (`band_mask`): a pixel is decided by consensus when every member's probability is
 <= lo or every member's is >= hi, compared exactly on levels (level <= lo x 255, level >= hi x 255 in
