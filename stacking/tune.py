@@ -38,8 +38,10 @@ from oof import Store
 from stacking.evaluate import N_ANGLES, DiceEvaluator, level_thresholds, quantize_weights
 
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
+ATTR = "workbench_tune"  # the study's user attr holding the members, folds, space and context it was tuned with
 HEARTBEAT_SECONDS, GRACE_SECONDS = 10, 30  # server databases: a dead worker's trial fails after 30 s
-_ALIVE = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
+COMPLETE, RUNNING = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING
+_ALIVE = (COMPLETE, RUNNING, optuna.trial.TrialState.WAITING)  # trials that will end COMPLETE unless they fail
 
 
 class FoldedEvaluator:
@@ -95,21 +97,22 @@ class TuneSpace:
         if not 0 < self.max_offset <= 0.5:
             raise ValueError(f"max_offset must be in (0, 0.5], got {self.max_offset}")
 
+    def distributions(self, members: Sequence[str]) -> dict[str, optuna.distributions.FloatDistribution]:
+        """The search space: `threshold`, then `t01`..`t16` (per_angle), then `w_<member>` (tune_weights)."""
+        space = {"threshold": optuna.distributions.FloatDistribution(*self.threshold_range)}
+        for a in range(1, N_ANGLES + 1) if self.per_angle else ():
+            space[f"t{a:02d}"] = optuna.distributions.FloatDistribution(-self.max_offset, self.max_offset)
+        for m in members if self.tune_weights and len(members) > 1 else ():
+            space[f"w_{m}"] = optuna.distributions.FloatDistribution(0.0, 1.0)
+        return space
+
     def baseline(self, members: Sequence[str]) -> dict[str, float]:
         """The plain blend's params: threshold 0.5 for every angle, equal weights."""
-        params = {"threshold": 0.5}
-        params.update({f"t{a:02d}": 0.0 for a in range(1, N_ANGLES + 1)} if self.per_angle else {})
-        params.update({f"w_{m}": 1.0 for m in members} if self._weighted(members) else {})
-        return params
+        return {name: 0.5 if name == "threshold" else 0.0 if name[0] == "t" else 1.0
+                for name in self.distributions(members)}
 
     def suggest(self, trial: optuna.Trial, members: Sequence[str]) -> dict[str, float]:
-        low, high = self.threshold_range
-        params = {"threshold": trial.suggest_float("threshold", low, high)}
-        for a in range(1, N_ANGLES + 1) if self.per_angle else ():
-            params[f"t{a:02d}"] = trial.suggest_float(f"t{a:02d}", -self.max_offset, self.max_offset)
-        for m in members if self._weighted(members) else ():
-            params[f"w_{m}"] = trial.suggest_float(f"w_{m}", 0.0, 1.0)
-        return params
+        return {name: trial.suggest_float(name, d.low, d.high) for name, d in self.distributions(members).items()}
 
     def decode(self, params: Mapping[str, float], members: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(thresholds (16,) float64 by angle, weights (M,) float64 summing to 1) of a trial's params."""
@@ -119,9 +122,6 @@ class TuneSpace:
         if weights.sum() <= 0:
             weights = np.ones(len(members))
         return threshold, weights / weights.sum()
-
-    def _weighted(self, members: Sequence[str]) -> bool:
-        return self.tune_weights and len(members) > 1
 
 
 @dataclass
@@ -213,7 +213,7 @@ def tune_study(evaluator: FoldedEvaluator, folds: Sequence[int], members: Sequen
                context: Mapping[str, object] | None = None, progress: bool = False) -> TunedParams:
     """Run trials until the study has `n_trials` COMPLETE trials in total; return its best.
 
-    A new study starts with the baseline trial (threshold 0.5, equal weights). Re-running continues
+    A new study starts with the baseline (threshold 0.5, equal weights) as trial 0. Re-running continues
     the study; several processes on one study together stop at `n_trials`. `context` (JSON-able,
     e.g. the folds' hash) is stored with the members, folds and space: reusing the study with any of
     them different is refused. The sampler's seed is `seed` + the number of trials already there, so
@@ -224,7 +224,14 @@ def tune_study(evaluator: FoldedEvaluator, folds: Sequence[int], members: Sequen
     storage = open_storage(storage) if isinstance(storage, str) else storage
     attrs = {"members": list(members), "folds": [int(k) for k in folds], "space": _jsonable(asdict(space)),
              "context": _jsonable(dict(context or {}))}
-    study = _open_study(storage, study_name, attrs, space.baseline(members))
+    baseline = space.baseline(members)
+
+    def baseline_trial() -> optuna.trial.FrozenTrial:
+        value = evaluator.score(*space.decode(baseline, members), folds)
+        return optuna.trial.create_trial(params=baseline, distributions=space.distributions(members), value=value,
+                                         user_attrs={"worker": WORKER, "baseline": True})
+
+    study = _open_study(storage, study_name, attrs, baseline_trial)
     study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.get_trials(deepcopy=False)))
     surplus: list[int] = []
 
@@ -250,7 +257,7 @@ def tune_study(evaluator: FoldedEvaluator, folds: Sequence[int], members: Sequen
 
 def best_params(study: optuna.Study, members: Sequence[str], space: TuneSpace) -> TunedParams:
     """The study's best trial as TunedParams (WorkbenchError when it has no complete trial)."""
-    complete = study.get_trials(deepcopy=False, states=_ALIVE[:1])
+    complete = study.get_trials(deepcopy=False, states=(COMPLETE,))
     if not complete:
         raise WorkbenchError(f"study {study.study_name}: no complete trial yet; run `workbench tune` to add some")
     best = max(complete, key=lambda t: (t.value, -t.number))
@@ -266,7 +273,7 @@ def _count_trials(study: optuna.Study) -> tuple[int, int]:
     host = socket.gethostname()
     n_running = 0
     for trial in trials:
-        if trial.state != optuna.trial.TrialState.RUNNING:
+        if trial.state != RUNNING:
             continue
         worker_host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
         if worker_host == host and pid.isdigit() and not _alive(int(pid)):
@@ -274,7 +281,7 @@ def _count_trials(study: optuna.Study) -> tuple[int, int]:
                 study.tell(trial.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
         else:
             n_running += 1
-    return sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials), n_running
+    return sum(t.state == COMPLETE for t in trials), n_running
 
 
 def _alive(pid: int) -> bool:
@@ -287,23 +294,26 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _open_study(storage: optuna.storages.BaseStorage, name: str, attrs: dict, baseline: dict) -> optuna.Study:
-    """Create the study (and enqueue the baseline) or load it and refuse a mismatched reuse."""
+def _open_study(storage: optuna.storages.BaseStorage, name: str, attrs: dict,
+                baseline_trial: Callable[[], optuna.trial.FrozenTrial]) -> optuna.Study:
+    """Create the study with the baseline as a finished trial, or load it and refuse a mismatched reuse.
+
+    Not enqueue_trial: on SQLite two workers can both pop the same WAITING trial (no row locks there).
+    """
     try:
         study = optuna.create_study(storage=storage, study_name=name, direction="maximize")
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(study_name=name, storage=storage)
         _check_attrs(study, attrs)
         return study
-    for key, value in attrs.items():
-        study.set_user_attr(key, value)
-    study.enqueue_trial(baseline)
+    study.set_user_attr(ATTR, attrs)  # one write, so a worker loading the study sees all of it or nothing
+    study.add_trial(baseline_trial())
     return study
 
 
 def _check_attrs(study: optuna.Study, attrs: dict) -> None:
-    stored = study.user_attrs
-    if not stored:  # its creator is still writing them (two workers starting at once)
+    stored = study.user_attrs.get(ATTR)
+    if stored is None:  # its creator has not written them yet (two workers starting at once)
         return
     for key, value in attrs.items():
         if stored.get(key) != value:

@@ -186,7 +186,7 @@ WORKER_SCRIPT = textwrap.dedent("""
     (folder / f"ready{sys.argv[2]}").touch()
     while not (folder / "go").exists():
         time.sleep(0.01)
-    tune_study(slow, [0, 1, 2], MEMBERS, TuneSpace(), sys.argv[3], "shared", n_trials=30, seed=int(sys.argv[2]))
+    tune_study(slow, [0, 1, 2], MEMBERS, TuneSpace(), sys.argv[3], "shared", n_trials=16, seed=int(sys.argv[2]))
 """)
 
 
@@ -202,7 +202,7 @@ def test_two_processes_share_one_study(tmp_path):
         assert worker.wait(timeout=120) == 0, worker.stderr.read()
     trials = optuna.load_study(study_name="shared", storage=url).trials
     complete = [t for t in trials if t.state == COMPLETE]
-    assert len(complete) == 30
+    assert len(complete) == 16
     assert len({t.user_attrs["worker"] for t in complete}) == 2  # both did work
     assert all(t.user_attrs.get("surplus") for t in trials if t.state != COMPLETE)
     assert WORKER not in {t.user_attrs["worker"] for t in trials}
