@@ -139,6 +139,12 @@ class TunedParams:
         return {"threshold": self.threshold.tolist(), "weights": dict(zip(self.members, self.weights.tolist())),
                 "value": self.value, "n_trials": self.n_trials, "params": self.params}
 
+    @classmethod
+    def from_dict(cls, saved: Mapping) -> TunedParams:
+        """Read back `to_dict` (e.g. RUN/tune.json's "params")."""
+        return cls(np.array(saved["threshold"], dtype=np.float64), np.array(list(saved["weights"].values())),
+                   float(saved["value"]), int(saved["n_trials"]), tuple(saved["weights"]), dict(saved["params"]))
+
 
 def open_storage(url: str) -> optuna.storages.BaseStorage:
     """An Optuna storage for `url`: `journal:PATH` (a journal file, safe on NFS) or an RDB URL (sqlite, postgresql).

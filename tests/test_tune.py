@@ -2,6 +2,7 @@
 several processes on one study, and `workbench tune` end to end on a tiny run."""
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -18,8 +19,8 @@ from carvana.errors import WorkbenchError
 from carvana.metric import dice
 from stacking.evaluate import DiceEvaluator
 from stacking.tune import (
-    WORKER, FoldedEvaluator, TunedParams, TuneSpace, blend_mask, build_folded_evaluator, nested_tune, open_storage,
-    tune_study,
+    WORKER, FoldedEvaluator, TunedParams, TuneSpace, blend_mask, blend_proba, build_folded_evaluator, nested_tune,
+    open_storage, tune_study,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -154,7 +155,8 @@ def test_nested_result_is_consistent():
     for k, params in result.outer.items():
         expected = folded.per_image(params.threshold, params.weights, [k])
         np.testing.assert_array_equal([result.honest_per_image[i] for i in folded.ids[k]], expected)
-        assert params.value == pytest.approx(folded.score(params.threshold, params.weights, [f for f in range(3) if f != k]))
+        others = [f for f in range(3) if f != k]
+        assert params.value == pytest.approx(folded.score(params.threshold, params.weights, others))
     assert result.honest_mean == pytest.approx(np.mean(list(result.honest_per_image.values())))
     assert result.tuned_on == result.params.value == max(values(storage, "blend"))
     assert result.baseline == folded.score(0.5, None, [0, 1, 2]) <= result.tuned_on
@@ -168,6 +170,18 @@ def test_blend_mask_follows_the_evaluator_rule():
         params = TunedParams(rng.uniform(0.2, 0.8, 16), rng.dirichlet([1, 1, 1]), 0.0, 1)
         got = [dice(blend_mask(maps, angle, params), truth) for maps, truth, angle in images]
         np.testing.assert_array_equal(got, evaluator.per_image(params.threshold, params.weights))
+
+
+def test_blend_proba_and_saved_params(tmp_path):
+    maps = make_images(seed=2)[0][0]
+    equal = TunedParams(np.full(16, 0.5), np.full(3, 1 / 3), 0.9, 4, tuple(MEMBERS), {"threshold": 0.5})
+    np.testing.assert_allclose(blend_proba(maps, equal), maps.mean(axis=0) / 255, atol=1e-6)
+    skewed = TunedParams(np.linspace(0.3, 0.7, 16), np.array([0.0, 0.25, 0.75]), 0.9, 4, tuple(MEMBERS), {})
+    np.testing.assert_allclose(blend_proba(maps, skewed), (0.25 * maps[1] + 0.75 * maps[2]) / 255, atol=1e-6)
+    back = TunedParams.from_dict(json.loads(json.dumps(skewed.to_dict())))
+    np.testing.assert_array_equal(back.threshold, skewed.threshold)
+    np.testing.assert_array_equal(back.weights, skewed.weights)
+    assert back.members == skewed.members and back.value == 0.9 and back.n_trials == 4
 
 
 WORKER_SCRIPT = textwrap.dedent("""
@@ -266,7 +280,6 @@ def test_workbench_tune_two_processes(tiny_config, tmp_path):
         trials = optuna.load_study(study_name=name, storage=url).trials
         assert sum(t.state == COMPLETE for t in trials) == 5, name
     assert "honest" in outputs[0][0] and (config.run_dir / "tune.json").is_file()
-    import json
     saved = json.loads((config.run_dir / "tune.json").read_text())
     assert saved["members"] == ["m0", "m1"] and len(saved["honest_per_image"]) == len(folds.fold_of)
 

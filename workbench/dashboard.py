@@ -35,4 +35,5 @@ def serve_dashboard(config: ExperimentConfig, host: str = "127.0.0.1", port: int
     try:
         run_server(storage, host=host, port=port)
     except OSError as error:
-        raise WorkbenchError(f"cannot serve on {host}:{port} ({error.strerror or error}); pass another --port") from None
+        reason = error.strerror or error
+        raise WorkbenchError(f"cannot serve on {host}:{port} ({reason}); pass another --port") from None

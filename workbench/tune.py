@@ -6,8 +6,7 @@ resolution, and writes RUN/tune.json (honest and tuned-on scores, the params for
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import cv2
 import numpy as np
@@ -21,6 +20,9 @@ from oof import Store
 from oof.format import write_json_atomic
 from workbench.config import ExperimentConfig
 from workbench.steps import load_folds
+
+if TYPE_CHECKING:
+    from stacking.tune import NestedResult
 
 TUNE_JSON = "tune.json"
 OPTUNA_DB = "optuna.db"
@@ -63,7 +65,7 @@ def truth_reader(data: CarvanaData, native_hw: tuple[int, int], shape: tuple[int
     return truth
 
 
-def tune_run(config: ExperimentConfig, progress: bool = True):
+def tune_run(config: ExperimentConfig, progress: bool = True) -> NestedResult:
     """Nested tuning over the run's folds; prints the summary, writes RUN/tune.json, returns the NestedResult."""
     import optuna
 
@@ -90,7 +92,7 @@ def tune_run(config: ExperimentConfig, progress: bool = True):
     return result
 
 
-def summary(result, folds: Folds, study: str, url: str) -> str:
+def summary(result: NestedResult, folds: Folds, study: str, url: str) -> str:
     """A few lines: baseline, tuned-on and honest mean Dice, the per-fold honest scores and the params."""
     params = result.params
     per_fold = "  ".join(
@@ -100,7 +102,8 @@ def summary(result, folds: Folds, study: str, url: str) -> str:
     thresholds = (f"{params.threshold[0]:.4f}" if np.all(params.threshold == params.threshold[0])
                   else f"{params.threshold.min():.4f}..{params.threshold.max():.4f} by angle")
     return "\n".join([
-        f"tuned blend, study {study!r} + {folds.n_folds} outer studies, {params.n_trials} trials in the full study ({url})",
+        f"tuned blend: study {study!r} and {folds.n_folds} outer studies, {params.n_trials} trials in the full one",
+        f"  storage {url}",
         f"  baseline (threshold 0.5, equal weights)   {result.baseline:.6f}",
         f"  tuned-on (tuned and scored on all folds) {result.tuned_on:.6f}",
         f"  honest (fold k scored with params tuned without it) {result.honest_mean:.6f}   {per_fold}",
