@@ -105,7 +105,7 @@ def format_table(rows: list[dict[str, object]], extra_columns: tuple[str, ...] =
         return "(no entry has finished every fold yet)"
     columns = ["entry", "kind", "oof_mean_dice", "threshold"]
     columns += [c for c in rows[0] if c.startswith("fold")] if rows else []
-    columns += [c for c in ("test_mean_dice", *extra_columns) if any(r.get(c) for r in rows)]
+    columns += [c for c in ("tuned_on_mean_dice", "test_mean_dice", *extra_columns) if any(r.get(c) for r in rows)]
     widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
     lines = ["  ".join(c.ljust(widths[c]) for c in columns)]
     lines += ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns) for r in rows]

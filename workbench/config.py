@@ -45,6 +45,10 @@ class FoldsConfig:
 @dataclass(frozen=True)
 class StackConfig:
     resolution: tuple[int, int] | None = None  # (W, H) of the OOF store's maps; None = the data's size
+    blends: tuple[str, ...] = ("mean", "logit_mean", "vote", "weighted_mean")
+    stackers: tuple[str, ...] = ("lightgbm", "logistic")  # per-pixel level-2 models on the uncertain band
+    max_pixels: int = 2_000_000  # band pixels sampled to fit each stacker (bounds memory and time)
+    n_submissions: int = 3  # top entries also written to RUN/submissions/ for `workbench blend`
 
 
 @dataclass(frozen=True)
@@ -166,11 +170,15 @@ def _convert(hint: object, value: object, name: str) -> object:
 
 def _convert_tuple(hint: object, value: object, name: str) -> tuple:
     """Tuples come as YAML lists, or as `WxH` strings for (W, H) sizes."""
+    kinds = typing.get_args(hint)
+    if len(kinds) == 2 and kinds[1] is Ellipsis:  # tuple[str, ...]: a list of any length
+        if not isinstance(value, list) or not all(isinstance(v, kinds[0]) for v in value):
+            raise TypeError(f"`{name}` must be a list of {kinds[0].__name__}, got {value!r}")
+        return tuple(value)
     if isinstance(value, str) and "x" in value:
         value = value.split("x")
     if not isinstance(value, (list, tuple)):
         raise TypeError(f"`{name}` must be a list like [480, 320] or a size like 480x320, got {value!r}")
-    kinds = typing.get_args(hint)
     if len(kinds) != len(value):
         raise TypeError(f"`{name}` needs {len(kinds)} values, got {value!r}")
     try:

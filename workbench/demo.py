@@ -1,11 +1,14 @@
-"""`workbench demo` / `make demo`: the whole pipeline on the config's data (synthetic when missing)."""
+"""`workbench demo` / `make demo`: the whole pipeline on the config's data (synthetic when missing):
+data, folds, fold-train, stack (blends, stackers, tuning, report, submission), local score, summary."""
 from __future__ import annotations
 
 import time
 
 from workbench.config import ExperimentConfig
 from workbench.fold_train import fold_train
+from workbench.stack import stack
 from workbench.steps import FOLDS_CSV, describe_folds, ensure_data, make_folds
+from workbench.submit import SUBMISSION, local_score
 
 
 def run_demo(config: ExperimentConfig) -> None:
@@ -14,4 +17,19 @@ def run_demo(config: ExperimentConfig) -> None:
     folds = make_folds(config)
     print(f"\n{config.run_dir / FOLDS_CSV}: {folds.n_folds} car-grouped folds\n{describe_folds(folds)}\n")
     fold_train(config)
-    print(f"\ndemo finished in {(time.time() - start) / 60:.1f} min; run folder: {config.run_dir}")
+    rows = stack(config)
+    submission = config.run_dir / SUBMISSION
+    score = local_score(config, submission)
+    print("\n== demo summary ==")
+    print(f"best entry by honest OOF mean Dice: {rows[0]['entry']} ({float(rows[0]['oof_mean_dice']):.6f})")
+    print(f"submission: {submission}")
+    if score is not None:
+        print(f"local score (synthetic test truth): {score.mean_dice:.6f}")
+    print(f"report: {config.run_dir / 'report' / 'report.md'}")
+    print(f"Optuna dashboard: make dashboard  (or: workbench dashboard --config {config_path_hint(config)})")
+    print(f"blend the top submissions: make blend  -> {config.run_dir / 'blend.csv.gz'}")
+    print(f"demo finished in {(time.time() - start) / 60:.1f} min")
+
+
+def config_path_hint(config: ExperimentConfig) -> str:
+    return f"configs/{config.name}.yaml"

@@ -9,7 +9,6 @@ the same members and settings.
 """
 from __future__ import annotations
 
-import inspect
 import time
 from typing import Callable
 
@@ -24,14 +23,14 @@ from oof import Store
 from stacking.blenders import make_blender
 from stacking.leaderboard import EntryScore, format_table, score_entry, write_leaderboard
 from stacking.oof_table import OofTable, test_maps
+from stacking.pixel_stacker import PixelStacker, make_stacker
 from workbench.config import ExperimentConfig
 from workbench.report import write_report
 from workbench.steps import load_folds
+from workbench.tuned_entry import ENTRY, run_tuned_entry
 from workbench.submit import local_score, submit
 
-N_SUBMISSIONS = 3  # per-entry submission files written for `workbench blend`
 TEST_CHUNK = 32  # test images blended at a time: bounded memory at any test size
-BLENDS = ("mean", "logit_mean", "vote", "weighted_mean")
 
 
 def finished_members(config: ExperimentConfig, store: Store, folds: Folds, data: CarvanaData) -> list[str]:
@@ -60,15 +59,17 @@ def entry_complete(store: Store, name: str, spec: dict, n_train: int, n_test: in
             and len(store.ids(name, "test")) == n_test)
 
 
-def fit_model(model, maps: np.ndarray, truth: np.ndarray, angles: np.ndarray):
-    """fit(X, y), passing the images' angles to models that use them (the pixel stackers)."""
-    if "angles" in inspect.signature(model.fit).parameters:
-        return model.fit(maps, truth, angles=angles)
-    return model.fit(maps, truth)
+def fit_model(model, table: OofTable, idx: np.ndarray):
+    """Fit on the images at `idx`; pixel stackers stream them (no copy of the maps)."""
+    if isinstance(model, PixelStacker):
+        stream = ((table.maps[i], table.truth[i], int(table.angle[i])) for i in idx)
+        return model.fit(stream, n_images=len(idx))
+    return model.fit(table.maps[idx], table.truth[idx])
 
 
 def predict_model(model, maps: np.ndarray, angles: np.ndarray) -> np.ndarray:
-    if "angles" in inspect.signature(model.predict_proba).parameters:
+    """(n, H, W) float32 from (n, M, H, W) uint8 member maps; pixel stackers also use the angles."""
+    if isinstance(model, PixelStacker):
         return model.predict_proba(maps, angles=angles)
     return model.predict_proba(maps)
 
@@ -85,10 +86,10 @@ def run_entry(name: str, make: Callable[[], object], table: OofTable, folds: Fol
     with entry_store.open_member(name, spec, folds.hash, resolution, reset=reset) as writer:
         for k in tqdm(range(folds.n_folds), desc=f"{name}: nested CV", leave=False, disable=not progress):
             fit_idx, held = table.select([j for j in range(folds.n_folds) if j != k]), table.select([k])
-            model = fit_model(make(), table.maps[fit_idx], table.truth[fit_idx], table.angle[fit_idx])
+            model = fit_model(make(), table, fit_idx)
             for i, proba in zip(held, predict_model(model, table.maps[held], table.angle[held])):
                 writer.write("train", table.ids[i], proba, fold=k)
-        model = fit_model(make(), table.maps, table.truth, table.angle)
+        model = fit_model(make(), table, np.arange(len(table.ids)))
         for start in range(0, len(test_ids), TEST_CHUNK):
             chunk = test_ids[start:start + TEST_CHUNK]
             angles = np.array([int(img[-2:]) for img in chunk])
@@ -99,8 +100,11 @@ def run_entry(name: str, make: Callable[[], object], table: OofTable, folds: Fol
 def entry_factories(config: ExperimentConfig) -> dict[str, tuple[str, Callable[[], object]]]:
     """{entry name: (kind, a function making an unfitted estimator)}."""
     entries: dict[str, tuple[str, Callable[[], object]]] = {}
-    for name in BLENDS:
+    for name in config.stack.blends:
         entries[name] = ("blend", lambda name=name: make_blender(name))
+    for name in config.stack.stackers:
+        entries[name] = ("stacker", lambda name=name: make_stacker(name, max_pixels=config.stack.max_pixels,
+                                                                  random_state=config.seed))
     return entries
 
 
@@ -117,6 +121,9 @@ def stack(config: ExperimentConfig, progress: bool = True) -> list[dict]:
     for name, (kind, make) in entry_factories(config).items():
         run_entry(name, make, table, folds, entry_store, member_store, data.test_ids, progress)
         scores.append(score_entry(entry_store, name, kind, data, folds, summary.size))
+    tuned_on = run_tuned_entry(config, table, folds, entry_store, member_store, data.test_ids, progress)
+    scores.append(score_entry(entry_store, ENTRY, "tuned", data, folds, summary.size))
+    scores[-1].extra["tuned_on_mean_dice"] = f"{tuned_on:.6f}"  # optimistic: tuned and scored on the same images
     rows = write_leaderboard(config.run_dir / "leaderboard.csv", scores)
     print(f"\n{config.run_dir / 'leaderboard.csv'} (stack took {time.time() - start:.0f} s):")
     print(format_table(rows))
@@ -128,7 +135,7 @@ def stack(config: ExperimentConfig, progress: bool = True) -> list[dict]:
 def write_submissions(config: ExperimentConfig, rows: list[dict], progress: bool) -> None:
     """RUN/submission.csv.gz from the best entry by honest OOF score, and one file per top entry in
     RUN/submissions/ for `workbench blend`."""
-    for row in rows[:N_SUBMISSIONS]:
+    for row in rows[:config.stack.n_submissions]:
         submit(config, row["entry"], config.run_dir / "submissions" / f"{row['entry']}.csv.gz", progress=progress)
     path = submit(config, progress=progress)
     print(f"\n{path}: from {rows[0]['entry']} (best honest OOF mean Dice {float(rows[0]['oof_mean_dice']):.6f})")
