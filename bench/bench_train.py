@@ -14,7 +14,7 @@ from carvana.dataset import CarvanaData
 from zoo.cache import cached_split, resize_image, resize_mask
 from zoo.fold_data import FoldData
 from zoo.registry import MEMBERS
-from zoo.spec import MemberSpec, TrainConfig
+from zoo.spec import MemberSpec
 
 TITLE = "Training throughput and data wait: decode-once cache vs decoding every epoch"
 MEMBER_NAMES = ["unet_resnet18_64", "keras_unet_64", "linknet_mobilenetv3_small_050_128"]

@@ -19,7 +19,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from carvana.dataset import (
-    MASK_DIR, METADATA_CSV, SAMPLE_CSV, TEST_DIR, TEST_MASKS_CSV, TRAIN_DIR, TRAIN_MASKS_CSV,
+    MASK_DIR, METADATA_CSV, SAMPLE_CSV, TEST_DIR, TRAIN_DIR, TRAIN_MASKS_CSV,
     CarvanaData, car_of, image_id, load_image, load_mask, parse_id, read_rle_csv,
 )
 from carvana.errors import WorkbenchError

@@ -2,7 +2,6 @@
 exact resume (also after SIGKILL), and prediction with resizing, hflip TTA and model averaging."""
 from __future__ import annotations
 
-import ast
 import csv
 import dataclasses
 import math
@@ -70,13 +69,6 @@ def one_epoch(data, tmp_path_factory) -> Path:
     work_dir = tmp_path_factory.mktemp("keras_one_epoch")
     train_keras_fold(SPEC, data, work_dir, progress=False)
     return work_dir
-
-
-def test_log_columns_are_the_torch_loops():
-    tree = ast.parse((REPO / "zoo" / "train_torch.py").read_text())
-    assigned = {node.targets[0].id: node.value for node in tree.body
-                if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)}
-    assert ast.literal_eval(assigned["LOG_COLUMNS"]) == LOG_COLUMNS
 
 
 def test_model_maps_an_image_to_one_logit_per_pixel():

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +19,7 @@ from workbench.config import load_config
 from workbench.fold_train import fold_train
 from zoo.fold_data import FoldData, split_fold
 from zoo.members import load_member
-from zoo.registry import MEMBERS, resolve_members
+from zoo.registry import MEMBERS
 from zoo.runner import fit
 from zoo.spec import MemberSpec, TrainConfig
 

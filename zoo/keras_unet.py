@@ -11,7 +11,6 @@ atomically in one file, so a kill at any moment leaves either the previous or th
 """
 from __future__ import annotations
 
-import csv
 import importlib.util
 import json
 import os
@@ -29,11 +28,9 @@ from carvana.errors import WorkbenchError
 from zoo.augment import build_augment
 from zoo.cache import resize_image, resize_proba
 from zoo.fold_data import FoldData
+from zoo.train_log import write_log
 from zoo.spec import MemberSpec
 
-# The same columns as zoo.train_torch.LOG_COLUMNS (a test holds them equal); not imported from there,
-# which would load PyTorch into every TensorFlow process.
-LOG_COLUMNS = ["epoch", "train_loss", "val_mean_dice", "lr", "seconds", "images_per_s", "data_wait_share"]
 PLATEAU_THRESHOLD, PLATEAU_EPS = 1e-4, 1e-8  # torch's ReduceLROnPlateau defaults, so both families agree
 
 
@@ -152,7 +149,7 @@ def train_keras_fold(spec: MemberSpec, data: FoldData, work_dir: Path, progress:
         state["history"].append([epoch, round(loss, 5), round(val_dice, 5), state["lr"], round(seconds, 2),
                                  round(len(order) / seconds, 2), round(wait / seconds, 4)])
         _save_last(last_path, state, model, optimizer)
-        _write_log(work_dir / "log.csv", state["history"])
+        write_log(work_dir / "log.csv", state["history"])
     return best_path
 
 
@@ -354,15 +351,6 @@ def _load_model(spec: MemberSpec, path: Path):
     if problems:
         raise WorkbenchError(f"{path} does not fit member {spec.name} ({problems[0].splitlines()[0]}); retrain that fold")
     return model
-
-
-def _write_log(path: Path, history: list[list]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(LOG_COLUMNS)
-        writer.writerows(history)
-    os.replace(tmp, path)
 
 
 def _sigmoid(logits: np.ndarray) -> np.ndarray:

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from carvana.dataset import CarvanaData, angle_of
 from carvana.errors import WorkbenchError
 from folds import Folds
 from oof import Store
-from zoo.cache import cached_split, resize_proba
+from zoo.cache import cached_split, resize_image, resize_proba
 from zoo.fold_data import FoldData, split_fold
 from zoo.members import fit_avg_mask, load_member
 from zoo.spec import MemberSpec
@@ -102,12 +103,15 @@ def predict_member_test(spec: MemberSpec, folds: Folds, data: CarvanaData, run_d
     todo = [img for img in data.test_ids if not store.has(spec.name, "test", img)]
     if not todo:
         return
-    ids, images, _ = cached_split(data, "test", spec.height, spec.width, run_dir / "cache", with_masks=False)
-    position = {img: i for i, img in enumerate(ids)}
-    with store.open_member(spec.name, spec.to_dict(), folds.hash, resolution) as writer:
+    # Test photos are decoded on the fly, not cached: each is read once per member (100,064 photos
+    # at full size would need ~740 GB of cache).
+    def load(img: str) -> np.ndarray:
+        return resize_image(data.load_image(img, "test"), spec.height, spec.width)
+
+    with store.open_member(spec.name, spec.to_dict(), folds.hash, resolution) as writer, \
+            ThreadPoolExecutor(os.cpu_count() or 2) as pool:
         for chunk in _chunks(todo, desc=f"{spec.name}: test maps ({folds.n_folds} folds averaged)", progress=progress):
-            batch = np.stack([images[position[img]] for img in chunk])
-            _write_maps(writer, member, batch, chunk, "test", resolution, None)
+            _write_maps(writer, member, np.stack(list(pool.map(load, chunk))), chunk, "test", resolution, None)
 
 
 def _write_maps(writer, member, batch: np.ndarray, chunk: list[str], split: str,

@@ -7,7 +7,6 @@ Validation uses cars held out *of the training folds*, never the OOF fold it wil
 """
 from __future__ import annotations
 
-import csv
 import os
 import random
 import time
@@ -20,10 +19,10 @@ from tqdm import tqdm
 
 from zoo.augment import build_augment
 from zoo.fold_data import FoldData
+from zoo.train_log import write_log
 from zoo.spec import MemberSpec
 from zoo.torch_models import build_torch_model
 
-LOG_COLUMNS = ["epoch", "train_loss", "val_mean_dice", "lr", "seconds", "images_per_s", "data_wait_share"]
 
 
 class MapsDataset(Dataset):
@@ -109,7 +108,7 @@ def train_fold(spec: MemberSpec, data: FoldData, work_dir: Path, progress: bool 
         state["history"].append([epoch, round(loss, 5), round(val_dice, 5), optimizer.param_groups[0]["lr"],
                                  round(seconds, 2), round(len(train_set) / seconds, 2), round(wait / seconds, 4)])
         _save_last(last_path, state, model, optimizer, scheduler, scaler)
-        _write_log(work_dir / "log.csv", state["history"])
+        write_log(work_dir / "log.csv", state["history"])
     return best_path
 
 
@@ -172,13 +171,4 @@ def _save_last(path: Path, state: dict, model, optimizer, scheduler, scaler) -> 
 def _atomic_save(obj: dict, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _write_log(path: Path, history: list[list]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(LOG_COLUMNS)
-        writer.writerows(history)
     os.replace(tmp, path)

@@ -1,0 +1,110 @@
+"""`workbench stack` end to end on a tiny run: every kind of entry, honest nested maps, the
+leaderboard, the report, the submission, resuming, and the submit / blend / score verbs."""
+from __future__ import annotations
+
+import csv
+import gzip
+import shutil
+from pathlib import Path
+
+import pytest
+
+from carvana.dataset import CarvanaData
+from folds import read_folds
+from oof import Store
+from stacking.submission import read_sample_ids, validate_submission
+from workbench.config import load_config
+from workbench.fold_train import fold_train
+from workbench.stack import stack
+from tests.test_data_validation import run_cli
+
+TINY_RUN = """
+zoo:
+  train: {epochs: 1, batch_size: 8}
+  members:
+    - avg_mask_128
+    - {name: simple_cnn_64, arch: simple_cnn, height: 64, width: 96}
+stack:
+  max_pixels: 5000
+  n_submissions: 2
+tune:
+  n_trials: 6
+"""
+
+
+@pytest.fixture(scope="module")
+def stacked_run(tiny_data_master, tmp_path_factory) -> tuple[Path, list[dict]]:
+    """A tiny run after fold-train and stack (module-scoped: trained once)."""
+    root = tmp_path_factory.mktemp("stack")
+    data = root / "data"
+    shutil.copytree(tiny_data_master, data)
+    path = root / "tiny.yaml"
+    path.write_text(f"data: {data}\nrun_dir: {root / 'run'}\nfolds: {{n_folds: 3}}\n" + TINY_RUN)
+    config = load_config(path)
+    fold_train(config, progress=False)
+    return path, stack(config, progress=False)
+
+
+def test_leaderboard_has_every_kind_of_entry(stacked_run):
+    path, rows = stacked_run
+    kinds = {r["entry"]: r["kind"] for r in rows}
+    assert kinds == {"avg_mask_128": "member", "simple_cnn_64": "member", "mean": "blend", "logit_mean": "blend",
+                     "vote": "blend", "weighted_mean": "blend", "lightgbm": "stacker", "logistic": "stacker",
+                     "tuned": "tuned"}
+    scores = [float(r["oof_mean_dice"]) for r in rows]
+    assert scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)
+    assert all(r["test_mean_dice"] for r in rows)  # the synthetic data knows its test truth
+    tuned = next(r for r in rows if r["entry"] == "tuned")
+    assert float(tuned["tuned_on_mean_dice"]) > 0
+
+
+def test_entry_maps_are_honest_out_of_fold(stacked_run):
+    """Every entry's map of a train image comes from the model fitted without that image's fold."""
+    path, _ = stacked_run
+    config = load_config(path)
+    folds = read_folds(config.run_dir / "folds.csv")
+    entries = Store(config.run_dir / "stack")
+    for entry in entries.members():
+        entries.check_coverage(entry, folds.fold_of, folds.hash)
+        entries.check_test(entry, CarvanaData(config.data).test_ids)
+
+
+def test_submission_report_and_per_entry_files(stacked_run):
+    path, rows = stacked_run
+    config = load_config(path)
+    data = CarvanaData(config.data)
+    submission = config.run_dir / "submission.csv.gz"
+    validate_submission(submission, read_sample_ids(config.data / "sample_submission.csv"), (96, 64))
+    with gzip.open(submission, "rt") as f:
+        assert sum(1 for _ in csv.reader(f)) == len(data.test_ids) + 1
+    assert sorted(p.name for p in (config.run_dir / "submissions").iterdir()) == sorted(
+        f"{r['entry']}.csv.gz" for r in rows[:2]) + sorted(f"{r['entry']}.json" for r in rows[:2])
+    for name in ("report.md", "dice_by_entry.png", "dice_by_angle.png", "dice_by_fold.png", "worst.png"):
+        assert (config.run_dir / "report" / name).stat().st_size > 0
+
+
+def test_rerun_resumes_without_refitting(stacked_run, capsys):
+    path, rows = stacked_run
+    config = load_config(path)
+    again = stack(config, progress=False)
+    out = capsys.readouterr().out
+    assert "lightgbm: complete, skipped" in out and "mean: complete, skipped" in out
+    assert [r["oof_mean_dice"] for r in again] == [r["oof_mean_dice"] for r in rows]
+
+
+def test_submit_blend_and_score_verbs(stacked_run, tmp_path):
+    path, rows = stacked_run
+    config = load_config(path)
+    truth = config.data / "test_masks.csv"
+    one = tmp_path / "one.csv.gz"
+    result = run_cli("submit", "--config", str(path), "--entry", "mean", "--out", str(one))
+    assert result.returncode == 0, result.stderr
+    score = run_cli("score", str(one), "--truth", str(truth), "--size", "96x64")
+    assert score.returncode == 0, score.stderr
+    mean_row = next(r for r in rows if r["entry"] == "mean")
+    assert f"mean Dice {float(mean_row['test_mean_dice']):.6f}" in score.stdout  # the leaderboard agrees
+    blended = tmp_path / "blend.csv.gz"
+    files = sorted(str(p) for p in (config.run_dir / "submissions").glob("*.csv.gz"))
+    result = run_cli("blend", *files, str(one), "--config", str(path), "--out", str(blended))
+    assert result.returncode == 0, result.stderr
+    assert blended.exists() and (tmp_path / "blend.csv.gz.json").exists()
