@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from bench.common import markdown_table, median_seconds
-from stacking.evaluate import DiceEvaluator, brute_force_mean_dice, level_thresholds, quantize_weights
+from stacking.evaluate import DiceEvaluator, brute_force_mean_dice, level_thresholds
 
 TITLE = "Stacking trial: fast exact Dice evaluator vs brute force"
 HEIGHT, WIDTH, N_MEMBERS = 640, 960, 5
@@ -124,7 +124,6 @@ def run(quick: bool) -> str:
     fast_weighted = median_seconds(lambda: evaluator.score(per_angle, weights), repeats=5)
     level_sums = maps.sum(axis=1, dtype=np.uint16)
     k_equal = level_thresholds(per_angle, N_MEMBERS)
-    k_weighted = level_thresholds(per_angle, int(quantize_weights(weights, N_MEMBERS).sum()))
     brute_threshold = median_seconds(lambda: level_sum_brute_force(level_sums, truths, angles, k_equal), repeats=3)
     brute_weighted = median_seconds(lambda: float32_brute_force(maps, truths, angles, per_angle, weights), repeats=3)
     brute_exact = median_seconds(lambda: brute_force_mean_dice(member_list, truths, angles, per_angle, weights),

@@ -110,19 +110,21 @@ def _check_csv_ids(path: Path, table: dict[str, str], ids: list[str], folder: st
 
 
 def _check_sizes(data: CarvanaData, train_ids: list[str], test_ids: list[str]) -> tuple[int, int]:
-    """The one (W, H) of every image and mask, read from file headers."""
+    """The one (W, H) of every image and mask, read from file headers; the odd one out is named."""
     paths = [data.image_path(i, "train") for i in train_ids] + [data.mask_path(i) for i in train_ids]
     paths += [data.image_path(i, "test") for i in test_ids]
-    size = None
+    sizes = []
     for path in paths:
         try:
             with Image.open(path) as image:
-                this = image.size
+                sizes.append(image.size)
         except (OSError, SyntaxError):
             raise WorkbenchError(f"{path}: not a readable image; replace it with the original file") from None
-        size = size or this
+    size = Counter(sizes).most_common(1)[0][0]
+    for path, this in zip(paths, sizes):
         if this != size:
-            raise WorkbenchError(f"{path}: size {this[0]}x{this[1]} differs from {size[0]}x{size[1]} of {paths[0].name}; every image and mask must have one size")
+            raise WorkbenchError(f"{path}: size {this[0]}x{this[1]} differs from the {size[0]}x{size[1]} of the "
+                                 "other images; every image and mask must have one size")
     return size
 
 

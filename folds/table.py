@@ -4,10 +4,10 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from carvana.atomic import write_text_atomic
 from carvana.dataset import car_of, image_id, parse_id, read_csv_rows
 from carvana.errors import WorkbenchError
 
@@ -38,9 +38,7 @@ def write_folds(path: Path, fold_of_car: dict[str, int], train_ids: list[str]) -
     for img in sorted(train_ids):
         writer.writerow([img, car_of(img), fold_of_car[car_of(img)]])
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(buffer.getvalue())
-    os.replace(tmp, path)
+    write_text_atomic(path, buffer.getvalue())
     return read_folds(path, train_ids)
 
 

@@ -12,15 +12,13 @@ Image ids are canonical without extension: `<car>_<NN>` (12 lowercase hex digits
 from __future__ import annotations
 
 import io
-import json
-import os
 import re
-import uuid
 from pathlib import Path
 
 import numpy as np
 import zstandard
 
+from carvana.atomic import write_atomic, write_json_atomic  # noqa: F401 (re-exported for oof's modules)
 from carvana.dataset import ID_PATTERN
 from carvana.errors import WorkbenchError
 
@@ -118,34 +116,3 @@ def read_map(path: Path, shape: tuple[int, int]) -> np.ndarray:
     """(H, W) uint8 map read from `path` (see decode_map); FileNotFoundError passes through."""
     with open(path, "rb") as f:
         return decode_map(f.read(), path, shape)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` via a uniquely named temp file in the same folder and `os.replace`.
-
-    The unique name lets processes write the same folder at once; readers see the old file or the new
-    one, never a part. Temp files start with `.` so listings skip them.
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    """Write `payload` as indented JSON atomically, flushed to disk (metadata is small and precious)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "w") as f:
-            json.dump(payload, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

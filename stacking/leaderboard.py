@@ -6,9 +6,10 @@ so they are the competition's metric, not an approximation at the store's resolu
 from __future__ import annotations
 
 import csv
-import os
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -18,6 +19,7 @@ from carvana.metric import dice
 from carvana.rle import rle_decode
 from folds import Folds
 from oof import Store
+from carvana.atomic import write_atomic
 
 LEADING_COLUMNS = ["entry", "kind", "oof_mean_dice", "threshold"]
 
@@ -76,19 +78,19 @@ def score_entry(store: Store, entry: str, kind: str, data: CarvanaData, folds: F
     return EntryScore(entry, kind, 0.5, oof, folds, test)
 
 
-def write_leaderboard(path: Path, entries: list[EntryScore]) -> list[dict[str, object]]:
-    """Merge `entries` into the leaderboard at `path` (same entry replaced), sorted by OOF score; atomic."""
-    rows = {row["entry"]: row for row in read_leaderboard(path)}
+def write_leaderboard(path: Path, entries: list[EntryScore],
+                      keep: Callable[[dict], bool] = lambda row: False) -> list[dict[str, object]]:
+    """Write `entries` plus the existing rows that `keep` accepts (default none), best OOF score first."""
+    rows = {row["entry"]: row for row in read_leaderboard(path) if keep(row)}
     rows.update({e.entry: e.row() for e in entries})
     ordered = sorted(rows.values(), key=lambda r: -float(r["oof_mean_dice"]))
     columns = LEADING_COLUMNS + sorted({c for r in ordered for c in r} - set(LEADING_COLUMNS),
                                        key=lambda c: (c != "test_mean_dice", not c.startswith("fold"), c))
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, restval="")
-        writer.writeheader()
-        writer.writerows(ordered)
-    os.replace(tmp, path)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=columns, restval="")
+    writer.writeheader()
+    writer.writerows(ordered)
+    write_atomic(path, text.getvalue().encode())
     return ordered
 
 

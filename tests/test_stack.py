@@ -8,14 +8,16 @@ import shutil
 from pathlib import Path
 
 import pytest
+from sklearn.base import BaseEstimator
 
 from carvana.dataset import CarvanaData
 from folds import read_folds
 from oof import Store
+from stacking.oof_table import OofTable
 from stacking.submission import read_sample_ids, validate_submission
 from workbench.config import load_config
 from workbench.fold_train import fold_train
-from workbench.stack import stack
+from workbench.stack import run_entry, stack
 from tests.test_data_validation import run_cli
 
 TINY_RUN = """
@@ -55,7 +57,7 @@ def test_leaderboard_has_every_kind_of_entry(stacked_run):
     assert scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)
     assert all(r["test_mean_dice"] for r in rows)  # the synthetic data knows its test truth
     tuned = next(r for r in rows if r["entry"] == "tuned")
-    assert float(tuned["tuned_on_mean_dice"]) > 0
+    assert 0 < float(tuned["tuned_on_mean_dice"]) <= 1
 
 
 def test_entry_maps_are_honest_out_of_fold(stacked_run):
@@ -67,6 +69,35 @@ def test_entry_maps_are_honest_out_of_fold(stacked_run):
     for entry in entries.members():
         entries.check_coverage(entry, folds.fold_of, folds.hash)
         entries.check_test(entry, CarvanaData(config.data).test_ids)
+
+
+class SpyBlender(BaseEstimator):
+    """Records which images (by their member maps) each fit saw and each predict was asked for."""
+
+    calls: list = []
+
+    def fit(self, X, y):
+        self.fit_keys_ = {x.tobytes() for x in X}
+        return self
+
+    def predict_proba(self, X):
+        SpyBlender.calls.append((self.fit_keys_, {x.tobytes() for x in X}))
+        return X.mean(axis=1).astype("float32") / 255
+
+
+def test_nested_cv_never_fits_on_the_fold_it_predicts(stacked_run, tmp_path):
+    path, _ = stacked_run
+    config = load_config(path)
+    data, folds = CarvanaData(config.data), read_folds(config.run_dir / "folds.csv")
+    members = Store(config.run_dir / "oof")
+    table = OofTable.load(members, members.members(), data, folds, (64, 96))
+    SpyBlender.calls = []
+    run_entry("spy", SpyBlender, table, folds, Store(tmp_path / "stack"), members, data.test_ids, progress=False)
+    assert len(SpyBlender.calls) == folds.n_folds + 1  # one per held-out fold, then the test set
+    for k, (fitted, predicted) in enumerate(SpyBlender.calls[:-1]):
+        assert predicted == {table.maps[i].tobytes() for i in table.select([k])}
+        assert not fitted & predicted, f"fold {k} was predicted by a model fitted on it"
+    assert SpyBlender.calls[-1][0] == {m.tobytes() for m in table.maps}  # the test model sees every fold
 
 
 def test_submission_report_and_per_entry_files(stacked_run):

@@ -38,8 +38,8 @@ def tiny_fold_data(height=64, width=96, n=24, seed=0) -> FoldData:
         axes = (int(rng.integers(20, 35)), int(rng.integers(10, 18)))
         cv2.ellipse(masks[i], centre, axes, 0, 0, 360, 1, -1)
         images[i][masks[i] > 0] = rng.integers(20, 120, size=3)
-    ids = [f"{i // 16:012x}_{i % 16 + 1:02d}" for i in range(n)]
-    return FoldData(0, ids, images, masks, np.arange(0, 16), np.arange(16, 20), np.arange(20, 24))
+    ids = [f"{i // 6:012x}_{i % 6 + 1:02d}" for i in range(n)]  # 4 cars: 2 train, 1 validation, 1 OOF
+    return FoldData(0, ids, images, masks, np.arange(0, 12), np.arange(12, 18), np.arange(18, 24))
 
 
 @pytest.mark.parametrize("spec", [
@@ -61,7 +61,7 @@ def test_member_trains_one_epoch_and_predicts(spec, tmp_path):
         assert log[0].startswith("epoch,train_loss,val_mean_dice") and len(log) == 2
     member = load_member(spec, [checkpoint])
     images = data.images[20:23]
-    maps = member.predict_proba(np.asarray(images), angles=data.angles[20:23])
+    maps = member.predict_proba(np.asarray(images), angles=data.angles[20:23])  # OOF images
     assert maps.shape == (3, 64, 96) and maps.dtype == np.float32
     assert 0.0 <= maps.min() and maps.max() <= 1.0
     big = member.predict_proba(np.repeat(np.repeat(np.asarray(images), 2, axis=1), 2, axis=2))
@@ -130,6 +130,26 @@ def test_changed_spec_is_refused(tiny_config):
     with pytest.raises(WorkbenchError, match="another spec"):
         fold_train(load_config(tiny_config), member="avg_mask_128", progress=False)
     fold_train(load_config(tiny_config), member="avg_mask_128", retrain=("avg_mask_128",), progress=False)
+    config = load_config(tiny_config)
+    assert Store(config.run_dir / "oof").resolution("avg_mask_128") == (64, 96)
+
+
+def test_retrain_with_the_same_spec_trains_again(tiny_config, capsys):
+    tiny_config.write_text(tiny_config.read_text() + ZOO_YAML)
+    config = load_config(tiny_config)
+    fold_train(config, member="avg_mask_128", progress=False)
+    done = config.run_dir / "members" / "avg_mask_128" / "fold0" / "done.json"
+    before = json.loads(done.read_text())["finished"]
+    capsys.readouterr()
+    fold_train(config, member="avg_mask_128", retrain=("avg_mask_128",), progress=False)
+    assert "fold 0: done, skipped" not in capsys.readouterr().out
+    assert json.loads(done.read_text())["finished"] > before
+
+
+def test_bad_training_setting_is_a_config_error(tiny_config):
+    tiny_config.write_text(tiny_config.read_text() + ZOO_YAML.replace("epochs: 1,", "epochs: 2.5,"))
+    with pytest.raises(WorkbenchError, match="`epochs` must be int"):
+        load_config(tiny_config)
 
 
 @pytest.mark.slow
@@ -157,7 +177,7 @@ zoo:
     assert result.returncode == 0, result.stderr
     assert "avg_mask_128 fold 0: done, skipped" in result.stdout  # finished member x folds are not redone
     log = (last.parent / "log.csv").read_text().splitlines()
-    assert len(log) == 3 and epochs_before >= 1  # resumed: epochs before the kill kept, not repeated
+    assert epochs_before == 1 and len(log) == 3  # killed after epoch 1; resumed at epoch 2, not from scratch
     assert json.loads((config.run_dir / "members" / "avg_mask_128" / "fold0" / "done.json").read_text()) == avg_done
     folds = read_folds(config.run_dir / "folds.csv")
     store = Store(config.run_dir / "oof")

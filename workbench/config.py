@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from carvana.atomic import write_text_atomic
 from carvana.errors import WorkbenchError
 from folds import STRATIFY
 from zoo.registry import resolve_members
@@ -204,7 +205,5 @@ def save_resolved(config: ExperimentConfig) -> Path:
     """Write the resolved config to RUN/config.yaml atomically."""
     config.run_dir.mkdir(parents=True, exist_ok=True)
     path = config.run_dir / "config.yaml"
-    tmp = path.with_name("config.yaml.tmp")
-    tmp.write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
-    tmp.replace(path)
+    write_text_atomic(path, yaml.safe_dump(config_to_dict(config), sort_keys=False))
     return path

@@ -11,7 +11,7 @@ from oof import Store
 from stacking.leaderboard import format_table, score_entry, write_leaderboard
 from workbench.config import ExperimentConfig
 from workbench.steps import make_folds
-from zoo.runner import claim_member, fold_done, predict_member_test, run_member_fold
+from zoo.runner import claim_member, fold_done, member_finished, predict_member_test, run_member_fold
 
 
 def store_resolution(config: ExperimentConfig, size: tuple[int, int]) -> tuple[int, int]:
@@ -35,7 +35,7 @@ def fold_train(config: ExperimentConfig, member: str | None = None, fold: int | 
     resolution = store_resolution(config, summary.size)
     start = time.time()
     for spec in specs:
-        claim_member(config.run_dir, spec, retrain=spec.name in retrain)
+        claim_member(config.run_dir, spec, folds.hash, retrain=spec.name in retrain)
         if spec.name in retrain:
             store.open_member(spec.name, spec.to_dict(), folds.hash, resolution, reset=True).close()
         for k in range(folds.n_folds) if fold is None else [fold]:
@@ -46,11 +46,13 @@ def fold_train(config: ExperimentConfig, member: str | None = None, fold: int | 
             print(f"{spec.name} fold {k}: trained, OOF maps written")
         if all(fold_done(config.run_dir, spec, k) for k in range(folds.n_folds)):
             predict_member_test(spec, folds, data, config.run_dir, store, resolution, progress)
-    finished = [s for s in config.zoo if all(fold_done(config.run_dir, s, k) for k in range(folds.n_folds))]
+    # Members other jobs are still training are left out, not failed: fold jobs may run in parallel.
+    finished = [s for s in config.zoo if member_finished(config.run_dir, s, folds.n_folds)]
     for spec in finished:
         store.check_coverage(spec.name, folds.fold_of, folds.hash)
         store.check_test(spec.name, data.test_ids)
     scores = [score_entry(store, s.name, "member", data, folds, summary.size) for s in finished]
-    rows = write_leaderboard(config.run_dir / "leaderboard.csv", scores)
+    # Blend and stacker rows were built on the old member maps: they return with the next `stack`.
+    rows = write_leaderboard(config.run_dir / "leaderboard.csv", scores, keep=lambda row: row["kind"] == "member")
     print(f"\n{config.run_dir / 'leaderboard.csv'} (fold-train took {time.time() - start:.0f} s):")
     print(format_table([r for r in rows if r["kind"] == "member"]))

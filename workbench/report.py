@@ -7,12 +7,12 @@
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from carvana.atomic import write_text_atomic
 from carvana.dataset import CarvanaData
 from carvana.rle import rle_decode
 from oof import Store
@@ -40,9 +40,7 @@ def write_report(run_dir: Path, data: CarvanaData, rows: list[dict], entry_store
     worst = _worst_images(store, best["entry"], data)
     cv2.imwrite(str(folder / "worst.png"), cv2.cvtColor(_overlay_grid(data, store, best["entry"], worst), cv2.COLOR_RGB2BGR))
     text = _markdown(rows, top, angles, fold_columns, best["entry"], worst)
-    tmp = folder / "report.md.tmp"
-    tmp.write_text(text)
-    os.replace(tmp, folder / "report.md")
+    write_text_atomic(folder / "report.md", text)
     return folder
 
 

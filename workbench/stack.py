@@ -15,7 +15,8 @@ from typing import Callable
 import numpy as np
 from tqdm import tqdm
 
-from carvana.dataset import CarvanaData
+from carvana.atomic import copy_atomic
+from carvana.dataset import CarvanaData, angle_of
 from carvana.errors import WorkbenchError
 from carvana.validate import check_data
 from folds import Folds
@@ -28,17 +29,24 @@ from workbench.config import ExperimentConfig
 from workbench.report import write_report
 from workbench.steps import load_folds
 from workbench.tuned_entry import ENTRY, run_tuned_entry
-from workbench.submit import local_score, submit
+from zoo.runner import member_finished
+from workbench.submit import SUBMISSION, local_score, submit
 
 TEST_CHUNK = 32  # test images blended at a time: bounded memory at any test size
 
 
 def finished_members(config: ExperimentConfig, store: Store, folds: Folds, data: CarvanaData) -> list[str]:
-    """The config's members with complete, honest OOF and test maps (coverage-checked)."""
-    names = [s.name for s in config.zoo if s.name in set(store.members())]
+    """The config's members with every fold trained and test maps made (coverage-checked)."""
+    names = [s.name for s in config.zoo if member_finished(config.run_dir, s, folds.n_folds)]
+    unfinished = [s.name for s in config.zoo if s.name not in names]
+    if unfinished:
+        print(f"not stacked (not finished; run `workbench fold-train`): {', '.join(unfinished)}")
     if len(names) < 2:
         raise WorkbenchError(f"{store.path}: stacking needs at least 2 finished members, found {names}; "
-                             "run `workbench fold-train` first")
+                             "run `workbench fold-train --config ...` first")
+    if config.tune.members and not set(config.tune.members) <= set(names):
+        raise WorkbenchError(f"tune.members {list(config.tune.members)} must be finished members of the zoo; "
+                             f"finished: {', '.join(names)}")
     for name in names:
         store.check_coverage(name, folds.fold_of, folds.hash)
         store.check_test(name, data.test_ids)
@@ -92,7 +100,7 @@ def run_entry(name: str, make: Callable[[], object], table: OofTable, folds: Fol
         model = fit_model(make(), table, np.arange(len(table.ids)))
         for start in range(0, len(test_ids), TEST_CHUNK):
             chunk = test_ids[start:start + TEST_CHUNK]
-            angles = np.array([int(img[-2:]) for img in chunk])
+            angles = np.array([angle_of(img) for img in chunk])
             for img, proba in zip(chunk, predict_model(model, test_maps(member_store, table.members, chunk), angles)):
                 writer.write("test", img, proba)
 
@@ -133,12 +141,16 @@ def stack(config: ExperimentConfig, progress: bool = True) -> list[dict]:
 
 
 def write_submissions(config: ExperimentConfig, rows: list[dict], progress: bool) -> None:
-    """RUN/submission.csv.gz from the best entry by honest OOF score, and one file per top entry in
-    RUN/submissions/ for `workbench blend`."""
-    for row in rows[:config.stack.n_submissions]:
-        submit(config, row["entry"], config.run_dir / "submissions" / f"{row['entry']}.csv.gz", progress=progress)
-    path = submit(config, progress=progress)
-    print(f"\n{path}: from {rows[0]['entry']} (best honest OOF mean Dice {float(rows[0]['oof_mean_dice']):.6f})")
+    """One submission per top entry in RUN/submissions/ (for `workbench blend`), and the best entry's
+    (by honest OOF score) as RUN/submission.csv.gz."""
+    folder = config.run_dir / "submissions"
+    for row in rows[:max(1, config.stack.n_submissions)]:
+        submit(config, row["entry"], folder / f"{row['entry']}.csv.gz", progress=progress)
+    best = rows[0]["entry"]
+    path = config.run_dir / SUBMISSION
+    copy_atomic(folder / f"{best}.json", path.with_name("submission.json"))
+    copy_atomic(folder / f"{best}.csv.gz", path)
+    print(f"\n{path}: from {best} (best honest OOF mean Dice {float(rows[0]['oof_mean_dice']):.6f})")
     score = local_score(config, path)
     if score is not None:
         print(f"local score against {config.data / 'test_masks.csv'}: mean Dice {score.mean_dice:.6f}")

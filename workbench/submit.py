@@ -1,14 +1,13 @@
 """Submissions: write one from a leaderboard entry's test maps, blend files, score against truth."""
 from __future__ import annotations
 
-import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from carvana.atomic import write_json_atomic
 from carvana.dataset import SAMPLE_CSV, CarvanaData
 from carvana.errors import WorkbenchError
 from carvana.validate import check_data
@@ -62,7 +61,7 @@ def submit(config: ExperimentConfig, entry: str | None = None, out_path: Path | 
                      threshold=float(row["threshold"]) if row["threshold"] != "per-angle" else 0.5, progress=progress)
     record = {"entry": row["entry"], "kind": row["kind"], "oof_mean_dice": float(row["oof_mean_dice"]),
               "n_rows": len(ids), "seconds": round(time.time() - start, 1), "written": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    _write_json(out_path.with_name(out_path.name.removesuffix(".gz").removesuffix(".csv") + ".json"), record)
+    write_json_atomic(out_path.with_name(out_path.name.removesuffix(".gz").removesuffix(".csv") + ".json"), record)
     return out_path
 
 
@@ -72,9 +71,3 @@ def local_score(config: ExperimentConfig, submission: Path) -> ScoreResult | Non
     if not data.test_truth_path.exists():
         return None
     return score_submission(submission, data.test_truth_path, check_data(config.data).size)
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, path)

@@ -6,6 +6,8 @@ resolution, and writes RUN/tune.json (honest and tuned-on scores, the params for
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import TYPE_CHECKING, Callable
 
 import cv2
@@ -17,8 +19,8 @@ from carvana.rle import rle_decode
 from carvana.validate import check_data
 from folds import Folds
 from oof import Store
-from oof.format import write_json_atomic
-from workbench.config import ExperimentConfig
+from carvana.atomic import write_json_atomic
+from workbench.config import ExperimentConfig, config_to_dict
 from workbench.steps import load_folds
 
 if TYPE_CHECKING:
@@ -41,8 +43,13 @@ def complete_members(store: Store, fold_of: dict[str, int]) -> list[str]:
 
 
 def tune_members(config: ExperimentConfig, store: Store, folds: Folds) -> list[str]:
-    """`tune.members` or every complete member, each checked honest for these folds."""
-    members = list(config.tune.members or complete_members(store, folds.fold_of))
+    """`tune.members`, else the zoo's members with complete OOF maps, each checked honest for these folds."""
+    zoo = {spec.name for spec in config.zoo}
+    members = list(config.tune.members or [m for m in complete_members(store, folds.fold_of) if m in zoo])
+    for member in members:
+        if member not in zoo:
+            raise WorkbenchError(f"tune.members names {member!r}, which is not in this config's zoo; "
+                                 f"valid: {', '.join(sorted(zoo))}")
     if not members:
         raise WorkbenchError(f"{store.path}: no member has OOF maps of every train image yet; "
                              "run `workbench fold-train --config ...` first")
@@ -65,8 +72,17 @@ def truth_reader(data: CarvanaData, native_hw: tuple[int, int], shape: tuple[int
     return truth
 
 
-def tune_run(config: ExperimentConfig, progress: bool = True) -> NestedResult:
-    """Nested tuning over the run's folds; prints the summary, writes RUN/tune.json, returns the NestedResult."""
+def study_name(config: ExperimentConfig, context: dict, members: list[str]) -> str:
+    """`tune.study` plus a short hash of what the trials depend on (members and their maps, folds,
+    search space): a changed zoo starts fresh studies instead of refusing the old ones."""
+    text = json.dumps([context, members, config_to_dict(config.tune)], sort_keys=True, default=str)
+    return f"{config.tune.study}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+
+
+def tune_run(config: ExperimentConfig, progress: bool = True, members: list[str] | None = None) -> NestedResult:
+    """Nested tuning over the run's folds; prints the summary, writes RUN/tune.json, returns the NestedResult.
+
+    `members` (already checked by the caller, e.g. `workbench stack`) overrides `tune.members`."""
     import optuna
 
     from stacking.tune import TuneSpace, build_folded_evaluator, nested_tune
@@ -74,7 +90,7 @@ def tune_run(config: ExperimentConfig, progress: bool = True) -> NestedResult:
     folds = load_folds(config)
     width, height = check_data(config.data).size
     store = Store(config.run_dir / "oof")
-    members = tune_members(config, store, folds)
+    members = tune_members(config, store, folds) if members is None else members
     truth = truth_reader(CarvanaData(config.data), (height, width), store.resolution(members[0]))
     evaluator = build_folded_evaluator(store, members, folds.fold_of, truth, progress=progress)
     tune = config.tune
@@ -82,12 +98,13 @@ def tune_run(config: ExperimentConfig, progress: bool = True) -> NestedResult:
     context = {"folds_hash": folds.hash, "generations": {m: store.metadata(m)["generation"] for m in members}}
     url = storage_url(config)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial would bury the summary
-    result = nested_tune(evaluator, folds.n_folds, members, space, url, tune.study, tune.n_trials, tune.seed,
+    name = study_name(config, context, members)
+    result = nested_tune(evaluator, folds.n_folds, members, space, url, name, tune.n_trials, tune.seed,
                          context=context, progress=progress)
     path = config.run_dir / TUNE_JSON
-    write_json_atomic(path, {"storage": url, "study": tune.study, "members": members, **result.to_dict(),
+    write_json_atomic(path, {"storage": url, "study": name, "members": members, **result.to_dict(),
                              "honest_per_image": result.honest_per_image})
-    print(summary(result, folds, tune.study, url))
+    print(summary(result, folds, name, url))
     print(f"wrote {path}")
     return result
 

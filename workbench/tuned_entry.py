@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from carvana.dataset import angle_of
 from folds import Folds
 from oof import Store
 from stacking.oof_table import OofTable, test_maps
@@ -37,8 +38,8 @@ def run_tuned_entry(config: ExperimentConfig, table: OofTable, folds: Folds, ent
     """Tune (or continue the studies), write the tuned entry's maps; return the tuned-on mean Dice."""
     from workbench.tune import tune_run
 
-    result = tune_run(config, progress=progress)
-    members = list(result.params.members)
+    members = list(config.tune.members or table.members)
+    result = tune_run(config, progress=progress, members=members)
     columns = [table.members.index(m) for m in members]
     spec = {"entry": ENTRY, "members": members, "full": result.params.to_dict(),
             "outer": {str(k): p.to_dict() for k, p in result.outer.items()}}
@@ -50,5 +51,5 @@ def run_tuned_entry(config: ExperimentConfig, table: OofTable, folds: Folds, ent
         for start in range(0, len(test_ids), TEST_CHUNK):
             chunk = test_ids[start:start + TEST_CHUNK]
             for img, maps in zip(chunk, test_maps(member_store, members, chunk)):
-                writer.write("test", img, tuned_map(maps, int(img[-2:]), result.params))
+                writer.write("test", img, tuned_map(maps, angle_of(img), result.params))
     return result.tuned_on

@@ -74,10 +74,9 @@ def _build(data: CarvanaData, split: str, ids: list[str], height: int, width: in
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         list(tqdm(pool.map(load, range(len(ids))), total=len(ids), unit="img", leave=False,
                   desc=f"caching {split} at {height}x{width}"))
-    images.flush()
-    del images
-    os.replace(tmp_images, images_path)
+    # Masks land first: a cache whose images file exists is complete (cached_split checks both).
     if masks is not None:
         masks.flush()
-        del masks
         os.replace(tmp_masks, masks_path)
+    images.flush()
+    os.replace(tmp_images, images_path)

@@ -20,6 +20,7 @@ from carvana.dataset import CarvanaData, angle_of
 from carvana.errors import WorkbenchError
 from folds import Folds
 from oof import Store
+from carvana.atomic import write_json_atomic
 from zoo.cache import cached_split, resize_image, resize_proba
 from zoo.fold_data import FoldData, split_fold
 from zoo.members import fit_avg_mask, load_member
@@ -32,22 +33,24 @@ def member_dir(run_dir: Path, spec: MemberSpec) -> Path:
     return run_dir / "members" / spec.name
 
 
-def claim_member(run_dir: Path, spec: MemberSpec, retrain: bool = False) -> Path:
-    """The member's folder, refusing results made under another spec unless `retrain` discards them."""
+def claim_member(run_dir: Path, spec: MemberSpec, folds_hash: str, retrain: bool = False) -> Path:
+    """The member's folder. `retrain` discards everything in it; otherwise results made under another
+    spec or other folds (checkpoints too, which a resumed run would continue) are refused."""
     folder = member_dir(run_dir, spec)
     spec_path = folder / "spec.json"
+    if retrain and folder.exists():
+        shutil.rmtree(folder)
     if spec_path.exists():
         recorded = json.loads(spec_path.read_text())
-        if recorded.get("hash") != spec.hash:
-            if not retrain:
-                raise WorkbenchError(
-                    f"{spec_path}: member {spec.name} was trained with another spec; rename it in the config, "
-                    f"or re-run with `--retrain {spec.name}` to discard its results"
-                )
-            shutil.rmtree(folder)
-    if not spec_path.exists():
+        if (recorded.get("hash"), recorded.get("folds_hash")) != (spec.hash, folds_hash):
+            what = "another spec" if recorded.get("hash") != spec.hash else "other folds (folds.csv changed)"
+            raise WorkbenchError(
+                f"{spec_path}: member {spec.name} was trained with {what}; rename it in the config, "
+                f"or re-run with `--retrain {spec.name}` to discard its results"
+            )
+    else:
         folder.mkdir(parents=True, exist_ok=True)
-        _write_json(spec_path, {"hash": spec.hash, "spec": spec.to_dict()})
+        write_json_atomic(spec_path, {"hash": spec.hash, "folds_hash": folds_hash, "spec": spec.to_dict()})
     return folder
 
 
@@ -70,8 +73,9 @@ def run_member_fold(spec: MemberSpec, fold: int, data: CarvanaData, folds: Folds
     with store.open_member(spec.name, spec.to_dict(), folds.hash, resolution) as writer:
         for chunk in _chunks(list(oof_idx), desc=f"{spec.name} fold {fold}: OOF maps", progress=progress):
             _write_maps(writer, member, images[np.array(chunk)], [ids[i] for i in chunk], "train", resolution, fold)
-    _write_json(work_dir / "done.json", {"checkpoint": checkpoint.name, "n_oof": len(oof_ids),
-                                         "seconds": round(time.time() - start, 1), "spec_hash": spec.hash})
+    write_json_atomic(work_dir / "done.json", {"checkpoint": checkpoint.name, "n_oof": len(oof_ids),
+                                               "seconds": round(time.time() - start, 1), "spec_hash": spec.hash,
+                                               "finished": time.time()})
 
 
 def fit(spec: MemberSpec, data: FoldData, work_dir: Path, progress: bool) -> Path:
@@ -95,14 +99,17 @@ def predict_member_test(spec: MemberSpec, folds: Folds, data: CarvanaData, run_d
                         resolution: tuple[int, int], progress: bool = True) -> None:
     """Average the member's fold models over the test images not yet in the store, chunk by chunk."""
     folder = member_dir(run_dir, spec)
-    checkpoints = []
-    for fold in range(folds.n_folds):
-        done = folder / f"fold{fold}" / "done.json"
-        checkpoints.append(folder / f"fold{fold}" / json.loads(done.read_text())["checkpoint"])
-    member = load_member(spec, checkpoints)
-    todo = [img for img in data.test_ids if not store.has(spec.name, "test", img)]
+    done = [json.loads((folder / f"fold{k}" / "done.json").read_text()) for k in range(folds.n_folds)]
+    checkpoints = [folder / f"fold{k}" / d["checkpoint"] for k, d in enumerate(done)]
+    marker = folder / "test.json"
+    made_by = {"folds": done}
+    # Maps made by other fold models (one fold retrained since) are all predicted again.
+    current = marker.exists() and json.loads(marker.read_text()) == made_by
+    todo = [img for img in data.test_ids if not (current and store.has(spec.name, "test", img))]
     if not todo:
         return
+    member = load_member(spec, checkpoints)
+    write_json_atomic(marker, {"folds": done, "complete": False})
     # Test photos are decoded on the fly, not cached: each is read once per member (100,064 photos
     # at full size would need ~740 GB of cache).
     def load(img: str) -> np.ndarray:
@@ -112,6 +119,16 @@ def predict_member_test(spec: MemberSpec, folds: Folds, data: CarvanaData, run_d
             ThreadPoolExecutor(os.cpu_count() or 2) as pool:
         for chunk in _chunks(todo, desc=f"{spec.name}: test maps ({folds.n_folds} folds averaged)", progress=progress):
             _write_maps(writer, member, np.stack(list(pool.map(load, chunk))), chunk, "test", resolution, None)
+    write_json_atomic(marker, made_by)
+
+
+def member_finished(run_dir: Path, spec: MemberSpec, n_folds: int) -> bool:
+    """Every fold trained and the test maps made by exactly those fold models."""
+    folder = member_dir(run_dir, spec)
+    if not all(fold_done(run_dir, spec, k) for k in range(n_folds)) or not (folder / "test.json").exists():
+        return False
+    done = [json.loads((folder / f"fold{k}" / "done.json").read_text()) for k in range(n_folds)]
+    return json.loads((folder / "test.json").read_text()) == {"folds": done}
 
 
 def _write_maps(writer, member, batch: np.ndarray, chunk: list[str], split: str,
@@ -125,9 +142,3 @@ def _write_maps(writer, member, batch: np.ndarray, chunk: list[str], split: str,
 def _chunks(items: list, desc: str, progress: bool):
     for start in tqdm(range(0, len(items), PREDICT_CHUNK), desc=desc, leave=False, disable=not progress, unit="chunk"):
         yield items[start:start + PREDICT_CHUNK]
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    os.replace(tmp, path)

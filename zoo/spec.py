@@ -8,8 +8,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 
+MEMBER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 FAMILIES = {
     # arch -> framework
     "avg_mask": "baseline",
@@ -19,6 +21,24 @@ FAMILIES = {
     "linknet": "torch",
     "keras_unet": "keras",
 }
+
+
+def check_field_types(obj: object, where: str) -> None:
+    """Validate (and normalise) the int / float / str / bool fields of a frozen dataclass from YAML.
+
+    Floats accept ints and numeric strings (YAML reads `1e-3` as a string); ints must be whole.
+    """
+    for f in dataclasses.fields(obj):
+        value, kind = getattr(obj, f.name), f.type
+        if kind == "float" and isinstance(value, (int, str)) and not isinstance(value, bool):
+            try:
+                object.__setattr__(obj, f.name, float(value))
+                continue
+            except ValueError:
+                pass
+        expected = {"int": int, "float": float, "str": str, "bool": bool}.get(kind)
+        if expected and (not isinstance(value, expected) or (expected is int and isinstance(value, bool))):
+            raise ValueError(f"{where}: `{f.name}` must be {kind}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -39,6 +59,7 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_field_types(self, "train")
         if self.optimizer not in ("adam", "rmsprop"):
             raise ValueError(f"optimizer is {self.optimizer!r}; valid: adam, rmsprop")
         if min(self.epochs, self.batch_size, self.accumulate) < 1:
@@ -62,6 +83,9 @@ class MemberSpec:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
+        check_field_types(self, f"member {self.name}")
+        if not MEMBER_NAME.match(self.name):
+            raise ValueError(f"member name {self.name!r}: use letters, digits, '_', '-' and '.' only")
         if self.arch not in FAMILIES:
             raise ValueError(f"member {self.name}: arch {self.arch!r} unknown; valid: {', '.join(FAMILIES)}")
         if self.framework != "baseline" and (self.height % 32 or self.width % 32) and self.arch != "simple_cnn":
@@ -78,8 +102,10 @@ class MemberSpec:
 
     @property
     def hash(self) -> str:
-        """sha256 of everything that shapes the member's results (all fields)."""
-        text = json.dumps(self.to_dict(), sort_keys=True, default=str)
+        """sha256 of everything that shapes the member's results."""
+        shaping = self.to_dict()
+        del shaping["train"]["num_workers"]  # how batches are loaded does not change the results
+        text = json.dumps(shaping, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
