@@ -111,7 +111,8 @@ def entry_factories(config: ExperimentConfig) -> dict[str, tuple[str, Callable[[
     for name in config.stack.blends:
         entries[name] = ("blend", lambda name=name: make_blender(name))
     for name in config.stack.stackers:
-        entries[name] = ("stacker", lambda name=name: make_stacker(name, max_pixels=config.stack.max_pixels,
+        lo, hi = config.stack.band
+        entries[name] = ("stacker", lambda name=name: make_stacker(name, lo=lo, hi=hi, max_pixels=config.stack.max_pixels,
                                                                   random_state=config.seed))
     return entries
 
