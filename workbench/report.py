@@ -3,7 +3,8 @@
 - `report.md`: the leaderboard, Dice by angle and by fold for the top entries;
 - `dice_by_entry.png`, `dice_by_angle.png`, `dice_by_fold.png`: the same as charts;
 - `worst.png`: the best entry's worst OOF images, photo with its errors overlaid
-  (red: predicted car that is background, blue: missed car).
+  (red: predicted car that is background, blue: missed car);
+- `test_overlays.png`: a few test photos with the best entry's predicted mask.
 """
 from __future__ import annotations
 
@@ -39,6 +40,10 @@ def write_report(run_dir: Path, data: CarvanaData, rows: list[dict], entry_store
     store = member_store if best["kind"] == "member" else entry_store
     worst = _worst_images(store, best["entry"], data)
     cv2.imwrite(str(folder / "worst.png"), cv2.cvtColor(_overlay_grid(data, store, best["entry"], worst), cv2.COLOR_RGB2BGR))
+    # Four cars (as far as the test set has them) at four different angles.
+    test_ids = [data.test_ids[(16 * i + a) % len(data.test_ids)] for i, a in enumerate((2, 4, 10, 13))]
+    cv2.imwrite(str(folder / "test_overlays.png"), cv2.cvtColor(_test_grid(data, store, best["entry"], test_ids),
+                                                                cv2.COLOR_RGB2BGR))
     text = _markdown(rows, top, angles, fold_columns, best["entry"], worst)
     write_text_atomic(folder / "report.md", text)
     return folder
@@ -69,6 +74,24 @@ def _overlay_grid(data: CarvanaData, store: Store, entry: str, worst: list[tuple
         tiles.append(np.full_like(tiles[0], 255))
     rows = [np.concatenate(tiles[i:i + 3], axis=1) for i in range(0, len(tiles), 3)]
     return np.concatenate(rows, axis=0)
+
+
+def _test_grid(data: CarvanaData, store: Store, entry: str, ids: list[str]) -> np.ndarray:
+    """(2 x 2 tiles) RGB: test photos with the entry's predicted car tinted green and outlined."""
+    tiles = []
+    for img in ids:
+        photo = data.load_image(img, "test")
+        proba = cv2.resize(store.read(entry, "test", img), photo.shape[1::-1], interpolation=cv2.INTER_LINEAR)
+        car = (proba >= 128).astype(np.uint8)
+        tile = photo.copy()
+        tile[car > 0] = (0.6 * tile[car > 0] + 0.4 * np.array([0, 200, 0])).astype(np.uint8)
+        contours, _ = cv2.findContours(car, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(tile, contours, -1, (0, 120, 0), 1)
+        cv2.putText(tile, img, (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 2)
+        tiles.append(tile)
+    while len(tiles) < 4:
+        tiles.append(np.full_like(tiles[0], 255))
+    return np.concatenate([np.concatenate(tiles[:2], axis=1), np.concatenate(tiles[2:4], axis=1)], axis=0)
 
 
 def _bar_chart(path: Path, rows: list[dict]) -> None:
