@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 
 from bench.common import markdown_table, median_seconds
-from carvana.rle import rle_decode, rle_encode
 from carvana.dataset import KAGGLE_SIZE
+from carvana.rle import rle_decode, rle_encode
 
 TITLE = "RLE encode / decode, 1918x1280 car-like masks"
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import gzip
 import multiprocessing
 import os
-import tempfile
 import shutil
+import tempfile
 import time
 import zlib
 from pathlib import Path
@@ -17,7 +17,12 @@ from bench.common import markdown_table, median_seconds
 from carvana import dice, rle_decode, rle_encode
 from stacking.blend_files import blend_submissions
 from stacking.score import score_submission
-from stacking.submission import GZIP_LEVEL, iter_rows, validate_submission, write_submission
+from stacking.submission import (
+    GZIP_LEVEL,
+    iter_rows,
+    validate_submission,
+    write_submission,
+)
 
 TITLE = "Submissions: write, validate, blend, score at 1918x1280"
 WIDTH, HEIGHT = 1918, 1280

@@ -11,7 +11,8 @@ import numpy as np
 
 from bench.common import markdown_table
 from carvana.dataset import CarvanaData
-from zoo.cache import cached_split, resize_image, resize_mask
+from carvana.resize import resize_image, resize_mask
+from zoo.cache import cached_split
 from zoo.fold_data import FoldData
 from zoo.registry import MEMBERS
 from zoo.spec import MemberSpec

@@ -19,8 +19,19 @@ from PIL import Image
 from tqdm import tqdm
 
 from carvana.dataset import (
-    MASK_DIR, METADATA_CSV, SAMPLE_CSV, TEST_DIR, TRAIN_DIR, TRAIN_MASKS_CSV,
-    CarvanaData, car_of, image_id, load_image, load_mask, parse_id, read_rle_csv,
+    MASK_DIR,
+    METADATA_CSV,
+    SAMPLE_CSV,
+    TEST_DIR,
+    TRAIN_DIR,
+    TRAIN_MASKS_CSV,
+    CarvanaData,
+    car_of,
+    image_id,
+    load_image,
+    load_mask,
+    parse_id,
+    read_rle_csv,
 )
 from carvana.errors import WorkbenchError
 from carvana.rle import rle_decode, rle_problem

@@ -22,8 +22,17 @@ import numpy as np
 from carvana.errors import WorkbenchError
 from oof import checks
 from oof.format import (
-    FOLD_DIR_PATTERN, MAP_SUFFIX, canonical_id, check_member_name, check_split, encode_map, fold_dir_name,
-    read_map, retrain_hint, to_uint8, write_atomic,
+    FOLD_DIR_PATTERN,
+    MAP_SUFFIX,
+    canonical_id,
+    check_member_name,
+    check_split,
+    encode_map,
+    fold_dir_name,
+    read_map,
+    retrain_hint,
+    to_uint8,
+    write_atomic,
 )
 from oof.member import META_NAME, load_meta, open_meta, record_sessions, stale_message
 

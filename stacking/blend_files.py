@@ -18,7 +18,14 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from carvana.errors import WorkbenchError
-from stacking.submission import HEADER, KAGGLE_SIZE, atomic_output, iter_rows, open_compressed, parse_runs
+from stacking.submission import (
+    HEADER,
+    KAGGLE_SIZE,
+    atomic_output,
+    iter_rows,
+    open_compressed,
+    parse_runs,
+)
 
 MAX_FILES = 62  # coverage codes are int64 bit sets
 TABLE_FILES = 16  # up to this many files, the vote of every code is looked up in a 2**n table

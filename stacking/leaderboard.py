@@ -14,12 +14,12 @@ from typing import Callable
 import cv2
 import numpy as np
 
+from carvana.atomic import write_atomic
 from carvana.dataset import CarvanaData, angle_of, read_rle_csv
 from carvana.metric import dice
 from carvana.rle import rle_decode
 from folds import Folds
 from oof import Store
-from carvana.atomic import write_atomic
 
 LEADING_COLUMNS = ["entry", "kind", "oof_mean_dice", "threshold"]
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from carvana.dataset import CarvanaData, angle_of
+from carvana.resize import resize_mask
 from carvana.rle import rle_decode
 from folds import Folds
 from oof import Store
@@ -19,11 +19,7 @@ from oof import Store
 
 def truth_at(rle: str, native_hw: tuple[int, int], resolution: tuple[int, int]) -> np.ndarray:
     """(H, W) uint8 0/1 truth of an RLE at the store's `resolution` (H, W)."""
-    mask = rle_decode(rle, native_hw)
-    if mask.shape == tuple(resolution):
-        return mask
-    soft = cv2.resize(mask.astype(np.float32), resolution[::-1], interpolation=cv2.INTER_AREA)
-    return (soft >= 0.5).astype(np.uint8)
+    return resize_mask(rle_decode(rle, native_hw), *resolution)
 
 
 @dataclass

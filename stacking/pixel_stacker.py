@@ -41,7 +41,9 @@ Images = Iterable[tuple[np.ndarray, np.ndarray, int]]
 
 
 def _lightgbm(random_state: int, params: dict | None) -> Any:
-    from lightgbm import LGBMClassifier  # imported here so `import stacking` stays light
+    from lightgbm import (
+        LGBMClassifier,  # imported here so `import stacking` stays light
+    )
 
     # One thread: on the team's busy 2-core boxes 2 OpenMP threads fitted 5x slower (bench_stacker).
     defaults = dict(n_estimators=200, num_leaves=31, learning_rate=0.05, min_child_samples=50, n_jobs=1,

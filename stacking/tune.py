@@ -35,7 +35,12 @@ from tqdm import tqdm
 from carvana.dataset import angle_of
 from carvana.errors import WorkbenchError
 from oof import Store
-from stacking.evaluate import N_ANGLES, DiceEvaluator, level_thresholds, quantize_weights
+from stacking.evaluate import (
+    N_ANGLES,
+    DiceEvaluator,
+    level_thresholds,
+    quantize_weights,
+)
 
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
 ATTR = "workbench_tune"  # the study's user attr holding the members, folds, space and context it was tuned with

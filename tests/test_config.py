@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from carvana.errors import WorkbenchError
-from workbench.config import load_config
 from tests.test_data_validation import assert_user_error, run_cli
+from workbench.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -17,7 +17,13 @@ import numpy as np
 import pytest
 
 from zoo.fold_data import FoldData
-from zoo.keras_unet import LOG_COLUMNS, KerasMember, _plateau_step, build_keras_unet, train_keras_fold
+from zoo.keras_unet import (
+    LOG_COLUMNS,
+    KerasMember,
+    _plateau_step,
+    build_keras_unet,
+    train_keras_fold,
+)
 from zoo.spec import MemberSpec, TrainConfig
 
 # Keras's own save_weights trips NumPy 2's __array__ deprecation; nothing here to act on
@@ -101,7 +107,7 @@ def test_plateau_step_matches_torch():
 def test_accumulating_two_half_batches_steps_like_one_full_batch():
     import keras
 
-    from zoo.keras_unet import _train_step, _tf
+    from zoo.keras_unet import _tf, _train_step
 
     tf, _ = _tf()
 

@@ -245,7 +245,7 @@ def test_writes_leave_no_temp_files_even_when_they_fail(tmp_path, monkeypatch):
     def broken_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr("oof.format.os.replace", broken_replace)
+    monkeypatch.setattr("carvana.atomic.os.replace", broken_replace)
     with pytest.raises(OSError, match="disk full"):
         store.write("unet_resnet34_32", "test", f"{0xFEED:012x}_09", smooth_map(0))
     assert {p.name for p in files_under(tmp_path / "oof")} == names

@@ -21,7 +21,14 @@ from stacking.features import (
     sample_band_features,
     window_sides,
 )
-from stacking.pixel_stacker import STACKERS, Level2Model, PixelStacker, _registry, make_stacker
+from stacking.pixel_stacker import (
+    STACKERS,
+    Level2Model,
+    PixelStacker,
+    _registry,
+    make_stacker,
+)
+
 
 def toy_data(n: int = 12, height: int = 48, width: int = 64, seed: int = 0):
     """Ellipse cars; 3 members = blurred truth + per-pixel noise through a steep logit, member 2 biased outward.

@@ -15,10 +15,10 @@ from folds import read_folds
 from oof import Store
 from stacking.oof_table import OofTable
 from stacking.submission import read_sample_ids, validate_submission
+from tests.test_data_validation import run_cli
 from workbench.config import load_config
 from workbench.fold_train import fold_train
 from workbench.stack import run_entry, stack
-from tests.test_data_validation import run_cli
 
 TINY_RUN = """
 zoo:

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import subprocess
-from fractions import Fraction
 import sys
+from fractions import Fraction
 
 import numpy as np
 import pytest

@@ -16,9 +16,18 @@ from carvana.synth import generate, save_preview
 from carvana.synth.annotate import annotate, jitter_outline
 from carvana.synth.camera import Camera, yaw_matrix
 from carvana.synth.car import build_car
-from carvana.synth.catalog import (JITTER_PX_AT_FULL_SIZE, P_BOUNDARY_JITTER, P_FILL_SPOKE_GAPS,
-                                   P_INCLUDE_THIN_PARTS, PAINTS, WHITE_OR_SILVER, AnnotationPolicy,
-                                   draw_annotation_policy, draw_car, draw_paint)
+from carvana.synth.catalog import (
+    JITTER_PX_AT_FULL_SIZE,
+    P_BOUNDARY_JITTER,
+    P_FILL_SPOKE_GAPS,
+    P_INCLUDE_THIN_PARTS,
+    PAINTS,
+    WHITE_OR_SILVER,
+    AnnotationPolicy,
+    draw_annotation_policy,
+    draw_car,
+    draw_paint,
+)
 from carvana.synth.geometry import Mesh, clip_half_plane, extrude, pack
 from carvana.synth.raster import Canvas, face_planes
 from carvana.synth.render import Layers, render_view

@@ -19,8 +19,16 @@ from carvana.errors import WorkbenchError
 from carvana.metric import dice
 from stacking.evaluate import DiceEvaluator
 from stacking.tune import (
-    WORKER, FoldedEvaluator, TunedParams, TuneSpace, blend_mask, blend_proba, build_folded_evaluator, nested_tune,
-    open_storage, tune_study,
+    WORKER,
+    FoldedEvaluator,
+    TunedParams,
+    TuneSpace,
+    blend_mask,
+    blend_proba,
+    build_folded_evaluator,
+    nested_tune,
+    open_storage,
+    tune_study,
 )
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,7 +11,13 @@ from oof import Store
 from stacking.leaderboard import format_table, score_entry, write_leaderboard
 from workbench.config import ExperimentConfig
 from workbench.steps import make_folds
-from zoo.runner import claim_member, fold_done, member_finished, predict_member_test, run_member_fold
+from zoo.runner import (
+    claim_member,
+    fold_done,
+    member_finished,
+    predict_member_test,
+    run_member_fold,
+)
 
 
 def store_resolution(config: ExperimentConfig, size: tuple[int, int]) -> tuple[int, int]:

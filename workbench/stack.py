@@ -22,15 +22,20 @@ from carvana.validate import check_data
 from folds import Folds
 from oof import Store
 from stacking.blenders import make_blender
-from stacking.leaderboard import EntryScore, format_table, score_entry, write_leaderboard
+from stacking.leaderboard import (
+    EntryScore,
+    format_table,
+    score_entry,
+    write_leaderboard,
+)
 from stacking.oof_table import OofTable, test_maps
 from stacking.pixel_stacker import PixelStacker, make_stacker
 from workbench.config import ExperimentConfig
 from workbench.report import write_report
 from workbench.steps import load_folds
+from workbench.submit import SUBMISSION, local_score, submit
 from workbench.tuned_entry import ENTRY, run_tuned_entry
 from zoo.runner import member_finished
-from workbench.submit import SUBMISSION, local_score, submit
 
 TEST_CHUNK = 32  # test images blended at a time: bounded memory at any test size
 

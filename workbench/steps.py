@@ -1,7 +1,6 @@
 """The steps of a run, each a plain function of the config: data, folds (and later zoo, stack)."""
 from __future__ import annotations
 
-
 from carvana.dataset import CarvanaData, car_of
 from carvana.errors import WorkbenchError
 from carvana.validate import DataSummary, check_data

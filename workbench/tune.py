@@ -10,16 +10,15 @@ import hashlib
 import json
 from typing import TYPE_CHECKING, Callable
 
-import cv2
 import numpy as np
 
+from carvana.atomic import write_json_atomic
 from carvana.dataset import CarvanaData
 from carvana.errors import WorkbenchError
-from carvana.rle import rle_decode
 from carvana.validate import check_data
 from folds import Folds
 from oof import Store
-from carvana.atomic import write_json_atomic
+from stacking.oof_table import truth_at
 from workbench.config import ExperimentConfig, config_to_dict
 from workbench.steps import load_folds
 
@@ -61,15 +60,7 @@ def tune_members(config: ExperimentConfig, store: Store, folds: Folds) -> list[s
 def truth_reader(data: CarvanaData, native_hw: tuple[int, int], shape: tuple[int, int]) -> Callable[[str], np.ndarray]:
     """img -> (H, W) uint8 0/1 truth at the store's `shape`: decoded at `native_hw`, area-averaged, majority."""
     rles = data.train_rles
-
-    def truth(img: str) -> np.ndarray:
-        mask = rle_decode(rles[img], native_hw)
-        if mask.shape == tuple(shape):
-            return mask
-        soft = cv2.resize(mask.astype(np.float32), (shape[1], shape[0]), interpolation=cv2.INTER_AREA)
-        return (soft >= 0.5).astype(np.uint8)
-
-    return truth
+    return lambda img: truth_at(rles[img], native_hw, shape)
 
 
 def study_name(config: ExperimentConfig, context: dict, members: list[str]) -> str:

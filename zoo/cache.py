@@ -8,35 +8,12 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import cv2
 import numpy as np
 from numpy.lib.format import open_memmap
 from tqdm import tqdm
 
 from carvana.dataset import CarvanaData
-
-
-def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """(H, W, 3) uint8 -> (height, width, 3) uint8; area interpolation when shrinking."""
-    if image.shape[:2] == (height, width):
-        return image
-    shrink = height < image.shape[0]
-    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-
-
-def resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
-    """(H, W) uint8 0/1 -> (height, width) uint8 0/1: area-average, then majority."""
-    if mask.shape == (height, width):
-        return mask
-    soft = cv2.resize(mask.astype(np.float32), (width, height), interpolation=cv2.INTER_AREA)
-    return (soft >= 0.5).astype(np.uint8)
-
-
-def resize_proba(proba: np.ndarray, height: int, width: int) -> np.ndarray:
-    """(h, w) float32 probabilities -> (height, width), bilinear (as the winners did)."""
-    if proba.shape == (height, width):
-        return proba
-    return cv2.resize(proba, (width, height), interpolation=cv2.INTER_LINEAR)
+from carvana.resize import resize_image, resize_mask
 
 
 def cached_split(data: CarvanaData, split: str, height: int, width: int, cache_dir: Path,

@@ -25,11 +25,11 @@ import numpy as np
 from tqdm import tqdm
 
 from carvana.errors import WorkbenchError
+from carvana.resize import resize_image, resize_proba
 from zoo.augment import build_augment
-from zoo.cache import resize_image, resize_proba
 from zoo.fold_data import FoldData
-from zoo.train_log import write_log
 from zoo.spec import MemberSpec
+from zoo.train_log import write_log
 
 PLATEAU_THRESHOLD, PLATEAU_EPS = 1e-4, 1e-8  # torch's ReduceLROnPlateau defaults, so both families agree
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from carvana.dataset import N_ANGLES
-from zoo.cache import resize_image, resize_proba
+from carvana.resize import resize_image, resize_proba
 from zoo.spec import MemberSpec
 
 PREDICT_BATCH = 8

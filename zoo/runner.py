@@ -16,12 +16,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from carvana.atomic import write_json_atomic
 from carvana.dataset import CarvanaData, angle_of
 from carvana.errors import WorkbenchError
+from carvana.resize import resize_image, resize_proba
 from folds import Folds
 from oof import Store
-from carvana.atomic import write_json_atomic
-from zoo.cache import cached_split, resize_image, resize_proba
+from zoo.cache import cached_split
 from zoo.fold_data import FoldData, split_fold
 from zoo.members import fit_avg_mask, load_member
 from zoo.spec import MemberSpec

@@ -19,10 +19,9 @@ from tqdm import tqdm
 
 from zoo.augment import build_augment
 from zoo.fold_data import FoldData
-from zoo.train_log import write_log
 from zoo.spec import MemberSpec
 from zoo.torch_models import build_torch_model
-
+from zoo.train_log import write_log
 
 
 class MapsDataset(Dataset):

@@ -41,8 +41,14 @@ Speed (one core, shared machine): ~30 ms to render a 480x320 photo, ~50 ms per p
 (render, mask, JPEG, GIF, RLE); ~130 ms / ~200 ms at 1918x1280. Deterministic for a seed; car i of
 a split is the same whatever the number of cars.
 """
-from carvana.synth.catalog import (P_BOUNDARY_JITTER, P_FILL_SPOKE_GAPS, P_INCLUDE_THIN_PARTS, PAINTS,
-                                   AnnotationPolicy, draw_annotation_policy)
+from carvana.synth.catalog import (
+                                   P_BOUNDARY_JITTER,
+                                   P_FILL_SPOKE_GAPS,
+                                   P_INCLUDE_THIN_PARTS,
+                                   PAINTS,
+                                   AnnotationPolicy,
+                                   draw_annotation_policy,
+)
 from carvana.synth.preview import save_preview
 from carvana.synth.writer import generate
 

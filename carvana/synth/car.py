@@ -4,8 +4,25 @@ from __future__ import annotations
 import numpy as np
 
 from carvana.synth.catalog import CarSpec, Dims
-from carvana.synth.geometry import THIN, Mesh, PackedMesh, arch, clip_box, extrude, lift, pack, sub_quad
-from carvana.synth.wheels import N_ARCH, TYRE_INSET, add_wheel, add_wheel_well, arch_circle, tyre_width
+from carvana.synth.geometry import (
+    THIN,
+    Mesh,
+    PackedMesh,
+    arch,
+    clip_box,
+    extrude,
+    lift,
+    pack,
+    sub_quad,
+)
+from carvana.synth.wheels import (
+    N_ARCH,
+    TYRE_INSET,
+    add_wheel,
+    add_wheel_well,
+    arch_circle,
+    tyre_width,
+)
 
 
 def build_car(spec: CarSpec) -> PackedMesh:

@@ -14,7 +14,14 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from carvana.synth.camera import AMBIENT, LIGHT_DIRS, LIGHT_POWER, Camera, to_fixed, yaw_matrix
+from carvana.synth.camera import (
+    AMBIENT,
+    LIGHT_DIRS,
+    LIGHT_POWER,
+    Camera,
+    to_fixed,
+    yaw_matrix,
+)
 from carvana.synth.car import TYRE_INSET
 from carvana.synth.catalog import CarSpec
 from carvana.synth.geometry import FILL, SOLID, THIN, PackedMesh
