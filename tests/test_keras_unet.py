@@ -18,13 +18,13 @@ import pytest
 
 from zoo.fold_data import FoldData
 from zoo.keras_unet import (
-    LOG_COLUMNS,
     KerasMember,
     _plateau_step,
     build_keras_unet,
     train_keras_fold,
 )
 from zoo.spec import MemberSpec, TrainConfig
+from zoo.train_log import LOG_COLUMNS
 
 # Keras's own save_weights trips NumPy 2's __array__ deprecation; nothing here to act on
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy:DeprecationWarning")
