@@ -37,6 +37,7 @@ MEMBERS = _catalogue([
     _spec("unet", 128, 192, "resnet18", decoder_channels=SMALL_DECODER),
     _spec("fpn", 128, 192, "mobilenet_v2"),
     _spec("linknet", 64, 96, "tu-mobilenetv3_small_050"),
+    _spec("linknet", 128, 192, "tu-mobilenetv3_small_050"),
     _spec("linknet", 128, 192, "efficientnet-b0"),
     _spec("unet", 64, 96, "tu-test_resnet", decoder_channels=SMALL_DECODER),  # for tests
     # GPU members for the real competition: resolution is the strongest single lever.
