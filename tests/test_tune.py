@@ -284,11 +284,13 @@ def test_workbench_tune_two_processes(tiny_config, tmp_path):
     outputs = [run.communicate(timeout=120) for run in runs]
     assert [run.returncode for run in runs] == [0, 0], outputs
     url = f"sqlite:///{config.run_dir.resolve() / 'optuna.db'}"
-    for name in ["blend", "blend-outer0", "blend-outer1", "blend-outer2"]:
+    saved = json.loads((config.run_dir / "tune.json").read_text())
+    study = saved["study"]  # blend-<hash of members, maps, folds, space>
+    assert study.startswith("blend-")
+    for name in [study, f"{study}-outer0", f"{study}-outer1", f"{study}-outer2"]:
         trials = optuna.load_study(study_name=name, storage=url).trials
         assert sum(t.state == COMPLETE for t in trials) == 5, name
-    assert "honest" in outputs[0][0] and (config.run_dir / "tune.json").is_file()
-    saved = json.loads((config.run_dir / "tune.json").read_text())
+    assert "honest" in outputs[0][0]
     assert saved["members"] == ["m0", "m1"] and len(saved["honest_per_image"]) == len(folds.fold_of)
 
 

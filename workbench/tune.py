@@ -42,13 +42,15 @@ def complete_members(store: Store, fold_of: dict[str, int]) -> list[str]:
 
 
 def tune_members(config: ExperimentConfig, store: Store, folds: Folds) -> list[str]:
-    """`tune.members`, else the zoo's members with complete OOF maps, each checked honest for these folds."""
-    zoo = {spec.name for spec in config.zoo}
-    members = list(config.tune.members or [m for m in complete_members(store, folds.fold_of) if m in zoo])
+    """`tune.members`, else the complete members of the zoo (of the whole store when the config has no
+    zoo, e.g. maps written by other tools), each checked honest for these folds."""
+    complete = complete_members(store, folds.fold_of)
+    allowed = {spec.name for spec in config.zoo} or set(complete)
+    members = list(config.tune.members or [m for m in complete if m in allowed])
     for member in members:
-        if member not in zoo:
+        if member not in allowed:
             raise WorkbenchError(f"tune.members names {member!r}, which is not in this config's zoo; "
-                                 f"valid: {', '.join(sorted(zoo))}")
+                                 f"valid: {', '.join(sorted(allowed))}")
     if not members:
         raise WorkbenchError(f"{store.path}: no member has OOF maps of every train image yet; "
                              "run `workbench fold-train --config ...` first")
