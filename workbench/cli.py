@@ -28,7 +28,7 @@ def cmd_synth(args: argparse.Namespace) -> None:
     if args.preview and (args.out / "train").is_dir():
         print(f"{args.out} already holds a dataset: only writing the preview")
     else:
-        generate(args.out, args.cars, args.test_cars, args.size, args.seed)
+        generate(args.out, args.cars, args.test_cars, args.size, args.seed, variant=args.variant)
     if args.preview:
         print(f"wrote {save_preview(args.out, args.preview)}")
 
@@ -124,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--test-cars", type=int, default=8, help="test cars")
     synth.add_argument("--size", type=_size, default=(480, 320), help="image size WxH (up to 1918x1280)")
     synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--variant", default="default", help="studio variant: car size in the frame, paint mix, "
+                       "annotation habits (the names are in carvana/synth/variants.py)")
     synth.add_argument("--preview", type=Path, help="also save a grid PNG of cars x 16 angles here "
                        "(when --out already holds a dataset, only the preview is made)")
     synth.set_defaults(func=cmd_synth)

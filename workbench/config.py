@@ -28,6 +28,12 @@ class SynthConfig:
     test_cars: int = 8
     size: tuple[int, int] = (480, 320)  # (W, H)
     seed: int = 0
+    variant: str = "default"  # a studio variant: carvana.synth.variants.VARIANTS
+
+    def __post_init__(self) -> None:
+        from carvana.synth.variants import get_variant
+
+        get_variant(self.variant)  # an unknown name is refused when the config loads, with the valid names
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ def ensure_data(config: ExperimentConfig) -> DataSummary:
         synth = config.synth
         print(f"generating the synthetic studio in {config.data} ({synth.cars} + {synth.test_cars} cars, "
               f"{synth.size[0]}x{synth.size[1]})")
-        generate(config.data, synth.cars, synth.test_cars, synth.size, synth.seed)
+        generate(config.data, synth.cars, synth.test_cars, synth.size, synth.seed, variant=synth.variant)
     return check_data(config.data)
 
 

@@ -26,9 +26,10 @@ AMBIENT = 0.38
 
 @dataclass(frozen=True)
 class Camera:
-    """A pinhole camera for an image of `size` (W, H) pixels."""
+    """A pinhole camera for an image of `size` (W, H) pixels; `zoom` scales the focal length (a studio variant's)."""
 
     size: tuple[int, int]
+    zoom: float = 1.0
 
     @property
     def position(self) -> np.ndarray:
@@ -36,7 +37,7 @@ class Camera:
 
     @property
     def focal(self) -> float:
-        return FOCAL_PER_WIDTH * self.size[0]
+        return FOCAL_PER_WIDTH * self.zoom * self.size[0]
 
     def basis(self) -> np.ndarray:
         """(3, 3) rows: right, up, forward unit vectors in world coordinates."""

@@ -6,8 +6,12 @@ seed. All lengths are metres; colours are RGB 0..255.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from carvana.synth.variants import Variant
 
 # Share of cars per paint colour. White and silver are close to the studio background and make up
 # close to half of the real Carvana fleet, which is what makes the real task hard.
@@ -177,18 +181,21 @@ def _uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
     return float(rng.uniform(bounds[0], bounds[1]))
 
 
-def draw_annotation_policy(rng: np.random.Generator) -> AnnotationPolicy:
-    """One car's annotation habits, at the rates P_INCLUDE_THIN_PARTS, P_FILL_SPOKE_GAPS, P_BOUNDARY_JITTER."""
-    include_thin = bool(rng.random() < P_INCLUDE_THIN_PARTS)
-    fill_gaps = bool(rng.random() < P_FILL_SPOKE_GAPS)
-    jitter = _uniform(rng, JITTER_PX_AT_FULL_SIZE) if rng.random() < P_BOUNDARY_JITTER else 0.0
+def draw_annotation_policy(rng: np.random.Generator, variant: Variant | None = None) -> AnnotationPolicy:
+    """One car's annotation habits, at the variant's rates (by default P_INCLUDE_THIN_PARTS, P_FILL_SPOKE_GAPS,
+    P_BOUNDARY_JITTER)."""
+    variant = variant or _default_variant()
+    include_thin = bool(rng.random() < variant.p_include_thin_parts)
+    fill_gaps = bool(rng.random() < variant.p_fill_spoke_gaps)
+    jitter = _uniform(rng, variant.jitter_px) if rng.random() < variant.p_boundary_jitter else 0.0
     return AnnotationPolicy(include_thin, fill_gaps, jitter)
 
 
-def draw_paint(rng: np.random.Generator) -> tuple[str, tuple[int, int, int]]:
-    """A paint name and a slightly perturbed RGB colour, at the shares in PAINTS."""
+def draw_paint(rng: np.random.Generator, variant: Variant | None = None) -> tuple[str, tuple[int, int, int]]:
+    """A paint name and a slightly perturbed RGB colour, at the variant's shares (by default those in PAINTS)."""
+    variant = variant or _default_variant()
     names = list(PAINTS)
-    shares = np.array([PAINTS[n][0] for n in names])
+    shares = np.array([variant.paint_shares.get(n, 0.0) for n in names])
     name = names[int(rng.choice(len(names), p=shares / shares.sum()))]
     base = np.array(PAINTS[name][1], dtype=np.float64)
     # Mostly a change of brightness; a little of hue, so greys stay grey.
@@ -238,12 +245,13 @@ def draw_metadata(rng: np.random.Generator, car_id: str) -> tuple[dict[str, obje
     return row, BODY_TYPES[body]
 
 
-def draw_car(rng: np.random.Generator) -> CarSpec:
-    """One car, entirely from `rng` (its id too)."""
+def draw_car(rng: np.random.Generator, variant: Variant | None = None) -> CarSpec:
+    """One car, entirely from `rng` (its id too), as the studio `variant` makes them (default: the default studio)."""
+    variant = variant or _default_variant()
     car_id = f"{int(rng.integers(0, 2**48)):012x}"
     metadata, body = draw_metadata(rng, car_id)
     dims = draw_dims(rng, body)
-    paint_name, paint = draw_paint(rng)
+    paint_name, paint = draw_paint(rng, variant)
     rim_kind = rng.random()
     rim = (200, 202, 206) if rim_kind < 0.6 else (120, 122, 126) if rim_kind < 0.85 else (45, 46, 50)
     n_spokes = int(rng.choice([5, 5, 6, 7, 10]))
@@ -251,8 +259,14 @@ def draw_car(rng: np.random.Generator) -> CarSpec:
     antenna = bool(rng.random() < P_WHIP_ANTENNA)
     spoiler = body.name in ("sedan", "coupe", "hatchback") and bool(rng.random() < P_SPOILER)
     rails = body.name in ("suv", "wagon", "van") and bool(rng.random() < P_ROOF_RAILS)
-    policy = draw_annotation_policy(rng)
+    policy = draw_annotation_policy(rng, variant)
     # Drivers park a little off the turntable's centre, so the car drifts across the frame as it turns.
-    placement = (_uniform(rng, PLACEMENT_X_M), _uniform(rng, PLACEMENT_Y_M))
+    placement = (_uniform(rng, variant.placement_x_m), _uniform(rng, variant.placement_y_m))
     return CarSpec(car_id, body, dims, paint_name, paint, rim, n_spokes, spoke_fill,
                    antenna, spoiler, rails, policy, metadata, placement)
+
+
+def _default_variant() -> Variant:
+    from carvana.synth.variants import DEFAULT  # variants.py builds on this module's constants
+
+    return DEFAULT

@@ -116,9 +116,9 @@ def draw_order(packed: PackedMesh, visible: np.ndarray, distance: np.ndarray) ->
 
 
 def render_view(packed: PackedMesh, spec: CarSpec, angle: int, size: tuple[int, int],
-                rng: np.random.Generator) -> tuple[np.ndarray, Layers]:
-    """Photograph one car at angle 1..16: an (H, W, 3) uint8 RGB image and its true coverage layers."""
-    camera = Camera(size)
+                rng: np.random.Generator, zoom: float = 1.0) -> tuple[np.ndarray, Layers]:
+    """Photograph one car at angle 1..16 (camera `zoom`): an (H, W, 3) uint8 RGB image and its coverage layers."""
+    camera = Camera(size, zoom)
     rot = yaw_matrix(angle)
     cam_points = camera.to_camera((packed.points + spec.offset) @ rot.T)
     uv = camera.image_coords(cam_points)
@@ -140,7 +140,7 @@ def render_view(packed: PackedMesh, spec: CarSpec, angle: int, size: tuple[int, 
     thickness *= packed.radius > 0
     boxes = face_boxes(fixed, packed.starts, size, thickness)
 
-    background = apply_gain(studio_background(size), _shadow(camera, spec, rot))
+    background = apply_gain(studio_background(size, zoom), _shadow(camera, spec, rot))
     canvas = Canvas(background.copy(), np.zeros(size[::-1], np.float32))
     solid, thin, discs = (np.zeros(size[::-1], np.uint8) for _ in range(3))
     for f in draw_order(packed, visible, distance):

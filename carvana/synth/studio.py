@@ -21,10 +21,10 @@ SHADOW_BROAD, SHADOW_CONTACT = 0.30, 0.45  # darkening under the car body and un
 
 
 @lru_cache(maxsize=4)
-def studio_background(size: tuple[int, int]) -> np.ndarray:
-    """(H, W, 3) uint8 empty studio for `size` (W, H); read-only (cached)."""
+def studio_background(size: tuple[int, int], zoom: float = 1.0) -> np.ndarray:
+    """(H, W, 3) uint8 empty studio for `size` (W, H) seen through a camera of `zoom`; read-only (cached)."""
     width, height = size
-    horizon = Camera(size).horizon_v()
+    horizon = Camera(size, zoom).horizon_v()
     rows = np.arange(height, dtype=np.float32)[:, None]
     cols = (np.arange(width, dtype=np.float32)[None, :] - width / 2) / width
     t_wall = np.clip(rows / max(horizon, 1.0), 0, 1)

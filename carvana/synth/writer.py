@@ -19,6 +19,7 @@ from carvana.synth.camera import N_ANGLES
 from carvana.synth.car import build_car
 from carvana.synth.catalog import CarSpec, draw_car
 from carvana.synth.render import render_view
+from carvana.synth.variants import Variant, get_variant
 
 TRAIN, TEST = 0, 1
 JPEG_QUALITY = (85, 95)  # inclusive range, drawn per image
@@ -46,14 +47,14 @@ def car_rng(seed: int, split: int, index: int, angle: int = 0) -> np.random.Gene
     return np.random.default_rng([seed, split, index, angle])
 
 
-def draw_cars(seed: int, split: int, n_cars: int, taken: set[str]) -> list[CarSpec]:
+def draw_cars(seed: int, split: int, n_cars: int, taken: set[str], variant: Variant) -> list[CarSpec]:
     """Cars 0..n_cars-1 of a split; a car whose id is already taken is redrawn from the same stream."""
     cars = []
     for index in range(n_cars):
         rng = car_rng(seed, split, index)
-        spec = draw_car(rng)
+        spec = draw_car(rng, variant)
         while spec.car_id in taken:
-            spec = draw_car(rng)
+            spec = draw_car(rng, variant)
         taken.add(spec.car_id)
         cars.append(spec)
     return cars
@@ -73,8 +74,11 @@ def check_args(out_dir: Path, n_cars: int, n_test_cars: int, size: tuple[int, in
 
 
 def generate(out_dir: Path, n_cars: int, n_test_cars: int, size: tuple[int, int] = (480, 320), seed: int = 0,
-             progress: bool = True) -> None:
+             progress: bool = True, variant: str = "default") -> None:
     """Write `n_cars` train and `n_test_cars` test cars x 16 angles at `size` (W, H) into `out_dir`.
+
+    `variant` names a studio variant (`carvana.synth.variants.VARIANTS`): how large the cars are in
+    the frame, the fleet's colours, the annotators' habits.
 
     The whole layout is written into a hidden temporary sibling and renamed to `out_dir` at the end,
     so a killed run leaves no folder that looks complete (only a `.<name>.tmp-*` sibling to delete).
@@ -83,13 +87,14 @@ def generate(out_dir: Path, n_cars: int, n_test_cars: int, size: tuple[int, int]
     out_dir = Path(out_dir)
     size = (int(size[0]), int(size[1]))
     check_args(out_dir, n_cars, n_test_cars, size)
+    studio = get_variant(variant)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     taken: set[str] = set()
-    train, test = draw_cars(seed, TRAIN, n_cars, taken), draw_cars(seed, TEST, n_test_cars, taken)
+    train, test = draw_cars(seed, TRAIN, n_cars, taken, studio), draw_cars(seed, TEST, n_test_cars, taken, studio)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         tmp.chmod(0o755)  # mkdtemp makes it private; the dataset is not
-        _write_layout(tmp, train, test, size, seed, progress)
+        _write_layout(tmp, train, test, size, seed, progress, studio.zoom)
         if out_dir.exists():
             out_dir.rmdir()  # empty, checked above
         os.replace(tmp, out_dir)
@@ -99,7 +104,7 @@ def generate(out_dir: Path, n_cars: int, n_test_cars: int, size: tuple[int, int]
 
 
 def _write_layout(root: Path, train: list[CarSpec], test: list[CarSpec], size: tuple[int, int], seed: int,
-                  progress: bool) -> None:
+                  progress: bool, zoom: float) -> None:
     for name in ("train", "train_masks", "test"):
         (root / name).mkdir()
     shots = [Shot(spec, split, index, angle)
@@ -112,7 +117,7 @@ def _write_layout(root: Path, train: list[CarSpec], test: list[CarSpec], size: t
         if shot.spec.car_id != packed_id:  # shots come grouped by car: build each mesh once
             packed, packed_id = build_car(shot.spec), shot.spec.car_id
         rng = car_rng(seed, shot.split, shot.index, shot.angle)
-        image, layers = render_view(packed, shot.spec, shot.angle, size, rng)
+        image, layers = render_view(packed, shot.spec, shot.angle, size, rng, zoom)
         mask = annotate(layers, shot.spec.policy, rng)
         folder = "train" if shot.split == TRAIN else "test"
         quality = int(rng.integers(JPEG_QUALITY[0], JPEG_QUALITY[1] + 1))
