@@ -3,9 +3,13 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import statistics
 import time
+from pathlib import Path
 from typing import Callable
+
+RESULTS_PATH = Path(__file__).resolve().parent / "RESULTS.md"
 
 
 def median_seconds(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
@@ -39,3 +43,27 @@ def markdown_table(header: list[str], rows: list[list[object]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def split_sections(text: str) -> tuple[str, dict[str, str]]:
+    """A RESULTS.md text -> (the text before the first `## ` heading, {section title: section body})."""
+    parts = re.split(r"^## (.+)$", text, flags=re.MULTILINE)
+    return parts[0], {title.strip(): body.strip("\n") for title, body in zip(parts[1::2], parts[2::2])}
+
+
+def join_sections(header: str, sections: dict[str, str]) -> str:
+    return header.rstrip("\n") + "\n\n" + "".join(f"## {title}\n\n{body}\n\n" for title, body in sections.items())
+
+
+def replace_results_section(title: str, body: str, path: Path = RESULTS_PATH) -> Path:
+    """Write one benchmark's section into RESULTS.md (replacing its previous version), atomically.
+
+    Benchmarks too long for `make bench` (the robustness bench, the Kaggle-size rehearsal) keep their
+    sections this way; `make bench` rewrites its own sections and keeps these.
+    """
+    from carvana.atomic import write_atomic
+
+    header, sections = split_sections(path.read_text() if path.exists() else "# Benchmark results\n")
+    sections[title] = f"{body.strip()}\n\n(Run separately; section written on {time.strftime('%Y-%m-%d')}.)"
+    write_atomic(path, join_sections(header, sections).encode())
+    return path

@@ -9,11 +9,10 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import importlib
-import os
 import sys
 from pathlib import Path
 
-from bench.common import machine_description
+from bench.common import RESULTS_PATH, join_sections, machine_description, split_sections
 
 BENCH_DIR = Path(__file__).resolve().parent
 
@@ -26,13 +25,13 @@ def main(argv: list[str] | None = None) -> int:
     names = sorted(p.stem.removeprefix("bench_") for p in BENCH_DIR.glob("bench_*.py"))
     if args.only:
         names = [n for n in names if n in args.only]
-    sections = []
+    sections = {}
     for name in names:
         module = importlib.import_module(f"bench.bench_{name}")
         print(f"== {module.TITLE}", flush=True)
         section = module.run(quick=args.quick)
         print(section, flush=True)
-        sections.append(f"## {module.TITLE}\n\n{section}\n")
+        sections[module.TITLE] = section.strip("\n")
     if args.quick or args.only:
         print("(not writing bench/RESULTS.md: only full runs of every benchmark do)")
         return 0
@@ -42,10 +41,14 @@ def main(argv: list[str] | None = None) -> int:
         f"Machine: {machine_description()}.\n"
         "Times are medians of several runs; every ratio is against a reference measured in the same run.\n"
     )
-    tmp = BENCH_DIR / "RESULTS.md.tmp"
-    tmp.write_text(header + "\n" + "\n".join(sections))
-    os.replace(tmp, BENCH_DIR / "RESULTS.md")
-    print(f"wrote {BENCH_DIR / 'RESULTS.md'}")
+    # Sections of the benchmarks run separately (bench.robust, bench.scale) are kept as they were.
+    _, previous = split_sections(RESULTS_PATH.read_text() if RESULTS_PATH.exists() else "")
+    sections.update({title: body for title, body in previous.items() if title not in sections and
+                     "(Run separately;" in body})
+    from carvana.atomic import write_atomic
+
+    write_atomic(RESULTS_PATH, join_sections(header, sections).encode())
+    print(f"wrote {RESULTS_PATH}")
     return 0
 
 
