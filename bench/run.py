@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import importlib
-import os
 import sys
 from pathlib import Path
 
 from bench.common import machine_description
+from carvana.atomic import write_text_atomic
 
 BENCH_DIR = Path(__file__).resolve().parent
 
@@ -42,9 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Machine: {machine_description()}.\n"
         "Times are medians of several runs; every ratio is against a reference measured in the same run.\n"
     )
-    tmp = BENCH_DIR / "RESULTS.md.tmp"
-    tmp.write_text(header + "\n" + "\n".join(sections))
-    os.replace(tmp, BENCH_DIR / "RESULTS.md")
+    write_text_atomic(BENCH_DIR / "RESULTS.md", header + "\n" + "\n".join(sections))
     print(f"wrote {BENCH_DIR / 'RESULTS.md'}")
     return 0
 

@@ -31,7 +31,8 @@ from typing import Iterable
 import cv2
 import numpy as np
 
-N_ANGLES = 16
+from carvana.dataset import N_ANGLES
+
 REFERENCE_HEIGHT = 640  # the context windows are 5 and 17 px at this height and scale with the image
 CONTEXT_SIDES = (5, 17)
 _LEVELS = np.arange(256, dtype=np.float64) / 255

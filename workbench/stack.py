@@ -13,11 +13,11 @@ import time
 from typing import Callable
 
 import numpy as np
-from tqdm import tqdm
 
 from carvana.atomic import copy_atomic
 from carvana.dataset import CarvanaData, angle_of
 from carvana.errors import WorkbenchError
+from carvana.progress import progress_bar
 from carvana.validate import check_data
 from folds import Folds
 from oof import Store
@@ -97,7 +97,7 @@ def run_entry(name: str, make: Callable[[], object], table: OofTable, folds: Fol
         return
     reset = entry_store.path.is_dir() and name in entry_store.members()
     with entry_store.open_member(name, spec, folds.hash, resolution, reset=reset) as writer:
-        for k in tqdm(range(folds.n_folds), desc=f"{name}: nested CV", leave=False, disable=not progress):
+        for k in progress_bar(range(folds.n_folds), desc=f"{name}: nested CV", leave=False, disable=not progress):
             fit_idx, held = table.select([j for j in range(folds.n_folds) if j != k]), table.select([k])
             model = fit_model(make(), table, fit_idx)
             for i, proba in zip(held, predict_model(model, table.maps[held], table.angle[held])):

@@ -10,11 +10,10 @@ import numpy as np
 from carvana.atomic import write_json_atomic
 from carvana.dataset import SAMPLE_CSV, CarvanaData
 from carvana.errors import WorkbenchError
+from carvana.submission import ScoreResult, read_sample_ids, score_submission, write_submission
 from carvana.validate import check_data
 from oof import Store
 from stacking.leaderboard import read_leaderboard
-from stacking.score import ScoreResult, score_submission
-from stacking.submission import read_sample_ids, write_submission
 from workbench.config import ExperimentConfig
 
 SUBMISSION = "submission.csv.gz"
@@ -70,4 +69,4 @@ def local_score(config: ExperimentConfig, submission: Path) -> ScoreResult | Non
     data = CarvanaData(config.data)
     if not data.test_truth_path.exists():
         return None
-    return score_submission(submission, data.test_truth_path, check_data(config.data).size)
+    return score_submission(submission, data.test_truth_path, image_size=check_data(config.data).size)

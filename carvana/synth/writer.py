@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
+from carvana.dataset import N_ANGLES
 from carvana.errors import WorkbenchError
+from carvana.progress import progress_bar
 from carvana.rle import rle_encode
 from carvana.synth.annotate import annotate
-from carvana.synth.camera import N_ANGLES
 from carvana.synth.car import build_car
 from carvana.synth.catalog import CarSpec, draw_car
 from carvana.synth.render import render_view
@@ -106,7 +106,7 @@ def _write_layout(root: Path, train: list[CarSpec], test: list[CarSpec], size: t
              for split, cars in ((TRAIN, train), (TEST, test))
              for index, spec in enumerate(cars) for angle in range(1, N_ANGLES + 1)]
     rles: dict[int, list[tuple[str, str]]] = {TRAIN: [], TEST: []}
-    bar = tqdm(total=len(shots), desc="synth", unit="img", disable=not progress)
+    bar = progress_bar(total=len(shots), desc="synth", unit="img", disable=not progress)
     packed, packed_id = None, ""
     for shot in shots:
         if shot.spec.car_id != packed_id:  # shots come grouped by car: build each mesh once
