@@ -15,7 +15,7 @@ from tqdm import tqdm
 __all__ = ["LOG_INTERVAL_S", "progress_bar"]
 
 LOG_INTERVAL_S = 10.0
-LOG_FORMAT = "{desc}: {n_fmt}/{total_fmt} {unit} [{elapsed}<{remaining}, {rate_fmt}]"
+LOG_FORMAT = "{desc}: {n_fmt}/{total_fmt} {unit} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
 
 
 class _LineWriter:
@@ -36,6 +36,20 @@ class _LineWriter:
         self.stream.flush()
 
 
+class _LogBar(tqdm):
+    """A tqdm whose postfix and description wait for the next line instead of printing one each
+    (a training loop sets its loss every batch)."""
+
+    def set_postfix(self, ordered_dict: Any = None, refresh: bool = True, **kwargs: Any) -> None:
+        super().set_postfix(ordered_dict, refresh=False, **kwargs)
+
+    def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
+        super().set_postfix_str(s, refresh=False)
+
+    def set_description(self, desc: str | None = None, refresh: bool = True) -> None:
+        super().set_description(desc, refresh=False)
+
+
 def progress_bar(
     iterable: Iterable | None = None,
     *,
@@ -54,8 +68,8 @@ def progress_bar(
     stream = sys.stderr
     if disable or _is_terminal(stream):
         return tqdm(iterable, total=total, desc=desc, unit=unit, disable=disable, leave=leave, file=stream, **kwargs)
-    return tqdm(iterable, total=total, desc=desc or "progress", unit=unit, leave=True, file=_LineWriter(stream),
-                mininterval=LOG_INTERVAL_S, bar_format=LOG_FORMAT, ascii=True, **kwargs)
+    return _LogBar(iterable, total=total, desc=desc or "progress", unit=unit, leave=True, file=_LineWriter(stream),
+                   mininterval=LOG_INTERVAL_S, bar_format=LOG_FORMAT, ascii=True, **kwargs)
 
 
 def _is_terminal(stream: IO[str]) -> bool:

@@ -60,7 +60,7 @@ class DataSummary:
         )
 
 
-def check_data(root: Path, deep: bool = False, progress: bool = False) -> DataSummary:
+def check_data(root: Path, *, deep: bool = False, progress: bool = False) -> DataSummary:
     """Validate the data folder `root`; raise WorkbenchError naming the first bad file and the fix."""
     root = Path(root)
     if not root.is_dir():

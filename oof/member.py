@@ -12,8 +12,8 @@ import json
 import re
 import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from carvana.atomic import file_lock
 from carvana.errors import WorkbenchError

@@ -24,9 +24,9 @@ rationals); every other pixel is in the band, the only pixels a stacker learns f
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Iterable
 
 import cv2
 import numpy as np

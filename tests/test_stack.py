@@ -15,7 +15,7 @@ from carvana.submission import read_sample_ids, validate_submission
 from folds import read_folds
 from oof import Store
 from stacking.oof_table import OofTable
-from tests.test_data_validation import run_cli
+from tests.conftest import run_cli
 from workbench.config import load_config
 from workbench.fold_train import fold_train
 from workbench.stack import run_entry, stack

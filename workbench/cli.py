@@ -30,7 +30,7 @@ def cmd_synth(args: argparse.Namespace) -> None:
     if args.preview and (args.out / "train").is_dir():
         print(f"{args.out} already holds a dataset: only writing the preview")
     else:
-        generate(args.out, args.cars, args.test_cars, args.size, args.seed)
+        generate(args.out, args.cars, args.test_cars, size=args.size, seed=args.seed)
     if args.preview:
         print(f"wrote {save_preview(args.out, args.preview)}")
 

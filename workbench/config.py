@@ -98,7 +98,7 @@ class ExperimentConfig:
         raise WorkbenchError(f"no member {name!r} in this config's zoo; valid: {', '.join(s.name for s in self.zoo)}")
 
 
-def load_config(path: Path, data: Path | None = None, run_dir: Path | None = None) -> ExperimentConfig:
+def load_config(path: Path, *, data: Path | None = None, run_dir: Path | None = None) -> ExperimentConfig:
     """Load `path`; `data` and `run_dir` override the config's folders (the CLI's --data, --run-dir)."""
     path = Path(path)
     if not path.is_file():

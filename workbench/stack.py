@@ -10,7 +10,7 @@ the same members and settings.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -151,7 +151,7 @@ def write_submissions(config: ExperimentConfig, rows: list[dict], progress: bool
     (by honest OOF score) as RUN/submission.csv.gz."""
     folder = config.run_dir / "submissions"
     for row in rows[:max(1, config.stack.n_submissions)]:
-        submit(config, row["entry"], folder / f"{row['entry']}.csv.gz", progress=progress)
+        submit(config, entry=row["entry"], out_path=folder / f"{row['entry']}.csv.gz", progress=progress)
     best = rows[0]["entry"]
     path = config.run_dir / SUBMISSION
     copy_atomic(folder / f"{best}.json", path.with_name("submission.json"))

@@ -43,7 +43,7 @@ def best_entry(config: ExperimentConfig) -> dict[str, str]:
     return max(rows, key=lambda r: float(r["oof_mean_dice"]))
 
 
-def submit(config: ExperimentConfig, entry: str | None = None, out_path: Path | None = None,
+def submit(config: ExperimentConfig, *, entry: str | None = None, out_path: Path | None = None,
            progress: bool = True) -> Path:
     """Write `RUN/submission.csv.gz` (or `out_path`) from `entry`'s test maps (default: the best entry)."""
     summary = check_data(config.data)

@@ -13,7 +13,7 @@ THUMB_WIDTH = 240  # px per column (smaller images are kept at their own size)
 GAP = 2  # px of white between thumbnails
 
 
-def save_preview(data_dir: Path, out_png: Path, n_cars: int = 3) -> Path:
+def save_preview(data_dir: Path, out_png: Path, *, n_cars: int = 3) -> Path:
     """Write a PNG grid of the first `n_cars` train cars (by id) x their 16 angles; return its path."""
     data_dir, out_png = Path(data_dir), Path(out_png)
     photos = sorted((data_dir / "train").glob("*_[0-9][0-9].jpg"))

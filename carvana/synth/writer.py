@@ -72,7 +72,7 @@ def check_args(out_dir: Path, n_cars: int, n_test_cars: int, size: tuple[int, in
                              "pass e.g. --size 480x320 (Kaggle's is 1918x1280)")
 
 
-def generate(out_dir: Path, n_cars: int, n_test_cars: int, size: tuple[int, int] = (480, 320), seed: int = 0,
+def generate(out_dir: Path, n_cars: int, n_test_cars: int, *, size: tuple[int, int] = (480, 320), seed: int = 0,
              progress: bool = True) -> None:
     """Write `n_cars` train and `n_test_cars` test cars x 16 angles at `size` (W, H) into `out_dir`.
 
