@@ -15,14 +15,8 @@ import numpy as np
 
 from bench.common import markdown_table, median_seconds
 from carvana import dice, rle_decode, rle_encode
-from stacking.blend_files import blend_submissions
-from stacking.score import score_submission
-from stacking.submission import (
-    GZIP_LEVEL,
-    iter_rows,
-    validate_submission,
-    write_submission,
-)
+from carvana.submission import blend_submissions, iter_rows, score_submission, validate_submission, write_submission
+from carvana.submission.files import GZIP_LEVEL
 
 TITLE = "Submissions: write, validate, blend, score at 1918x1280"
 WIDTH, HEIGHT = 1918, 1280

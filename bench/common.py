@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from carvana.atomic import write_text_atomic
+
 RESULTS_PATH = Path(__file__).resolve().parent / "RESULTS.md"
 
 
@@ -61,9 +63,7 @@ def replace_results_section(title: str, body: str, path: Path = RESULTS_PATH) ->
     Benchmarks too long for `make bench` (the robustness bench, the Kaggle-size rehearsal) keep their
     sections this way; `make bench` rewrites its own sections and keeps these.
     """
-    from carvana.atomic import write_atomic
-
     header, sections = split_sections(path.read_text() if path.exists() else "# Benchmark results\n")
     sections[title] = f"{body.strip()}\n\n(Run separately; section written on {time.strftime('%Y-%m-%d')}.)"
-    write_atomic(path, join_sections(header, sections).encode())
+    write_text_atomic(path, join_sections(header, sections))
     return path

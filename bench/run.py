@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from bench.common import RESULTS_PATH, join_sections, machine_description, split_sections
+from carvana.atomic import write_text_atomic
 
 BENCH_DIR = Path(__file__).resolve().parent
 
@@ -45,9 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     _, previous = split_sections(RESULTS_PATH.read_text() if RESULTS_PATH.exists() else "")
     sections.update({title: body for title, body in previous.items() if title not in sections and
                      "(Run separately;" in body})
-    from carvana.atomic import write_atomic
-
-    write_atomic(RESULTS_PATH, join_sections(header, sections).encode())
+    write_text_atomic(RESULTS_PATH, join_sections(header, sections))
     print(f"wrote {RESULTS_PATH}")
     return 0
 

@@ -26,6 +26,19 @@ TEST_MASKS_CSV = "test_masks.csv"  # written by the synthetic generator only: th
 METADATA_COLUMNS = ["id", "year", "make", "model", "trim1", "trim2"]
 
 
+def parse_size(text: str) -> tuple[int, int]:
+    """`"1918x1280"` -> (1918, 1280), i.e. (W, H); ValueError for anything but two positive integers."""
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise ValueError(f"size {text!r} is not WxH (two positive integers, e.g. 1918x1280)")
+    return int(parts[0]), int(parts[1])
+
+
+def format_size(size: tuple[int, int]) -> str:
+    """(W, H) -> `"WxH"`, the form `parse_size` reads."""
+    return f"{size[0]}x{size[1]}"
+
+
 def image_id(name: str) -> str:
     """`<car>_<NN>` from a file name or CSV value such as `abc..._01.jpg` or `abc..._01_mask.gif`."""
     stem = Path(name).name

@@ -1,7 +1,7 @@
 """The competition metric: mean over images of per-image Dice."""
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 

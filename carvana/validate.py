@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from carvana.dataset import (
     MASK_DIR,
@@ -34,6 +33,7 @@ from carvana.dataset import (
     read_rle_csv,
 )
 from carvana.errors import WorkbenchError
+from carvana.progress import progress_bar
 from carvana.rle import rle_decode, rle_problem
 
 
@@ -60,7 +60,7 @@ class DataSummary:
         )
 
 
-def check_data(root: Path, deep: bool = False, progress: bool = False) -> DataSummary:
+def check_data(root: Path, *, deep: bool = False, progress: bool = False) -> DataSummary:
     """Validate the data folder `root`; raise WorkbenchError naming the first bad file and the fix."""
     root = Path(root)
     if not root.is_dir():
@@ -171,5 +171,5 @@ def _decode_everything(data: CarvanaData, train_ids, test_ids, size, progress: b
     jobs = [(check_train, i) for i in train_ids] + [(check_test, i) for i in test_ids]
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = pool.map(lambda job: job[0](job[1]), jobs)
-        for _ in tqdm(results, total=len(jobs), desc="decoding", disable=None if progress else True, unit="img"):
+        for _ in progress_bar(results, total=len(jobs), desc="decoding", disable=not progress, unit="img"):
             pass

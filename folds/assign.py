@@ -17,7 +17,7 @@ STRATIFY = ("area", "make", "none")
 N_AREA_BINS = 4
 
 
-def assign_folds(cars: list[str], strata: dict[str, str], n_folds: int, seed: int) -> dict[str, int]:
+def assign_folds(cars: list[str], strata: dict[str, str], *, n_folds: int, seed: int) -> dict[str, int]:
     """{car: fold in 0..n_folds-1}: strata dealt one after another, round-robin, seeded shuffles.
 
     The deal continues across strata (it does not restart at fold 0), which keeps every fold's car

@@ -6,7 +6,8 @@ the store path, one offending image, how many more there are, and the fix.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
 from carvana.errors import WorkbenchError
 from oof.format import canonical_id, retrain_hint

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import json
 import re
 import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
+from carvana.atomic import file_lock
 from carvana.errors import WorkbenchError
 from oof.format import FORMAT, FORMAT_VERSION, SPLITS, retrain_hint, write_json_atomic
 
@@ -49,13 +49,8 @@ def check_identity(folds_hash: str, resolution: tuple[int, int]) -> tuple[str, l
 @contextlib.contextmanager
 def locked(member_dir: Path) -> Iterator[None]:
     """Hold the member's exclusive lock (blocking) for the duration of the block."""
-    member_dir.mkdir(parents=True, exist_ok=True)
-    with open(member_dir / LOCK_NAME, "a") as lock_file:
-        fcntl.flock(lock_file, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock_file, fcntl.LOCK_UN)
+    with file_lock(member_dir / LOCK_NAME):
+        yield
 
 
 def load_meta(member_dir: Path) -> dict | None:

@@ -13,9 +13,9 @@ another fold's files: member x fold jobs can write one member at the same time.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterable, Mapping
 
 import numpy as np
 

@@ -1,0 +1,31 @@
+"""Stacking: blends and level-2 stackers over the members' maps, the exact Dice evaluator, nested Optuna
+tuning, the stack store and the leaderboard. Never imports torch or tensorflow.
+
+Names are imported from their modules on first use, so `import stacking.leaderboard` loads no Optuna.
+"""
+from typing import Any
+
+from carvana.lazy import lazy_attribute
+
+_HOMES = {
+    "BLENDERS": "stacking.blenders",
+    "make_blender": "stacking.blenders",
+    "DiceEvaluator": "stacking.evaluate",
+    "STACKERS": "stacking.pixel_stacker",
+    "PixelStacker": "stacking.pixel_stacker",
+    "make_stacker": "stacking.pixel_stacker",
+    "OofTable": "stacking.oof_table",
+    "EntryScore": "stacking.leaderboard",
+    "score_entry": "stacking.leaderboard",
+    "read_leaderboard": "stacking.leaderboard",
+    "write_leaderboard": "stacking.leaderboard",
+    "TuneSpace": "stacking.tune",
+    "TunedParams": "stacking.tune",
+    "nested_tune": "stacking.tune",
+    "open_storage": "stacking.tune",
+}
+__all__ = list(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    return lazy_attribute(__name__, _HOMES, name)

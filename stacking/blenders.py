@@ -7,8 +7,9 @@ output plus one member, never a float copy of all of X.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from itertools import permutations
-from typing import ClassVar, Iterator
+from typing import ClassVar
 
 import numpy as np
 from sklearn.base import BaseEstimator

@@ -23,16 +23,16 @@ grouped by truth, angle and image, and each trial blends only those.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Iterable, Sequence
 
 import numpy as np
 
+from carvana.dataset import N_ANGLES
 from carvana.metric import dice
 
 WEIGHT_SCALE = 2**16  # 255 * (2**16 + n_members) stays far inside int32
-N_ANGLES = 16
 CHUNK = 2**17  # pixels blended at a time in weighted trials
 
 

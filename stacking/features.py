@@ -24,14 +24,15 @@ rationals); every other pixel is in the band, the only pixels a stacker learns f
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Iterable
 
 import cv2
 import numpy as np
 
-N_ANGLES = 16
+from carvana.dataset import N_ANGLES
+
 REFERENCE_HEIGHT = 640  # the context windows are 5 and 17 px at this height and scale with the image
 CONTEXT_SIDES = (5, 17)
 _LEVELS = np.arange(256, dtype=np.float64) / 255

@@ -14,8 +14,9 @@ If the sampled band pixels are all one class (or there are none) there is nothin
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator

@@ -17,23 +17,23 @@ Studies live in any Optuna storage; several processes may work on one study at o
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import random
 import socket
 import time
 import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import optuna
 import sqlalchemy
-from tqdm import tqdm
 
+from carvana.atomic import file_lock
 from carvana.dataset import angle_of
 from carvana.errors import WorkbenchError
+from carvana.progress import progress_bar
 from oof import Store
 from stacking.evaluate import (
     N_ANGLES,
@@ -79,7 +79,7 @@ def build_folded_evaluator(store: Store, members: Sequence[str], fold_of: Mappin
     """
     evaluators = {k: DiceEvaluator(len(members)) for k in sorted(set(fold_of.values()))}
     ids: dict[int, list[str]] = {k: [] for k in evaluators}
-    for img in tqdm(sorted(fold_of), desc="loading OOF maps", disable=not progress, leave=False):
+    for img in progress_bar(sorted(fold_of), desc="loading OOF maps", disable=not progress, leave=False):
         maps = np.stack([store.read(m, "train", img) for m in members])
         evaluators[fold_of[img]].add_image(maps, truths(img), angles(img))
         ids[fold_of[img]].append(img)
@@ -184,13 +184,8 @@ def _sqlite_lock(url: str) -> Iterator[None]:
     if path in ("", ":memory:") or url == path:
         yield
         return
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(f"{path}.lock", "a") as lock_file:
-        fcntl.flock(lock_file, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock_file, fcntl.LOCK_UN)
+    with file_lock(Path(f"{path}.lock")):
+        yield
 
 
 def _fast_sqlite(engine: object) -> None:
@@ -256,7 +251,7 @@ def tune_study(evaluator: FoldedEvaluator, folds: Sequence[int], members: Sequen
         threshold, weights = space.decode(space.suggest(trial, members), members)
         return evaluator.score(threshold, weights, folds)
 
-    with tqdm(total=n_trials, desc=study_name, disable=not progress, leave=False) as bar:
+    with progress_bar(total=n_trials, desc=study_name, disable=not progress, leave=False) as bar:
         while not surplus:
             n_done, n_running = _count_trials(study)
             bar.update(n_done - bar.n)

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from carvana import WorkbenchError, rle_decode, rle_encode
-from stacking.blend_files import blend_submissions, vote_runs
-from stacking.submission import parse_runs
+from carvana.rle import parse_runs
+from carvana.submission import blend_submissions, vote_runs
 
 SIZE = (30, 20)  # (W, H)
 SHAPE = SIZE[::-1]
@@ -90,7 +90,7 @@ def test_blend_files_equals_per_pixel_vote(tmp_path, weights, min_votes):
     masks = {img: [random_mask(rng) for _ in weights] for img in IDS}
     paths = [write_csv(tmp_path / f"in{i}.csv.gz", [(img, rle_encode(masks[img][i])) for img in IDS])
              for i in range(len(weights))]
-    out = blend_submissions(paths, tmp_path / "blend.csv.gz", weights, min_votes, SIZE)
+    out = blend_submissions(paths, tmp_path / "blend.csv.gz", weights=weights, min_votes=min_votes, image_size=SIZE)
     rows = read_csv(out)
     assert [img for img, _ in rows] == IDS
     for img, rle in rows:

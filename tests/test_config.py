@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from carvana.errors import WorkbenchError
-from tests.test_data_validation import assert_user_error, run_cli
+from tests.conftest import assert_user_error, run_cli
 from workbench.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]

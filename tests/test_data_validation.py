@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,20 +12,7 @@ from carvana import rle_decode, rle_encode
 from carvana.dataset import CarvanaData, load_mask
 from carvana.errors import WorkbenchError
 from carvana.validate import check_data
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "workbench.cli", *args], capture_output=True, text=True)
-
-
-def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
-    """Non-zero exit, one `error:` line on stderr naming the problem, no traceback."""
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
+from tests.conftest import assert_user_error, run_cli
 
 
 def test_synthetic_data_passes_deep_check(tiny_data_master):

@@ -8,7 +8,7 @@ import pytest
 
 from carvana.errors import WorkbenchError
 from folds import assign_folds, read_folds
-from tests.test_data_validation import assert_user_error, run_cli
+from tests.conftest import assert_user_error, run_cli
 from workbench.config import load_config
 from workbench.steps import make_folds
 

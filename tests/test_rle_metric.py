@@ -1,4 +1,4 @@
-"""RLE codec and Dice against slow obvious versions and the competition's own CSV."""
+"""RLE codec and Dice against slow obvious versions, hand-checked golden strings and the data's own files."""
 from __future__ import annotations
 
 import numpy as np
@@ -67,12 +67,52 @@ def test_encode_accepts_bool_and_0_255():
     assert rle_encode(mask) == rle_encode(mask.astype(np.uint8) * 255) == "8 2 13 2"
 
 
-def test_round_trip_against_train_masks_csv(tiny_data_master):
+def test_train_masks_csv_decodes_to_the_mask_gifs(tiny_data_master):
+    """The two truths the synthetic writer stores (GIF masks, RLE CSV) agree through decode and encode."""
     data = CarvanaData(tiny_data_master)
     for img in data.train_ids:
         mask = data.load_mask(img)
-        assert rle_encode(mask) == data.train_rles[img]
         np.testing.assert_array_equal(rle_decode(data.train_rles[img], mask.shape), mask)
+        assert rle_encode(mask) == data.train_rles[img]
+
+
+# Masks drawn by hand (`#` = car) and their RLE worked out by hand: pixels numbered row-major from 1.
+GOLDEN = [
+    (["......", ".##...", ".###..", "......"], "8 2 14 3"),  # rows 2 and 3 of a 6-wide image
+    (["....##", "##...."], "5 4"),  # one run across a row end: pixels 5, 6 then 7, 8
+    (["###", "...", "..#"], "1 3 9 1"),  # the first row and the very last pixel
+    (["#.", ".#"], "1 1 4 1"),
+    (["....", "...."], ""),
+]
+
+
+def mask_from_art(rows: list[str]) -> np.ndarray:
+    return np.array([[c == "#" for c in row] for row in rows], dtype=np.uint8)
+
+
+def golden_slow_encode(mask: np.ndarray) -> str:
+    """A second encoder sharing nothing with the others: visit (y, x) in row-major order and compare
+    each pixel with the one before it."""
+    height, width = mask.shape
+    numbers: list[int] = []
+    previous = 0
+    for y in range(height):
+        for x in range(width):
+            value, number = int(mask[y][x] != 0), y * width + x + 1
+            if value and not previous:
+                numbers += [number, 0]
+            if value:
+                numbers[-1] += 1
+            previous = value
+    return " ".join(str(n) for n in numbers)
+
+
+@pytest.mark.parametrize("art, rle", GOLDEN, ids=[g[1] or "empty" for g in GOLDEN])
+def test_golden_masks_encode_to_hand_checked_strings(art, rle):
+    mask = mask_from_art(art)
+    assert golden_slow_encode(mask) == rle
+    assert rle_encode(mask) == rle
+    np.testing.assert_array_equal(rle_decode(rle, mask.shape), mask)
 
 
 @pytest.mark.parametrize("rle, problem", [

@@ -1,4 +1,4 @@
-"""Scoring a submission file: equals carvana.mean_dice on the decoded masks, per angle too."""
+"""Scoring a submission file: rows matched by id; equals carvana.mean_dice on the decoded masks, per angle too."""
 from __future__ import annotations
 
 import gzip
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from carvana import WorkbenchError, dice, mean_dice, rle_encode
-from stacking.score import runs_dice, score_submission
-from stacking.submission import parse_runs
+from carvana.rle import parse_runs
+from carvana.submission import runs_dice, score_submission
 
 SIZE = (30, 20)  # (W, H)
 SHAPE = SIZE[::-1]
@@ -56,7 +56,7 @@ def scored_files(tmp_path):
 
 def test_score_equals_mean_dice(scored_files):
     sub_path, truth_path, preds, truths = scored_files
-    result = score_submission(sub_path, truth_path, SIZE)
+    result = score_submission(sub_path, truth_path, image_size=SIZE)
     assert result.mean_dice == mean_dice(preds, truths)
     assert result.n_images == len(IDS)
     assert list(result.dice_by_angle) == [f"{a:02d}" for a in range(1, 17)]
@@ -69,16 +69,39 @@ def test_score_equals_mean_dice(scored_files):
 
 def test_perfect_submission_scores_one(scored_files):
     _, truth_path, _, _ = scored_files
-    assert score_submission(truth_path, truth_path, SIZE).mean_dice == 1.0
+    assert score_submission(truth_path, truth_path, image_size=SIZE).mean_dice == 1.0
+
+
+def test_score_matches_rows_by_id_in_any_order(scored_files, tmp_path):
+    sub_path, truth_path, preds, truths = scored_files
+    in_order = score_submission(sub_path, truth_path, image_size=SIZE)
+    rows = read_rows(truth_path)
+    order = np.random.default_rng(2).permutation(len(rows))
+    shuffled_truth = write_csv(tmp_path / "shuffled_truth.csv", [rows[k] for k in order])
+    assert score_submission(sub_path, shuffled_truth, image_size=SIZE) == in_order
+    sub_rows = read_rows(sub_path)
+    shuffled_sub = write_csv(tmp_path / "shuffled_sub.csv", [sub_rows[k] for k in order])
+    result = score_submission(shuffled_sub, truth_path, image_size=SIZE)
+    # the mean runs over the submission's order: equal to mean_dice in that order, bit for bit
+    assert result.mean_dice == mean_dice([preds[k] for k in order], [truths[k] for k in order])
+    assert result.n_by_angle == in_order.n_by_angle
+
+
+def read_rows(path: Path) -> list[tuple[str, str]]:
+    data = path.read_bytes()
+    text = gzip.decompress(data).decode() if data[:2] == b"\x1f\x8b" else data.decode()
+    return [tuple(line.split(",")) for line in text.splitlines()[1:]]
 
 
 @pytest.mark.parametrize(
     "edit, match",
     [
-        (lambda rows: rows[:3] + rows[4:], f"missing id {IDS[3]}"),
-        (lambda rows: rows[:-1], f"missing id {IDS[-1]}: the file ends before row {len(IDS)}"),
-        (lambda rows: rows + [("0000000000ff_01.jpg", "")], "extra id 0000000000ff_01.jpg"),
-        (lambda rows: rows[:6] + [rows[7], rows[6]] + rows[8:], f"row 7 has {IDS[7]} where {IDS[6]} is expected"),
+        (lambda rows: rows[:3] + rows[4:], f"missing 1 id \\({IDS[3]}\\)"),
+        (lambda rows: rows[:-7], f"missing 7 ids \\({', '.join(IDS[-7:-2])} and 2 more\\)"),
+        (lambda rows: rows + [("0000000000ff_01.jpg", "")], "extra 1 id \\(0000000000ff_01.jpg\\)"),
+        (lambda rows: [("0000000000ff_02.jpg", "")] + rows[1:], f"missing 1 id \\({IDS[0]}\\); extra 1 id "
+                                                                 "\\(0000000000ff_02.jpg\\)"),
+        (lambda rows: rows[:7] + [rows[6]] + rows[7:], f"duplicate id {IDS[6]} at row 8"),
     ],
 )
 def test_score_refuses_id_mismatch_naming_the_ids(scored_files, tmp_path, edit, match):
@@ -86,8 +109,16 @@ def test_score_refuses_id_mismatch_naming_the_ids(scored_files, tmp_path, edit, 
     rows = [(i, rle_encode(m)) for i, m in zip(IDS, preds)]
     bad = write_csv(tmp_path / "bad.csv.gz", edit(rows))
     with pytest.raises(WorkbenchError, match=match) as error:
-        score_submission(bad, truth_path, SIZE)
-    assert str(bad) in str(error.value) and str(truth_path) in str(error.value)
+        score_submission(bad, truth_path, image_size=SIZE)
+    assert str(bad) in str(error.value)
+
+
+def test_score_refuses_a_truth_with_a_duplicate_id(scored_files, tmp_path):
+    sub_path, truth_path, _, _ = scored_files
+    rows = read_rows(truth_path)
+    bad_truth = write_csv(tmp_path / "truth.csv", rows + rows[:1])
+    with pytest.raises(WorkbenchError, match=f"truth.csv: duplicate id {IDS[0]} at row {len(IDS) + 1}"):
+        score_submission(sub_path, bad_truth, image_size=SIZE)
 
 
 def test_score_refuses_malformed_rle_naming_file_and_row(scored_files, tmp_path):
@@ -96,7 +127,7 @@ def test_score_refuses_malformed_rle_naming_file_and_row(scored_files, tmp_path)
     rows[9] = (IDS[9], "5 3 6 1")
     bad = write_csv(tmp_path / "bad.csv", rows)
     with pytest.raises(WorkbenchError, match="row 10 .*overlap") as error:
-        score_submission(bad, truth_path, SIZE)
+        score_submission(bad, truth_path, image_size=SIZE)
     assert str(bad) in str(error.value)
     with pytest.raises(WorkbenchError, match="last pixel"):
-        score_submission(truth_path, truth_path, (10, 10))  # the wrong --size
+        score_submission(truth_path, truth_path, image_size=(10, 10))  # the wrong --size

@@ -11,11 +11,11 @@ import pytest
 from sklearn.base import BaseEstimator
 
 from carvana.dataset import CarvanaData
+from carvana.submission import read_sample_ids, validate_submission
 from folds import read_folds
 from oof import Store
 from stacking.oof_table import OofTable
-from stacking.submission import read_sample_ids, validate_submission
-from tests.test_data_validation import run_cli
+from tests.conftest import run_cli
 from workbench.config import load_config
 from workbench.fold_train import fold_train
 from workbench.stack import run_entry, stack
@@ -105,7 +105,7 @@ def test_submission_report_and_per_entry_files(stacked_run):
     config = load_config(path)
     data = CarvanaData(config.data)
     submission = config.run_dir / "submission.csv.gz"
-    validate_submission(submission, read_sample_ids(config.data / "sample_submission.csv"), (96, 64))
+    validate_submission(submission, read_sample_ids(config.data / "sample_submission.csv"), image_size=(96, 64))
     with gzip.open(submission, "rt") as f:
         assert sum(1 for _ in csv.reader(f)) == len(data.test_ids) + 1
     assert sorted(p.name for p in (config.run_dir / "submissions").iterdir()) == sorted(

@@ -12,15 +12,9 @@ import numpy as np
 import pytest
 
 from carvana import WorkbenchError, rle_decode, rle_encode
-from carvana.rle import rle_problem
-from stacking.submission import (
-    parse_image_size,
-    parse_runs,
-    read_sample_ids,
-    threshold_level,
-    validate_submission,
-    write_submission,
-)
+from carvana.dataset import format_size, parse_size
+from carvana.rle import parse_runs, rle_problem
+from carvana.submission import read_sample_ids, threshold_level, validate_submission, write_submission
 
 SIZE = (30, 20)  # (W, H)
 IDS = [f"{car:012x}_{angle:02d}.jpg" for car in (0xABC, 0xDEF) for angle in range(1, 17)]
@@ -61,7 +55,7 @@ def read_csv(path: Path) -> list[tuple[str, str]]:
 @pytest.mark.parametrize("store_shape, n_jobs", [((10, 15), 2), ((10, 15), 1), ((20, 30), 1), ((32, 48), 1)])
 def test_writer_round_trips_to_thresholded_maps(tmp_path, store_shape, n_jobs):
     reader = MapReader(store_shape)
-    out = write_submission(IDS, reader, tmp_path / "sub.csv.gz", SIZE, n_jobs=n_jobs, progress=False)
+    out = write_submission(IDS, reader, tmp_path / "sub.csv.gz", image_size=SIZE, n_jobs=n_jobs, progress=False)
     rows = read_csv(out)
     assert [img for img, _ in rows] == IDS
     for img, rle in rows:
@@ -69,10 +63,10 @@ def test_writer_round_trips_to_thresholded_maps(tmp_path, store_shape, n_jobs):
 
 
 def test_writer_output_is_the_same_bytes_whatever_n_jobs(tmp_path):
-    one = write_submission(IDS, MapReader((10, 15)), tmp_path / "one.csv.gz", SIZE, n_jobs=1, progress=False)
-    two = write_submission(IDS, MapReader((10, 15)), tmp_path / "two.csv.gz", SIZE, n_jobs=2, progress=False)
+    one = write_submission(IDS, MapReader((10, 15)), tmp_path / "one.csv.gz", image_size=SIZE, n_jobs=1, progress=False)
+    two = write_submission(IDS, MapReader((10, 15)), tmp_path / "two.csv.gz", image_size=SIZE, n_jobs=2, progress=False)
     assert one.read_bytes() == two.read_bytes()
-    plain = write_submission(IDS, MapReader((10, 15)), tmp_path / "plain.csv", SIZE, n_jobs=2, progress=False)
+    plain = write_submission(IDS, MapReader((10, 15)), tmp_path / "plain.csv", image_size=SIZE, n_jobs=2, progress=False)
     assert plain.read_bytes()[:2] != b"\x1f\x8b" and read_csv(plain) == read_csv(one)
 
 
@@ -88,7 +82,7 @@ def test_threshold_is_probability_at_least_threshold():
 
 def test_writer_applies_the_threshold(tmp_path):
     reader = MapReader((20, 30))
-    out = write_submission(IDS, reader, tmp_path / "s.csv.gz", SIZE, threshold=0.3, n_jobs=1, progress=False)
+    out = write_submission(IDS, reader, tmp_path / "s.csv.gz", image_size=SIZE, threshold=0.3, n_jobs=1, progress=False)
     for img, rle in read_csv(out):
         np.testing.assert_array_equal(rle_decode(rle, SIZE[::-1]), reader(img) >= 77)  # 77/255 >= 0.3 > 76/255
 
@@ -98,25 +92,25 @@ def test_writer_error_leaves_existing_output_alone(tmp_path, n_jobs):
     out = tmp_path / "sub.csv.gz"
     out.write_bytes(b"previous submission")
     with pytest.raises(WorkbenchError, match=IDS[20]):
-        write_submission(IDS, MapReader((10, 15), fail_on=IDS[20]), out, SIZE, n_jobs=n_jobs, progress=False)
+        write_submission(IDS, MapReader((10, 15), fail_on=IDS[20]), out, image_size=SIZE, n_jobs=n_jobs, progress=False)
     assert out.read_bytes() == b"previous submission"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sub.csv.gz"]
 
 
 def test_writer_rejects_float_maps_and_duplicate_ids(tmp_path):
     with pytest.raises(WorkbenchError, match="uint8"):
-        write_submission(IDS, MapReader((10, 15), dtype=np.float32), tmp_path / "s.csv.gz", SIZE, n_jobs=1,
+        write_submission(IDS, MapReader((10, 15), dtype=np.float32), tmp_path / "s.csv.gz", image_size=SIZE, n_jobs=1,
                          progress=False)
     with pytest.raises(WorkbenchError, match="twice"):
-        write_submission(IDS + IDS[:1], MapReader((10, 15)), tmp_path / "s.csv.gz", SIZE, progress=False)
+        write_submission(IDS + IDS[:1], MapReader((10, 15)), tmp_path / "s.csv.gz", image_size=SIZE, progress=False)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_writer_needs_a_picklable_reader_for_several_processes(tmp_path):
     reader = MapReader((10, 15))
     with pytest.raises(TypeError, match="picklable"):
-        write_submission(IDS, lambda img: reader(img), tmp_path / "s.csv.gz", SIZE, n_jobs=2, progress=False)
-    out = write_submission(IDS, lambda img: reader(img), tmp_path / "s.csv.gz", SIZE, n_jobs=1, progress=False)
+        write_submission(IDS, lambda img: reader(img), tmp_path / "s.csv.gz", image_size=SIZE, n_jobs=2, progress=False)
+    out = write_submission(IDS, lambda img: reader(img), tmp_path / "s.csv.gz", image_size=SIZE, n_jobs=1, progress=False)
     assert len(read_csv(out)) == len(IDS)
 
 
@@ -151,7 +145,7 @@ def valid_rows() -> list[tuple[str, str]]:
 
 @pytest.mark.parametrize("name", ["sub.csv", "sub.csv.gz"])
 def test_validator_accepts_a_good_file(tmp_path, name):
-    validate_submission(write_csv(tmp_path / name, valid_rows()), IDS, SIZE)
+    validate_submission(write_csv(tmp_path / name, valid_rows()), IDS, image_size=SIZE)
 
 
 @pytest.mark.parametrize(
@@ -173,14 +167,14 @@ def test_validator_accepts_a_good_file(tmp_path, name):
 def test_validator_names_the_problem_and_row(tmp_path, edit, match):
     path = write_csv(tmp_path / "sub.csv.gz", edit(valid_rows()))
     with pytest.raises(WorkbenchError, match=match) as error:
-        validate_submission(path, IDS, SIZE)
+        validate_submission(path, IDS, image_size=SIZE)
     assert str(path) in str(error.value) and "fix:" in str(error.value)
 
 
 def test_validator_rejects_a_wrong_header(tmp_path):
     path = write_csv(tmp_path / "sub.csv", valid_rows(), header="id,rle")
     with pytest.raises(WorkbenchError, match="header"):
-        validate_submission(path, IDS, SIZE)
+        validate_submission(path, IDS, image_size=SIZE)
 
 
 def test_parse_runs_agrees_with_rle_problem():
@@ -201,15 +195,15 @@ def test_parse_runs_agrees_with_rle_problem():
                 parse_runs(rle, n_pixels)
 
 
-def test_parse_image_size():
-    assert parse_image_size("1918x1280") == (1918, 1280)
-    for bad in ["1918", "0x5", "axb", "1x2x3"]:
-        with pytest.raises(WorkbenchError, match="WxH"):
-            parse_image_size(bad)
+def test_parse_size():
+    assert parse_size("1918x1280") == (1918, 1280) == parse_size(format_size((1918, 1280)))
+    for bad in ["1918", "0x5", "axb", "1x2x3", "-3x4"]:
+        with pytest.raises(ValueError, match="WxH"):
+            parse_size(bad)
 
 
 def test_submission_modules_never_import_heavy_frameworks():
-    code = ("import sys, stacking.submission, stacking.blend_files, stacking.score; "
+    code = ("import sys, carvana.submission; "
             "print([m for m in ('torch', 'tensorflow') if m in sys.modules])")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"

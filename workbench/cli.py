@@ -5,15 +5,17 @@ import argparse
 import sys
 from pathlib import Path
 
+from carvana.dataset import KAGGLE_SIZE, format_size, parse_size
 from carvana.errors import WorkbenchError
+
+KAGGLE_SIZE_TEXT = format_size(KAGGLE_SIZE)
 
 
 def _size(text: str) -> tuple[int, int]:
     try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 480x320 (W x H)") from None
-    return width, height
+        return parse_size(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _config(args: argparse.Namespace):
@@ -28,7 +30,7 @@ def cmd_synth(args: argparse.Namespace) -> None:
     if args.preview and (args.out / "train").is_dir():
         print(f"{args.out} already holds a dataset: only writing the preview")
     else:
-        generate(args.out, args.cars, args.test_cars, args.size, args.seed, variant=args.variant)
+        generate(args.out, args.cars, args.test_cars, size=args.size, seed=args.seed, variant=args.variant)
     if args.preview:
         print(f"wrote {save_preview(args.out, args.preview)}")
 
@@ -83,9 +85,9 @@ def cmd_submit(args: argparse.Namespace) -> None:
 
 
 def cmd_blend(args: argparse.Namespace) -> None:
-    from stacking.blend_files import blend_submissions
+    from carvana.submission import blend_submissions
 
-    size = args.size or _data_size(args) or (1918, 1280)
+    size = args.size or _data_size(args) or KAGGLE_SIZE
     path = blend_submissions(args.files, args.out, weights=args.weights, min_votes=args.min_votes, image_size=size)
     print(f"wrote {path} (inputs and weights recorded in {path.with_name(path.name + '.json')})")
 
@@ -101,9 +103,9 @@ def _data_size(args: argparse.Namespace) -> tuple[int, int] | None:
 
 
 def cmd_score(args: argparse.Namespace) -> None:
-    from stacking.score import score_submission
+    from carvana.submission import score_submission
 
-    result = score_submission(args.submission, args.truth, args.size or (1918, 1280))
+    result = score_submission(args.submission, args.truth, image_size=args.size or KAGGLE_SIZE)
     print(f"{args.submission}: mean Dice {result.mean_dice:.6f} over {result.n_images} images\n")
     print(result.to_markdown())
 
@@ -122,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--out", type=Path, required=True, help="data folder to create")
     synth.add_argument("--cars", type=int, default=24, help="training cars (16 photos each)")
     synth.add_argument("--test-cars", type=int, default=8, help="test cars")
-    synth.add_argument("--size", type=_size, default=(480, 320), help="image size WxH (up to 1918x1280)")
+    synth.add_argument("--size", type=_size, default=(480, 320), help=f"image size WxH (up to {KAGGLE_SIZE_TEXT})")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--variant", default="default", help="studio variant: car size in the frame, paint mix, "
                        "annotation habits (the names are in carvana/synth/variants.py)")
@@ -140,16 +142,16 @@ def build_parser() -> argparse.ArgumentParser:
     blend.add_argument("--out", type=Path, required=True, help="output file (.csv.gz)")
     blend.add_argument("--weights", type=float, nargs="+", help="one weight per file (default: equal)")
     blend.add_argument("--min-votes", type=float, help="weighted votes a pixel needs (default: strict majority)")
-    blend.add_argument("--size", type=_size, help="image size WxH (default: the config's data, else 1918x1280)")
+    blend.add_argument("--size", type=_size, help=f"image size WxH (default: the config's data, else {KAGGLE_SIZE_TEXT})")
     blend.add_argument("--config", type=Path, help="experiment YAML, for the image size of its data")
     blend.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     blend.add_argument("--run-dir", type=Path, help=argparse.SUPPRESS)
     blend.set_defaults(func=cmd_blend)
 
-    score = verbs.add_parser("score", help="mean Dice of a submission against a truth file, and by angle")
+    score = verbs.add_parser("score", help="mean Dice of a submission against a truth file (rows matched by id)")
     score.add_argument("submission", type=Path)
     score.add_argument("--truth", type=Path, required=True, help="truth in the submission format (e.g. test_masks.csv)")
-    score.add_argument("--size", type=_size, help="image size WxH (default 1918x1280)")
+    score.add_argument("--size", type=_size, help=f"image size WxH (default {KAGGLE_SIZE_TEXT})")
     score.set_defaults(func=cmd_score)
 
     for name, func, text in [

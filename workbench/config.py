@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from carvana.atomic import write_text_atomic
+from carvana.dataset import parse_size
 from carvana.errors import WorkbenchError
 from folds import STRATIFY
 from zoo.registry import resolve_members
@@ -103,7 +104,7 @@ class ExperimentConfig:
         raise WorkbenchError(f"no member {name!r} in this config's zoo; valid: {', '.join(s.name for s in self.zoo)}")
 
 
-def load_config(path: Path, data: Path | None = None, run_dir: Path | None = None) -> ExperimentConfig:
+def load_config(path: Path, *, data: Path | None = None, run_dir: Path | None = None) -> ExperimentConfig:
     """Load `path`; `data` and `run_dir` override the config's folders (the CLI's --data, --run-dir)."""
     path = Path(path)
     if not path.is_file():
@@ -184,7 +185,10 @@ def _convert_tuple(hint: object, value: object, name: str) -> tuple:
             raise TypeError(f"`{name}` must be a list of {kinds[0].__name__}, got {value!r}")
         return tuple(value)
     if isinstance(value, str) and "x" in value:
-        value = value.split("x")
+        try:
+            value = parse_size(value)
+        except ValueError as error:
+            raise TypeError(f"`{name}`: {error}") from None
     if not isinstance(value, (list, tuple)):
         raise TypeError(f"`{name}` must be a list like [480, 320] or a size like 480x320, got {value!r}")
     if len(kinds) != len(value):

@@ -22,7 +22,7 @@ def require_storage(url: str) -> None:
                 raise WorkbenchError(f"{path}: no tuning storage yet (tune.storage is {url}); {NOT_YET}")
 
 
-def serve_dashboard(config: ExperimentConfig, host: str = "127.0.0.1", port: int = 8080) -> None:
+def serve_dashboard(config: ExperimentConfig, *, host: str = "127.0.0.1", port: int = 8080) -> None:
     """Serve optuna-dashboard on the run's storage until interrupted (Ctrl-C)."""
     url = storage_url(config)
     require_storage(url)

@@ -10,14 +10,14 @@ the same members and settings.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
-from tqdm import tqdm
 
 from carvana.atomic import copy_atomic
 from carvana.dataset import CarvanaData, angle_of
 from carvana.errors import WorkbenchError
+from carvana.progress import progress_bar
 from carvana.validate import check_data
 from folds import Folds
 from oof import Store
@@ -97,7 +97,7 @@ def run_entry(name: str, make: Callable[[], object], table: OofTable, folds: Fol
         return
     reset = entry_store.path.is_dir() and name in entry_store.members()
     with entry_store.open_member(name, spec, folds.hash, resolution, reset=reset) as writer:
-        for k in tqdm(range(folds.n_folds), desc=f"{name}: nested CV", leave=False, disable=not progress):
+        for k in progress_bar(range(folds.n_folds), desc=f"{name}: nested CV", leave=False, disable=not progress):
             fit_idx, held = table.select([j for j in range(folds.n_folds) if j != k]), table.select([k])
             model = fit_model(make(), table, fit_idx)
             for i, proba in zip(held, predict_model(model, table.maps[held], table.angle[held])):
@@ -151,7 +151,7 @@ def write_submissions(config: ExperimentConfig, rows: list[dict], progress: bool
     (by honest OOF score) as RUN/submission.csv.gz."""
     folder = config.run_dir / "submissions"
     for row in rows[:max(1, config.stack.n_submissions)]:
-        submit(config, row["entry"], folder / f"{row['entry']}.csv.gz", progress=progress)
+        submit(config, entry=row["entry"], out_path=folder / f"{row['entry']}.csv.gz", progress=progress)
     best = rows[0]["entry"]
     path = config.run_dir / SUBMISSION
     copy_atomic(folder / f"{best}.json", path.with_name("submission.json"))

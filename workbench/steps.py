@@ -18,7 +18,7 @@ def ensure_data(config: ExperimentConfig) -> DataSummary:
         synth = config.synth
         print(f"generating the synthetic studio in {config.data} ({synth.cars} + {synth.test_cars} cars, "
               f"{synth.size[0]}x{synth.size[1]})")
-        generate(config.data, synth.cars, synth.test_cars, synth.size, synth.seed, variant=synth.variant)
+        generate(config.data, synth.cars, synth.test_cars, size=synth.size, seed=synth.seed, variant=synth.variant)
     return check_data(config.data)
 
 
@@ -28,7 +28,7 @@ def make_folds(config: ExperimentConfig) -> Folds:
     data = CarvanaData(config.data)
     cars = sorted({car_of(img) for img in data.train_ids})
     strata = car_strata(data, cars, config.folds.stratify)
-    fold_of_car = assign_folds(cars, strata, config.folds.n_folds, config.folds.seed)
+    fold_of_car = assign_folds(cars, strata, n_folds=config.folds.n_folds, seed=config.folds.seed)
     path = config.run_dir / FOLDS_CSV
     if path.exists():
         existing = read_folds(path, data.train_ids)

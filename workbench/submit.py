@@ -10,11 +10,10 @@ import numpy as np
 from carvana.atomic import write_json_atomic
 from carvana.dataset import SAMPLE_CSV, CarvanaData
 from carvana.errors import WorkbenchError
+from carvana.submission import ScoreResult, read_sample_ids, score_submission, write_submission
 from carvana.validate import check_data
 from oof import Store
 from stacking.leaderboard import read_leaderboard
-from stacking.score import ScoreResult, score_submission
-from stacking.submission import read_sample_ids, write_submission
 from workbench.config import ExperimentConfig
 
 SUBMISSION = "submission.csv.gz"
@@ -44,7 +43,7 @@ def best_entry(config: ExperimentConfig) -> dict[str, str]:
     return max(rows, key=lambda r: float(r["oof_mean_dice"]))
 
 
-def submit(config: ExperimentConfig, entry: str | None = None, out_path: Path | None = None,
+def submit(config: ExperimentConfig, *, entry: str | None = None, out_path: Path | None = None,
            progress: bool = True) -> Path:
     """Write `RUN/submission.csv.gz` (or `out_path`) from `entry`'s test maps (default: the best entry)."""
     summary = check_data(config.data)
@@ -70,4 +69,4 @@ def local_score(config: ExperimentConfig, submission: Path) -> ScoreResult | Non
     data = CarvanaData(config.data)
     if not data.test_truth_path.exists():
         return None
-    return score_submission(submission, data.test_truth_path, check_data(config.data).size)
+    return score_submission(submission, data.test_truth_path, image_size=check_data(config.data).size)

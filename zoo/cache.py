@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 from numpy.lib.format import open_memmap
-from tqdm import tqdm
 
 from carvana.dataset import CarvanaData
+from carvana.progress import progress_bar
 from carvana.resize import resize_image, resize_mask
 
 
@@ -49,7 +49,7 @@ def _build(data: CarvanaData, split: str, ids: list[str], height: int, width: in
             masks[index] = resize_mask(data.load_mask(ids[index]), height, width)
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        list(tqdm(pool.map(load, range(len(ids))), total=len(ids), unit="img", leave=False,
+        list(progress_bar(pool.map(load, range(len(ids))), total=len(ids), unit="img", leave=False,
                   desc=f"caching {split} at {height}x{width}"))
     # Masks land first: a cache whose images file exists is complete (cached_split checks both).
     if masks is not None:

@@ -22,9 +22,10 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
+from carvana.atomic import atomic_path
 from carvana.errors import WorkbenchError
+from carvana.progress import progress_bar
 from carvana.resize import resize_image, resize_proba
 from zoo.augment import build_augment
 from zoo.fold_data import FoldData
@@ -230,7 +231,7 @@ def _train_epoch(step, batches, accumulate: int, n_batches: int, desc: str, prog
     group of an accumulation is applied at the end of the epoch, as the PyTorch loop does."""
     total, wait = 0.0, 0.0
     start = tick = time.perf_counter()
-    bar = tqdm(_prefetch(batches), total=n_batches, desc=desc, leave=False, disable=not progress, unit="batch")
+    bar = progress_bar(_prefetch(batches), total=n_batches, desc=desc, leave=False, disable=not progress, unit="batch")
     for index, (images, masks) in enumerate(bar, start=1):
         wait += time.perf_counter() - tick
         loss = step(images, masks, index % accumulate == 0 or index == n_batches)
@@ -273,18 +274,15 @@ def _plateau_step(state: dict, score: float, factor: float, patience: int) -> fl
 
 
 def _save_best(model, path: Path) -> None:
-    tmp = path.with_name(f".{os.getpid()}.tmp.weights.h5")  # Keras insists on the suffix
-    model.save_weights(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:  # the temp name ends in .weights.h5, as Keras insists
+        model.save_weights(tmp)
 
 
 def _save_last(path: Path, state: dict, model, optimizer) -> None:
     arrays = {f"weight{i}": w for i, w in enumerate(model.get_weights())}
     arrays.update({f"optimizer{i}": v.numpy() for i, v in enumerate(optimizer.variables)})
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, state=np.array(json.dumps(state)), **arrays)
-    os.replace(tmp, path)
 
 
 def _resume(path: Path, model, optimizer) -> dict:

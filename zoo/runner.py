@@ -14,11 +14,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
-from carvana.atomic import write_json_atomic
+from carvana.atomic import atomic_path, write_json_atomic
 from carvana.dataset import CarvanaData, angle_of
 from carvana.errors import WorkbenchError
+from carvana.progress import progress_bar
 from carvana.resize import resize_image, resize_proba
 from folds import Folds
 from oof import Store
@@ -83,9 +83,8 @@ def fit(spec: MemberSpec, data: FoldData, work_dir: Path, progress: bool) -> Pat
     """Train the member on one fold; return the checkpoint its predictions load from."""
     if spec.arch == "avg_mask":
         path = work_dir / "avg_mask.npy"
-        tmp = work_dir / "avg_mask.tmp.npy"
-        np.save(tmp, fit_avg_mask(data.masks, data.angles, np.concatenate([data.train_idx, data.val_idx])))
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            np.save(tmp, fit_avg_mask(data.masks, data.angles, np.concatenate([data.train_idx, data.val_idx])))
         return path
     if spec.framework == "keras":
         from zoo.keras_unet import train_keras_fold
@@ -141,5 +140,5 @@ def _write_maps(writer, member, batch: np.ndarray, chunk: list[str], split: str,
 
 
 def _chunks(items: list, desc: str, progress: bool):
-    for start in tqdm(range(0, len(items), PREDICT_CHUNK), desc=desc, leave=False, disable=not progress, unit="chunk"):
+    for start in progress_bar(range(0, len(items), PREDICT_CHUNK), desc=desc, leave=False, disable=not progress, unit="chunk"):
         yield items[start:start + PREDICT_CHUNK]

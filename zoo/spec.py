@@ -8,10 +8,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import re
 from dataclasses import dataclass, field
 
-MEMBER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+from oof.format import MEMBER_PATTERN
+
 FAMILIES = {
     # arch -> framework
     "avg_mask": "baseline",
@@ -84,7 +84,7 @@ class MemberSpec:
 
     def __post_init__(self) -> None:
         check_field_types(self, f"member {self.name}")
-        if not MEMBER_NAME.match(self.name):
+        if not MEMBER_PATTERN.match(self.name):
             raise ValueError(f"member name {self.name!r}: use letters, digits, '_', '-' and '.' only")
         if self.arch not in FAMILIES:
             raise ValueError(f"member {self.name}: arch {self.arch!r} unknown; valid: {', '.join(FAMILIES)}")

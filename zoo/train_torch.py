@@ -7,7 +7,6 @@ Validation uses cars held out *of the training folds*, never the OOF fold it wil
 """
 from __future__ import annotations
 
-import os
 import random
 import time
 from pathlib import Path
@@ -15,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
+from carvana.atomic import atomic_path
+from carvana.progress import progress_bar
 from zoo.augment import build_augment
 from zoo.fold_data import FoldData
 from zoo.spec import MemberSpec
@@ -117,7 +117,7 @@ def _train_epoch(model, loader, optimizer, scaler, accumulate, device, amp, desc
     total, n_batches, wait = 0.0, 0, 0.0
     start = tick = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
-    bar = tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch")
+    bar = progress_bar(loader, desc=desc, leave=False, disable=not progress, unit="batch")
     for step, (images, masks) in enumerate(bar, start=1):
         wait += time.perf_counter() - tick
         images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
@@ -168,6 +168,5 @@ def _save_last(path: Path, state: dict, model, optimizer, scheduler, scaler) -> 
 
 
 def _atomic_save(obj: dict, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)

@@ -1,6 +1,6 @@
 """The built-in synthetic studio: Carvana-like photos and masks in Kaggle's exact layout.
 
-`generate(out_dir, n_cars, n_test_cars, size, seed)` writes `train/`, `train_masks/` (palette GIFs
+`generate(out_dir, n_cars, n_test_cars, size=, seed=)` writes `train/`, `train_masks/` (palette GIFs
 with values 0/1), `train_masks.csv`, `metadata.csv`, `test/`, `sample_submission.csv` and, because
 the truth is known, `test_masks.csv`. `save_preview(data_dir, out_png)` draws a contact sheet.
 

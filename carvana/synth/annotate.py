@@ -4,10 +4,11 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from carvana.dataset import KAGGLE_SIZE
 from carvana.synth.catalog import AnnotationPolicy
 from carvana.synth.render import Layers
 
-FULL_WIDTH = 1918  # Kaggle's image width: jitter amplitudes are stated at this width
+FULL_WIDTH = KAGGLE_SIZE[0]  # Kaggle's image width: jitter amplitudes are stated at this width
 MIN_JITTER_PX = 0.35  # below this (small images) a wobble would not move any pixel
 
 

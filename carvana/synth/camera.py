@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-N_ANGLES = 16
+from carvana.dataset import N_ANGLES
+
 CAMERA_DISTANCE = 9.0  # m from the turntable's centre
 CAMERA_HEIGHT = 1.55  # m: a slight elevation, the roof is just visible
 TARGET_HEIGHT = 0.95  # m: the point projected to the image centre (car sits a little below centre)

@@ -1,20 +1,19 @@
 """A contact sheet of a dataset's train photos: one row per car, one column per angle."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 from PIL import Image
 
+from carvana.atomic import atomic_path
+from carvana.dataset import N_ANGLES
 from carvana.errors import WorkbenchError
-from carvana.synth.camera import N_ANGLES
 
 THUMB_WIDTH = 240  # px per column (smaller images are kept at their own size)
 GAP = 2  # px of white between thumbnails
 
 
-def save_preview(data_dir: Path, out_png: Path, n_cars: int = 3) -> Path:
+def save_preview(data_dir: Path, out_png: Path, *, n_cars: int = 3) -> Path:
     """Write a PNG grid of the first `n_cars` train cars (by id) x their 16 angles; return its path."""
     data_dir, out_png = Path(data_dir), Path(out_png)
     photos = sorted((data_dir / "train").glob("*_[0-9][0-9].jpg"))
@@ -36,13 +35,7 @@ def save_preview(data_dir: Path, out_png: Path, n_cars: int = 3) -> Path:
                 thumb = photo.convert("RGB").resize((thumb_w, thumb_h), Image.Resampling.LANCZOS)
             sheet.paste(thumb, (col * (thumb_w + GAP), row * (thumb_h + GAP)))
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_png.name}.", suffix=".png", dir=out_png.parent)
-    os.close(fd)
-    try:
+    with atomic_path(out_png) as tmp:
         sheet.save(tmp, format="PNG")
-        os.replace(tmp, out_png)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return out_png
 

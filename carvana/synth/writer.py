@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
+from carvana.dataset import N_ANGLES
 from carvana.errors import WorkbenchError
+from carvana.progress import progress_bar
 from carvana.rle import rle_encode
 from carvana.synth.annotate import annotate
-from carvana.synth.camera import N_ANGLES
 from carvana.synth.car import build_car
 from carvana.synth.catalog import CarSpec, draw_car
 from carvana.synth.render import render_view
@@ -73,7 +73,7 @@ def check_args(out_dir: Path, n_cars: int, n_test_cars: int, size: tuple[int, in
                              "pass e.g. --size 480x320 (Kaggle's is 1918x1280)")
 
 
-def generate(out_dir: Path, n_cars: int, n_test_cars: int, size: tuple[int, int] = (480, 320), seed: int = 0,
+def generate(out_dir: Path, n_cars: int, n_test_cars: int, *, size: tuple[int, int] = (480, 320), seed: int = 0,
              progress: bool = True, variant: str = "default") -> None:
     """Write `n_cars` train and `n_test_cars` test cars x 16 angles at `size` (W, H) into `out_dir`.
 
@@ -111,7 +111,7 @@ def _write_layout(root: Path, train: list[CarSpec], test: list[CarSpec], size: t
              for split, cars in ((TRAIN, train), (TEST, test))
              for index, spec in enumerate(cars) for angle in range(1, N_ANGLES + 1)]
     rles: dict[int, list[tuple[str, str]]] = {TRAIN: [], TEST: []}
-    bar = tqdm(total=len(shots), desc="synth", unit="img", disable=not progress)
+    bar = progress_bar(total=len(shots), desc="synth", unit="img", disable=not progress)
     packed, packed_id = None, ""
     for shot in shots:
         if shot.spec.car_id != packed_id:  # shots come grouped by car: build each mesh once

@@ -12,26 +12,22 @@ import datetime as dt
 import hashlib
 import json
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 
+from carvana.atomic import atomic_path, write_text_atomic
+from carvana.dataset import KAGGLE_SIZE, format_size
 from carvana.errors import WorkbenchError
-from stacking.submission import (
-    HEADER,
-    KAGGLE_SIZE,
-    atomic_output,
-    iter_rows,
-    open_compressed,
-    parse_runs,
-)
+from carvana.rle import Runs, parse_runs, runs_to_rle
+from carvana.submission.files import HEADER, iter_rows, open_compressed
 
 MAX_FILES = 62  # coverage codes are int64 bit sets
 TABLE_FILES = 16  # up to this many files, the vote of every code is looked up in a 2**n table
 
 
-def run_coverage(runs: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+def run_coverage(runs: Sequence[Runs]) -> tuple[np.ndarray, np.ndarray]:
     """Boundaries and coverage codes of several run lists (0-indexed starts, exclusive ends, int64).
 
     Returns (bounds, codes): pixels in [bounds[k], bounds[k + 1]) are covered by the lists whose bit
@@ -68,9 +64,8 @@ def _code_votes(codes: np.ndarray, weights: Sequence[float]) -> np.ndarray:
 
 
 def vote_runs(
-    runs: Sequence[tuple[np.ndarray, np.ndarray]], weights: Sequence[float], min_votes: float,
-    table: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
+    runs: Sequence[Runs], weights: Sequence[float], min_votes: float, *, table: np.ndarray | None = None
+) -> Runs:
     """Runs (starts, ends) of the pixels whose weighted vote sum(w_i * covered_i) >= min_votes.
 
     Strict majority is min_votes = the smallest float above half the total weight (see `blend_rule`).
@@ -103,17 +98,6 @@ def blend_rule(weights: Sequence[float], min_votes: float | None) -> tuple[float
             f"--min-votes {min_votes} is outside (0, {total:g}] (the total weight); fix: pass a value in that range"
         )
     return float(min_votes), f"min_votes: weighted vote >= {min_votes:g} of {total:g}"
-
-
-def runs_to_rle(starts: np.ndarray, ends: np.ndarray) -> str:
-    """Kaggle RLE of 0-indexed runs (starts, exclusive ends), non-touching, ascending."""
-    if starts.size == 0:
-        return ""
-    pairs = np.empty(2 * starts.size, dtype=np.int64)
-    pairs[0::2] = starts + 1
-    pairs[1::2] = ends - starts
-    # One %-format of a tuple is ~2.5x faster than a join of str() or of astype(str).
-    return ("%d " * pairs.size % tuple(pairs.tolist()))[:-1]
 
 
 def _check_weights(paths: Sequence[Path], weights: Sequence[float] | None) -> list[float]:
@@ -159,7 +143,7 @@ def _blended_rows(
             except ValueError as error:
                 raise WorkbenchError(f"{path}: row {row} ({img}): RLE {error}; fix: check the image size "
                                      f"({size_text}) or re-write the file with carvana.rle_encode") from None
-        yield img, runs_to_rle(*vote_runs(runs, weights, needed, table))
+        yield img, runs_to_rle(*vote_runs(runs, weights, needed, table=table))
 
 
 def sha256_of(path: Path) -> str:
@@ -174,6 +158,7 @@ def sha256_of(path: Path) -> str:
 def blend_submissions(
     paths: Sequence[Path],
     out_path: Path,
+    *,
     weights: Sequence[float] | None = None,
     min_votes: float | None = None,
     image_size: tuple[int, int] = KAGGLE_SIZE,
@@ -188,10 +173,10 @@ def blend_submissions(
     weights = _check_weights(paths, weights)
     needed, rule = blend_rule(weights, min_votes)
     table = vote_table(weights, needed) if len(weights) <= TABLE_FILES else None
-    size_text = f"{image_size[0]}x{image_size[1]}"
+    size_text = format_size(image_size)
     started = time.perf_counter()
     n_rows = 0
-    with atomic_output(out_path) as tmp_path:
+    with atomic_path(out_path) as tmp_path:
         with open(tmp_path, "wb") as raw, open_compressed(raw, out_path) as out:
             out.write(f"{HEADER}\n".encode())
             for img, rle in _blended_rows(paths, weights, needed, table, image_size[0] * image_size[1], size_text):
@@ -209,6 +194,5 @@ def blend_submissions(
             "seconds": round(time.perf_counter() - started, 3),
             "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         }
-        with atomic_output(out_path.with_name(out_path.name + ".json")) as json_tmp:
-            json_tmp.write_text(json.dumps(record, indent=2) + "\n")
+        write_text_atomic(out_path.with_name(out_path.name + ".json"), json.dumps(record, indent=2) + "\n")
     return out_path
