@@ -23,6 +23,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from carvana.errors import WorkbenchError
 from stacking.blenders import _check_members, _levels
+from stacking.maps import MapBatch, TrainMaps
 from stacking.features import (
     N_ANGLES,
     BandSample,
@@ -115,9 +116,9 @@ class PixelStacker(BaseEstimator):
         self.random_state = random_state
         self.lgbm_params = lgbm_params
 
-    def fit(self, X: np.ndarray | Images, y: np.ndarray | None = None, angles: np.ndarray | None = None,
+    def fit(self, X: TrainMaps | np.ndarray | Images, y: np.ndarray | None = None, angles: np.ndarray | None = None,
             n_images: int | None = None) -> PixelStacker:
-        """Fit on arrays X (N, M, H, W) uint8 (or floats in [0, 1]), y (N, H, W) 0/1, angles (N,) 1..16,
+        """Fit on a TrainMaps (streamed batches), on arrays X (N, M, H, W) uint8 (or floats in [0, 1]), y (N, H, W) 0/1, angles (N,) 1..16,
         or on an iterable X of (maps (M, H, W) uint8, truth (H, W), angle) streamed one image at a time
         (then y and angles are None; `n_images`, if known, saves featurising pixels that get cut).
         """
@@ -145,9 +146,12 @@ class PixelStacker(BaseEstimator):
             self.model_.fit(sample.features, sample.labels, **spec.fit_params(sample.features.shape[1]))
         return self
 
-    def predict_proba(self, X: np.ndarray, angles: np.ndarray) -> np.ndarray:
-        """Probabilities (N, H, W) float32 of X (N, M, H, W) uint8 (or floats in [0, 1]), angles (N,) 1..16."""
+    def predict_proba(self, X: MapBatch | np.ndarray, angles: np.ndarray | None = None) -> np.ndarray:
+        """Probabilities (N, H, W) float32 of a MapBatch, or of X (N, M, H, W) uint8 (or floats in [0, 1])
+        with angles (N,) 1..16."""
         check_is_fitted(self, "n_members_")
+        if isinstance(X, MapBatch):
+            X, angles = X.maps, X.angles
         X = _check_members(X)
         angles = np.asarray(angles)
         if angles.shape != X.shape[:1]:
@@ -175,6 +179,10 @@ class PixelStacker(BaseEstimator):
 
     def _fit_images(self, X: Any, y: Any, angles: Any, n_images: int | None) -> tuple[Images, int | None]:
         """The fit input as a stream of (maps, truth, angle) and its length if known."""
+        if isinstance(X, TrainMaps):
+            if y is not None or angles is not None:
+                raise ValueError("fit on TrainMaps takes no separate y or angles: they come with the maps")
+            return X.images(), X.n_images
         if isinstance(X, np.ndarray):
             X = _check_members(X)
             if y is None or angles is None:

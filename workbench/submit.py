@@ -10,12 +10,12 @@ import numpy as np
 from carvana.atomic import write_json_atomic
 from carvana.dataset import SAMPLE_CSV, CarvanaData
 from carvana.errors import WorkbenchError
-from carvana.validate import check_data
 from oof import Store
 from stacking.leaderboard import read_leaderboard
 from stacking.score import ScoreResult, score_submission
 from stacking.submission import read_sample_ids, write_submission
 from workbench.config import ExperimentConfig
+from workbench.run import Run
 
 SUBMISSION = "submission.csv.gz"
 
@@ -45,9 +45,10 @@ def best_entry(config: ExperimentConfig) -> dict[str, str]:
 
 
 def submit(config: ExperimentConfig, entry: str | None = None, out_path: Path | None = None,
-           progress: bool = True) -> Path:
-    """Write `RUN/submission.csv.gz` (or `out_path`) from `entry`'s test maps (default: the best entry)."""
-    summary = check_data(config.data)
+           progress: bool = True, run: Run | None = None) -> Path:
+    """Write `RUN/submission.csv.gz` (or `out_path`) from `entry`'s test maps (default: the best entry);
+    `run`, when the caller has opened it, saves checking the data again."""
+    summary = (run or Run.open(config)).summary
     rows = {r["entry"]: r for r in read_leaderboard(config.run_dir / "leaderboard.csv")}
     row = best_entry(config) if entry is None else rows.get(entry)
     if row is None:
@@ -65,9 +66,9 @@ def submit(config: ExperimentConfig, entry: str | None = None, out_path: Path | 
     return out_path
 
 
-def local_score(config: ExperimentConfig, submission: Path) -> ScoreResult | None:
+def local_score(config: ExperimentConfig, submission: Path, run: Run | None = None) -> ScoreResult | None:
     """The submission's mean Dice against the data's test truth, when it has one (synthetic data)."""
     data = CarvanaData(config.data)
     if not data.test_truth_path.exists():
         return None
-    return score_submission(submission, data.test_truth_path, check_data(config.data).size)
+    return score_submission(submission, data.test_truth_path, (run or Run.open(config)).summary.size)
