@@ -6,6 +6,7 @@ An entry is any scikit-learn-style estimator over the stacking input type (`stac
 """
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
@@ -34,11 +35,14 @@ def cross_fit(make: Callable[[], Entry], train: TrainMaps) -> Iterator[tuple[int
 def fit_predict(make: Callable[[], Entry], train: TrainMaps, test: TestMaps | None, writer: MapWriter,
                 progress: bool = False, desc: str = "entry") -> Entry:
     """Write the entry's honest OOF map of every train image (fold k's from the fit without fold k) and,
-    when `test` is given, its test maps from the fit on every fold; return that last fit."""
+    when `test` is given, its test maps from the fit on every fold; return that last fit. Prints the seconds
+    spent on the train images (fits and OOF maps) and on the test maps (bench.scale reads the line)."""
     bar = tqdm(total=train.n_images + (len(test.ids) if test else 0), desc=f"{desc}: cross-fit", leave=False,
                disable=not progress)
-    model = None
+    model, start, test_start = None, time.perf_counter(), None
     for k, model in cross_fit(make, train):
+        if k is None:
+            test_start = time.perf_counter()  # the fit on all folds is done: the rest is test-map work
         if k is None and test is None:
             break
         batches = train.folds([k]).batches(with_truth=False) if k is not None else test.batches()
@@ -47,4 +51,7 @@ def fit_predict(make: Callable[[], Entry], train: TrainMaps, test: TestMaps | No
                 writer.write("train" if k is not None else "test", img, proba, fold=k)
             bar.update(len(batch))
     bar.close()
+    end = time.perf_counter()
+    test_start = test_start or end
+    print(f"{desc}: cross-fit {test_start - start:.1f} s on train images, {end - test_start:.1f} s on test maps")
     return model

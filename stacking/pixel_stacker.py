@@ -108,13 +108,14 @@ class PixelStacker(BaseEstimator):
     """
 
     def __init__(self, model: str = "lightgbm", lo: float = 0.02, hi: float = 0.98, max_pixels: int = 2_000_000,
-                 random_state: int = 0, lgbm_params: dict | None = None) -> None:
+                 random_state: int = 0, lgbm_params: dict | None = None, max_band_share: float = 1.0) -> None:
         self.model = model
         self.lo = lo
         self.hi = hi
         self.max_pixels = max_pixels
         self.random_state = random_state
         self.lgbm_params = lgbm_params
+        self.max_band_share = max_band_share
 
     def fit(self, X: TrainMaps | np.ndarray | Images, y: np.ndarray | None = None, angles: np.ndarray | None = None,
             n_images: int | None = None) -> PixelStacker:
@@ -169,13 +170,24 @@ class PixelStacker(BaseEstimator):
         out = member_mean(maps)
         if self.model_ is None:
             return out
-        band = np.flatnonzero(band_mask(maps, *band_levels(self.lo, self.hi)))
+        band = self._capped(np.flatnonzero(band_mask(maps, *band_levels(self.lo, self.hi))), out)
         flat = out.reshape(-1)
         for start in range(0, band.size, PREDICT_CHUNK):
             index = band[start:start + PREDICT_CHUNK]
             features = pixel_features(maps, angle, index, mean=out)
             flat[index] = self.model_.predict_proba(features)[:, 1]
         return out
+
+    def _capped(self, band: np.ndarray, mean: np.ndarray) -> np.ndarray:
+        """At most max_band_share of the image's pixels: the band pixels whose members' mean is nearest 0.5
+        (the rest keep the members' mean), so the cost per image is bounded however soft the members are."""
+        cap = int(self.max_band_share * mean.size)
+        if not 0 < self.max_band_share <= 1:
+            raise ValueError(f"max_band_share must be in (0, 1], got {self.max_band_share}")
+        if band.size <= cap:
+            return band
+        doubt = np.abs(mean.reshape(-1)[band] - np.float32(0.5))
+        return np.sort(band[np.argpartition(doubt, cap - 1)[:cap]])
 
     def _fit_images(self, X: Any, y: Any, angles: Any, n_images: int | None) -> tuple[Images, int | None]:
         """The fit input as a stream of (maps, truth, angle) and its length if known."""

@@ -60,6 +60,7 @@ class StackConfig:
     stackers: tuple[str, ...] = ("lightgbm", "logistic")  # per-pixel level-2 models on the uncertain band
     max_pixels: int = 2_000_000  # band pixels sampled to fit each stacker (bounds memory and time)
     band: tuple[float, float] = (0.02, 0.98)  # stackers learn where not every member is <= lo or >= hi
+    max_band_share: float = 1.0  # stackers predict at most this share of an image's pixels (the most doubtful)
     n_submissions: int = 3  # top entries also written to RUN/submissions/ for `workbench blend`
 
 

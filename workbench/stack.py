@@ -88,8 +88,9 @@ def entry_factories(config: ExperimentConfig) -> dict[str, tuple[str, Callable[[
         entries[name] = ("blend", lambda name=name: make_blender(name))
     lo, hi = config.stack.band
     for name in config.stack.stackers:
-        entries[name] = ("stacker", lambda name=name: make_stacker(name, lo=lo, hi=hi, max_pixels=config.stack.max_pixels,
-                                                                  random_state=config.seed))
+        entries[name] = ("stacker", lambda name=name: make_stacker(
+            name, lo=lo, hi=hi, max_pixels=config.stack.max_pixels, random_state=config.seed,
+            max_band_share=config.stack.max_band_share))
     return entries
 
 

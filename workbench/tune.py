@@ -75,8 +75,11 @@ def tune_space(config: ExperimentConfig) -> TuneSpace:
 def tuned_blend_factory(run: Run, members: list[str], progress: bool) -> Callable[[], TunedBlend]:
     """Makes the run's TunedBlend: its studies are named from what the trials depend on, so `workbench tune`
     and `workbench stack` (any number of processes) share them."""
+    import optuna
+
     from stacking.tuned import TunedBlend
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial would bury the summary
     config, store = run.config, run.members_store
     context = {"folds_hash": run.folds.hash, "generations": {m: store.metadata(m)["generation"] for m in members}}
     name = study_name(config, context, members)
