@@ -29,7 +29,7 @@ def truths(n_cars: int) -> list[np.ndarray]:
 
 
 def run(quick: bool = False) -> str:
-    from bench.scale import MEMBERS, member_map
+    from bench.scale import member_map
 
     masks = truths(1 if quick else 3)
     maps = {"perfect map (truth x 255)": [m * np.uint8(255) for m in masks],

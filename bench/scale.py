@@ -73,7 +73,8 @@ def prepare_data(out: Path, n_train: int, n_test: int) -> Path:
     meta_of = {line.split(",")[0]: line.split(",", 1)[1] for line in meta[1:]}
     rows = {"train_masks.csv": ["img,rle_mask"], "test_masks.csv": ["img,rle_mask"],
             "sample_submission.csv": ["img,rle_mask"], "metadata.csv": [meta[0]]}
-    for split, cars, tpl in (("train", car_ids("train", n_train), train_tpl), ("test", car_ids("test", n_test), test_tpl)):
+    splits = (("train", car_ids("train", n_train), train_tpl), ("test", car_ids("test", n_test), test_tpl))
+    for split, cars, tpl in splits:
         for c, car in enumerate(cars):
             source = tpl[c % len(tpl)]
             rows["metadata.csv"].append(f"{car},{meta_of[source]}")
@@ -221,7 +222,7 @@ def report(args: argparse.Namespace, n_train: int, n_test: int, stages: dict, si
     full = {"workbench stack": stack_train * train_scale + test_part * test_scale,
             "workbench submit": stages["workbench submit"]["seconds"] * test_scale}
     maps_bytes = n_train * len(MEMBERS) * SIZE[0] * SIZE[1]
-    rows = [[name, f"{s['seconds']:.0f}", gb(s["peak_rss"]), f"{full.get(name, 0) / 3600:.1f} h" if name in full else ""]
+    rows = [[name, f"{s['seconds']:.0f}", gb(s["peak_rss"]), f"{full[name] / 3600:.1f} h" if name in full else ""]
             for name, s in stages.items()]
     entry_rows = [[e, f"{a:.0f}", f"{b:.0f}", f"{(a * train_scale + b * test_scale) / 3600:.1f} h",
                    f"{b * test_scale / 16 / 3600:.2f} h"] for e, (a, b) in entries.items()]

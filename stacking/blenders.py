@@ -3,8 +3,9 @@
 Every blender follows the stacking entries' one input type (`stacking.maps`): `fit(X)` takes a
 `TrainMaps` (streamed labelled batches) and returns self, `predict_proba(X)` takes a `MapBatch` and
 returns (N, H, W) float32 probabilities. For convenience arrays are accepted too and wrapped:
-X (N, M, H, W) uint8 levels (probability x 255) or floats in [0, 1], y (N, H, W) 0/1. Members are converted to float32 one at a time, so predicting on a batch costs the
-output plus one member, never a float copy of all of X.
+X (N, M, H, W) uint8 levels (probability x 255) or floats in [0, 1], y (N, H, W) 0/1. Members are
+converted to float32 one at a time, so predicting on a batch costs the output plus one member, never a
+float copy of all of X.
 """
 from __future__ import annotations
 

@@ -119,9 +119,10 @@ class PixelStacker(BaseEstimator):
 
     def fit(self, X: TrainMaps | np.ndarray | Images, y: np.ndarray | None = None, angles: np.ndarray | None = None,
             n_images: int | None = None) -> PixelStacker:
-        """Fit on a TrainMaps (streamed batches), on arrays X (N, M, H, W) uint8 (or floats in [0, 1]), y (N, H, W) 0/1, angles (N,) 1..16,
-        or on an iterable X of (maps (M, H, W) uint8, truth (H, W), angle) streamed one image at a time
-        (then y and angles are None; `n_images`, if known, saves featurising pixels that get cut).
+        """Fit on a TrainMaps (streamed batches), on arrays X (N, M, H, W) uint8 (or floats in [0, 1]),
+        y (N, H, W) 0/1, angles (N,) 1..16, or on an iterable X of (maps (M, H, W) uint8, truth (H, W), angle)
+        streamed one image at a time (then y and angles are None; `n_images`, if known, saves featurising
+        pixels that get cut).
         """
         _level2(self.model)
         lo_level, hi_level = band_levels(self.lo, self.hi)
