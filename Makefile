@@ -6,7 +6,7 @@ WB := $(VENV)/bin/workbench
 CONFIG ?= configs/demo.yaml
 RUN ?= runs/$(basename $(notdir $(CONFIG)))
 
-.PHONY: setup test demo folds fold-train stack tune submit blend dashboard bench bench-robust clean-demo
+.PHONY: setup test demo folds fold-train stack tune submit blend dashboard bench bench-robust bench-scale clean-demo
 
 setup: $(VENV)/.installed
 
@@ -45,6 +45,9 @@ bench: setup
 
 bench-robust: setup
 	$(PY) -m bench.robust
+
+bench-scale: setup
+	$(PY) -m bench.scale --fraction $(or $(FRACTION),0.05) --out bench/_scratch/scale
 
 clean-demo:
 	rm -rf data/synthetic runs/demo

@@ -22,7 +22,9 @@ def resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def resize_proba(proba: np.ndarray, height: int, width: int) -> np.ndarray:
-    """(h, w) float32 probabilities -> (height, width), bilinear (as the winners did)."""
+    """(h, w) float32 probabilities -> (height, width): area interpolation when shrinking (a store smaller than
+    the member's maps), bilinear when enlarging (as the winners did)."""
     if proba.shape == (height, width):
         return proba
-    return cv2.resize(proba, (width, height), interpolation=cv2.INTER_LINEAR)
+    shrink = height <= proba.shape[0] and width <= proba.shape[1]
+    return cv2.resize(proba, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)

@@ -1,5 +1,6 @@
-"""Stacking: blends and level-2 stackers over the members' maps, the exact Dice evaluator, nested Optuna
-tuning, the stack store and the leaderboard. Never imports torch or tensorflow.
+"""Stacking: every entry an estimator over streamed member maps (`MapBatch`, `TrainMaps`), one cross-fit
+loop, the exact Dice evaluator, nested Optuna tuning, the stack store and the leaderboard. Never imports
+torch or tensorflow.
 
 Names are imported from their modules on first use, so `import stacking.leaderboard` loads no Optuna.
 """
@@ -14,7 +15,12 @@ _HOMES = {
     "STACKERS": "stacking.pixel_stacker",
     "PixelStacker": "stacking.pixel_stacker",
     "make_stacker": "stacking.pixel_stacker",
-    "OofTable": "stacking.oof_table",
+    "MapBatch": "stacking.maps",
+    "TrainMaps": "stacking.maps",
+    "TestMaps": "stacking.maps",
+    "cross_fit": "stacking.crossfit",
+    "fit_predict": "stacking.crossfit",
+    "TunedBlend": "stacking.tuned",
     "EntryScore": "stacking.leaderboard",
     "score_entry": "stacking.leaderboard",
     "read_leaderboard": "stacking.leaderboard",

@@ -1,9 +1,11 @@
 """Blends of members' probability maps as scikit-learn-style estimators.
 
-Every blender takes X: (N, M, H, W) uint8 levels (probability x 255) or float probabilities in [0, 1],
-and y: (N, H, W) 0/1 truth; `fit(X, y)` returns self and `predict_proba(X)` returns (N, H, W) float32
-probabilities. Members are converted to float32 one at a time, so predicting on a batch costs the
-output plus one member, never a float copy of all of X.
+Every blender follows the stacking entries' one input type (`stacking.maps`): `fit(X)` takes a
+`TrainMaps` (streamed labelled batches) and returns self, `predict_proba(X)` takes a `MapBatch` and
+returns (N, H, W) float32 probabilities. For convenience arrays are accepted too and wrapped:
+X (N, M, H, W) uint8 levels (probability x 255) or floats in [0, 1], y (N, H, W) 0/1. Members are
+converted to float32 one at a time, so predicting on a batch costs the output plus one member, never a
+float copy of all of X.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from carvana.errors import WorkbenchError
 from stacking.evaluate import DiceEvaluator
+from stacking.maps import MapBatch, TrainMaps, as_train_maps
 
 
 def _check_members(X: np.ndarray) -> np.ndarray:
@@ -48,21 +51,20 @@ class _Blender(BaseEstimator):
 
     name: ClassVar[str]
 
-    def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> _Blender:
-        """Check X (N, M, H, W) and, if given, y (N, H, W); fixed blenders learn only the member count."""
-        X = _check_members(X)
-        if y is not None and np.shape(y) != X.shape[:1] + X.shape[2:]:
-            raise ValueError(f"y must be (N, H, W) = {X.shape[:1] + X.shape[2:]}, got {np.shape(y)}")
-        self.n_members_ = X.shape[1]
+    def fit(self, X: TrainMaps | np.ndarray, y: np.ndarray | None = None) -> _Blender:
+        """Fixed blenders learn only the member count of X (no pass over the maps)."""
+        if not isinstance(X, TrainMaps):
+            _check_members(X)
+        self.n_members_ = as_train_maps(X, y).n_members
         return self
 
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        """Blended probabilities (N, H, W) float32 of X (N, M, H, W)."""
+    def predict_proba(self, X: MapBatch | np.ndarray) -> np.ndarray:
+        """Blended probabilities (N, H, W) float32 of a batch of N images' maps (N, M, H, W)."""
         check_is_fitted(self)
-        X = _check_members(X)
-        if X.shape[1] != self.n_members_:
-            raise ValueError(f"X has {X.shape[1]} members, the blender was fitted on {self.n_members_}")
-        return self._blend(X)
+        maps = X.maps if isinstance(X, MapBatch) else _check_members(X)
+        if maps.shape[1] != self.n_members_:
+            raise ValueError(f"X has {maps.shape[1]} members, the blender was fitted on {self.n_members_}")
+        return self._blend(maps)
 
     def _blend(self, X: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -142,14 +144,19 @@ class WeightedMeanBlender(_Blender):
         self.max_passes = max_passes
         self.random_state = random_state
 
-    def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> WeightedMeanBlender:
-        """Learn weights from X (N, M, H, W) and truth y (N, H, W) 0/1."""
+    def fit(self, X: TrainMaps | np.ndarray, y: np.ndarray | None = None) -> WeightedMeanBlender:
+        """Learn weights from the streamed evaluator of TrainMaps X (shared by every fit on its folds), or
+        from arrays X (N, M, H, W) and truth y (N, H, W) 0/1."""
+        if isinstance(X, TrainMaps):
+            return self.fit_evaluator(X.evaluator())
         if y is None:
             raise ValueError("WeightedMeanBlender.fit needs the truth y (N, H, W)")
-        super().fit(X, y)
-        evaluator = DiceEvaluator(self.n_members_)
-        for image_members, truth in zip(np.asarray(X), np.asarray(y)):
-            evaluator.add_image(_levels(image_members), truth, 1)
+        X = _check_members(X)
+        train = as_train_maps(X, y)
+        evaluator = DiceEvaluator(train.n_members)
+        for batch in train.batches():
+            for maps, truth in zip(batch.maps, batch.truth):
+                evaluator.add_image(maps, truth, 1)
         return self.fit_evaluator(evaluator)
 
     def fit_evaluator(self, evaluator: DiceEvaluator) -> WeightedMeanBlender:

@@ -23,7 +23,7 @@ grouped by truth, angle and image, and each trial blends only those.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -110,10 +110,19 @@ class DiceEvaluator:
     re-packs, briefly holding the uncertain pixels twice.
     """
 
-    def __init__(self, n_members: int) -> None:
+    def __init__(self, n_members: int, threshold_range: tuple[float, float] | None = None) -> None:
         if not 1 <= n_members <= 257:  # the uint16 level sum holds up to 257 members
             raise ValueError(f"n_members must be in 1..257, got {n_members}")
         self.n_members = n_members
+        self.threshold_range = threshold_range
+        # Weighted trials only ever threshold inside threshold_range: a pixel whose highest member level is
+        # below 255 lo is background for every weight and threshold, one whose lowest level is >= 255 hi is
+        # car; neither is stored. Without a range only all-0 and all-255 pixels are decided.
+        lo, hi = threshold_range or (1 / 255, 1.0)
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"threshold_range must satisfy 0 < lo <= hi <= 1, got {threshold_range}")
+        self._min_car, self._max_background = math.ceil(Fraction(lo) * 255) - 1, math.ceil(Fraction(hi) * 255)
+        self._sure_car: list[tuple[int, int]] = []  # per image (truth-negative, truth-positive) always-car pixels
         self._max_sum = 255 * n_members
         self._hists: list[np.ndarray] = []  # per image (2, max_sum + 1): truth-negative, truth-positive
         self._angles: list[int] = []
@@ -159,8 +168,10 @@ class DiceEvaluator:
         bins[car] += self._max_sum + 1
         self._hists.append(np.bincount(bins, minlength=2 * (self._max_sum + 1))
                            .astype(np.int32).reshape(2, -1))
-        # S == 0 means every member is 0, S == 255 M every member is 255: decided for any trial.
-        uncertain = (level_sum != 0) & (level_sum != self._max_sum)
+        sure_car = flat.min(axis=0) >= self._max_background
+        uncertain = (flat.max(axis=0) > self._min_car) & ~sure_car
+        n_sure_car = int(np.count_nonzero(sure_car & car))
+        self._sure_car.append((int(np.count_nonzero(sure_car)) - n_sure_car, n_sure_car))
         self._chunks.append([flat[:, uncertain & car], flat[:, uncertain & ~car]])
         self._angles.append(int(angle))
         self.n_pixels += car.size
@@ -198,13 +209,24 @@ class DiceEvaluator:
             rows = np.arange(angles.size)
             tp, fp = suffix[1, rows, k_img], suffix[0, rows, k_img]
         else:
+            self._check_in_range(threshold)
             k = level_thresholds(threshold, int(w.sum()))
             tp, fp = np.empty(angles.size, np.int64), np.empty(angles.size, np.int64)
             tp[order] = parts[0].predicted_counts(w, k)
             fp[order] = parts[1].predicted_counts(w, k)
-            tp += suffix[1, :, -2]  # pixels where every member is 255
-            fp += suffix[0, :, -2]
+            sure = np.array(self._sure_car, dtype=np.int64).reshape(-1, 2)  # decided car for any trial
+            tp += sure[:, 1]
+            fp += sure[:, 0]
         return _dice_from_counts(tp, tp + fp, suffix[1, :, 0])
+
+    def _check_in_range(self, threshold: float | Sequence[float] | np.ndarray) -> None:
+        if self.threshold_range is None:
+            return
+        t = np.asarray(threshold, dtype=np.float64)
+        lo, hi = self.threshold_range
+        if np.any(t < lo) or np.any(t > hi):
+            raise ValueError(f"this evaluator answers weighted trials for thresholds in {self.threshold_range}, "
+                             f"got {threshold!r}")
 
     def score(self, threshold: float | Sequence[float] | np.ndarray,
               weights: np.ndarray | Sequence[float] | None = None) -> float:
@@ -247,6 +269,48 @@ class DiceEvaluator:
                 chunks[i][cls_index] = part.values[:, part.offsets[rank]:part.offsets[rank + 1]]
         self._chunks = chunks
         self._packed = None
+
+
+class FoldedEvaluator:
+    """One DiceEvaluator per fold; scores a trial on the union of some folds' images."""
+
+    def __init__(self, evaluators: Mapping[int, DiceEvaluator], ids: Mapping[int, Sequence[str]] | None = None):
+        self.evaluators = dict(evaluators)
+        self.ids = {k: list(v) for k, v in (ids or {}).items()}  # image ids per fold, in the order added
+
+    @property
+    def folds(self) -> list[int]:
+        return sorted(self.evaluators)
+
+    def per_image(self, threshold: float | np.ndarray, weights: np.ndarray | None, folds: Sequence[int]) -> np.ndarray:
+        """Per-image Dice (N,) float64 of the folds' images, fold by fold in the order of `folds`."""
+        return np.concatenate([self.evaluators[k].per_image(threshold, weights) for k in folds])
+
+    def score(self, threshold: float | np.ndarray, weights: np.ndarray | None, folds: Sequence[int]) -> float:
+        """Mean per-image Dice over the union of `folds`' images."""
+        return float(self.per_image(threshold, weights, folds).mean())
+
+    def restricted(self, folds: Sequence[int]) -> FoldsView:
+        """The folds' images answering as one evaluator (what a blend fitted on those folds sees)."""
+        return FoldsView(self, tuple(folds))
+
+
+@dataclass(frozen=True)
+class FoldsView:
+    """Some folds of a FoldedEvaluator with DiceEvaluator's `score(threshold, weights)` interface."""
+
+    folded: FoldedEvaluator
+    folds: tuple[int, ...]
+
+    @property
+    def n_members(self) -> int:
+        return self.folded.evaluators[self.folds[0]].n_members
+
+    def per_image(self, threshold: float | np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+        return self.folded.per_image(threshold, weights, self.folds)
+
+    def score(self, threshold: float | np.ndarray, weights: np.ndarray | None = None) -> float:
+        return self.folded.score(threshold, weights, self.folds)
 
 
 def brute_force_per_image(maps: Sequence[np.ndarray] | np.ndarray, truths: np.ndarray,

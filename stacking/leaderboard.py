@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
 from carvana.atomic import write_atomic
 from carvana.dataset import CarvanaData, angle_of, read_rle_csv
@@ -66,16 +67,36 @@ def test_truth(data: CarvanaData) -> dict[str, str] | None:
 
 def score_entry(store: Store, entry: str, kind: str, data: CarvanaData, folds: Folds,
                 size: tuple[int, int]) -> EntryScore:
-    """OOF (and, with test truth, test) per-image Dice at threshold 0.5 of an entry's stored maps
-    (a member in the OOF store, or a blend / stacker in the stack store); `size` is (W, H)."""
+    """`score_entries` for one entry."""
+    return score_entries([(store, entry, kind)], data, folds, size)[0]
+
+
+def score_entries(entries: Sequence[tuple[Store, str, str]], data: CarvanaData, folds: Folds,
+                  size: tuple[int, int], progress: bool = False) -> list[EntryScore]:
+    """OOF (and, with test truth, test) per-image Dice at threshold 0.5 of each (store, entry, kind)'s maps
+    (a member in the OOF store, or a blend / stacker in the stack store); `size` is the photos' (W, H).
+
+    One pass per split: each truth is decoded once and every entry's map of that image scored against it."""
     shape = (size[1], size[0])
-    oof = {img: upsampled_dice(store.read(entry, "train", img), rle_decode(rle, shape))
-           for img, rle in data.train_rles.items()}
+    oof = _score_split(entries, "train", data.train_rles, shape, progress)
     truth = test_truth(data)
-    test = None
-    if truth is not None and set(store.ids(entry, "test")) == set(truth):
-        test = {img: upsampled_dice(store.read(entry, "test", img), rle_decode(rle, shape)) for img, rle in truth.items()}
-    return EntryScore(entry, kind, 0.5, oof, folds, test)
+    test: list[dict[str, float] | None] = [None] * len(entries)
+    if truth is not None:
+        scorable = [i for i, (store, entry, _) in enumerate(entries) if set(store.ids(entry, "test")) == set(truth)]
+        for i, scores in zip(scorable, _score_split([entries[i] for i in scorable], "test", truth, shape, progress)):
+            test[i] = scores
+    return [EntryScore(entry, kind, 0.5, scores, folds, test_scores)
+            for (_, entry, kind), scores, test_scores in zip(entries, oof, test)]
+
+
+def _score_split(entries: Sequence[tuple[Store, str, str]], split: str, rles: dict[str, str],
+                 shape: tuple[int, int], progress: bool) -> list[dict[str, float]]:
+    scores: list[dict[str, float]] = [{} for _ in entries]
+    for img, rle in tqdm(rles.items(), desc=f"scoring {split}", disable=not progress or not entries, leave=False):
+        truth = rle_decode(rle, shape)
+        for i, (store, entry, _) in enumerate(entries):
+            scores[i][img] = upsampled_dice(store.read(entry, split, img), truth)
+    return scores
 
 
 def write_leaderboard(path: Path, entries: list[EntryScore],

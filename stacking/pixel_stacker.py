@@ -24,6 +24,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from carvana.errors import WorkbenchError
 from stacking.blenders import _check_members, _levels
+from stacking.maps import MapBatch, TrainMaps
 from stacking.features import (
     N_ANGLES,
     BandSample,
@@ -108,19 +109,21 @@ class PixelStacker(BaseEstimator):
     """
 
     def __init__(self, model: str = "lightgbm", lo: float = 0.02, hi: float = 0.98, max_pixels: int = 2_000_000,
-                 random_state: int = 0, lgbm_params: dict | None = None) -> None:
+                 random_state: int = 0, lgbm_params: dict | None = None, max_band_share: float = 1.0) -> None:
         self.model = model
         self.lo = lo
         self.hi = hi
         self.max_pixels = max_pixels
         self.random_state = random_state
         self.lgbm_params = lgbm_params
+        self.max_band_share = max_band_share
 
-    def fit(self, X: np.ndarray | Images, y: np.ndarray | None = None, angles: np.ndarray | None = None,
+    def fit(self, X: TrainMaps | np.ndarray | Images, y: np.ndarray | None = None, angles: np.ndarray | None = None,
             n_images: int | None = None) -> PixelStacker:
-        """Fit on arrays X (N, M, H, W) uint8 (or floats in [0, 1]), y (N, H, W) 0/1, angles (N,) 1..16,
-        or on an iterable X of (maps (M, H, W) uint8, truth (H, W), angle) streamed one image at a time
-        (then y and angles are None; `n_images`, if known, saves featurising pixels that get cut).
+        """Fit on a TrainMaps (streamed batches), on arrays X (N, M, H, W) uint8 (or floats in [0, 1]),
+        y (N, H, W) 0/1, angles (N,) 1..16, or on an iterable X of (maps (M, H, W) uint8, truth (H, W), angle)
+        streamed one image at a time (then y and angles are None; `n_images`, if known, saves featurising
+        pixels that get cut).
         """
         _level2(self.model)
         lo_level, hi_level = band_levels(self.lo, self.hi)
@@ -146,9 +149,12 @@ class PixelStacker(BaseEstimator):
             self.model_.fit(sample.features, sample.labels, **spec.fit_params(sample.features.shape[1]))
         return self
 
-    def predict_proba(self, X: np.ndarray, angles: np.ndarray) -> np.ndarray:
-        """Probabilities (N, H, W) float32 of X (N, M, H, W) uint8 (or floats in [0, 1]), angles (N,) 1..16."""
+    def predict_proba(self, X: MapBatch | np.ndarray, angles: np.ndarray | None = None) -> np.ndarray:
+        """Probabilities (N, H, W) float32 of a MapBatch, or of X (N, M, H, W) uint8 (or floats in [0, 1])
+        with angles (N,) 1..16."""
         check_is_fitted(self, "n_members_")
+        if isinstance(X, MapBatch):
+            X, angles = X.maps, X.angles
         X = _check_members(X)
         angles = np.asarray(angles)
         if angles.shape != X.shape[:1]:
@@ -166,7 +172,7 @@ class PixelStacker(BaseEstimator):
         out = member_mean(maps)
         if self.model_ is None:
             return out
-        band = np.flatnonzero(band_mask(maps, *band_levels(self.lo, self.hi)))
+        band = self._capped(np.flatnonzero(band_mask(maps, *band_levels(self.lo, self.hi))), out)
         flat = out.reshape(-1)
         for start in range(0, band.size, PREDICT_CHUNK):
             index = band[start:start + PREDICT_CHUNK]
@@ -174,8 +180,23 @@ class PixelStacker(BaseEstimator):
             flat[index] = self.model_.predict_proba(features)[:, 1]
         return out
 
+    def _capped(self, band: np.ndarray, mean: np.ndarray) -> np.ndarray:
+        """At most max_band_share of the image's pixels: the band pixels whose members' mean is nearest 0.5
+        (the rest keep the members' mean), so the cost per image is bounded however soft the members are."""
+        cap = int(self.max_band_share * mean.size)
+        if not 0 < self.max_band_share <= 1:
+            raise ValueError(f"max_band_share must be in (0, 1], got {self.max_band_share}")
+        if band.size <= cap:
+            return band
+        doubt = np.abs(mean.reshape(-1)[band] - np.float32(0.5))
+        return np.sort(band[np.argpartition(doubt, cap - 1)[:cap]])
+
     def _fit_images(self, X: Any, y: Any, angles: Any, n_images: int | None) -> tuple[Images, int | None]:
         """The fit input as a stream of (maps, truth, angle) and its length if known."""
+        if isinstance(X, TrainMaps):
+            if y is not None or angles is not None:
+                raise ValueError("fit on TrainMaps takes no separate y or angles: they come with the maps")
+            return X.images(), X.n_images
         if isinstance(X, np.ndarray):
             X = _check_members(X)
             if y is None or angles is None:

@@ -31,59 +31,34 @@ import optuna
 import sqlalchemy
 
 from carvana.atomic import file_lock
-from carvana.dataset import angle_of
 from carvana.errors import WorkbenchError
 from carvana.progress import progress_bar
 from oof import Store
 from stacking.evaluate import (
     N_ANGLES,
-    DiceEvaluator,
+    DiceEvaluator,  # noqa: F401  (re-exported: tests and callers import it from here)
+    FoldedEvaluator,
     level_thresholds,
     quantize_weights,
 )
 
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
+METRIC = "mean Dice"  # the objective's name, shown by optuna-dashboard
 ATTR = "workbench_tune"  # the study's user attr holding the members, folds, space and context it was tuned with
 HEARTBEAT_SECONDS, GRACE_SECONDS = 10, 30  # server databases: a dead worker's trial fails after 30 s
 COMPLETE, RUNNING = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING
 _ALIVE = (COMPLETE, RUNNING, optuna.trial.TrialState.WAITING)  # trials that will end COMPLETE unless they fail
 
 
-class FoldedEvaluator:
-    """One DiceEvaluator per fold; scores a trial on the union of some folds' images."""
-
-    def __init__(self, evaluators: Mapping[int, DiceEvaluator], ids: Mapping[int, Sequence[str]] | None = None):
-        self.evaluators = dict(evaluators)
-        self.ids = {k: list(v) for k, v in (ids or {}).items()}  # image ids per fold, in the order added
-
-    @property
-    def folds(self) -> list[int]:
-        return sorted(self.evaluators)
-
-    def per_image(self, threshold: float | np.ndarray, weights: np.ndarray | None, folds: Sequence[int]) -> np.ndarray:
-        """Per-image Dice (N,) float64 of the folds' images, fold by fold in the order of `folds`."""
-        return np.concatenate([self.evaluators[k].per_image(threshold, weights) for k in folds])
-
-    def score(self, threshold: float | np.ndarray, weights: np.ndarray | None, folds: Sequence[int]) -> float:
-        """Mean per-image Dice over the union of `folds`' images."""
-        return float(self.per_image(threshold, weights, folds).mean())
-
-
 def build_folded_evaluator(store: Store, members: Sequence[str], fold_of: Mapping[str, int],
-                           truths: Callable[[str], np.ndarray], angles: Callable[[str], int] = angle_of,
-                           progress: bool = False) -> FoldedEvaluator:
-    """Stream every image of `fold_of` ({img: fold}) into its fold's evaluator, one image at a time.
+                           truths: Callable[[str], np.ndarray]) -> FoldedEvaluator:
+    """One DiceEvaluator per fold of `fold_of` ({img: fold}), streamed from the store in one pass.
 
-    Maps are read with `store.read(member, "train", img)`: (H, W) uint8; `truths(img)` must give the
-    (H, W) 0/1 truth at the store's resolution; `angles(img)` the angle 1..16.
-    """
-    evaluators = {k: DiceEvaluator(len(members)) for k in sorted(set(fold_of.values()))}
-    ids: dict[int, list[str]] = {k: [] for k in evaluators}
-    for img in progress_bar(sorted(fold_of), desc="loading OOF maps", disable=not progress, leave=False):
-        maps = np.stack([store.read(m, "train", img) for m in members])
-        evaluators[fold_of[img]].add_image(maps, truths(img), angles(img))
-        ids[fold_of[img]].append(img)
-    return FoldedEvaluator(evaluators, ids)
+    `truths(img)` must give the (H, W) 0/1 truth at the store's resolution."""
+    from stacking.maps import StoreReader, TrainMaps
+
+    train = TrainMaps(StoreReader(store, tuple(members), "train"), truths, fold_of, tuple(members))
+    return train.evaluator().folded
 
 
 @dataclass(frozen=True)
@@ -216,13 +191,15 @@ def _quiet_experimental() -> Iterator[None]:
 
 def tune_study(evaluator: FoldedEvaluator, folds: Sequence[int], members: Sequence[str], space: TuneSpace,
                storage: str | optuna.storages.BaseStorage, study_name: str, n_trials: int, seed: int,
-               context: Mapping[str, object] | None = None, progress: bool = False) -> TunedParams:
+               context: Mapping[str, object] | None = None, progress: bool = False,
+               user_attrs: Mapping[str, object] | None = None) -> TunedParams:
     """Run trials until the study has `n_trials` COMPLETE trials in total; return its best.
 
     A new study starts with the baseline (threshold 0.5, equal weights) as trial 0. Re-running continues
     the study; several processes on one study together stop at `n_trials`. `context` (JSON-able,
     e.g. the folds' hash) is stored with the members, folds and space: reusing the study with any of
-    them different is refused. The sampler's seed is `seed` + the number of trials already there, so
+    them different is refused. `user_attrs` (e.g. run, entry, outer fold) are written on the new study as
+    readable attributes for optuna-dashboard; the metric is named "mean Dice". The sampler's seed is `seed` + the number of trials already there, so
     a single process is reproducible and a worker joining later draws other random trials.
     """
     if n_trials < 1:
@@ -237,7 +214,7 @@ def tune_study(evaluator: FoldedEvaluator, folds: Sequence[int], members: Sequen
         return optuna.trial.create_trial(params=baseline, distributions=space.distributions(members), value=value,
                                          user_attrs={"worker": WORKER, "baseline": True})
 
-    study = _open_study(storage, study_name, attrs, baseline_trial)
+    study = _open_study(storage, study_name, attrs, baseline_trial, user_attrs or {})
     study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.get_trials(deepcopy=False)))
     surplus: list[int] = []
 
@@ -301,7 +278,7 @@ def _alive(pid: int) -> bool:
 
 
 def _open_study(storage: optuna.storages.BaseStorage, name: str, attrs: dict,
-                baseline_trial: Callable[[], optuna.trial.FrozenTrial]) -> optuna.Study:
+                baseline_trial: Callable[[], optuna.trial.FrozenTrial], labels: Mapping[str, object]) -> optuna.Study:
     """Create the study with the baseline as a finished trial, or load it and refuse a mismatched reuse.
 
     Not enqueue_trial: on SQLite two workers can both pop the same WAITING trial (no row locks there).
@@ -313,6 +290,10 @@ def _open_study(storage: optuna.storages.BaseStorage, name: str, attrs: dict,
         _check_attrs(study, attrs)
         return study
     study.set_user_attr(ATTR, attrs)  # one write, so a worker loading the study sees all of it or nothing
+    with _quiet_experimental():
+        study.set_metric_names([METRIC])
+    for key, value in labels.items():  # readable labels for the dashboard, never compared
+        study.set_user_attr(key, _jsonable(value))
     study.add_trial(baseline_trial())
     return study
 
@@ -362,24 +343,35 @@ class NestedResult:
 
 def nested_tune(evaluator: FoldedEvaluator, n_folds: int, members: Sequence[str], space: TuneSpace,
                 storage: str | optuna.storages.BaseStorage, name: str, n_trials: int, seed: int,
-                context: Mapping[str, object] | None = None, progress: bool = False) -> NestedResult:
-    """Study `{name}-outer{k}` on folds != k for each k (scored on fold k), then study `name` on all folds.
+                context: Mapping[str, object] | None = None, progress: bool = False,
+                user_attrs: Mapping[str, object] | None = None) -> NestedResult:
+    """Study `{name}-outer{k}` on folds != k for each k (scored on fold k), then study `name` on all folds,
+    through the one cross-fit loop (`stacking.crossfit`) with the tuned blend as its entry.
 
     Each study gets `n_trials` complete trials (see `tune_study`), so the whole costs (n_folds + 1) x n_trials.
     """
+    from stacking.crossfit import cross_fit
+    from stacking.maps import TrainMaps
+    from stacking.tuned import TunedBlend
+
     all_folds = list(range(n_folds))
     if evaluator.folds != all_folds:
         raise ValueError(f"the evaluator holds folds {evaluator.folds}, expected 0..{n_folds - 1}")
-    storage = open_storage(storage) if isinstance(storage, str) else storage
-    run = dict(members=members, space=space, storage=storage, n_trials=n_trials, seed=seed, context=context,
-               progress=progress)
+    train = TrainMaps.from_evaluator(evaluator, members)
+
+    def make() -> TunedBlend:
+        return TunedBlend(storage=storage, study=name, n_trials=n_trials, seed=seed, space=space, context=context,
+                          user_attrs=user_attrs, progress=progress)
+
     outer, honest = {}, {}
-    for k in all_folds:
-        outer[k] = tune_study(evaluator, [f for f in all_folds if f != k], study_name=f"{name}-outer{k}", **run)
+    for k, model in cross_fit(make, train):
+        if k is None:
+            full = model.params_
+            break
+        outer[k] = model.params_
         scores = evaluator.per_image(outer[k].threshold, outer[k].weights, [k])
         ids = evaluator.ids.get(k) or [f"fold{k}/{i}" for i in range(scores.size)]
         honest.update(zip(ids, scores.tolist(), strict=True))
-    full = tune_study(evaluator, all_folds, study_name=name, **run)
     return NestedResult(honest, float(np.mean(list(honest.values()))), full.value,
                         evaluator.score(0.5, None, all_folds), full, outer)
 

@@ -69,3 +69,44 @@ def test_dashboard_before_tuning_is_a_clear_error(tmp_path, storage):
     with pytest.raises(WorkbenchError, match="run `workbench tune"):
         serve_dashboard(load_config(write_config(tmp_path, extra)))
     assert not (tmp_path / "run" / "optuna.db").exists()  # no empty database left behind
+
+
+def get_json(port: int, path: str, deadline: float) -> dict:
+    """A JSON answer of the dashboard's API, polling until it answers or `deadline` passes."""
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
+                return json.load(response)
+        except (urllib.error.URLError, ConnectionError):
+            if time.time() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def test_dashboard_shows_the_metric_name_and_readable_labels(tmp_path):
+    """A tuning study names its metric and carries run / entry / outer fold labels, read back over HTTP."""
+    from stacking.maps import TrainMaps
+    from stacking.tune import TuneSpace
+    from stacking.tuned import TunedBlend
+    from tests.test_tune import MEMBERS, make_evaluator
+
+    config = write_config(tmp_path)
+    (tmp_path / "run").mkdir()
+    url = f"sqlite:///{tmp_path / 'run' / 'optuna.db'}"
+    train = TrainMaps.from_evaluator(make_evaluator(), MEMBERS).folds([0, 2])  # leaves fold 1 out
+    TunedBlend(storage=url, study="blend", n_trials=2, space=TuneSpace(per_angle=False),
+               user_attrs={"run": "runs/demo", "entry": "tuned"}).fit(train)
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "workbench.cli", "dashboard", "--config", str(config),
+                               "--port", str(port)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)
+    try:
+        summaries = get_json(port, "/api/studies", time.time() + 30)["study_summaries"]
+        assert [s["study_name"] for s in summaries] == ["blend-outer1"]
+        labels = {a["key"]: a["value"] for a in summaries[0]["user_attrs"]}
+        assert (labels["run"], labels["entry"], labels["outer_fold"]) == ("runs/demo", "tuned", "1")
+        detail = get_json(port, f"/api/studies/{summaries[0]['study_id']}", time.time() + 10)
+        assert detail["objective_names"] == ["mean Dice"]
+    finally:
+        server.terminate()
+        server.communicate(timeout=10)

@@ -8,17 +8,15 @@ import shutil
 from pathlib import Path
 
 import pytest
-from sklearn.base import BaseEstimator
 
 from carvana.dataset import CarvanaData
 from carvana.submission import read_sample_ids, validate_submission
 from folds import read_folds
 from oof import Store
-from stacking.oof_table import OofTable
 from tests.conftest import run_cli
 from workbench.config import load_config
 from workbench.fold_train import fold_train
-from workbench.stack import run_entry, stack
+from workbench.stack import stack
 
 TINY_RUN = """
 zoo:
@@ -71,33 +69,35 @@ def test_entry_maps_are_honest_out_of_fold(stacked_run):
         entries.check_test(entry, CarvanaData(config.data).test_ids)
 
 
-class SpyBlender(BaseEstimator):
-    """Records which images (by their member maps) each fit saw and each predict was asked for."""
+def test_stack_checks_the_data_once(stacked_run, monkeypatch):
+    """One `workbench stack` runs the data check once, however many entries, submissions and scores follow."""
+    import carvana.validate
+    import workbench.run
 
-    calls: list = []
+    calls = []
+    real = carvana.validate.check_data
 
-    def fit(self, X, y):
-        self.fit_keys_ = {x.tobytes() for x in X}
-        return self
+    def counting(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
 
-    def predict_proba(self, X):
-        SpyBlender.calls.append((self.fit_keys_, {x.tobytes() for x in X}))
-        return X.mean(axis=1).astype("float32") / 255
-
-
-def test_nested_cv_never_fits_on_the_fold_it_predicts(stacked_run, tmp_path):
+    monkeypatch.setattr(carvana.validate, "check_data", counting)
+    monkeypatch.setattr(workbench.run, "check_data", counting)
     path, _ = stacked_run
-    config = load_config(path)
-    data, folds = CarvanaData(config.data), read_folds(config.run_dir / "folds.csv")
-    members = Store(config.run_dir / "oof")
-    table = OofTable.load(members, members.members(), data, folds, (64, 96))
-    SpyBlender.calls = []
-    run_entry("spy", SpyBlender, table, folds, Store(tmp_path / "stack"), members, data.test_ids, progress=False)
-    assert len(SpyBlender.calls) == folds.n_folds + 1  # one per held-out fold, then the test set
-    for k, (fitted, predicted) in enumerate(SpyBlender.calls[:-1]):
-        assert predicted == {table.maps[i].tobytes() for i in table.select([k])}
-        assert not fitted & predicted, f"fold {k} was predicted by a model fitted on it"
-    assert SpyBlender.calls[-1][0] == {m.tobytes() for m in table.maps}  # the test model sees every fold
+    stack(load_config(path), progress=False)
+    assert len(calls) == 1
+
+
+def test_store_at_another_resolution_is_refused(stacked_run, tmp_path):
+    path, _ = stacked_run
+    other = tmp_path / "other.yaml"
+    other.write_text(path.read_text() + "oof:\n  resolution: 48x32\n")
+    before = sorted(p.stat().st_mtime_ns for p in (load_config(path).run_dir / "stack").rglob("*"))
+    result = run_cli("stack", "--config", str(other))
+    assert result.returncode == 2
+    assert "maps are 96x64" in result.stderr and "--retrain avg_mask_128" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert sorted(p.stat().st_mtime_ns for p in (load_config(path).run_dir / "stack").rglob("*")) == before
 
 
 def test_submission_report_and_per_entry_files(stacked_run):

@@ -240,11 +240,13 @@ def make_run(config_path: Path, n_members: int = 2):
     from oof import Store
     from workbench.config import load_config
     from workbench.steps import make_folds
-    from workbench.tune import truth_reader
+    from stacking.maps import truth_at
 
+    config_path.write_text(config_path.read_text() + "oof:\n  resolution: 48x32\n")  # the store's W x H
     config = load_config(config_path)
     folds = make_folds(config)
-    truth = truth_reader(CarvanaData(config.data), (64, 96), STORE_HW)
+    rles = CarvanaData(config.data).train_rles
+    truth = lambda img: truth_at(rles[img], (64, 96), STORE_HW)  # noqa: E731
     store = Store(config.run_dir / "oof")
     rng = np.random.default_rng(0)
     for m in range(n_members):
@@ -258,11 +260,12 @@ def make_run(config_path: Path, n_members: int = 2):
 def test_folded_evaluator_from_the_store(tiny_config):
     from carvana.dataset import CarvanaData, angle_of
     from oof import Store
-    from workbench.tune import truth_reader
+    from stacking.maps import truth_at
 
     config, folds = make_run(tiny_config)
     store = Store(config.run_dir / "oof")
-    truth = truth_reader(CarvanaData(config.data), (64, 96), STORE_HW)
+    rles = CarvanaData(config.data).train_rles
+    truth = lambda img: truth_at(rles[img], (64, 96), STORE_HW)  # noqa: E731
     assert truth(folds.ids(0)[0]).shape == STORE_HW
     folded = build_folded_evaluator(store, ["m0", "m1"], folds.fold_of, truth)
     for k in range(folds.n_folds):

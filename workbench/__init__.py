@@ -10,6 +10,7 @@ _HOMES = {
     "main": "workbench.cli",
     "ExperimentConfig": "workbench.config",
     "load_config": "workbench.config",
+    "Run": "workbench.run",
     "make_folds": "workbench.steps",
     "fold_train": "workbench.fold_train",
     "stack": "workbench.stack",

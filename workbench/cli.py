@@ -74,12 +74,14 @@ def cmd_dashboard(args: argparse.Namespace) -> None:
 
 
 def cmd_submit(args: argparse.Namespace) -> None:
+    from workbench.run import Run
     from workbench.submit import local_score, submit
 
     config = _config(args)
-    path = submit(config, entry=args.entry, out_path=args.out)
+    run = Run.open(config)  # the data check, once for the verb
+    path = submit(config, entry=args.entry, out_path=args.out, run=run)
     print(f"wrote {path}")
-    score = local_score(config, path)
+    score = local_score(config, path, run=run)
     if score is not None:
         print(f"local score against {config.data / 'test_masks.csv'}: mean Dice {score.mean_dice:.6f}")
 

@@ -51,12 +51,23 @@ class FoldsConfig:
 
 
 @dataclass(frozen=True)
+class OofConfig:
+    """The members' probability-map store (RUN/oof)."""
+
+    resolution: tuple[int, int] | None = None  # (W, H) of the stored maps; None = the photos' own size
+
+    def __post_init__(self) -> None:
+        if self.resolution is not None and min(self.resolution) < 1:
+            raise ValueError(f"oof.resolution is {self.resolution}; give W x H like 1918x1280 (or omit it)")
+
+
+@dataclass(frozen=True)
 class StackConfig:
-    resolution: tuple[int, int] | None = None  # (W, H) of the OOF store's maps; None = the data's size
     blends: tuple[str, ...] = ("mean", "logit_mean", "vote", "weighted_mean")
     stackers: tuple[str, ...] = ("lightgbm", "logistic")  # per-pixel level-2 models on the uncertain band
     max_pixels: int = 2_000_000  # band pixels sampled to fit each stacker (bounds memory and time)
     band: tuple[float, float] = (0.02, 0.98)  # stackers learn where not every member is <= lo or >= hi
+    max_band_share: float = 1.0  # stackers predict at most this share of an image's pixels (the most doubtful)
     n_submissions: int = 3  # top entries also written to RUN/submissions/ for `workbench blend`
 
 
@@ -93,6 +104,7 @@ class ExperimentConfig:
     synth: SynthConfig | None = None
     folds: FoldsConfig = field(default_factory=FoldsConfig)
     zoo: tuple[MemberSpec, ...] = ()  # from the YAML's `zoo: {train: {...}, members: [...]}`
+    oof: OofConfig = field(default_factory=OofConfig)
     stack: StackConfig = field(default_factory=StackConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
 
@@ -123,6 +135,9 @@ def load_config(path: Path, *, data: Path | None = None, run_dir: Path | None = 
         raw["run_dir"] = str(run_dir)
     if "data" not in raw:
         raise WorkbenchError(f"{path}: no `data:` folder given; add `data: data/synthetic` or pass --data DIR")
+    if isinstance(raw.get("stack"), dict) and "resolution" in raw["stack"]:
+        raise WorkbenchError(f"{path}: `stack.resolution` is now `oof.resolution` (W x H of the stored maps; "
+                             "omit it to keep the photos' own size): move the key")
     try:
         raw["zoo"] = _zoo_members(raw.get("zoo"))
         return _build(ExperimentConfig, raw, "")

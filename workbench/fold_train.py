@@ -21,8 +21,8 @@ from zoo.runner import (
 
 
 def store_resolution(config: ExperimentConfig, size: tuple[int, int]) -> tuple[int, int]:
-    """(H, W) of the store's maps: `stack.resolution` (given as W x H) or the data's size."""
-    width, height = config.stack.resolution or size
+    """(H, W) of the store's maps: `oof.resolution` (given as W x H) or the data's size."""
+    width, height = config.oof.resolution or size
     return height, width
 
 

@@ -1,48 +1,42 @@
-"""`workbench stack` / `make stack`: blends and learned stackers over the members' OOF maps, each
-scored honestly with car-grouped CV, Optuna-tuned thresholds and weights, the leaderboard, and the
-submission from the best entry by honest OOF score (never by test score).
+"""`workbench stack` / `make stack`: blends, learned stackers and the tuned blend over the members' OOF
+maps, each scored honestly with car-grouped CV, the leaderboard, the report and the submission from
+the best entry by honest OOF score (never by test score).
 
-Every entry is fitted on the OOF maps of folds != k and predicts fold k (its own OOF maps, which its
-score comes from), then refitted on every fold to predict the test set. Entry maps live in a second
-store, `RUN/stack/`, beside the members' `RUN/oof/`; a re-run skips entries already complete for
-the same members and settings.
+The verb opens the Run (data checked once), streams the members' maps through the one cross-fit loop
+(`stacking.crossfit.fit_predict`) for every entry and stores the entry's maps in a second store,
+`RUN/stack/`, beside the members' `RUN/oof/`; a re-run skips entries already complete for the same
+members and settings.
 """
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
 
-import numpy as np
-
 from carvana.atomic import copy_atomic
-from carvana.dataset import CarvanaData, angle_of
 from carvana.errors import WorkbenchError
-from carvana.progress import progress_bar
-from carvana.validate import check_data
-from folds import Folds
 from oof import Store
 from stacking.blenders import make_blender
-from stacking.leaderboard import (
-    EntryScore,
-    format_table,
-    score_entry,
-    write_leaderboard,
-)
-from stacking.oof_table import OofTable, test_maps
-from stacking.pixel_stacker import PixelStacker, make_stacker
+from stacking.crossfit import Entry, fit_predict
+from stacking.leaderboard import format_table, score_entries, write_leaderboard
+from stacking.maps import TestMaps, TrainMaps
+from stacking.pixel_stacker import make_stacker
 from workbench.config import ExperimentConfig
 from workbench.report import write_report
-from workbench.steps import load_folds
+from workbench.run import Run
 from workbench.submit import SUBMISSION, local_score, submit
-from workbench.tuned_entry import ENTRY, run_tuned_entry
+from workbench.tune import TUNED_ENTRY, complete_members, tuned_blend_factory
 from zoo.runner import member_finished
 
-TEST_CHUNK = 32  # test images blended at a time: bounded memory at any test size
 
-
-def finished_members(config: ExperimentConfig, store: Store, folds: Folds, data: CarvanaData) -> list[str]:
-    """The config's members with every fold trained and test maps made (coverage-checked)."""
-    names = [s.name for s in config.zoo if member_finished(config.run_dir, s, folds.n_folds)]
+def finished_members(run: Run) -> list[str]:
+    """The config's members with every fold trained and test maps made (coverage- and resolution-checked);
+    without a zoo in the config, every member of the store with all its maps (e.g. written by other tools)."""
+    config, store, folds = run.config, run.members_store, run.folds
+    if config.zoo:
+        names = [s.name for s in config.zoo if member_finished(config.run_dir, s, folds.n_folds)]
+    else:
+        test_ids = set(run.data.test_ids)
+        names = [m for m in complete_members(store, folds.fold_of) if set(store.ids(m, "test")) == test_ids]
     unfinished = [s.name for s in config.zoo if s.name not in names]
     if unfinished:
         print(f"not stacked (not finished; run `workbench fold-train`): {', '.join(unfinished)}")
@@ -52,15 +46,17 @@ def finished_members(config: ExperimentConfig, store: Store, folds: Folds, data:
     if config.tune.members and not set(config.tune.members) <= set(names):
         raise WorkbenchError(f"tune.members {list(config.tune.members)} must be finished members of the zoo; "
                              f"finished: {', '.join(names)}")
+    run.check_resolution(names)
     for name in names:
         store.check_coverage(name, folds.fold_of, folds.hash)
-        store.check_test(name, data.test_ids)
+        store.check_test(name, run.data.test_ids)
     return names
 
 
-def entry_spec(name: str, model, members: list[str], member_store: Store) -> dict:
+def entry_spec(name: str, model: Entry, members: list[str], member_store: Store) -> dict:
     """What an entry's maps depend on: its settings and the exact member maps it was fitted on."""
-    return {"entry": name, "params": {k: repr(v) for k, v in model.get_params().items()}, "members": members,
+    params = {k: repr(v) for k, v in model.get_params().items() if k != "progress"}
+    return {"entry": name, "params": params, "members": members,
             "member_generations": [member_store.metadata(m)["generation"] for m in members]}
 
 
@@ -72,91 +68,78 @@ def entry_complete(store: Store, name: str, spec: dict, n_train: int, n_test: in
             and len(store.ids(name, "test")) == n_test)
 
 
-def fit_model(model, table: OofTable, idx: np.ndarray):
-    """Fit on the images at `idx`; pixel stackers stream them (no copy of the maps)."""
-    if isinstance(model, PixelStacker):
-        stream = ((table.maps[i], table.truth[i], int(table.angle[i])) for i in idx)
-        return model.fit(stream, n_images=len(idx))
-    return model.fit(table.maps[idx], table.truth[idx])
-
-
-def predict_model(model, maps: np.ndarray, angles: np.ndarray) -> np.ndarray:
-    """(n, H, W) float32 from (n, M, H, W) uint8 member maps; pixel stackers also use the angles."""
-    if isinstance(model, PixelStacker):
-        return model.predict_proba(maps, angles=angles)
-    return model.predict_proba(maps)
-
-
-def run_entry(name: str, make: Callable[[], object], table: OofTable, folds: Folds, entry_store: Store,
-              member_store: Store, test_ids: list[str], progress: bool) -> None:
-    """Nested car-grouped CV maps for the train images, then a fit on all folds for the test images."""
-    spec = entry_spec(name, make(), table.members, member_store)
-    resolution = table.truth.shape[1:]
-    if entry_complete(entry_store, name, spec, len(table.ids), len(test_ids)):
+def run_entry(run: Run, name: str, make: Callable[[], Entry], train: TrainMaps, test: TestMaps,
+              progress: bool) -> Entry | None:
+    """The entry's honest OOF maps and test maps in RUN/stack (skipped when complete); the fit on all folds."""
+    store = run.entries_store
+    spec = entry_spec(name, make(), list(train.members), run.members_store)
+    if entry_complete(store, name, spec, train.n_images, len(test.ids)):
         print(f"{name}: complete, skipped")
-        return
-    reset = entry_store.path.is_dir() and name in entry_store.members()
-    with entry_store.open_member(name, spec, folds.hash, resolution, reset=reset) as writer:
-        for k in progress_bar(range(folds.n_folds), desc=f"{name}: nested CV", leave=False, disable=not progress):
-            fit_idx, held = table.select([j for j in range(folds.n_folds) if j != k]), table.select([k])
-            model = fit_model(make(), table, fit_idx)
-            for i, proba in zip(held, predict_model(model, table.maps[held], table.angle[held])):
-                writer.write("train", table.ids[i], proba, fold=k)
-        model = fit_model(make(), table, np.arange(len(table.ids)))
-        for start in range(0, len(test_ids), TEST_CHUNK):
-            chunk = test_ids[start:start + TEST_CHUNK]
-            angles = np.array([angle_of(img) for img in chunk])
-            for img, proba in zip(chunk, predict_model(model, test_maps(member_store, table.members, chunk), angles)):
-                writer.write("test", img, proba)
+        return None
+    reset = store.path.is_dir() and name in store.members()
+    with store.open_member(name, spec, run.folds.hash, run.resolution, reset=reset) as writer:
+        return fit_predict(make, train, test, writer, progress=progress, desc=name)
 
 
-def entry_factories(config: ExperimentConfig) -> dict[str, tuple[str, Callable[[], object]]]:
-    """{entry name: (kind, a function making an unfitted estimator)}."""
-    entries: dict[str, tuple[str, Callable[[], object]]] = {}
+def entry_factories(config: ExperimentConfig) -> dict[str, tuple[str, Callable[[], Entry]]]:
+    """{entry name: (kind, a function making an unfitted estimator)} of the config's blends and stackers."""
+    entries: dict[str, tuple[str, Callable[[], Entry]]] = {}
     for name in config.stack.blends:
         entries[name] = ("blend", lambda name=name: make_blender(name))
+    lo, hi = config.stack.band
     for name in config.stack.stackers:
-        lo, hi = config.stack.band
-        entries[name] = ("stacker", lambda name=name: make_stacker(name, lo=lo, hi=hi, max_pixels=config.stack.max_pixels,
-                                                                  random_state=config.seed))
+        entries[name] = ("stacker", lambda name=name: make_stacker(
+            name, lo=lo, hi=hi, max_pixels=config.stack.max_pixels, random_state=config.seed,
+            max_band_share=config.stack.max_band_share))
     return entries
 
 
 def stack(config: ExperimentConfig, progress: bool = True) -> list[dict]:
     """Fit and score every entry, write the leaderboard, and return its rows (best first)."""
     start = time.time()
-    summary = check_data(config.data)
-    data = CarvanaData(config.data)
-    folds = load_folds(config)
-    member_store, entry_store = Store(config.run_dir / "oof"), Store(config.run_dir / "stack")
-    members = finished_members(config, member_store, folds, data)
-    table = OofTable.load(member_store, members, data, folds, (summary.size[1], summary.size[0]))
-    scores: list[EntryScore] = [score_entry(member_store, m, "member", data, folds, summary.size) for m in members]
+    run = Run.open(config)
+    members = finished_members(run)
+    train, test = run.train_maps(members), run.test_maps(members)
+    kinds = {m: "member" for m in members}
     for name, (kind, make) in entry_factories(config).items():
-        run_entry(name, make, table, folds, entry_store, member_store, data.test_ids, progress)
-        scores.append(score_entry(entry_store, name, kind, data, folds, summary.size))
-    tuned_on = run_tuned_entry(config, table, folds, entry_store, member_store, data.test_ids, progress)
-    scores.append(score_entry(entry_store, ENTRY, "tuned", data, folds, summary.size))
+        run_entry(run, name, make, train, test, progress)
+        kinds[name] = kind
+    tuned_on = stack_tuned(run, members, train, test, progress)
+    kinds[TUNED_ENTRY] = "tuned"
+    stores = {"member": run.members_store}
+    entries = [(stores.get(kind, run.entries_store), name, kind) for name, kind in kinds.items()]
+    scores = score_entries(entries, run.data, run.folds, run.summary.size, progress=progress)
     scores[-1].extra["tuned_on_mean_dice"] = f"{tuned_on:.6f}"  # optimistic: tuned and scored on the same images
     rows = write_leaderboard(config.run_dir / "leaderboard.csv", scores)
     print(f"\n{config.run_dir / 'leaderboard.csv'} (stack took {time.time() - start:.0f} s):")
     print(format_table(rows))
-    print(f"report: {write_report(config.run_dir, data, rows, entry_store, member_store) / 'report.md'}")
-    write_submissions(config, rows, progress)
+    print(f"report: {write_report(config.run_dir, run.data, rows, run.entries_store, run.members_store) / 'report.md'}")
+    write_submissions(run, rows, progress)
     return rows
 
 
-def write_submissions(config: ExperimentConfig, rows: list[dict], progress: bool) -> None:
+def stack_tuned(run: Run, members: list[str], train: TrainMaps, test: TestMaps, progress: bool) -> float:
+    """The tuned blend through the same loop (its studies shared with `workbench tune`); its tuned-on score."""
+    tuned_members = list(run.config.tune.members or members)
+    if tuned_members != members:
+        train, test = run.train_maps(tuned_members), run.test_maps(tuned_members)
+    make = tuned_blend_factory(run, tuned_members, progress)
+    model = run_entry(run, TUNED_ENTRY, make, train, test, progress)
+    return (model or make().fit(train)).params_.value  # a skipped entry: its finished study answers at once
+
+
+def write_submissions(run: Run, rows: list[dict], progress: bool) -> None:
     """One submission per top entry in RUN/submissions/ (for `workbench blend`), and the best entry's
     (by honest OOF score) as RUN/submission.csv.gz."""
+    config = run.config
     folder = config.run_dir / "submissions"
     for row in rows[:max(1, config.stack.n_submissions)]:
-        submit(config, entry=row["entry"], out_path=folder / f"{row['entry']}.csv.gz", progress=progress)
+        submit(config, entry=row["entry"], out_path=folder / f"{row['entry']}.csv.gz", progress=progress, run=run)
     best = rows[0]["entry"]
     path = config.run_dir / SUBMISSION
     copy_atomic(folder / f"{best}.json", path.with_name("submission.json"))
     copy_atomic(folder / f"{best}.csv.gz", path)
     print(f"\n{path}: from {best} (best honest OOF mean Dice {float(rows[0]['oof_mean_dice']):.6f})")
-    score = local_score(config, path)
+    score = local_score(config, path, run=run)
     if score is not None:
         print(f"local score against {config.data / 'test_masks.csv'}: mean Dice {score.mean_dice:.6f}")

@@ -11,10 +11,10 @@ from carvana.atomic import write_json_atomic
 from carvana.dataset import SAMPLE_CSV, CarvanaData
 from carvana.errors import WorkbenchError
 from carvana.submission import ScoreResult, read_sample_ids, score_submission, write_submission
-from carvana.validate import check_data
 from oof import Store
 from stacking.leaderboard import read_leaderboard
 from workbench.config import ExperimentConfig
+from workbench.run import Run
 
 SUBMISSION = "submission.csv.gz"
 
@@ -44,9 +44,10 @@ def best_entry(config: ExperimentConfig) -> dict[str, str]:
 
 
 def submit(config: ExperimentConfig, *, entry: str | None = None, out_path: Path | None = None,
-           progress: bool = True) -> Path:
-    """Write `RUN/submission.csv.gz` (or `out_path`) from `entry`'s test maps (default: the best entry)."""
-    summary = check_data(config.data)
+           progress: bool = True, run: Run | None = None) -> Path:
+    """Write `RUN/submission.csv.gz` (or `out_path`) from `entry`'s test maps (default: the best entry);
+    `run`, when the caller has opened it, saves checking the data again."""
+    summary = (run or Run.open(config)).summary
     rows = {r["entry"]: r for r in read_leaderboard(config.run_dir / "leaderboard.csv")}
     row = best_entry(config) if entry is None else rows.get(entry)
     if row is None:
@@ -64,9 +65,9 @@ def submit(config: ExperimentConfig, *, entry: str | None = None, out_path: Path
     return out_path
 
 
-def local_score(config: ExperimentConfig, submission: Path) -> ScoreResult | None:
+def local_score(config: ExperimentConfig, submission: Path, run: Run | None = None) -> ScoreResult | None:
     """The submission's mean Dice against the data's test truth, when it has one (synthetic data)."""
     data = CarvanaData(config.data)
     if not data.test_truth_path.exists():
         return None
-    return score_submission(submission, data.test_truth_path, image_size=check_data(config.data).size)
+    return score_submission(submission, data.test_truth_path, image_size=(run or Run.open(config)).summary.size)

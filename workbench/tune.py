@@ -14,18 +14,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from carvana.atomic import write_json_atomic
-from carvana.dataset import CarvanaData
 from carvana.errors import WorkbenchError
-from carvana.validate import check_data
 from folds import Folds
 from oof import Store
-from stacking.oof_table import truth_at
 from workbench.config import ExperimentConfig, config_to_dict
-from workbench.steps import load_folds
+from workbench.run import Run
 
 if TYPE_CHECKING:
-    from stacking.tune import NestedResult
+    from stacking.tune import NestedResult, TuneSpace
+    from stacking.tuned import TunedBlend
 
+TUNED_ENTRY = "tuned"
 TUNE_JSON = "tune.json"
 OPTUNA_DB = "optuna.db"
 
@@ -60,12 +59,6 @@ def tune_members(config: ExperimentConfig, store: Store, folds: Folds) -> list[s
     return members
 
 
-def truth_reader(data: CarvanaData, native_hw: tuple[int, int], shape: tuple[int, int]) -> Callable[[str], np.ndarray]:
-    """img -> (H, W) uint8 0/1 truth at the store's `shape`: decoded at `native_hw`, area-averaged, majority."""
-    rles = data.train_rles
-    return lambda img: truth_at(rles[img], native_hw, shape)
-
-
 def study_name(config: ExperimentConfig, context: dict, members: list[str]) -> str:
     """`tune.study` plus a short hash of what the trials depend on (members and their maps, folds,
     search space): a changed zoo starts fresh studies instead of refusing the old ones."""
@@ -73,32 +66,50 @@ def study_name(config: ExperimentConfig, context: dict, members: list[str]) -> s
     return f"{config.tune.study}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
 
 
-def tune_run(config: ExperimentConfig, progress: bool = True, members: list[str] | None = None) -> NestedResult:
-    """Nested tuning over the run's folds; prints the summary, writes RUN/tune.json, returns the NestedResult.
+def tune_space(config: ExperimentConfig) -> TuneSpace:
+    from stacking.tune import TuneSpace
 
-    `members` (already checked by the caller, e.g. `workbench stack`) overrides `tune.members`."""
+    tune = config.tune
+    return TuneSpace(per_angle=tune.per_angle, tune_weights=tune.tune_weights, threshold_range=tune.threshold_range)
+
+
+def tuned_blend_factory(run: Run, members: list[str], progress: bool) -> Callable[[], TunedBlend]:
+    """Makes the run's TunedBlend: its studies are named from what the trials depend on, so `workbench tune`
+    and `workbench stack` (any number of processes) share them."""
     import optuna
 
-    from stacking.tune import TuneSpace, build_folded_evaluator, nested_tune
+    from stacking.tuned import TunedBlend
 
-    folds = load_folds(config)
-    width, height = check_data(config.data).size
-    store = Store(config.run_dir / "oof")
-    members = tune_members(config, store, folds) if members is None else members
-    truth = truth_reader(CarvanaData(config.data), (height, width), store.resolution(members[0]))
-    evaluator = build_folded_evaluator(store, members, folds.fold_of, truth, progress=progress)
-    tune = config.tune
-    space = TuneSpace(per_angle=tune.per_angle, tune_weights=tune.tune_weights, threshold_range=tune.threshold_range)
-    context = {"folds_hash": folds.hash, "generations": {m: store.metadata(m)["generation"] for m in members}}
-    url = storage_url(config)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial would bury the summary
+    config, store = run.config, run.members_store
+    context = {"folds_hash": run.folds.hash, "generations": {m: store.metadata(m)["generation"] for m in members}}
     name = study_name(config, context, members)
-    result = nested_tune(evaluator, folds.n_folds, members, space, url, name, tune.n_trials, tune.seed,
-                         context=context, progress=progress)
+    labels = {"run": str(config.run_dir), "entry": TUNED_ENTRY, "members": ", ".join(members)}
+    return lambda: TunedBlend(storage=storage_url(config), study=name, n_trials=config.tune.n_trials,
+                              seed=config.tune.seed, space=tune_space(config), context=context, user_attrs=labels,
+                              progress=progress)
+
+
+def tune_run(config: ExperimentConfig, progress: bool = True) -> NestedResult:
+    """Nested tuning over the run's folds; prints the summary, writes RUN/tune.json, returns the NestedResult."""
+    import optuna
+
+    from stacking.tune import nested_tune
+
+    run = Run.open(config)
+    folds, store = run.folds, run.members_store
+    members = tune_members(config, store, folds)
+    run.check_resolution(members)
+    blend = tuned_blend_factory(run, members, progress)()
+    evaluator = run.train_maps(members).evaluator().folded
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial would bury the summary
+    result = nested_tune(evaluator, folds.n_folds, members, blend.space, blend.storage, blend.study,
+                         blend.n_trials, blend.seed, context=blend.context, progress=progress,
+                         user_attrs=blend.user_attrs)
     path = config.run_dir / TUNE_JSON
-    write_json_atomic(path, {"storage": url, "study": name, "members": members, **result.to_dict(),
-                             "honest_per_image": result.honest_per_image})
-    print(summary(result, folds, name, url))
+    write_json_atomic(path, {"storage": blend.storage, "study": blend.study, "members": members,
+                             **result.to_dict(), "honest_per_image": result.honest_per_image})
+    print(summary(result, folds, blend.study, blend.storage))
     print(f"wrote {path}")
     return result
 

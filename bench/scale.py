@@ -1,0 +1,310 @@
+"""The Kaggle-size rehearsal of the stacking side: `workbench stack` and `workbench submit` on a
+Kaggle-shaped run at 1918x1280, without training.
+
+    python -m bench.scale [--fraction F] [--test-fraction T] --out DIR [--prepare-only]   (make bench-scale)
+
+Builds in DIR: `data/` in the Kaggle layout with round(318 F) train cars and round(6,254 T) test cars
+x 16 angles at 1918x1280 (a few studio cars are rendered and their photos and masks reused as hard
+links; every car has its own id, its row in the CSVs and its files), `config.yaml` (5 car-grouped
+folds, no zoo, `configs/kaggle.yaml`'s stack section), `run/folds.csv`, and a store of 7 members' OOF
+and test maps at 1918x1280 made from the truths with per-member errors: soft boundaries of different
+widths, boundaries biased in or out, thin parts (antennas, spokes) missed, occasional blobs and holes,
+and one weak fold each. Unless `--prepare-only`, runs `workbench stack` and `workbench submit` as
+subprocesses, recording seconds, peak RSS of the process tree and bytes on disk, extrapolates linearly
+to the full competition, and writes the section to bench/RESULTS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import yaml
+
+from bench.common import machine_description, markdown_table
+from carvana.dataset import read_rle_csv
+from carvana.rle import rle_decode
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "RESULTS.md"
+TITLE = "Kaggle-size rehearsal (bench.scale)"
+KAGGLE_TRAIN_CARS, KAGGLE_TEST_CARS, N_ANGLES = 318, 6254, 16
+SIZE = (1918, 1280)  # W x H
+TEMPLATE_CARS = (4, 2)  # rendered train and test studio cars whose photos and masks are reused
+# Per member: boundary softness (Gaussian sigma, px), boundary bias (px, + grows), thin parts lost (opening side,
+# px, 0 = none), chance of a blob or hole per image. Named after configs/kaggle.yaml's zoo.
+MEMBERS = {
+    "unet_resnet34_512": (2.4, 1, 9, 0.05), "unet_resnet34_1024": (1.4, 0, 5, 0.03),
+    "fpn_efficientnet-b0_1024": (1.6, -1, 7, 0.04), "unet_efficientnet-b0_1024": (1.3, 0, 5, 0.03),
+    "keras_unet_1024": (1.8, 1, 7, 0.06), "unet_resnet34_1280": (0.9, 0, 3, 0.02),
+    "linknet_resnet34_1280": (1.0, -1, 3, 0.02),
+}
+
+
+def car_ids(prefix: str, n: int) -> list[str]:
+    return [hashlib.sha256(f"{prefix}{i}".encode()).hexdigest()[:12] for i in range(n)]
+
+
+def prepare_data(out: Path, n_train: int, n_test: int) -> Path:
+    """DIR/data in the Kaggle layout; photos and masks are hard links to a few rendered cars."""
+    from carvana.synth import generate
+
+    data, templates = out / "data", out / "templates"
+    if (data / "sample_submission.csv").exists():
+        return data
+    if not templates.exists():
+        generate(templates, *TEMPLATE_CARS, SIZE, seed=0, progress=False)
+    shutil.rmtree(data, ignore_errors=True)
+    for sub in ("train", "train_masks", "test"):
+        (data / sub).mkdir(parents=True)
+    rles, test_rles = read_rle_csv(templates / "train_masks.csv"), read_rle_csv(templates / "test_masks.csv")
+    meta = (templates / "metadata.csv").read_text().splitlines()
+    train_tpl = sorted({i[:12] for i in rles})
+    test_tpl = sorted({i[:12] for i in test_rles})
+    meta_of = {line.split(",")[0]: line.split(",", 1)[1] for line in meta[1:]}
+    rows = {"train_masks.csv": ["img,rle_mask"], "test_masks.csv": ["img,rle_mask"],
+            "sample_submission.csv": ["img,rle_mask"], "metadata.csv": [meta[0]]}
+    splits = (("train", car_ids("train", n_train), train_tpl), ("test", car_ids("test", n_test), test_tpl))
+    for split, cars, tpl in splits:
+        for c, car in enumerate(cars):
+            source = tpl[c % len(tpl)]
+            rows["metadata.csv"].append(f"{car},{meta_of[source]}")
+            for a in range(1, N_ANGLES + 1):
+                img, src = f"{car}_{a:02d}", f"{source}_{a:02d}"
+                os.link(templates / split / f"{src}.jpg", data / split / f"{img}.jpg")
+                if split == "train":
+                    os.link(templates / "train_masks" / f"{src}_mask.gif", data / "train_masks" / f"{img}_mask.gif")
+                    rows["train_masks.csv"].append(f"{img}.jpg,{rles[src]}")
+                else:
+                    rows["test_masks.csv"].append(f"{img}.jpg,{test_rles[src]}")
+                    rows["sample_submission.csv"].append(f"{img}.jpg,1 1")
+    for name, lines in rows.items():
+        (data / name).write_text("\n".join(lines) + "\n")
+    return data
+
+
+def member_map(truth: np.ndarray, member: str, img: str, weak: bool) -> np.ndarray:
+    """(H, W) uint8 probability x 255 of a synthetic member for a truth (H, W) 0/1."""
+    sigma, bias, thin, p_blob = MEMBERS[member]
+    rng = np.random.default_rng(int(hashlib.sha256(f"{member}/{img}".encode()).hexdigest()[:8], 16))
+    mask = truth * np.uint8(255)
+    if thin:  # thin parts narrower than the kernel vanish
+        mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (thin, thin)))
+    if bias:
+        kernel = np.ones((2 * abs(bias) + 1,) * 2, np.uint8)
+        mask = cv2.dilate(mask, kernel) if bias > 0 else cv2.erode(mask, kernel)
+    if rng.random() < p_blob:
+        y, x = int(rng.integers(0, mask.shape[0])), int(rng.integers(0, mask.shape[1]))
+        axes = (int(rng.integers(10, 60)), int(rng.integers(10, 60)))
+        cv2.ellipse(mask, (x, y), axes, float(rng.uniform(0, 180)), 0, 360, 255 - int(mask[y, x]), -1)
+    sigma *= 2.5 if weak else 1.0
+    return cv2.GaussianBlur(mask, (0, 0), sigma * float(rng.uniform(0.8, 1.2)))
+
+
+def write_member(run_dir: Path, data: Path, member: str) -> None:
+    """One member's OOF maps (each by 'its' fold, the member weak in one fold) and test maps."""
+    from folds import read_folds
+    from oof import Store
+
+    folds = read_folds(run_dir / "folds.csv")
+    store = Store(run_dir / "oof")
+    rles, test_rles = read_rle_csv(data / "train_masks.csv"), read_rle_csv(data / "test_masks.csv")
+    present = store.path.is_dir() and member in store.members()
+    if present and (len(store.ids(member, "train")), len(store.ids(member, "test"))) == (len(rles), len(test_rles)):
+        return
+    weak_fold = list(MEMBERS).index(member) % folds.n_folds
+    shape = (SIZE[1], SIZE[0])
+    cache: dict[str, np.ndarray] = {}
+
+    def truth_of(rles: dict[str, str], img: str) -> np.ndarray:  # cars share a few template masks
+        rle = rles[img]
+        key = hashlib.sha256(rle.encode()).hexdigest()
+        if key not in cache:
+            cache[key] = rle_decode(rle, shape)
+        return cache[key]
+
+    with store.open_member(member, {"name": member, "bench": "scale"}, folds.hash, shape, reset=present) as writer:
+        for img, k in sorted(folds.fold_of.items()):
+            writer.write("train", img, member_map(truth_of(rles, img), member, img, k == weak_fold), fold=k)
+        for img in sorted(test_rles):
+            writer.write("test", img, member_map(truth_of(test_rles, img), member, img, False))
+
+
+def write_config(out: Path, data: Path, n_trials: int) -> Path:
+    kaggle = yaml.safe_load((REPO / "configs" / "kaggle.yaml").read_text())
+    config = {"data": str(data), "run_dir": str(out / "run"), "seed": 0,
+              "folds": {"n_folds": 5, "stratify": "area", "seed": 0},
+              "stack": kaggle["stack"], "tune": {**kaggle.get("tune", {}), "n_trials": n_trials}}
+    path = out / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def tree_rss(pid: int) -> int:
+    """Resident bytes of `pid` and all its descendants (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        todo += children.get(p, [])
+        try:
+            total += int(re.search(r"VmRSS:\s+(\d+)", Path(f"/proc/{p}/status").read_text()).group(1)) * 1024
+        except (OSError, AttributeError):
+            pass
+    return total
+
+
+def measure(command: list[str], log: Path) -> dict:
+    """Run `command`, output to `log`; wall seconds and peak RSS of its process tree (polled every 0.2 s)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    start, peak = time.perf_counter(), [0]
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+
+        def poll() -> None:
+            while process.poll() is None:
+                peak[0] = max(peak[0], tree_rss(process.pid))
+                time.sleep(0.2)
+
+        watcher = threading.Thread(target=poll, daemon=True)
+        watcher.start()
+        process.wait()
+        watcher.join()
+    if process.returncode:
+        raise SystemExit(f"{' '.join(command)} failed ({process.returncode}); see {log}")
+    return {"seconds": time.perf_counter() - start, "peak_rss": peak[0]}
+
+
+def disk_bytes(path: Path) -> int:
+    """Bytes on disk under `path`, each hard-linked file counted once."""
+    seen, total = set(), 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            st = os.lstat(os.path.join(root, name))
+            if (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_blocks * 512
+    return total
+
+
+def entry_seconds(log: Path) -> dict[str, tuple[float, float]]:
+    """{entry: (train seconds, test seconds)} from `workbench stack`'s cross-fit lines."""
+    pattern = re.compile(r"^(\S+): cross-fit ([\d.]+) s on train images, ([\d.]+) s on test maps", re.M)
+    return {m[1]: (float(m[2]), float(m[3])) for m in pattern.finditer(log.read_text())}
+
+
+def gb(n: float) -> str:
+    return f"{n / 1e9:.2f} GB"
+
+
+def report(args: argparse.Namespace, n_train: int, n_test: int, stages: dict, sizes: dict, log: Path) -> str:
+    """The RESULTS.md section: measured stages, bytes, and the linear extrapolation to Kaggle's size."""
+    entries = entry_seconds(log)
+    train_scale, test_scale = KAGGLE_TRAIN_CARS * 16 / n_train, KAGGLE_TEST_CARS * 16 / n_test
+    test_part = sum(t for _, t in entries.values())
+    stack_train = stages["workbench stack"]["seconds"] - test_part
+    full = {"workbench stack": stack_train * train_scale + test_part * test_scale,
+            "workbench submit": stages["workbench submit"]["seconds"] * test_scale}
+    maps_bytes = n_train * len(MEMBERS) * SIZE[0] * SIZE[1]
+    rows = [[name, f"{s['seconds']:.0f}", gb(s["peak_rss"]), f"{full[name] / 3600:.1f} h" if name in full else ""]
+            for name, s in stages.items()]
+    entry_rows = [[e, f"{a:.0f}", f"{b:.0f}", f"{(a * train_scale + b * test_scale) / 3600:.1f} h",
+                   f"{b * test_scale / 16 / 3600:.2f} h"] for e, (a, b) in entries.items()]
+    return "\n".join([
+        f"`python -m bench.scale --fraction {args.fraction} --test-fraction {args.test_fraction}` on "
+        f"{machine_description()} (shared with other jobs): {n_train} train photos ({n_train // 16} cars) and "
+        f"{n_test} test photos at {SIZE[0]}x{SIZE[1]}, {len(MEMBERS)} synthetic members, 5 folds, "
+        f"configs/kaggle.yaml's stack section ({args.n_trials} trials per tuning study).",
+        "",
+        markdown_table(["stage", "seconds", "peak RSS (process tree)", "linear to Kaggle (5,088 + 100,064), 1 process"],
+                       rows),
+        "",
+        f"The members' OOF maps stacked: {gb(maps_bytes)} as raw uint8 ({n_train} x {len(MEMBERS)} x "
+        f"{SIZE[0]}x{SIZE[1]}); `workbench stack` peaked at {gb(stages['workbench stack']['peak_rss'])} "
+        f"({stages['workbench stack']['peak_rss'] / maps_bytes:.0%} of them).",
+        "",
+        markdown_table(["bytes on disk", "measured", "linear to Kaggle"],
+                       [[k, gb(v), gb(v * (train_scale if k == "OOF maps (train)" else test_scale))]
+                        for k, v in sizes.items()]),
+        "",
+        "Per entry (cross-fit on the train images: 5 fits on 4 folds + 1 on all, OOF maps; then the test maps):",
+        "",
+        markdown_table(["entry", "train s", "test s", "linear to Kaggle, 1 core", "test part on 16 cores"], entry_rows),
+        "",
+        "The extrapolation is linear in images (train work x 5,088 / n_train, test work x 100,064 / n_test); the "
+        "16-core column assumes the test maps are split into 16 independent shards (one process each, as the "
+        "engine's test shards are), which the per-image work allows.",
+    ])
+
+
+def write_results(section: str) -> None:
+    """Replace (or append) this benchmark's section of bench/RESULTS.md, keeping the others."""
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    head = f"## {TITLE}"
+    pattern = re.compile(rf"^{re.escape(head)}\n.*?(?=^## |\Z)", re.S | re.M)
+    new = f"{head}\n\n{section}\n\n"
+    text = pattern.sub(lambda _: new, text) if pattern.search(text) else text.rstrip() + "\n\n" + new
+    RESULTS.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--fraction", type=float, default=0.05, help="share of Kaggle's 318 train cars")
+    parser.add_argument("--test-fraction", type=float, default=0.002, help="share of Kaggle's 6,254 test cars")
+    parser.add_argument("--n-trials", type=int, default=20, help="trials per tuning study")
+    parser.add_argument("--out", type=Path, required=True, help="folder for the rehearsal (data, run, logs)")
+    parser.add_argument("--prepare-only", action="store_true", help="build data, folds and maps; run nothing")
+    parser.add_argument("--jobs", type=int, default=2, help="processes writing member maps")
+    args = parser.parse_args(argv)
+    n_train = max(5, round(KAGGLE_TRAIN_CARS * args.fraction)) * 16
+    n_test = max(1, round(KAGGLE_TEST_CARS * args.test_fraction)) * 16
+    args.out.mkdir(parents=True, exist_ok=True)
+    stages: dict[str, dict] = {}
+    start = time.perf_counter()
+    data = prepare_data(args.out, n_train // 16, n_test // 16)
+    config = write_config(args.out, data, args.n_trials)
+    cli = [sys.executable, "-m", "workbench.cli"]
+    stages["prepare data"] = {"seconds": time.perf_counter() - start, "peak_rss": 0}
+    stages["workbench folds"] = measure([*cli, "folds", "--config", str(config)], args.out / "folds.log")
+    start = time.perf_counter()
+    from joblib import Parallel, delayed
+
+    Parallel(n_jobs=args.jobs)(delayed(write_member)(args.out / "run", data, m) for m in MEMBERS)
+    stages["write member maps"] = {"seconds": time.perf_counter() - start, "peak_rss": 0}
+    print(f"prepared {args.out}: {n_train} train + {n_test} test photos, {len(MEMBERS)} members", flush=True)
+    if args.prepare_only:
+        return 0
+    shutil.rmtree(args.out / "run" / "stack", ignore_errors=True)  # measure a fresh stack, not a resumed one
+    log = args.out / "stack.log"
+    stages["workbench stack"] = measure([*cli, "stack", "--config", str(config)], log)
+    stages["workbench submit"] = measure([*cli, "submit", "--config", str(config)], args.out / "submit.log")
+    run = args.out / "run"
+    sizes = {"OOF maps (train)": sum(disk_bytes(p) for p in (run / "oof").glob("*/train")),
+             "test maps (members)": sum(disk_bytes(p) for p in (run / "oof").glob("*/test")),
+             "test maps (entries)": sum(disk_bytes(p) for p in (run / "stack").glob("*/test")),
+             "submission.csv.gz": disk_bytes(run / "submission.csv.gz") if (run / "submission.csv.gz").exists() else 0}
+    section = report(args, n_train, n_test, stages, sizes, log)
+    print(section)
+    write_results(section)
+    print(f"wrote {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""The one cross-fit loop: every entry is fitted on folds != k and predicts fold k, then refitted on
+every fold for the test maps. Nothing else in the workbench fits an entry for honest OOF maps.
+
+An entry is any scikit-learn-style estimator over the stacking input type (`stacking.maps`):
+`fit(TrainMaps) -> self` and `predict_proba(MapBatch) -> (n, H, W) float32`.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Iterator, Protocol
+
+import numpy as np
+from tqdm import tqdm
+
+from stacking.maps import MapBatch, TestMaps, TrainMaps
+
+
+class Entry(Protocol):
+    def fit(self, X: TrainMaps) -> Entry: ...
+
+    def predict_proba(self, X: MapBatch) -> np.ndarray: ...
+
+
+class MapWriter(Protocol):
+    def write(self, split: str, img: str, proba: np.ndarray, fold: int | None = None) -> Any: ...
+
+
+def cross_fit(make: Callable[[], Entry], train: TrainMaps) -> Iterator[tuple[int | None, Entry]]:
+    """(k, a new entry fitted on every fold but k) for each fold k of the run, then (None, one fitted on all)."""
+    for k in train.all_folds:
+        yield k, make().fit(train.folds([j for j in train.all_folds if j != k]))
+    yield None, make().fit(train)
+
+
+def fit_predict(make: Callable[[], Entry], train: TrainMaps, test: TestMaps | None, writer: MapWriter,
+                progress: bool = False, desc: str = "entry") -> Entry:
+    """Write the entry's honest OOF map of every train image (fold k's from the fit without fold k) and,
+    when `test` is given, its test maps from the fit on every fold; return that last fit. Prints the seconds
+    spent on the train images (fits and OOF maps) and on the test maps (bench.scale reads the line)."""
+    bar = tqdm(total=train.n_images + (len(test.ids) if test else 0), desc=f"{desc}: cross-fit", leave=False,
+               disable=not progress)
+    model, start, test_start = None, time.perf_counter(), None
+    for k, model in cross_fit(make, train):
+        if k is None:
+            test_start = time.perf_counter()  # the fit on all folds is done: the rest is test-map work
+        if k is None and test is None:
+            break
+        batches = train.folds([k]).batches(with_truth=False) if k is not None else test.batches()
+        for batch in batches:
+            for img, proba in zip(batch.ids, model.predict_proba(batch)):
+                writer.write("train" if k is not None else "test", img, proba, fold=k)
+            bar.update(len(batch))
+    bar.close()
+    end = time.perf_counter()
+    test_start = test_start or end
+    print(f"{desc}: cross-fit {test_start - start:.1f} s on train images, {end - test_start:.1f} s on test maps")
+    return model

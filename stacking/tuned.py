@@ -1,0 +1,67 @@
+"""The Optuna-tuned blend as a stacking entry: per-angle thresholds and member weights, one study per fit.
+
+`TunedBlend.fit(X)` runs (or continues) the study for X's folds on the shared streamed evaluator:
+`<study>` when X holds every fold, `<study>-outer<k>` when it leaves fold k out, so `workbench tune`
+processes and `workbench stack` share the same studies. Its maps are stored so that thresholding at
+0.5 gives exactly the tuned decision: the blend is remapped piecewise-linearly so that its angle's
+threshold lands on 0.5.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+from sklearn.base import BaseEstimator
+from sklearn.utils.validation import check_is_fitted
+
+from stacking.maps import MapBatch, TrainMaps
+from stacking.tune import TunedParams, TuneSpace, blend_mask, blend_proba, tune_study
+
+
+def study_for(study: str, held_out: tuple[int, ...]) -> str:
+    """The study of a fit that leaves `held_out` folds out: `study`, or `study-outer<k>`."""
+    return study if not held_out else f"{study}-outer{'-'.join(str(k) for k in held_out)}"
+
+
+def tuned_map(maps: np.ndarray, angle: int, params: TunedParams) -> np.ndarray:
+    """(H, W) float32 in [0, 1] whose >= 0.5 pixels are exactly the tuned blend's car pixels.
+
+    maps: (M, H, W) uint8 in `params.members` order; angle: 1..16.
+    """
+    proba = blend_proba(maps, params)
+    t = float(params.threshold[angle - 1])
+    remapped = np.where(proba < t, 0.5 * proba / t, 0.5 + 0.5 * (proba - t) / (1 - t))
+    car = blend_mask(maps, angle, params)
+    # Pin the decision against float and uint8 rounding: car >= 128/255, background <= 127/255.
+    return np.where(car, np.maximum(remapped, 128 / 255), np.minimum(remapped, 127 / 255)).astype(np.float32)
+
+
+class TunedBlend(BaseEstimator):
+    """Blend with Optuna-tuned thresholds and weights. Learned: `params_` (TunedParams), `study_`, `n_members_`."""
+
+    def __init__(self, *, storage: str | object, study: str = "blend", n_trials: int = 100, seed: int = 0,
+                 space: TuneSpace | None = None, context: Mapping[str, object] | None = None,
+                 user_attrs: Mapping[str, object] | None = None, progress: bool = False) -> None:
+        self.storage = storage
+        self.study = study
+        self.n_trials = n_trials
+        self.seed = seed
+        self.space = space
+        self.context = context
+        self.user_attrs = user_attrs
+        self.progress = progress
+
+    def fit(self, X: TrainMaps, y: None = None) -> TunedBlend:
+        """Tune on the folds of X (its shared evaluator); the study is named after the folds left out."""
+        self.study_ = study_for(self.study, X.held_out)
+        attrs = {**(self.user_attrs or {}), "outer_fold": X.held_out[0] if len(X.held_out) == 1 else "all"}
+        self.params_ = tune_study(X.evaluator().folded, list(X.fold_set), list(X.members), self.space or TuneSpace(),
+                                  self.storage, self.study_, self.n_trials, self.seed, context=self.context,
+                                  progress=self.progress, user_attrs=attrs)
+        self.n_members_ = X.n_members
+        return self
+
+    def predict_proba(self, X: MapBatch) -> np.ndarray:
+        """(n, H, W) float32 maps whose >= 0.5 pixels are the tuned decision."""
+        check_is_fitted(self, "params_")
+        return np.stack([tuned_map(maps, int(a), self.params_) for maps, a in zip(X.maps, X.angles)])
