@@ -24,7 +24,7 @@ def truths(n_cars: int) -> list[np.ndarray]:
 
     root = Path("bench/_scratch/resolution")
     if not (root / "train_masks.csv").exists():
-        generate(root, n_cars, 0, (1918, 1280), seed=1, progress=False)
+        generate(root, n_cars, 0, size=(1918, 1280), seed=1, progress=False)
     return [rle_decode(rle, (1280, 1918)) for rle in read_rle_csv(root / "train_masks.csv").values()]
 
 

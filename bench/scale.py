@@ -62,7 +62,7 @@ def prepare_data(out: Path, n_train: int, n_test: int) -> Path:
     if (data / "sample_submission.csv").exists():
         return data
     if not templates.exists():
-        generate(templates, *TEMPLATE_CARS, SIZE, seed=0, progress=False)
+        generate(templates, *TEMPLATE_CARS, size=SIZE, seed=0, progress=False)
     shutil.rmtree(data, ignore_errors=True)
     for sub in ("train", "train_masks", "test"):
         (data / sub).mkdir(parents=True)

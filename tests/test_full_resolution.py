@@ -19,7 +19,7 @@ def test_a_full_resolution_run_keeps_maps_at_full_resolution(tmp_path):
     from carvana.synth import generate
 
     data = tmp_path / "data"
-    generate(data, 3, 1, FULL, seed=3, progress=False)
+    generate(data, 3, 1, size=FULL, seed=3, progress=False)
     path = tmp_path / "full.yaml"
     path.write_text(f"data: {data}\nrun_dir: {tmp_path / 'run'}\nfolds: {{n_folds: 3}}\n"
                     "zoo:\n  train: {epochs: 1, batch_size: 8}\n  members:\n    - avg_mask_128\n"
