@@ -89,7 +89,10 @@ def _resolve(entry: object, train_defaults: dict, predict_defaults: dict, where:
         entry["decoder_channels"] = tuple(entry["decoder_channels"])
     arch = entry.get("arch", base.arch if base else "")
     keras_defaults = KERAS_TRAIN if arch == "keras_unet" else {}
-    entry.update(train=TrainConfig(**{**keras_defaults, **train}), predict=PredictConfig(**predict))
+    try:
+        entry.update(train=TrainConfig(**{**keras_defaults, **train}), predict=PredictConfig(**predict))
+    except ValueError as error:
+        raise ValueError(f"member {entry.get('name') or where}: {error}") from None
     if base is not None:
         return dataclasses.replace(base, **entry)
     entry.setdefault("name", member_name(entry["arch"], entry.get("encoder", ""), entry.get("height", 0)))

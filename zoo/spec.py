@@ -84,15 +84,15 @@ class TrainConfig:
         choices = {"optimizer": ("adam", "rmsprop"), "schedule": SCHEDULES, "loss": LOSSES}
         for key, valid in choices.items():
             if getattr(self, key) not in valid:
-                raise ValueError(f"train.{key} is {getattr(self, key)!r}; valid: {', '.join(valid)}")
+                raise ValueError(f"`train.{key}` is {getattr(self, key)!r}; valid: {', '.join(valid)}")
         if min(self.epochs, self.batch_size, self.accumulate, self.cycle_epochs) < 1:
             raise ValueError("epochs, batch_size, accumulate and cycle_epochs must be at least 1")
         if min(self.warmup_epochs, self.swa_epochs) < 0 or self.clip_grad < 0 or not 0 <= self.ema < 1:
             raise ValueError("train: warmup_epochs, swa_epochs and clip_grad must be >= 0, and ema in [0, 1)")
         if self.border_weight < 1:
-            raise ValueError(f"train.border_weight is {self.border_weight}; use 1 (off) or more")
+            raise ValueError(f"`train.border_weight` is {self.border_weight}; use 1 (off) or more")
         if self.loss == "lovasz" and self.border_weight != 1:
-            raise ValueError("train.border_weight weights the BCE and Dice terms; with loss: lovasz leave it at 1")
+            raise ValueError("`train.border_weight` weights the BCE and Dice terms; with `loss: lovasz` leave it at 1")
 
 
 @dataclass(frozen=True)
@@ -109,9 +109,9 @@ class PredictConfig:
         check_field_types(self, "predict")
         unknown = sorted(set(self.tta) - set(TTA_VIEWS))
         if unknown:
-            raise ValueError(f"predict.tta has {unknown[0]!r}; valid: {', '.join(TTA_VIEWS)} (or [] for none)")
+            raise ValueError(f"`predict.tta` has {unknown[0]!r}; valid: {', '.join(TTA_VIEWS)} (or [] for none)")
         if self.overlap < 0 or (self.tile is not None and 2 * self.overlap >= min(self.tile)):
-            raise ValueError(f"predict.overlap is {self.overlap}; use 0 up to half the smaller tile side")
+            raise ValueError(f"`predict.overlap` is {self.overlap}; use 0 up to half the smaller tile side")
 
 
 def _size_pair(value: object, key: str) -> tuple[int, int] | None:

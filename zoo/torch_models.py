@@ -79,6 +79,7 @@ def _load_encoder_weights(model: nn.Module, path: Path, name: str) -> None:
     except (RuntimeError, TypeError, ValueError, OSError, EOFError) as error:
         raise WorkbenchError(f"member {name}: `encoder_weights` {path} does not fit encoder "
                              f"{model.encoder.__class__.__name__} ({str(error).splitlines()[0][:160]}); {fix}") from None
-    if len(missing) > len(state) // 2:
+    if missing:  # extra keys are fine (an ImageNet file's classifier head); a half-filled encoder is not
         raise WorkbenchError(f"member {name}: `encoder_weights` {path} does not fit encoder "
-                             f"{model.encoder.__class__.__name__} ({len(missing)} weights missing); {fix}")
+                             f"{model.encoder.__class__.__name__} ({len(missing)} of its weights missing, "
+                             f"e.g. {missing[0]}); {fix}")
