@@ -121,6 +121,19 @@ def test_a_weights_file_that_does_not_fit_is_one_line_naming_member_and_key(tmp_
     assert "\n" not in str(error.value) and "leave it empty" in str(error.value)
 
 
+def test_a_torchvision_imagenet_file_loads_into_the_smp_encoder(tmp_path):
+    import torchvision
+
+    imagenet_layout = tmp_path / "resnet18-f37072fd.pth"  # torchvision's file: the encoder plus a classifier head
+    torch.save(torchvision.models.resnet18().state_dict(), imagenet_layout)
+    model = build_torch_model(dataclasses.replace(MEMBERS["unet_resnet18_64"], encoder_weights=str(imagenet_layout)))
+    torch.testing.assert_close(model.encoder.conv1.weight, torch.load(imagenet_layout)["conv1.weight"])
+    wrong = tmp_path / "resnet34.pth"
+    torch.save(torchvision.models.resnet34().state_dict(), wrong)
+    with pytest.raises(WorkbenchError, match="`encoder_weights`"):
+        build_torch_model(dataclasses.replace(MEMBERS["unet_resnet18_64"], encoder_weights=str(wrong)))
+
+
 def _no_resize(*args, **kwargs):
     raise AssertionError("a photo, mask or map was resized")
 

@@ -44,6 +44,7 @@ def build_torch_model(spec: MemberSpec) -> nn.Module:
     return model
 
 
+CLASSIFIER_HEADS = ("fc.", "_fc.", "classifier.", "head.", "last_linear.")  # ImageNet heads encoders drop
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # smp's "imagenet" preprocessing
 
 
@@ -75,11 +76,22 @@ def _load_encoder_weights(model: nn.Module, path: Path, name: str) -> None:
         if not isinstance(state, dict):
             raise TypeError(f"it holds a {type(state).__name__}, not a state dict")
         state = state.get("state_dict", state)
-        missing, _ = model.encoder.load_state_dict(state, strict=False)
+        # smp's own encoders drop an ImageNet file's classifier head and return nothing: compare keys here
+        expected = set(model.encoder.state_dict())
+        missing = sorted(expected - set(state))
+        missing += sorted(k for k in set(state) - expected if not k.startswith(CLASSIFIER_HEADS))  # another depth
+        model.encoder.load_state_dict(dict(state), strict=False)
     except (RuntimeError, TypeError, ValueError, OSError, EOFError) as error:
         raise WorkbenchError(f"member {name}: `encoder_weights` {path} does not fit encoder "
-                             f"{model.encoder.__class__.__name__} ({str(error).splitlines()[0][:160]}); {fix}") from None
-    if missing:  # extra keys are fine (an ImageNet file's classifier head); a half-filled encoder is not
+                             f"{model.encoder.__class__.__name__} ({_first_problem(error)}); {fix}") from None
+    if missing:  # an ImageNet file's classifier head is fine; a half-filled or deeper encoder is not
         raise WorkbenchError(f"member {name}: `encoder_weights` {path} does not fit encoder "
-                             f"{model.encoder.__class__.__name__} ({len(missing)} of its weights missing, "
+                             f"{model.encoder.__class__.__name__} ({len(missing)} weights missing or extra, "
                              f"e.g. {missing[0]}); {fix}")
+
+
+def _first_problem(error: Exception) -> str:
+    """The informative line of a load error (torch puts "size mismatch for ..." after a header)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    detail = next((line for line in lines if "mismatch" in line or "Missing" in line), lines[0] if lines else "")
+    return detail[:160]
