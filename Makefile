@@ -6,12 +6,15 @@ WB := $(VENV)/bin/workbench
 CONFIG ?= configs/demo.yaml
 RUN ?= runs/$(basename $(notdir $(CONFIG)))
 
-.PHONY: setup test demo folds fold-train stack tune submit blend dashboard bench bench-robust bench-scale clean-demo
+.PHONY: setup setup-gpu test demo folds fold-train stack tune submit blend dashboard tensorboard bench bench-robust bench-scale clean-demo
 
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV) && $(PY) -m pip install -q --upgrade pip && $(PY) -m pip install -q -e '.[test]' && touch $@
+
+setup-gpu: setup
+	$(PY) -m pip uninstall -q -y tensorflow-cpu && $(PY) -m pip install -q -e '.[gpu]'
 
 test: setup
 	$(PY) -m pytest -q
@@ -39,6 +42,9 @@ blend: setup
 
 dashboard: setup
 	$(WB) dashboard --config $(CONFIG)
+
+tensorboard: setup
+	$(VENV)/bin/tensorboard --logdir $(RUN)/tensorboard --port $(or $(PORT),6006)
 
 bench: setup
 	$(PY) -m bench.run

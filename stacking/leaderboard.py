@@ -13,7 +13,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm import tqdm
+from carvana.progress import progress_bar
 
 from carvana.atomic import write_atomic
 from carvana.dataset import CarvanaData, angle_of, read_rle_csv
@@ -92,7 +92,9 @@ def score_entries(entries: Sequence[tuple[Store, str, str]], data: CarvanaData, 
 def _score_split(entries: Sequence[tuple[Store, str, str]], split: str, rles: dict[str, str],
                  shape: tuple[int, int], progress: bool) -> list[dict[str, float]]:
     scores: list[dict[str, float]] = [{} for _ in entries]
-    for img, rle in tqdm(rles.items(), desc=f"scoring {split}", disable=not progress or not entries, leave=False):
+    bar = progress_bar(rles.items(), total=len(rles), desc=f"scoring {split}", disable=not progress or not entries,
+                       leave=False)
+    for img, rle in bar:
         truth = rle_decode(rle, shape)
         for i, (store, entry, _) in enumerate(entries):
             scores[i][img] = upsampled_dice(store.read(entry, split, img), truth)

@@ -150,11 +150,11 @@ def _zoo_members(raw: object) -> tuple[MemberSpec, ...]:
     if raw is None:
         return ()
     if not isinstance(raw, dict):
-        raise TypeError("`zoo` must be a mapping with `members:` (and optional `train:` defaults)")
-    unknown = sorted(set(raw) - {"train", "members"})
+        raise TypeError("`zoo` must be a mapping with `members:` (and optional `train:`, `predict:` defaults)")
+    unknown = sorted(set(raw) - {"train", "predict", "members"})
     if unknown:
-        raise ValueError(f"unknown key `zoo.{unknown[0]}` (valid keys: train, members)")
-    return tuple(resolve_members(raw.get("members") or [], raw.get("train") or {}))
+        raise ValueError(f"unknown key `zoo.{unknown[0]}` (valid keys: train, predict, members)")
+    return tuple(resolve_members(raw.get("members") or [], raw.get("train") or {}, raw.get("predict") or {}))
 
 
 def _build(cls: type, raw: object, prefix: str):

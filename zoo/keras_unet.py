@@ -1,9 +1,12 @@
 """The Keras/TensorFlow U-Net member (after R1 and R2): model, fold training, prediction.
 
-Same recipe and files as `zoo.train_torch.train_fold`: BCE + (1 - soft Dice), albumentations with the
-same per-epoch seeds, Adam or RMSprop, ReduceLROnPlateau and early stopping on validation mean Dice,
-the best checkpoint by that score, gradient accumulation, `log.csv` with `LOG_COLUMNS`, a progress bar,
-GPU with mixed precision when present. TensorFlow is imported inside functions so the workbench starts
+Same recipe and files as `zoo.train_torch.train_fold`: the shared `zoo.recipe` (seeds, LR schedule and
+plateau, early stopping, best checkpoint by validation mean Dice on whole padded photos, the log rows),
+the same training samples (`zoo.geometry.training_pair`: augmented, padded, cropped with the same
+seeds), `train.loss` bce_dice or bce_logdice with `border_weight`, `clip_grad`, gradient
+accumulation, `log.csv` with `LOG_COLUMNS`, TensorBoard events, a progress bar, GPU with mixed
+precision when present. EMA, SWA, the Lovasz loss and pretrained encoders are PyTorch-only: a Keras
+member asking for them is refused when the config loads (`zoo.spec.KERAS_UNSUPPORTED`). TensorFlow is imported inside functions so the workbench starts
 fast; the model outputs logits (sigmoid in the loss and in prediction), as the PyTorch members do.
 
 Resume: after every epoch `last.npz` (weights, optimizer variables, state as JSON) is replaced
@@ -26,13 +29,24 @@ import numpy as np
 from carvana.atomic import atomic_path
 from carvana.errors import WorkbenchError
 from carvana.progress import progress_bar
-from carvana.resize import resize_image, resize_proba
 from zoo.augment import build_augment
+from zoo.board import EpochBoard, N_OVERLAYS
 from zoo.fold_data import FoldData
-from zoo.spec import MemberSpec
+from zoo.geometry import training_pair
+from zoo.predict import predict_photos
+from zoo.recipe import (
+    end_epoch,
+    epoch_lr,
+    epoch_seed,
+    evaluate,
+    fold_seed,
+    keep_training,
+    new_state,
+    overlay_maps,
+)
+from zoo.spec import MemberSpec, TrainConfig
+from zoo.torch_losses import border_px
 from zoo.train_log import write_log
-
-PLATEAU_THRESHOLD, PLATEAU_EPS = 1e-4, 1e-8  # torch's ReduceLROnPlateau defaults, so both families agree
 
 
 def _tf():
@@ -67,13 +81,12 @@ def build_keras_unet(spec: MemberSpec):
     """U-Net: `spec.depth` conv-BN-ReLU blocks (two 3x3 convs) with max-pool down, `spec.filters`
     doubling per step, a centre block, UpSampling2D + skip concatenation up, a 1x1 conv to one logit.
 
-    Input (height, width, 3) float in [0, 1]; output (height, width, 1) float32 logits.
+    Fully convolutional: input (h, w, 3) float in [0, 1] for any h, w divisible by 2**depth (photos
+    padded, crops, tiles); output (h, w, 1) float32 logits.
     """
     _, keras = _tf()
-    if spec.height % 2**spec.depth or spec.width % 2**spec.depth:
-        raise ValueError(f"member {spec.name}: {spec.height}x{spec.width} is not divisible by 2**depth ({2**spec.depth})")
     layers = keras.layers
-    inputs = keras.Input((spec.height, spec.width, 3), name="image")
+    inputs = keras.Input((None, None, 3), name="image")
     x, skips = inputs, []
     for level in range(spec.depth):
         x = _conv_block(layers, x, spec.filters * 2**level, f"down{level}")
@@ -98,18 +111,27 @@ def _conv_block(layers, x, filters: int, name: str):
     return x
 
 
-def bce_dice_loss(logits, target):
-    """BCE + (1 - soft Dice) of (B, h, w, 1) logits against (B, h, w, 1) float 0/1 targets."""
+def segmentation_loss(logits, target, cfg: TrainConfig, band_px: int):
+    """`cfg.loss` (bce_dice or bce_logdice, with `cfg.border_weight`) of (B, h, w, 1) logits against
+    (B, h, w, 1) float 0/1 targets, as `zoo.torch_losses.segmentation_loss` computes it."""
     import tensorflow as tf  # not _tf(): this runs inside traced functions
 
-    bce = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=target, logits=logits))
-    proba = tf.reshape(tf.sigmoid(logits), [tf.shape(logits)[0], -1])
-    target = tf.reshape(target, [tf.shape(target)[0], -1])
-    soft_dice = (2 * tf.reduce_sum(proba * target, 1) + 1) / (tf.reduce_sum(proba, 1) + tf.reduce_sum(target, 1) + 1)
-    return bce + (1 - tf.reduce_mean(soft_dice))
+    weights = tf.ones_like(target)
+    if cfg.border_weight != 1:
+        k = 2 * band_px + 1
+        band = tf.nn.max_pool2d(target, k, 1, "SAME") + tf.nn.max_pool2d(-target, k, 1, "SAME")
+        weights = 1 + (cfg.border_weight - 1) * band
+    bce_map = tf.nn.sigmoid_cross_entropy_with_logits(labels=target, logits=logits)
+    bce = tf.reduce_sum(weights * bce_map) / tf.reduce_sum(weights)
+    flat = lambda t: tf.reshape(t, [tf.shape(t)[0], -1])  # noqa: E731
+    proba, target, weights = flat(tf.sigmoid(logits)), flat(target), flat(weights)
+    soft_dice = tf.reduce_mean((2 * tf.reduce_sum(weights * proba * target, 1) + 1)
+                               / (tf.reduce_sum(weights * proba, 1) + tf.reduce_sum(weights * target, 1) + 1))
+    return bce - tf.math.log(soft_dice) if cfg.loss == "bce_logdice" else bce + (1 - soft_dice)
 
 
-def train_keras_fold(spec: MemberSpec, data: FoldData, work_dir: Path, progress: bool = True) -> Path:
+def train_keras_fold(spec: MemberSpec, data: FoldData, work_dir: Path, progress: bool = True,
+                     board_dir: Path | None = None) -> Path:
     """Train `spec` on `data.train_idx`, validate on `data.val_idx`; return `work_dir/best.weights.h5`.
 
     `work_dir/last.npz` holds everything to resume (weights, optimizer variables, epoch, best score,
@@ -119,59 +141,64 @@ def train_keras_fold(spec: MemberSpec, data: FoldData, work_dir: Path, progress:
     cfg = spec.train
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    keras.utils.set_random_seed(cfg.seed + 1000 * data.fold)
+    keras.utils.set_random_seed(fold_seed(cfg, data.fold))
     model = build_keras_unet(spec)
-    optimizer = _build_optimizer(keras, cfg.optimizer, cfg.lr)
+    optimizer = _build_optimizer(keras, cfg)
     optimizer.build(model.trainable_variables)
     last_path, best_path = work_dir / "last.npz", work_dir / "best.weights.h5"
     for stale in work_dir.glob(".*.tmp.weights.h5"):  # left by a kill during _save_best
         stale.unlink()
-    state = {"epoch": 0, "best": -1.0, "bad_epochs": 0, "lr": cfg.lr, "plateau_best": float("-inf"),
-             "plateau_bad": 0, "history": []}
+    state = new_state(cfg)
     if last_path.exists():
         state = _resume(last_path, model, optimizer)
-    step = _train_step(tf, model, optimizer, cfg.accumulate, spec.height, spec.width)
-    while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.early_stop_patience:
+    step = _train_step(tf, model, optimizer, cfg, border_px(spec.height))
+    net = keras_net([model])
+    board = EpochBoard(board_dir)
+    while keep_training(cfg, state):
         epoch = state["epoch"] + 1
-        epoch_seed = cfg.seed + 1000 * data.fold + epoch
-        augment = build_augment(epoch_seed) if cfg.augment else None
-        order = np.random.default_rng(epoch_seed).permutation(data.train_idx)
-        batches = _batches(data.images, data.masks, order, cfg.batch_size, augment)
+        lr = epoch_lr(cfg, state, epoch)
+        optimizer.learning_rate.assign(lr)
+        seed = epoch_seed(cfg, data.fold, epoch)
+        order = np.random.default_rng(seed).permutation(len(data.train_idx))
+        batches = _batches(spec, data, order, seed, build_augment(seed) if cfg.augment else None)
         loss, seconds, wait = _train_epoch(step, batches, cfg.accumulate, -(-len(order) // cfg.batch_size),
                                            desc=f"{spec.name} fold {data.fold} epoch {epoch}/{cfg.epochs}",
                                            progress=progress)
-        val_dice = evaluate(model, data.images, data.masks, data.val_idx, cfg.batch_size)
-        state["lr"] = _plateau_step(state, val_dice, cfg.plateau_factor, cfg.plateau_patience)
-        optimizer.learning_rate.assign(state["lr"])
-        improved = val_dice > state["best"]
-        if improved:
+        val_dice = evaluate(net, data.images, data.masks, data.val_idx, spec, cfg.batch_size)
+        if end_epoch(cfg, state, epoch, lr, loss, val_dice, seconds, len(order), wait):
             _save_best(model, best_path)
-        state.update(epoch=epoch, best=max(val_dice, state["best"]), bad_epochs=0 if improved else state["bad_epochs"] + 1)
-        state["history"].append([epoch, round(loss, 5), round(val_dice, 5), state["lr"], round(seconds, 2),
-                                 round(len(order) / seconds, 2), round(wait / seconds, 4)])
         _save_last(last_path, state, model, optimizer)
         write_log(work_dir / "log.csv", state["history"])
+        board.epoch(state["history"][-1], *overlay_maps(net, data.images, data.val_idx, spec, N_OVERLAYS))
+    board.close()
     return best_path
 
 
-def _build_optimizer(keras, name: str, lr: float):
-    optimizer = (keras.optimizers.Adam if name == "adam" else keras.optimizers.RMSprop)(learning_rate=lr)
+def keras_net(models: list):
+    """`net((B, h, w, 3) uint8) -> (B, h, w) float32`: the models' mean sigmoid."""
+    return lambda batch: np.mean([_sigmoid(_logits(model, batch)) for model in models], axis=0)
+
+
+def _build_optimizer(keras, cfg: TrainConfig):
+    kind = keras.optimizers.Adam if cfg.optimizer == "adam" else keras.optimizers.RMSprop
+    optimizer = kind(learning_rate=cfg.lr, global_clipnorm=cfg.clip_grad or None)
     if keras.mixed_precision.global_policy().name == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer
 
 
-def _train_step(tf, model, optimizer, accumulate: int, height: int, width: int):
+def _train_step(tf, model, optimizer, cfg: TrainConfig, band_px: int):
     """Compiled `step(images uint8, masks uint8, apply: bool) -> loss`: adds the gradient of
     loss / accumulate to accumulators; with `apply` it also steps the optimizer and clears them."""
+    accumulate = cfg.accumulate
     variables = model.trainable_variables
     sums = [tf.Variable(tf.zeros_like(v), trainable=False) for v in variables] if accumulate > 1 else []
-    signature = [tf.TensorSpec([None, height, width, 3], tf.uint8), tf.TensorSpec([None, height, width], tf.uint8)]
+    signature = [tf.TensorSpec([None, None, None, 3], tf.uint8), tf.TensorSpec([None, None, None], tf.uint8)]
 
     def gradients(images, masks):
         with tf.GradientTape() as tape:
             logits = model(tf.cast(images, tf.float32) / 255.0, training=True)
-            loss = bce_dice_loss(logits, tf.cast(masks, tf.float32)[..., None])
+            loss = segmentation_loss(logits, tf.cast(masks, tf.float32)[..., None], cfg, band_px)
             scaled = optimizer.scale_loss(loss / accumulate)
         return loss, tape.gradient(scaled, variables)
 
@@ -196,12 +223,13 @@ def _train_step(tf, model, optimizer, accumulate: int, height: int, width: int):
     return lambda images, masks, apply: compiled[apply](images, masks)
 
 
-def _batches(images, masks, order: np.ndarray, batch_size: int, augment):
-    """Yield (images (B, h, w, 3) uint8, masks (B, h, w) uint8) in `order`, augmented in order."""
-    for start in range(0, len(order), batch_size):
-        pairs = [(np.asarray(images[i]), np.asarray(masks[i])) for i in order[start:start + batch_size]]
-        if augment is not None:
-            pairs = [(out["image"], out["mask"]) for out in (augment(image=im, mask=m) for im, m in pairs)]
+def _batches(spec: MemberSpec, data: FoldData, order: np.ndarray, seed: int, augment):
+    """Yield (images (B, h, w, 3) uint8, masks (B, h, w) uint8): training sample `order[j]` (a
+    position in `data.train_idx`) prepared as the PyTorch loop prepares it, crops seeded alike."""
+    for start in range(0, len(order), spec.train.batch_size):
+        pairs = [training_pair(np.asarray(data.images[data.train_idx[i]]), np.asarray(data.masks[data.train_idx[i]]),
+                               spec.multiple, spec.train.crop, augment, np.random.default_rng([seed, int(i)]))
+                 for i in order[start:start + spec.train.batch_size]]
         yield np.stack([im for im, _ in pairs]), np.stack([m for _, m in pairs])
 
 
@@ -241,36 +269,10 @@ def _train_epoch(step, batches, accumulate: int, n_batches: int, desc: str, prog
     return total / max(n_batches, 1), time.perf_counter() - start, wait
 
 
-def evaluate(model, images: np.ndarray, masks: np.ndarray, indices: np.ndarray, batch_size: int) -> float:
-    """Mean per-image Dice at threshold 0.5 over `indices` (1.0 for an image where both are empty)."""
-    scores = []
-    for start in range(0, len(indices), batch_size):
-        batch = np.sort(indices[start:start + batch_size])
-        pred = _logits(model, images[batch]) > 0
-        truth = np.asarray(masks[batch]) > 0
-        inter = (pred & truth).sum((1, 2))
-        total = pred.sum((1, 2)) + truth.sum((1, 2))
-        scores.append(np.where(total > 0, 2 * inter / np.maximum(total, 1), 1.0))
-    return float(np.concatenate(scores).mean()) if scores else 0.0
-
-
 def _logits(model, images: np.ndarray) -> np.ndarray:
     """(B, h, w, 3) uint8 -> (B, h, w) float32 logits."""
     logits = model.predict_on_batch(np.asarray(images, dtype=np.float32) / 255)  # a compiled, retrace-free call
     return np.asarray(logits)[..., 0].astype(np.float32)
-
-
-def _plateau_step(state: dict, score: float, factor: float, patience: int) -> float:
-    """ReduceLROnPlateau(mode="max") as torch does it; updates the counters in `state`, returns the lr."""
-    if score > state["plateau_best"] * (1 + PLATEAU_THRESHOLD):
-        state["plateau_best"], state["plateau_bad"] = score, 0
-    else:
-        state["plateau_bad"] += 1
-    if state["plateau_bad"] > patience:
-        state["plateau_bad"] = 0
-        if state["lr"] - state["lr"] * factor > PLATEAU_EPS:
-            return state["lr"] * factor
-    return state["lr"]
 
 
 def _save_best(model, path: Path) -> None:
@@ -314,24 +316,7 @@ class KerasMember:
 
     def predict_proba(self, images: np.ndarray, angles: np.ndarray | None = None) -> np.ndarray:
         """(N, H, W, 3) uint8 -> (N, H, W) float32 probabilities in [0, 1] (angles are unused)."""
-        n, height, width = images.shape[:3]
-        out = np.empty((n, height, width), np.float32)
-        batch_size = self.spec.train.batch_size
-        for start in range(0, n, batch_size):
-            batch = np.stack([resize_image(np.asarray(img), self.spec.height, self.spec.width)
-                              for img in images[start:start + batch_size]])
-            proba = np.mean([self._predict_one(model, batch) for model in self.models], axis=0)
-            for i, p in enumerate(proba):
-                out[start + i] = resize_proba(p, height, width)
-        return np.clip(out, 0, 1, out=out)
-
-    def _predict_one(self, model, batch: np.ndarray) -> np.ndarray:
-        """(B, h, w, 3) uint8 -> (B, h, w) float32: sigmoid, averaged with the hflip TTA map."""
-        proba = _sigmoid(_logits(model, batch))
-        if self.spec.train.hflip_tta:
-            flipped = _sigmoid(_logits(model, batch[:, :, ::-1]))[:, :, ::-1]
-            proba = (proba + flipped) / 2
-        return proba
+        return predict_photos(keras_net(self.models), np.asarray(images), self.spec, self.spec.train.batch_size)
 
 
 def _load_model(spec: MemberSpec, path: Path):

@@ -6,12 +6,14 @@ the test set is predicted.
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 
 from carvana.dataset import N_ANGLES
-from carvana.resize import resize_image, resize_proba
+from carvana.resize import resize_proba
+from zoo.predict import predict_photos
 from zoo.spec import MemberSpec
 
 PREDICT_BATCH = 8
@@ -44,46 +46,26 @@ def fit_avg_mask(masks: np.ndarray, angles: np.ndarray, indices: np.ndarray) -> 
 
 
 class TorchMember:
-    """PyTorch fold models (state dicts in `best.pt`) averaged, with horizontal-flip TTA."""
+    """PyTorch fold models (state dicts in `best.pt`) averaged, predicted as `zoo.predict` says
+    (padded, whole or by tiles, with the member's TTA views)."""
 
     def __init__(self, spec: MemberSpec, checkpoint_paths: list[Path]) -> None:
         import torch
 
-        from zoo.torch_models import build_torch_model
-        from zoo.train_torch import device_and_amp
+        from zoo.torch_models import build_torch_model, input_stats
+        from zoo.train_torch import device_and_amp, torch_net
 
         self.spec = spec
-        self.device, self.amp = device_and_amp()
-        self.models = []
+        device, amp = device_and_amp()
+        models = []
         for path in checkpoint_paths:
-            model = build_torch_model(spec)
+            model = build_torch_model(dataclasses.replace(spec, encoder_weights=None))  # the checkpoint has them
             model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["model"])
-            self.models.append(model.to(self.device).eval())
+            models.append(model.to(device).eval())
+        self.net = torch_net(models, device, amp, input_stats(spec))
 
     def predict_proba(self, images: np.ndarray, angles: np.ndarray | None = None) -> np.ndarray:
-        import torch
-
-        from zoo.train_torch import to_tensor
-
-        height, width = images.shape[1:3]
-        out = np.empty((len(images), height, width), np.float32)
-        for start in range(0, len(images), PREDICT_BATCH):
-            batch = np.stack([resize_image(im, self.spec.height, self.spec.width) for im in images[start:start + PREDICT_BATCH]])
-            x = to_tensor(batch).to(self.device)
-            with torch.no_grad(), torch.autocast(self.device.type, enabled=self.amp):
-                maps = sum(self._predict_one(model, x) for model in self.models) / len(self.models)
-            for i, proba in enumerate(maps.float().cpu().numpy()):
-                out[start + i] = resize_proba(proba, height, width)
-        return np.clip(out, 0.0, 1.0)
-
-    def _predict_one(self, model, x):
-        import torch
-
-        proba = torch.sigmoid(model(x))[:, 0]
-        if self.spec.train.hflip_tta:
-            flipped = torch.sigmoid(model(torch.flip(x, dims=[3])))[:, 0]
-            proba = (proba + torch.flip(flipped, dims=[2])) / 2
-        return proba
+        return predict_photos(self.net, np.asarray(images), self.spec, PREDICT_BATCH)
 
 
 def load_member(spec: MemberSpec, checkpoint_paths: list[Path]):

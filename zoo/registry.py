@@ -2,13 +2,14 @@
 
 A config lists members by catalogue name (`- unet_resnet18_128`), by name with overrides
 (`- {name: unet_resnet18_128, train: {epochs: 6}}`), or in full (`- {arch: fpn, encoder: ...}`).
-`zoo.train` sets training defaults for every member; a member's own `train:` wins over them.
+`zoo.train` and `zoo.predict` set defaults for every member; a member's own `train:` and `predict:`
+win over them.
 """
 from __future__ import annotations
 
 import dataclasses
 
-from zoo.spec import MemberSpec, TrainConfig, member_name
+from zoo.spec import MemberSpec, PredictConfig, TrainConfig, member_name
 
 KERAS_TRAIN = {"optimizer": "rmsprop", "lr": 1e-3}  # R2 used RMSprop (1e-4 at full scale; higher for short demos)
 
@@ -44,18 +45,23 @@ MEMBERS = _catalogue([
     _spec("keras_unet", 1024, 1536, depth=6, filters=32),
     _spec("unet", 512, 768, "resnet34"),
     _spec("unet", 1024, 1536, "resnet34"),
-    _spec("unet", 1280, 1920, "resnet34"),  # full resolution, 1918 padded to 1920
-    _spec("linknet", 1280, 1920, "resnet34"),
+    # Full resolution: the photos' own 1280x1918, padded to 1280x1920 for the network, never stretched.
+    _spec("unet", 1280, 1918, "resnet34"),
+    _spec("linknet", 1280, 1918, "resnet34"),
+    # Too large to train or predict whole: 1024x1024 crops (4th place), 1024x1024 tiles blended over 128 px.
+    _spec("unet", 1280, 1918, "resnet50", train=TrainConfig(crop=(1024, 1024)),
+          predict=PredictConfig(tile=(1024, 1024), overlap=128)),
     _spec("fpn", 1024, 1536, "efficientnet-b0"),
     _spec("unet", 1024, 1536, "efficientnet-b0"),
 ])
 
 
-def resolve_members(entries: list, train_defaults: dict | None = None) -> list[MemberSpec]:
+def resolve_members(entries: list, train_defaults: dict | None = None,
+                    predict_defaults: dict | None = None) -> list[MemberSpec]:
     """MemberSpecs for a config's `zoo.members` list; ValueError naming the bad entry."""
     specs = []
     for index, entry in enumerate(entries):
-        specs.append(_resolve(entry, train_defaults or {}, f"zoo.members[{index}]"))
+        specs.append(_resolve(entry, train_defaults or {}, predict_defaults or {}, f"zoo.members[{index}]"))
     names = [s.name for s in specs]
     for name in names:
         if names.count(name) > 1:
@@ -63,29 +69,47 @@ def resolve_members(entries: list, train_defaults: dict | None = None) -> list[M
     return specs
 
 
-def _resolve(entry: object, train_defaults: dict, where: str) -> MemberSpec:
+def _resolve(entry: object, train_defaults: dict, predict_defaults: dict, where: str) -> MemberSpec:
     if isinstance(entry, str):
         entry = {"name": entry}
     if not isinstance(entry, dict):
         raise ValueError(f"{where}: expected a member name or a mapping, got {entry!r}")
     entry = dict(entry)
-    train = {**train_defaults, **(entry.pop("train", None) or {})}
     base = MEMBERS.get(entry.get("name", ""))
+    # Catalogue settings first, then the config's defaults, then the member's own.
+    base_train = _changed(base.train, TrainConfig()) if base else {}
+    base_predict = _changed(base.predict, PredictConfig()) if base else {}
+    train = {**base_train, **train_defaults, **(entry.pop("train", None) or {})}
+    predict = {**base_predict, **predict_defaults, **(entry.pop("predict", None) or {})}
     if base is None and "arch" not in entry:
         raise ValueError(f"{where}: unknown member {entry.get('name')!r}; valid names: {', '.join(MEMBERS)} "
                          "(or define one with `arch:`, `height:`, `width:`)")
-    fields = {f.name for f in dataclasses.fields(MemberSpec)}
-    for key in list(entry) + [f"train.{k}" for k in train]:
-        name = key.removeprefix("train.")
-        valid = fields if not key.startswith("train.") else {f.name for f in dataclasses.fields(TrainConfig)}
-        if name not in valid:
-            raise ValueError(f"{where}: unknown key `{key}` (valid: {', '.join(sorted(valid))})")
+    _check_keys(entry, train, predict, where)
     if "decoder_channels" in entry:
         entry["decoder_channels"] = tuple(entry["decoder_channels"])
+    arch = entry.get("arch", base.arch if base else "")
+    keras_defaults = KERAS_TRAIN if arch == "keras_unet" else {}
+    try:
+        entry.update(train=TrainConfig(**{**keras_defaults, **train}), predict=PredictConfig(**predict))
+    except ValueError as error:
+        raise ValueError(f"member {entry.get('name') or where}: {error}") from None
     if base is not None:
-        spec = dataclasses.replace(base, **entry)
-    else:
-        entry.setdefault("name", member_name(entry["arch"], entry.get("encoder", ""), entry.get("height", 0)))
-        spec = MemberSpec(**entry)
-    keras_defaults = KERAS_TRAIN if spec.arch == "keras_unet" else {}
-    return dataclasses.replace(spec, train=TrainConfig(**{**keras_defaults, **train}))
+        return dataclasses.replace(base, **entry)
+    entry.setdefault("name", member_name(entry["arch"], entry.get("encoder", ""), entry.get("height", 0)))
+    return MemberSpec(**entry)
+
+
+def _changed(config: object, default: object) -> dict:
+    """The fields of a config dataclass that differ from its defaults."""
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+            if getattr(config, f.name) != getattr(default, f.name)}
+
+
+def _check_keys(entry: dict, train: dict, predict: dict, where: str) -> None:
+    valid = {"": {f.name for f in dataclasses.fields(MemberSpec)} - {"train", "predict"},
+             "train.": {f.name for f in dataclasses.fields(TrainConfig)},
+             "predict.": {f.name for f in dataclasses.fields(PredictConfig)}}
+    for prefix, keys in (("", entry), ("train.", train), ("predict.", predict)):
+        for key in keys:
+            if key not in valid[prefix]:
+                raise ValueError(f"{where}: unknown key `{prefix}{key}` (valid: {', '.join(sorted(valid[prefix]))})")

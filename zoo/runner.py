@@ -22,6 +22,7 @@ from carvana.progress import progress_bar
 from carvana.resize import resize_image, resize_proba
 from folds import Folds
 from oof import Store
+from zoo.board import board_dir
 from zoo.cache import cached_split
 from zoo.fold_data import FoldData, split_fold
 from zoo.members import fit_avg_mask, load_member
@@ -68,7 +69,7 @@ def run_member_fold(spec: MemberSpec, fold: int, data: CarvanaData, folds: Folds
     ids, images, masks = cached_split(data, "train", spec.height, spec.width, run_dir / "cache")
     train_idx, val_idx, oof_idx = split_fold(ids, folds, fold, spec.train.seed)
     fold_data = FoldData(fold, ids, images, masks, train_idx, val_idx, oof_idx)
-    checkpoint = fit(spec, fold_data, work_dir, progress)
+    checkpoint = fit(spec, fold_data, work_dir, progress, board_dir(run_dir, spec.name, fold))
     member = load_member(spec, [checkpoint])
     oof_ids = [ids[i] for i in oof_idx]
     with store.open_member(spec.name, spec.to_dict(), folds.hash, resolution) as writer:
@@ -79,8 +80,9 @@ def run_member_fold(spec: MemberSpec, fold: int, data: CarvanaData, folds: Folds
                                                "finished": time.time()})
 
 
-def fit(spec: MemberSpec, data: FoldData, work_dir: Path, progress: bool) -> Path:
-    """Train the member on one fold; return the checkpoint its predictions load from."""
+def fit(spec: MemberSpec, data: FoldData, work_dir: Path, progress: bool, board: Path | None = None) -> Path:
+    """Train the member on one fold; return the checkpoint its predictions load from. `board` is
+    the folder for its TensorBoard events (None: none written)."""
     if spec.arch == "avg_mask":
         path = work_dir / "avg_mask.npy"
         with atomic_path(path) as tmp:
@@ -89,10 +91,10 @@ def fit(spec: MemberSpec, data: FoldData, work_dir: Path, progress: bool) -> Pat
     if spec.framework == "keras":
         from zoo.keras_unet import train_keras_fold
 
-        return train_keras_fold(spec, data, work_dir, progress)
+        return train_keras_fold(spec, data, work_dir, progress, board)
     from zoo.train_torch import train_fold
 
-    return train_fold(spec, data, work_dir, progress)
+    return train_fold(spec, data, work_dir, progress, board)
 
 
 def predict_member_test(spec: MemberSpec, folds: Folds, data: CarvanaData, run_dir: Path, store: Store,

@@ -12,6 +12,18 @@ from dataclasses import dataclass, field
 
 from oof.format import MEMBER_PATTERN
 
+from zoo.geometry import padded_size
+
+SCHEDULES = ("plateau", "cosine", "cyclic")
+LOSSES = ("bce_dice", "bce_logdice", "lovasz")
+TTA_VIEWS = ("hflip", "shift")
+# What the Keras loop cannot honour: (key, value that is fine, why / the fix).
+KERAS_UNSUPPORTED = (
+    ("train.ema", 0.0, "EMA weights are PyTorch-only; remove it or use a PyTorch member"),
+    ("train.swa_epochs", 0, "SWA is PyTorch-only; remove it or use a PyTorch member"),
+    ("train.loss", "bce_dice|bce_logdice", "the Keras loop has bce_dice and bce_logdice; pick one"),
+    ("encoder_weights", None, "the Keras U-Net has no pretrained encoder; remove it or use an smp member"),
+)
 FAMILIES = {
     # arch -> framework
     "avg_mask": "baseline",
@@ -55,21 +67,68 @@ class TrainConfig:
     early_stop_patience: int = 8
     augment: bool = True
     num_workers: int = 0  # DataLoader workers; 0 = the main process (right for small CPU runs)
-    hflip_tta: bool = True
     seed: int = 0
+    crop: tuple[int, int] | None = None  # [h, w] random crops of the padded photo (None = whole photos)
+    schedule: str = "plateau"  # plateau | cosine | cyclic (cosine restarts every `cycle_epochs`)
+    warmup_epochs: int = 0  # linear LR warm-up before the schedule
+    cycle_epochs: int = 10  # cyclic: epochs per cycle
+    ema: float = 0.0  # decay of an exponential moving average of the weights (0 = off; 0.999 typical)
+    swa_epochs: int = 0  # average the weights of the last N epochs (stochastic weight averaging; 0 = off)
+    loss: str = "bce_dice"  # bce_dice | bce_logdice | lovasz
+    border_weight: float = 1.0  # weight of pixels near the mask boundary in the BCE/Dice losses (1 = plain)
+    clip_grad: float = 0.0  # max global gradient norm (0 = off)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "crop", _size_pair(self.crop, "train.crop"))
         check_field_types(self, "train")
-        if self.optimizer not in ("adam", "rmsprop"):
-            raise ValueError(f"optimizer is {self.optimizer!r}; valid: adam, rmsprop")
-        if min(self.epochs, self.batch_size, self.accumulate) < 1:
-            raise ValueError("epochs, batch_size and accumulate must be at least 1")
+        choices = {"optimizer": ("adam", "rmsprop"), "schedule": SCHEDULES, "loss": LOSSES}
+        for key, valid in choices.items():
+            if getattr(self, key) not in valid:
+                raise ValueError(f"`train.{key}` is {getattr(self, key)!r}; valid: {', '.join(valid)}")
+        if min(self.epochs, self.batch_size, self.accumulate, self.cycle_epochs) < 1:
+            raise ValueError("epochs, batch_size, accumulate and cycle_epochs must be at least 1")
+        if min(self.warmup_epochs, self.swa_epochs) < 0 or self.clip_grad < 0 or not 0 <= self.ema < 1:
+            raise ValueError("train: warmup_epochs, swa_epochs and clip_grad must be >= 0, and ema in [0, 1)")
+        if self.border_weight < 1:
+            raise ValueError(f"`train.border_weight` is {self.border_weight}; use 1 (off) or more")
+        if self.loss == "lovasz" and self.border_weight != 1:
+            raise ValueError("`train.border_weight` weights the BCE and Dice terms; with `loss: lovasz` leave it at 1")
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """How a member predicts photos: whole (padded) or by overlapping tiles, and its TTA views."""
+
+    tile: tuple[int, int] | None = None  # [h, w] tiles of the padded photo, blended by a smooth window
+    overlap: int = 64  # px shared by neighbouring tiles
+    tta: tuple[str, ...] = ("hflip",)  # any of: hflip, shift (vertical shifts of SHIFT_PX, undone)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tile", _size_pair(self.tile, "predict.tile"))
+        object.__setattr__(self, "tta", tuple(self.tta))
+        check_field_types(self, "predict")
+        unknown = sorted(set(self.tta) - set(TTA_VIEWS))
+        if unknown:
+            raise ValueError(f"`predict.tta` has {unknown[0]!r}; valid: {', '.join(TTA_VIEWS)} (or [] for none)")
+        if self.overlap < 0 or (self.tile is not None and 2 * self.overlap >= min(self.tile)):
+            raise ValueError(f"`predict.overlap` is {self.overlap}; use 0 up to half the smaller tile side")
+
+
+def _size_pair(value: object, key: str) -> tuple[int, int] | None:
+    """A YAML `[h, w]` as a tuple of two positive ints (None stays None)."""
+    if value is None:
+        return None
+    if (not isinstance(value, (list, tuple)) or len(value) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
+        raise ValueError(f"`{key}` must be [height, width] in px, got {value!r}")
+    return int(value[0]), int(value[1])
 
 
 @dataclass(frozen=True)
 class MemberSpec:
-    """One ensemble member. `height` x `width` is the input resolution (sides divisible by 32 for
-    the U-Nets); its maps are resized to the store's resolution."""
+    """One ensemble member. `height` x `width` is the input resolution: photos of another size are
+    resized to it, photos of that size are not; either way the network sees them padded to its
+    `multiple` (1918 -> 1920), and its maps are cropped back."""
 
     name: str
     arch: str  # one of FAMILIES
@@ -81,6 +140,7 @@ class MemberSpec:
     filters: int = 16  # keras_unet: filters of the first block, doubled at each step
     decoder_channels: tuple[int, ...] = ()  # smp Unet decoder widths; () = the library default
     train: TrainConfig = field(default_factory=TrainConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
 
     def __post_init__(self) -> None:
         check_field_types(self, f"member {self.name}")
@@ -88,10 +148,39 @@ class MemberSpec:
             raise ValueError(f"member name {self.name!r}: use letters, digits, '_', '-' and '.' only")
         if self.arch not in FAMILIES:
             raise ValueError(f"member {self.name}: arch {self.arch!r} unknown; valid: {', '.join(FAMILIES)}")
-        if self.framework != "baseline" and (self.height % 32 or self.width % 32) and self.arch != "simple_cnn":
-            raise ValueError(f"member {self.name}: input {self.height}x{self.width} must have sides divisible by 32")
         if self.arch in ("unet", "fpn", "linknet") and not self.encoder:
             raise ValueError(f"member {self.name}: arch {self.arch} needs an `encoder`")
+        if self.framework == "keras":
+            self._check_keras()
+        self._check_window(self.train.crop, "train.crop")
+        self._check_window(self.predict.tile, "predict.tile")
+
+    def _check_keras(self) -> None:
+        for key, fine, fix in KERAS_UNSUPPORTED:
+            value = getattr(self.train, key[6:]) if key.startswith("train.") else getattr(self, key)
+            if value not in (str(fine).split("|") if isinstance(fine, str) else [fine]):
+                raise ValueError(f"member {self.name}: `{key}: {value}` cannot be honoured by the Keras loop; {fix}")
+
+    def _check_window(self, window: tuple[int, int] | None, key: str) -> None:
+        """A crop or tile fits the padded photo and keeps the network's multiple."""
+        if window is None:
+            return
+        if self.framework == "baseline":
+            raise ValueError(f"member {self.name}: `{key}` does not apply to arch {self.arch}; remove it")
+        padded_h, padded_w = padded_size(self.height, self.width, self.multiple)
+        if window[0] > padded_h or window[1] > padded_w:
+            raise ValueError(f"member {self.name}: `{key}` {list(window)} is larger than the padded photo "
+                             f"{padded_h}x{padded_w}; use at most [{padded_h}, {padded_w}]")
+        if window[0] % self.multiple or window[1] % self.multiple:
+            raise ValueError(f"member {self.name}: `{key}` {list(window)} must have sides divisible by "
+                             f"{self.multiple} (the network's down-sampling)")
+
+    @property
+    def multiple(self) -> int:
+        """What the network's input sides must divide by: photos are padded up to it."""
+        if self.framework == "keras":
+            return 2**self.depth
+        return 32 if self.arch in ("unet", "fpn", "linknet") else 1
 
     @property
     def framework(self) -> str:

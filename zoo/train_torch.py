@@ -1,8 +1,11 @@
 """Training one PyTorch member on one fold, top to bottom, resumable after any kill.
 
-Recipe (R1 and R2, made solid): BCE + (1 - soft Dice) loss, albumentations, Adam or RMSprop,
-ReduceLROnPlateau and early stopping on validation mean Dice, best checkpoint by that score,
-gradient accumulation, a CSV log per epoch, a progress bar, CUDA with mixed precision when present.
+Recipe (R1 and R2, made solid, plus the winners' options in `zoo.spec.TrainConfig`): the loss
+`train.loss` names, albumentations, random crops of the padded photo (`train.crop`), Adam or RMSprop,
+the learning-rate schedule, early stopping and best checkpoint of `zoo.recipe` (validation mean Dice
+on whole padded photos), gradient accumulation and clipping, EMA and SWA weight averages, inputs
+normalised with the encoder's statistics when it has pretrained weights, a CSV log and TensorBoard
+events per epoch, a progress bar, CUDA with mixed precision when present.
 Validation uses cars held out *of the training folds*, never the OOF fold it will predict.
 """
 from __future__ import annotations
@@ -13,47 +16,70 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 from torch.utils.data import DataLoader, Dataset
 
 from carvana.atomic import atomic_path
 from carvana.progress import progress_bar
 from zoo.augment import build_augment
+from zoo.board import N_OVERLAYS, EpochBoard
 from zoo.fold_data import FoldData
+from zoo.geometry import training_pair
+from zoo.recipe import (
+    end_epoch,
+    epoch_lr,
+    epoch_seed,
+    evaluate,
+    fold_seed,
+    keep_training,
+    new_state,
+    overlay_maps,
+)
 from zoo.spec import MemberSpec
-from zoo.torch_models import build_torch_model
+from zoo.torch_losses import border_px, segmentation_loss
+from zoo.torch_models import build_torch_model, input_stats
 from zoo.train_log import write_log
 
+Stats = tuple[tuple[float, ...], tuple[float, ...]] | None
 
-class MapsDataset(Dataset):
-    """(image (3, h, w) float32 in [0, 1], mask (1, h, w) float32) pairs from cached arrays."""
 
-    def __init__(self, images: np.ndarray, masks: np.ndarray, indices: np.ndarray, augment=None) -> None:
-        self.images, self.masks, self.indices, self.augment = images, masks, indices, augment
+class CropsDataset(Dataset):
+    """Training samples (image (3, h, w) float32, mask (1, h, w) float32) from cached arrays:
+    augmented, padded to the network's multiple and randomly cropped (`zoo.geometry.training_pair`),
+    the crop of sample i seeded by (epoch seed, i) whatever the worker."""
+
+    def __init__(self, spec: MemberSpec, data: FoldData, seed: int, augment) -> None:
+        self.spec, self.data, self.seed, self.augment = spec, data, seed, augment
+        self.stats = input_stats(spec)
 
     def __len__(self) -> int:
-        return len(self.indices)
+        return len(self.data.train_idx)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, mask = np.asarray(self.images[self.indices[i]]), np.asarray(self.masks[self.indices[i]])
-        if self.augment is not None:
-            out = self.augment(image=image, mask=mask)
-            image, mask = out["image"], out["mask"]
-        return to_tensor(image), torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None]
+        index = self.data.train_idx[i]
+        image, mask = training_pair(np.asarray(self.data.images[index]), np.asarray(self.data.masks[index]),
+                                    self.spec.multiple, self.spec.train.crop, self.augment,
+                                    np.random.default_rng([self.seed, i]))
+        return to_tensor(image, self.stats), torch.from_numpy(mask.astype(np.float32))[None]
 
 
-def to_tensor(images: np.ndarray) -> torch.Tensor:
-    """(..., h, w, 3) uint8 -> (..., 3, h, w) float32 in [0, 1]."""
+def to_tensor(images: np.ndarray, stats: Stats = None) -> torch.Tensor:
+    """(..., h, w, 3) uint8 -> (..., 3, h, w) float32 in [0, 1], or normalised by (mean, std)."""
     tensor = torch.from_numpy(np.array(images, dtype=np.float32)).div_(255)  # a copy: memmaps are read-only
+    if stats is not None:
+        tensor = (tensor - torch.tensor(stats[0])) / torch.tensor(stats[1])
     return tensor.movedim(-1, -3)
 
 
-def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """BCE + (1 - soft Dice), the soft Dice averaged over the images of the batch."""
-    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
-    proba = torch.sigmoid(logits).flatten(1)
-    target = target.flatten(1)
-    soft_dice = (2 * (proba * target).sum(1) + 1) / (proba.sum(1) + target.sum(1) + 1)
-    return bce + (1 - soft_dice.mean())
+def torch_net(models: list, device: torch.device, amp: bool, stats: Stats):
+    """`net((B, h, w, 3) uint8) -> (B, h, w) float32`: the models' mean sigmoid, in eval mode."""
+    def net(batch: np.ndarray) -> np.ndarray:
+        x = to_tensor(batch, stats).to(device)
+        with torch.no_grad(), torch.autocast(device.type, enabled=amp):
+            proba = sum(torch.sigmoid(model.eval()(x).float())[:, 0] for model in models) / len(models)
+        return proba.cpu().numpy()
+
+    return net
 
 
 def device_and_amp() -> tuple[torch.device, bool]:
@@ -69,50 +95,75 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def train_fold(spec: MemberSpec, data: FoldData, work_dir: Path, progress: bool = True) -> Path:
+def train_fold(spec: MemberSpec, data: FoldData, work_dir: Path, progress: bool = True,
+               board_dir: Path | None = None) -> Path:
     """Train `spec` on `data.train_idx`, validate on `data.val_idx`; return the best checkpoint.
 
-    `work_dir/last.pt` holds everything to resume (model, optimizer, scheduler, epoch, RNG state,
-    history); `work_dir/best.pt` the weights with the best validation mean Dice; `log.csv` one row
-    per epoch.
+    `work_dir/last.pt` holds everything to resume (model, optimizer, EMA and SWA averages, RNG state,
+    the recipe's state); `work_dir/best.pt` the weights with the best validation mean Dice (the EMA
+    weights with `train.ema`, the SWA average with `train.swa_epochs`); `log.csv` one row per epoch.
     """
     cfg = spec.train
     device, amp = device_and_amp()
-    seed_everything(cfg.seed + 1000 * data.fold)
+    seed_everything(fold_seed(cfg, data.fold))
     model = build_torch_model(spec).to(device)
+    stats = input_stats(spec)
     optimizer = (torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.RMSprop)(model.parameters(), lr=cfg.lr)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=cfg.plateau_factor,
-                                                           patience=cfg.plateau_patience)
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
-    state = {"epoch": 0, "best": -1.0, "bad_epochs": 0, "history": []}
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True) if cfg.ema else None
+    swa = AveragedModel(model) if cfg.swa_epochs else None
+    state = new_state(cfg)
     last_path, best_path = work_dir / "last.pt", work_dir / "best.pt"
     if last_path.exists():
-        state = _resume(last_path, model, optimizer, scheduler, scaler)
-    val_set = MapsDataset(data.images, data.masks, data.val_idx)
-    while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.early_stop_patience:
+        state = _resume(last_path, model, optimizer, scaler, ema, swa)
+    board = EpochBoard(board_dir)
+    while keep_training(cfg, state):
         epoch = state["epoch"] + 1
-        augment = build_augment(cfg.seed + 1000 * data.fold + epoch) if cfg.augment else None
-        train_set = MapsDataset(data.images, data.masks, data.train_idx, augment)
-        generator = torch.Generator().manual_seed(cfg.seed + 1000 * data.fold + epoch)
-        loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, generator=generator,
-                            num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
-        loss, seconds, wait = _train_epoch(model, loader, optimizer, scaler, cfg.accumulate, device, amp,
-                                           desc=f"{spec.name} fold {data.fold} epoch {epoch}/{cfg.epochs}", progress=progress)
-        val_dice = evaluate(model, val_set, cfg.batch_size, device, amp)
-        scheduler.step(val_dice)
-        improved = val_dice > state["best"]
-        if improved:
-            _atomic_save({"model": model.state_dict(), "epoch": epoch, "val_mean_dice": val_dice}, best_path)
-        state.update(epoch=epoch, best=max(val_dice, state["best"]), bad_epochs=0 if improved else state["bad_epochs"] + 1)
-        state["history"].append([epoch, round(loss, 5), round(val_dice, 5), optimizer.param_groups[0]["lr"],
-                                 round(seconds, 2), round(len(train_set) / seconds, 2), round(wait / seconds, 4)])
-        _save_last(last_path, state, model, optimizer, scheduler, scaler)
+        lr = epoch_lr(cfg, state, epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loader = _loader(spec, data, epoch, device)
+        loss, seconds, wait = _train_epoch(model, loader, optimizer, scaler, spec, device, amp, ema,
+                                           desc=f"{spec.name} fold {data.fold} epoch {epoch}/{cfg.epochs}",
+                                           progress=progress)
+        if swa is not None and epoch > cfg.epochs - cfg.swa_epochs:
+            swa.update_parameters(model)
+        judged = ema.module if ema is not None else model
+        net = torch_net([judged], device, amp, stats)
+        val_dice = evaluate(net, data.images, data.masks, data.val_idx, spec, cfg.batch_size)
+        if end_epoch(cfg, state, epoch, lr, loss, val_dice, seconds, len(data.train_idx), wait):
+            _atomic_save({"model": judged.state_dict(), "epoch": epoch, "val_mean_dice": val_dice}, best_path)
+        _save_last(last_path, state, model, optimizer, scaler, ema, swa)
         write_log(work_dir / "log.csv", state["history"])
+        board.epoch(state["history"][-1], *overlay_maps(net, data.images, data.val_idx, spec, N_OVERLAYS))
+    if swa is not None and swa.n_averaged.item() > 0 and not state.get("swa_val_dice"):
+        _finish_swa(spec, data, swa, device, amp, stats, state, best_path)
+        _save_last(last_path, state, model, optimizer, scaler, ema, swa)
+    board.close()
     return best_path
 
 
-def _train_epoch(model, loader, optimizer, scaler, accumulate, device, amp, desc, progress):
+def _loader(spec: MemberSpec, data: FoldData, epoch: int, device: torch.device) -> DataLoader:
+    cfg = spec.train
+    seed = epoch_seed(cfg, data.fold, epoch)
+    dataset = CropsDataset(spec, data, seed, build_augment(seed) if cfg.augment else None)
+    return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed),
+                      num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
+
+
+def _finish_swa(spec: MemberSpec, data: FoldData, swa: AveragedModel, device, amp, stats, state: dict,
+                best_path: Path) -> None:
+    """Recompute the SWA average's BatchNorm statistics on the training crops; it becomes the member."""
+    update_bn(_loader(spec, data, 0, device), swa, device)
+    net = torch_net([swa.module], device, amp, stats)
+    state["swa_val_dice"] = evaluate(net, data.images, data.masks, data.val_idx, spec, spec.train.batch_size)
+    _atomic_save({"model": swa.module.state_dict(), "epoch": state["epoch"], "val_mean_dice": state["swa_val_dice"],
+                  "swa_n_averaged": int(swa.n_averaged.item())}, best_path)
+
+
+def _train_epoch(model, loader, optimizer, scaler, spec, device, amp, ema, desc, progress):
     """One pass over `loader`; returns (mean loss, seconds, seconds spent waiting for data)."""
+    cfg = spec.train
     model.train()
     total, n_batches, wait = 0.0, 0, 0.0
     start = tick = time.perf_counter()
@@ -122,49 +173,42 @@ def _train_epoch(model, loader, optimizer, scaler, accumulate, device, amp, desc
         wait += time.perf_counter() - tick
         images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
         with torch.autocast(device.type, enabled=amp):
-            loss = bce_dice_loss(model(images), masks)
-        scaler.scale(loss / accumulate).backward()
-        if step % accumulate == 0 or step == len(loader):
+            loss = segmentation_loss(model(images), masks, cfg, border_px(spec.height))
+        scaler.scale(loss / cfg.accumulate).backward()
+        if step % cfg.accumulate == 0 or step == len(loader):
+            if cfg.clip_grad:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.update_parameters(model)
         total, n_batches = total + loss.item(), n_batches + 1
         bar.set_postfix(loss=f"{total / n_batches:.4f}")
         tick = time.perf_counter()
     return total / max(n_batches, 1), time.perf_counter() - start, wait
 
 
-@torch.no_grad()
-def evaluate(model, dataset: MapsDataset, batch_size: int, device, amp) -> float:
-    """Mean per-image Dice at threshold 0.5 on `dataset` (1.0 for an image where both are empty)."""
-    model.eval()
-    scores = []
-    for images, masks in DataLoader(dataset, batch_size=batch_size):
-        with torch.autocast(device.type, enabled=amp):
-            pred = model(images.to(device)) > 0
-        truth = masks.to(device) > 0.5
-        inter = (pred & truth).flatten(1).sum(1).float()
-        total = pred.flatten(1).sum(1).float() + truth.flatten(1).sum(1).float()
-        scores.append(torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.ones_like(total)).cpu())
-    return float(torch.cat(scores).mean()) if scores else 0.0
-
-
-def _resume(path: Path, model, optimizer, scheduler, scaler) -> dict:
+def _resume(path: Path, model, optimizer, scaler, ema, swa) -> dict:
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     model.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
-    scheduler.load_state_dict(checkpoint["scheduler"])
     scaler.load_state_dict(checkpoint["scaler"])
+    for name, average in (("ema", ema), ("swa", swa)):
+        if average is not None:
+            average.load_state_dict(checkpoint[name])
     torch.set_rng_state(checkpoint["rng"]["torch"])
     np.random.set_state(checkpoint["rng"]["numpy"])
     random.setstate(checkpoint["rng"]["python"])
     return checkpoint["state"]
 
 
-def _save_last(path: Path, state: dict, model, optimizer, scheduler, scaler) -> None:
+def _save_last(path: Path, state: dict, model, optimizer, scaler, ema, swa) -> None:
     rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                  "scaler": scaler.state_dict(), "rng": rng, "state": state}, path)
+    averages = {name: avg.state_dict() for name, avg in (("ema", ema), ("swa", swa)) if avg is not None}
+    _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                  "rng": rng, "state": state, **averages}, path)
 
 
 def _atomic_save(obj: dict, path: Path) -> None:
