@@ -22,9 +22,12 @@ PACKAGES = ["carvana", "carvana.submission", "carvana.synth", "folds", "oof", "z
 
 
 def small(spec: MemberSpec) -> MemberSpec:
-    """The member at the smallest input of Kaggle's aspect (3:2) its down-sampling allows."""
+    """The member at the smallest input of Kaggle's aspect (3:2) its down-sampling allows (without the crop
+    and tile windows, which are checked against the photo's size)."""
     unit = max(32, 2**spec.depth) if spec.framework == "keras" else 32
-    return dataclasses.replace(spec, height=2 * unit, width=3 * unit)
+    return dataclasses.replace(spec, height=2 * unit, width=3 * unit,
+                               train=dataclasses.replace(spec.train, crop=None),
+                               predict=dataclasses.replace(spec.predict, tile=None))
 
 
 def forward(spec: MemberSpec, images: np.ndarray, work_dir: Path) -> np.ndarray:

@@ -40,6 +40,6 @@ def test_a_full_resolution_run_keeps_maps_at_full_resolution(tmp_path):
                 assert store.read(name, split, store.ids(name, split)[0]).shape == (1280, 1918)
     assert {r["entry"] for r in rows} == set(members.members()) | set(entries.members())
     submission = config.run_dir / "submission.csv.gz"
-    validate_submission(submission, read_sample_ids(data / "sample_submission.csv"), FULL)
+    validate_submission(submission, read_sample_ids(data / "sample_submission.csv"), image_size=FULL)
     _, img, rle = next(iter(iter_rows(submission)))
     assert rle_decode(rle, (1280, 1918)).shape == (1280, 1918)
