@@ -5,22 +5,29 @@ from __future__ import annotations
 
 import dataclasses
 
+import cv2
 import numpy as np
 import pytest
 import torch
 
-import cv2
 from carvana.errors import WorkbenchError
 from oof import Store
+from tests.test_zoo import tiny_fold_data
 from workbench.config import load_config
 from workbench.fold_train import fold_train
-from zoo.geometry import blend_window, crop_back, pad, padded_size, tile_starts, training_pair
+from zoo.geometry import (
+    blend_window,
+    crop_back,
+    pad,
+    padded_size,
+    tile_starts,
+    training_pair,
+)
 from zoo.predict import SHIFT_PX, predict_photos, tta_views
 from zoo.registry import MEMBERS
 from zoo.spec import MemberSpec, PredictConfig, TrainConfig
 from zoo.torch_models import IMAGENET_STATS, SimpleCNN, build_torch_model, input_stats
 from zoo.train_torch import CropsDataset, to_tensor, torch_net
-from tests.test_zoo import tiny_fold_data
 
 ODD = MemberSpec("unet_test_resnet_64", "unet", 64, 95, "tu-test_resnet", decoder_channels=(64, 32, 16, 8))
 
@@ -66,8 +73,8 @@ def test_tiled_prediction_equals_whole_prediction_away_from_the_borders():
     whole_map = predict_photos(net, photos, spec, batch_size=4)
     tiled_map = predict_photos(net, photos, tiled, batch_size=4)
     inner = (slice(None), slice(8, -8), slice(8, -8))  # the photo's own zero-padded border is the same in both
-    assert np.abs(tiled_map - whole_map)[inner].max() < 0.02  # stated tolerance
-    assert np.abs(tiled_map - whole_map)[inner].mean() < 1e-3
+    assert np.abs(tiled_map - whole_map)[inner].max() < 2e-3  # stated tolerance (measured: 6e-4)
+    assert np.abs(tiled_map - whole_map)[inner].mean() < 1e-4  # (measured: 2.5e-5)
 
 
 def test_tta_views_and_shift_undone():
@@ -86,13 +93,15 @@ def test_tta_views_and_shift_undone():
 def test_a_crop_or_tile_larger_than_the_padded_photo_is_refused(tiny_config):
     base = tiny_config.read_text()
     member = "{arch: unet, encoder: tu-test_resnet, height: 64, width: 95, name: odd"
-    for extra, key in [("train: {crop: [96, 64]}", "train.crop"), ("predict: {tile: [64, 128], overlap: 16}", "predict.tile"),
+    for extra, key in [("train: {crop: [96, 64]}", "train.crop"),
+                       ("predict: {tile: [64, 128], overlap: 16}", "predict.tile"),
                        ("predict: {tile: [64, 64]}", "predict.overlap"),
                        ("train: {crop: [48, 64]}", "train.crop")]:
         tiny_config.write_text(base + f"zoo:\n  members:\n    - {member}, {extra}}}\n")
         with pytest.raises(WorkbenchError, match=f"member odd: `{key}`") as error:
             load_config(tiny_config)
-        assert "\n" not in str(error.value) and any(fix in str(error.value) for fix in ("at most", "divisible", "use 0"))
+        message = str(error.value)
+        assert "\n" not in message and any(fix in message for fix in ("at most", "divisible", "use 0"))
 
 
 def test_normalisation_is_applied_iff_encoder_weights_are_given(tmp_path):

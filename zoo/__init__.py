@@ -11,6 +11,8 @@ _HOMES = {
     "resolve_members": "zoo.registry",
     "MemberSpec": "zoo.spec",
     "TrainConfig": "zoo.spec",
+    "PredictConfig": "zoo.spec",
+    "predict_photos": "zoo.predict",
     "member_name": "zoo.spec",
     "FoldData": "zoo.fold_data",
     "split_fold": "zoo.fold_data",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -24,7 +25,7 @@ class EpochBoard:
     """Writes one member x fold's events to `log_dir` (None: writes nothing)."""
 
     def __init__(self, log_dir: Path | None) -> None:
-        self.writer = None
+        self.writer: Any = None
         if log_dir is not None:
             from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
@@ -69,6 +70,6 @@ def overlay(image: np.ndarray, proba: np.ndarray) -> np.ndarray:
 def _png(image: np.ndarray):
     from tensorboard.compat.proto import summary_pb2
 
-    ok, encoded = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    _, encoded = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
     height, width = image.shape[:2]
     return summary_pb2.Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=encoded.tobytes())

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 
-# np.pad's "reflect" mirrors without repeating the edge pixel (OpenCV's BORDER_REFLECT_101), as albu did.
-PAD_MODE = "reflect"
-
 
 def padded_size(height: int, width: int, multiple: int) -> tuple[int, int]:
     """(H, W) rounded up to the next multiple of `multiple` (1920 for 1918 at 32)."""
@@ -34,7 +31,8 @@ def pad(arrays: np.ndarray, multiple: int, image_axes: tuple[int, int] = (1, 2))
         return arrays
     widths = [(0, 0)] * arrays.ndim
     widths[image_axes[0]], widths[image_axes[1]] = (top, bottom), (left, right)
-    return np.pad(arrays, widths, mode=PAD_MODE)
+    # "reflect" mirrors without repeating the edge pixel (OpenCV's BORDER_REFLECT_101), as albu padded
+    return np.pad(arrays, widths, mode="reflect")
 
 
 def crop_back(maps: np.ndarray, height: int, width: int, multiple: int) -> np.ndarray:

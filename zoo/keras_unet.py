@@ -6,8 +6,9 @@ the same training samples (`zoo.geometry.training_pair`: augmented, padded, crop
 seeds), `train.loss` bce_dice or bce_logdice with `border_weight`, `clip_grad`, gradient
 accumulation, `log.csv` with `LOG_COLUMNS`, TensorBoard events, a progress bar, GPU with mixed
 precision when present. EMA, SWA, the Lovasz loss and pretrained encoders are PyTorch-only: a Keras
-member asking for them is refused when the config loads (`zoo.spec.KERAS_UNSUPPORTED`). TensorFlow is imported inside functions so the workbench starts
-fast; the model outputs logits (sigmoid in the loss and in prediction), as the PyTorch members do.
+member asking for them is refused when the config loads (`zoo.spec.KERAS_UNSUPPORTED`). TensorFlow is
+imported inside functions so the workbench starts fast; the model outputs logits (sigmoid in the loss and
+in prediction), as the PyTorch members do.
 
 Resume: after every epoch `last.npz` (weights, optimizer variables, state as JSON) is replaced
 atomically in one file, so a kill at any moment leaves either the previous or the new epoch.
@@ -30,7 +31,7 @@ from carvana.atomic import atomic_path
 from carvana.errors import WorkbenchError
 from carvana.progress import progress_bar
 from zoo.augment import build_augment
-from zoo.board import EpochBoard, N_OVERLAYS
+from zoo.board import N_OVERLAYS, EpochBoard
 from zoo.fold_data import FoldData
 from zoo.geometry import training_pair
 from zoo.predict import predict_photos
@@ -123,7 +124,7 @@ def segmentation_loss(logits, target, cfg: TrainConfig, band_px: int):
         weights = 1 + (cfg.border_weight - 1) * band
     bce_map = tf.nn.sigmoid_cross_entropy_with_logits(labels=target, logits=logits)
     bce = tf.reduce_sum(weights * bce_map) / tf.reduce_sum(weights)
-    flat = lambda t: tf.reshape(t, [tf.shape(t)[0], -1])  # noqa: E731
+    flat = lambda t: tf.reshape(t, [tf.shape(t)[0], -1])
     proba, target, weights = flat(tf.sigmoid(logits)), flat(target), flat(weights)
     soft_dice = tf.reduce_mean((2 * tf.reduce_sum(weights * proba * target, 1) + 1)
                                / (tf.reduce_sum(weights * proba, 1) + tf.reduce_sum(weights * target, 1) + 1))

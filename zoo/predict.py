@@ -28,7 +28,7 @@ def tta_views(tta: tuple[str, ...]) -> list[tuple[bool, int]]:
 
 def predict_photos(net: Net, images: np.ndarray, spec: MemberSpec, batch_size: int) -> np.ndarray:
     """(N, H, W, 3) uint8 photos -> (N, H, W) float32 in [0, 1] for a member."""
-    n, height, width = images.shape[:3]
+    height, width = images.shape[1:3]
     resized = (height, width) != (spec.height, spec.width)
     if resized:
         images = np.stack([resize_image(np.asarray(im), spec.height, spec.width) for im in images])

@@ -83,7 +83,8 @@ def evaluate(net, images: np.ndarray, masks: np.ndarray, indices: np.ndarray, sp
     for start in range(0, len(indices), batch_size):
         batch = np.sort(indices[start:start + batch_size])
         photos = np.asarray(images[batch])
-        proba = crop_back(net(pad(photos, spec.multiple)), *photos.shape[1:3], spec.multiple)
+        height, width = photos.shape[1:3]
+        proba = crop_back(net(pad(photos, spec.multiple)), height, width, spec.multiple)
         scores += [dice(p > 0.5, t > 0) for p, t in zip(proba, np.asarray(masks[batch]))]
     return float(np.mean(scores)) if scores else 0.0
 
@@ -95,4 +96,5 @@ def overlay_maps(net, images: np.ndarray, indices: np.ndarray, spec: MemberSpec,
     if not len(indices):
         return None, None
     photos = np.asarray(images[np.sort(indices)[:n]])
-    return photos, crop_back(net(pad(photos, spec.multiple)), *photos.shape[1:3], spec.multiple)
+    height, width = photos.shape[1:3]
+    return photos, crop_back(net(pad(photos, spec.multiple)), height, width, spec.multiple)

@@ -8,6 +8,7 @@ win over them.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from zoo.spec import MemberSpec, PredictConfig, TrainConfig, member_name
 
@@ -99,7 +100,7 @@ def _resolve(entry: object, train_defaults: dict, predict_defaults: dict, where:
     return MemberSpec(**entry)
 
 
-def _changed(config: object, default: object) -> dict:
+def _changed(config: Any, default: Any) -> dict:
     """The fields of a config dataclass that differ from its defaults."""
     return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
             if getattr(config, f.name) != getattr(default, f.name)}
@@ -109,6 +110,8 @@ def _check_keys(entry: dict, train: dict, predict: dict, where: str) -> None:
     valid = {"": {f.name for f in dataclasses.fields(MemberSpec)} - {"train", "predict"},
              "train.": {f.name for f in dataclasses.fields(TrainConfig)},
              "predict.": {f.name for f in dataclasses.fields(PredictConfig)}}
+    if "hflip_tta" in train:
+        raise ValueError(f"{where}: `train.hflip_tta` is now `predict.tta` ([hflip], the default, or []): move the key")
     for prefix, keys in (("", entry), ("train.", train), ("predict.", predict)):
         for key in keys:
             if key not in valid[prefix]:

@@ -11,7 +11,6 @@ import json
 from dataclasses import dataclass, field
 
 from oof.format import MEMBER_PATTERN
-
 from zoo.geometry import padded_size
 
 SCHEDULES = ("plateau", "cosine", "cyclic")

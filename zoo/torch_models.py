@@ -1,6 +1,7 @@
 """PyTorch members: R2's 3-layer CNN and segmentation-models-pytorch decoders with any encoder."""
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 
 import torch
@@ -60,8 +61,8 @@ def input_stats(spec: MemberSpec) -> tuple[tuple[float, ...], tuple[float, ...]]
         import timm
 
         name = spec.encoder.removeprefix("tu-")
-        if timm.models.is_model_pretrained(name):
-            config = timm.models.get_pretrained_cfg(name)
+        config = timm.models.get_pretrained_cfg(name) if timm.models.is_model_pretrained(name) else None
+        if config is not None:
             return tuple(config.mean), tuple(config.std)
     return IMAGENET_STATS
 
@@ -69,6 +70,7 @@ def input_stats(spec: MemberSpec) -> tuple[tuple[float, ...], tuple[float, ...]]
 def _load_encoder_weights(model: nn.Module, path: Path, name: str) -> None:
     """Load a local encoder state dict (this machine cannot download pretrained weights)."""
     fix = "give the weights file made for this encoder (see README, pretrained encoders) or leave it empty"
+    encoder = typing.cast(nn.Module, model.encoder)
     if not path.is_file():
         raise WorkbenchError(f"member {name}: `encoder_weights` file {path} not found; {fix}")
     try:
@@ -77,16 +79,16 @@ def _load_encoder_weights(model: nn.Module, path: Path, name: str) -> None:
             raise TypeError(f"it holds a {type(state).__name__}, not a state dict")
         state = state.get("state_dict", state)
         # smp's own encoders drop an ImageNet file's classifier head and return nothing: compare keys here
-        expected = set(model.encoder.state_dict())
+        expected = set(encoder.state_dict())
         missing = sorted(expected - set(state))
         missing += sorted(k for k in set(state) - expected if not k.startswith(CLASSIFIER_HEADS))  # another depth
-        model.encoder.load_state_dict(dict(state), strict=False)
+        encoder.load_state_dict(dict(state), strict=False)
     except (RuntimeError, TypeError, ValueError, OSError, EOFError) as error:
         raise WorkbenchError(f"member {name}: `encoder_weights` {path} does not fit encoder "
-                             f"{model.encoder.__class__.__name__} ({_first_problem(error)}); {fix}") from None
+                             f"{encoder.__class__.__name__} ({_first_problem(error)}); {fix}") from None
     if missing:  # an ImageNet file's classifier head is fine; a half-filled or deeper encoder is not
         raise WorkbenchError(f"member {name}: `encoder_weights` {path} does not fit encoder "
-                             f"{model.encoder.__class__.__name__} ({len(missing)} weights missing or extra, "
+                             f"{encoder.__class__.__name__} ({len(missing)} weights missing or extra, "
                              f"e.g. {missing[0]}); {fix}")
 
 

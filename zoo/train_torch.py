@@ -76,7 +76,7 @@ def torch_net(models: list, device: torch.device, amp: bool, stats: Stats):
     def net(batch: np.ndarray) -> np.ndarray:
         x = to_tensor(batch, stats).to(device)
         with torch.no_grad(), torch.autocast(device.type, enabled=amp):
-            proba = sum(torch.sigmoid(model.eval()(x).float())[:, 0] for model in models) / len(models)
+            proba = torch.stack([torch.sigmoid(model.eval()(x).float())[:, 0] for model in models]).mean(0)
         return proba.cpu().numpy()
 
     return net
