@@ -5,8 +5,9 @@ PY := $(VENV)/bin/python
 WB := $(VENV)/bin/workbench
 CONFIG ?= configs/demo.yaml
 RUN ?= runs/$(basename $(notdir $(CONFIG)))
+LIB := carvana folds oof zoo stacking workbench
 
-.PHONY: setup setup-gpu test demo folds fold-train stack tune submit blend dashboard tensorboard bench bench-robust bench-scale clean-demo
+.PHONY: setup setup-gpu lint test demo folds fold-train stack tune submit blend dashboard tensorboard bench bench-robust bench-scale clean-demo
 
 setup: $(VENV)/.installed
 
@@ -15,6 +16,9 @@ $(VENV)/.installed: pyproject.toml
 
 setup-gpu: setup
 	$(PY) -m pip uninstall -q -y tensorflow-cpu && $(PY) -m pip install -q -e '.[gpu]'
+
+lint: setup
+	$(PY) -m ruff check $(LIB) && $(PY) -m ruff format --check $(LIB) && $(PY) -m mypy $(LIB)
 
 test: setup
 	$(PY) -m pytest -q

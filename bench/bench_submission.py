@@ -14,12 +14,12 @@ import cv2
 import numpy as np
 
 from bench.common import markdown_table, median_seconds
-from carvana import dice, rle_decode, rle_encode
+from carvana import KAGGLE_SIZE, dice, rle_decode, rle_encode
 from carvana.submission import blend_submissions, iter_rows, score_submission, validate_submission, write_submission
 from carvana.submission.files import GZIP_LEVEL
 
 TITLE = "Submissions: write, validate, blend, score at 1918x1280"
-WIDTH, HEIGHT = 1918, 1280
+WIDTH, HEIGHT = KAGGLE_SIZE
 N_TEST_ROWS = 100_064
 
 

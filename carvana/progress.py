@@ -49,6 +49,11 @@ class _LogBar(tqdm):
     def set_description(self, desc: str | None = None, refresh: bool = True) -> None:
         super().set_description(desc, refresh=False)
 
+    def close(self) -> None:
+        if not self.disable and self.last_print_n == self.n:  # the last line already says where it ended
+            self.leave = False
+        super().close()
+
 
 def progress_bar(
     iterable: Iterable | None = None,
@@ -68,8 +73,9 @@ def progress_bar(
     stream = sys.stderr
     if disable or _is_terminal(stream):
         return tqdm(iterable, total=total, desc=desc, unit=unit, disable=disable, leave=leave, file=stream, **kwargs)
+    settings = {"mininterval": LOG_INTERVAL_S, "bar_format": LOG_FORMAT, "ascii": True, **kwargs}
     return _LogBar(iterable, total=total, desc=desc or "progress", unit=unit, leave=True, file=_LineWriter(stream),
-                   mininterval=LOG_INTERVAL_S, bar_format=LOG_FORMAT, ascii=True, **kwargs)
+                   **settings)
 
 
 def _is_terminal(stream: IO[str]) -> bool:

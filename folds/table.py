@@ -75,7 +75,8 @@ def read_folds(path: Path, train_ids: list[str] | None = None) -> Folds:
 def _check_fold_numbers(path: Path, folds: set[int]) -> int:
     n_folds = max(folds, default=-1) + 1
     if n_folds < 2 or folds != set(range(n_folds)):
-        raise WorkbenchError(f"{path}: folds used are {sorted(folds)}; they must be 0..K-1 with K >= 2, re-run `workbench folds`")
+        raise WorkbenchError(f"{path}: folds used are {sorted(folds)}; "
+                             "they must be 0..K-1 with K >= 2, re-run `workbench folds`")
     return n_folds
 
 

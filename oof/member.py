@@ -61,7 +61,7 @@ def load_meta(member_dir: Path) -> dict | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as error:
-        raise WorkbenchError(f"{path}: unreadable ({error}); {retrain_hint(member_dir.name)}")
+        raise WorkbenchError(f"{path}: unreadable ({error}); {retrain_hint(member_dir.name)}") from None
     if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
         raise WorkbenchError(
             f"{path}: store format {meta.get('format')} v{meta.get('format_version')}, this workbench reads "

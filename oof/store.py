@@ -248,7 +248,7 @@ class MemberWriter:
         if current is None or current["generation"] != self.meta["generation"]:
             raise WorkbenchError(stale_message(member_dir))
         path = self.store.write(self.member, split, img, proba, fold)
-        session = split if split == "test" else f"train/{fold_dir_name(int(fold))}"
+        session = split if split == "test" or fold is None else f"train/{fold_dir_name(int(fold))}"
         self.n_written[session] = self.n_written.get(session, 0) + 1
         return path
 

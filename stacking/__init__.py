@@ -3,35 +3,20 @@ loop, the exact Dice evaluator, nested Optuna tuning, the stack store and the le
 torch or tensorflow.
 
 Names are imported from their modules on first use, so `import stacking.leaderboard` loads no Optuna.
+The registries (`stacking.blenders.BLENDERS`, `stacking.pixel_stacker.STACKERS`) and the tuning
+helpers live in their modules.
 """
-from typing import Any
+from carvana.lazy import lazy_getattr, public_names
 
-from carvana.lazy import lazy_attribute
-
-_HOMES = {
-    "BLENDERS": "stacking.blenders",
-    "make_blender": "stacking.blenders",
-    "DiceEvaluator": "stacking.evaluate",
-    "STACKERS": "stacking.pixel_stacker",
-    "PixelStacker": "stacking.pixel_stacker",
-    "make_stacker": "stacking.pixel_stacker",
-    "MapBatch": "stacking.maps",
-    "TrainMaps": "stacking.maps",
-    "TestMaps": "stacking.maps",
-    "cross_fit": "stacking.crossfit",
-    "fit_predict": "stacking.crossfit",
-    "TunedBlend": "stacking.tuned",
-    "EntryScore": "stacking.leaderboard",
-    "score_entry": "stacking.leaderboard",
-    "read_leaderboard": "stacking.leaderboard",
-    "write_leaderboard": "stacking.leaderboard",
-    "TuneSpace": "stacking.tune",
-    "TunedParams": "stacking.tune",
-    "nested_tune": "stacking.tune",
-    "open_storage": "stacking.tune",
+_EXPORTS = {
+    "stacking.maps": ["MapBatch", "TrainMaps", "TestMaps"],
+    "stacking.crossfit": ["cross_fit", "fit_predict"],
+    "stacking.blenders": ["make_blender"],
+    "stacking.pixel_stacker": ["PixelStacker", "make_stacker"],
+    "stacking.tuned": ["TunedBlend"],
+    "stacking.evaluate": ["DiceEvaluator"],
+    "stacking.tune": ["TunedParams", "nested_tune"],
+    "stacking.leaderboard": ["EntryScore", "read_leaderboard", "write_leaderboard"],
 }
-__all__ = list(_HOMES)
-
-
-def __getattr__(name: str) -> Any:
-    return lazy_attribute(__name__, _HOMES, name)
+__all__ = public_names(_EXPORTS)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

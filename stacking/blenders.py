@@ -77,7 +77,7 @@ class MeanBlender(_Blender):
 
     def _blend(self, X: np.ndarray) -> np.ndarray:
         total = sum(_member_probabilities(X))
-        return (total / np.float32(X.shape[1])).astype(np.float32)
+        return np.asarray(total / np.float32(X.shape[1]), dtype=np.float32)
 
 
 class LogitMeanBlender(_Blender):

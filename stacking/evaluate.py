@@ -183,8 +183,7 @@ class DiceEvaluator:
     @property
     def n_uncertain(self) -> int:
         """Number of stored uncertain pixels over all images."""
-        self._pack()
-        return sum(part.values.shape[1] for part in self._packed[1])
+        return sum(part.values.shape[1] for part in self._pack()[1])
 
     @property
     def uncertain_share(self) -> float:
@@ -194,15 +193,13 @@ class DiceEvaluator:
     @property
     def nbytes(self) -> int:
         """Bytes held by the packed arrays (histogram suffix sums and uncertain pixels)."""
-        self._pack()
-        suffix, parts, *_ = self._packed
+        suffix, parts, *_ = self._pack()
         return suffix.nbytes + sum(p.values.nbytes + p.offsets.nbytes for p in parts)
 
     def per_image(self, threshold: float | Sequence[float] | np.ndarray,
                   weights: np.ndarray | Sequence[float] | None = None) -> np.ndarray:
         """Dice of each image, (N,) float64 in the order the images were added."""
-        self._pack()
-        suffix, parts, order, angles = self._packed
+        suffix, parts, order, angles = self._pack()
         w = quantize_weights(weights, self.n_members)
         if np.all(w == w[0]):  # equal weights: S itself decides, read it off the histograms
             k_img = level_thresholds(threshold, self.n_members)[angles - 1]
@@ -233,10 +230,11 @@ class DiceEvaluator:
         """Mean per-image Dice of the trial (see the module docstring for the rule)."""
         return float(self.per_image(threshold, weights).mean())
 
-    def _pack(self) -> None:
-        """Concatenate the per-image chunks into angle-sorted arrays, freeing chunks as they are copied."""
+    def _pack(self) -> tuple:
+        """(suffix, parts, order, angles): the per-image chunks concatenated into angle-sorted arrays
+        (once; chunks are freed as they are copied)."""
         if self._packed is not None:
-            return
+            return self._packed
         if not self._angles:
             raise ValueError("DiceEvaluator has no images")
         angles = np.array(self._angles, dtype=np.int64)
@@ -247,6 +245,7 @@ class DiceEvaluator:
         parts = tuple(self._pack_class(c, order, angles) for c in (0, 1))
         self._chunks = []
         self._packed = (suffix, parts, order, angles)
+        return self._packed
 
     def _pack_class(self, cls_index: int, order: np.ndarray, angles: np.ndarray) -> _Uncertain:
         sizes = np.array([self._chunks[i][cls_index].shape[1] for i in order], dtype=np.int64)
@@ -263,7 +262,7 @@ class DiceEvaluator:
         if self._packed is None:
             return
         _, parts, order, _ = self._packed
-        chunks: list[list[np.ndarray]] = [[None, None] for _ in order]
+        chunks: list[list[np.ndarray | None]] = [[None, None] for _ in order]
         for cls_index, part in enumerate(parts):
             for rank, i in enumerate(order):
                 chunks[i][cls_index] = part.values[:, part.offsets[rank]:part.offsets[rank + 1]]

@@ -24,7 +24,7 @@ rationals); every other pixel is in the band, the only pixels a stacker learns f
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sized
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -149,7 +149,7 @@ def sample_band_features(images: Iterable[tuple[np.ndarray, np.ndarray, int]], l
     after i images, and samples already held are cut to the current quota whenever they exceed
     2 x max_pixels rows (so at most 2.5 x max_pixels rows are held; each image is cut O(log N) times).
     """
-    if n_images is None and hasattr(images, "__len__"):
+    if n_images is None and isinstance(images, Sized):
         n_images = len(images)
     chunks: list[tuple[np.ndarray, np.ndarray]] = []
     n_members = n_pixels = n_band = held = max_held = 0
@@ -186,7 +186,7 @@ def _cut(chunks: list[tuple[np.ndarray, np.ndarray]], quota: int) -> int:
     return sum(labels.size for _, labels in chunks)
 
 
-def _pack(chunks: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+def _pack(chunks: list) -> tuple[np.ndarray, np.ndarray]:
     """Concatenate the chunks into (n, F) F-ordered float32 and (n,) uint8, freeing chunks as copied."""
     n = sum(labels.size for _, labels in chunks)
     n_features = chunks[0][0].shape[1]

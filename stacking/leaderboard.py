@@ -18,6 +18,7 @@ from carvana.progress import progress_bar
 from carvana.atomic import write_atomic
 from carvana.dataset import CarvanaData, angle_of, read_rle_csv
 from carvana.metric import dice
+from carvana.progress import progress_bar
 from carvana.rle import rle_decode
 from folds import Folds
 from oof import Store
@@ -102,9 +103,9 @@ def _score_split(entries: Sequence[tuple[Store, str, str]], split: str, rles: di
 
 
 def write_leaderboard(path: Path, entries: list[EntryScore],
-                      keep: Callable[[dict], bool] = lambda row: False) -> list[dict[str, object]]:
+                      keep: Callable[[dict], bool] = lambda row: False) -> list[dict]:
     """Write `entries` plus the existing rows that `keep` accepts (default none), best OOF score first."""
-    rows = {row["entry"]: row for row in read_leaderboard(path) if keep(row)}
+    rows: dict[str, dict] = {row["entry"]: row for row in read_leaderboard(path) if keep(row)}
     rows.update({e.entry: e.row() for e in entries})
     ordered = sorted(rows.values(), key=lambda r: -float(r["oof_mean_dice"]))
     columns = LEADING_COLUMNS + sorted({c for r in ordered for c in r} - set(LEADING_COLUMNS),

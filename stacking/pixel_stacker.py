@@ -211,7 +211,7 @@ class PixelStacker(BaseEstimator):
         return X, n_images
 
 
-def make_stacker(name: str, **params: object) -> PixelStacker:
+def make_stacker(name: str, **params: Any) -> PixelStacker:
     """A new PixelStacker with level-2 model `name`; an unknown name raises WorkbenchError listing the valid ones."""
     _level2(name)
     return PixelStacker(model=name, **params)

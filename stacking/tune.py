@@ -25,6 +25,7 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import optuna
@@ -150,6 +151,7 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
             if attempt == 2:
                 raise
             time.sleep(1 + random.random())
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 @contextlib.contextmanager
@@ -163,13 +165,13 @@ def _sqlite_lock(url: str) -> Iterator[None]:
         yield
 
 
-def _fast_sqlite(engine: object) -> None:
+def _fast_sqlite(engine: Any) -> None:
     """WAL journal, fsync only at checkpoints: Optuna commits once per parameter, and a synced commit
     (~10 ms on a plain disk) made a 20-parameter trial cost ~0.5 s. A crash can lose the last trials,
     never corrupt the file. WAL needs a local disk; over NFS use `journal:PATH`."""
     from sqlalchemy import event
 
-    def set_pragmas(connection: object, _record: object) -> None:
+    def set_pragmas(connection: Any, _record: object) -> None:
         cursor = connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
@@ -211,7 +213,8 @@ def tune_study(evaluator: FoldedEvaluator, folds: Sequence[int], members: Sequen
 
     def baseline_trial() -> optuna.trial.FrozenTrial:
         value = evaluator.score(*space.decode(baseline, members), folds)
-        return optuna.trial.create_trial(params=baseline, distributions=space.distributions(members), value=value,
+        distributions: dict[str, optuna.distributions.BaseDistribution] = {**space.distributions(members)}
+        return optuna.trial.create_trial(params=baseline, distributions=distributions, value=value,
                                          user_attrs={"worker": WORKER, "baseline": True})
 
     study = _open_study(storage, study_name, attrs, baseline_trial, user_attrs or {})
@@ -244,6 +247,7 @@ def best_params(study: optuna.Study, members: Sequence[str], space: TuneSpace) -
     if not complete:
         raise WorkbenchError(f"study {study.study_name}: no complete trial yet; run `workbench tune` to add some")
     best = max(complete, key=lambda t: (t.value, -t.number))
+    assert best.value is not None  # a complete trial has its value
     threshold, weights = space.decode(best.params, members)
     return TunedParams(threshold, weights, float(best.value), len(complete), tuple(members), dict(best.params))
 

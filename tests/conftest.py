@@ -2,11 +2,13 @@
 session), a config on it, and running the `workbench` CLI as a user would."""
 from __future__ import annotations
 
+import gzip
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -16,6 +18,32 @@ TINY_SIZE = (96, 64)  # (W, H)
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     """`workbench ARGS...` in a fresh process; stdout and stderr captured as text."""
     return subprocess.run([sys.executable, "-m", "workbench.cli", *args], capture_output=True, text=True)
+
+
+def write_csv(path: Path, rows: list[tuple[str, str]], header: str = "img,rle_mask") -> Path:
+    """A submission-format CSV of `rows` (gzipped when the name ends in .gz)."""
+    text = header + "\n" + "".join(f"{img},{rle}\n" for img, rle in rows)
+    path.write_bytes(gzip.compress(text.encode()) if path.name.endswith(".gz") else text.encode())
+    return path
+
+
+def read_csv(path: Path) -> list[tuple[str, str]]:
+    """The (img, rle) rows of a submission-format CSV, plain or gzipped."""
+    data = path.read_bytes()
+    text = gzip.decompress(data).decode() if data[:2] == b"\x1f\x8b" else data.decode()
+    lines = text.splitlines()
+    assert lines[0] == "img,rle_mask"
+    return [(img, rle) for img, rle in (line.split(",") for line in lines[1:])]
+
+
+def random_mask(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
+    """(H, W) bool masks with runs of every length, incl. empty, full and first/last pixel runs."""
+    kind = rng.integers(0, 8)
+    if kind == 0:
+        return np.zeros(shape, dtype=bool)
+    if kind == 1:
+        return np.ones(shape, dtype=bool)
+    return rng.random(shape) < rng.uniform(0.05, 0.95)
 
 
 def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> None:

@@ -1,10 +1,8 @@
 """Blending submission files: the run-boundary vote against a per-pixel vote, and the refusals."""
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,20 +10,11 @@ import pytest
 from carvana import WorkbenchError, rle_decode, rle_encode
 from carvana.rle import parse_runs
 from carvana.submission import blend_submissions, vote_runs
+from tests.conftest import random_mask, read_csv, write_csv
 
 SIZE = (30, 20)  # (W, H)
 SHAPE = SIZE[::-1]
 IDS = [f"{car:012x}_{angle:02d}.jpg" for car in (0x123, 0x456) for angle in range(1, 16, 2)]
-
-
-def random_mask(rng: np.random.Generator) -> np.ndarray:
-    """(H, W) bool masks with runs of every length, incl. empty, full and first/last pixel runs."""
-    kind = rng.integers(0, 6)
-    if kind == 0:
-        return np.zeros(SHAPE, dtype=bool)
-    if kind == 1:
-        return np.ones(SHAPE, dtype=bool)
-    return rng.random(SHAPE) < rng.uniform(0.1, 0.9)
 
 
 def slow_vote(masks: list[np.ndarray], weights: list[float], min_votes: float | None) -> np.ndarray:
@@ -36,18 +25,6 @@ def slow_vote(masks: list[np.ndarray], weights: list[float], min_votes: float | 
     if min_votes is None:
         return votes > sum(weights) / 2
     return votes >= min_votes
-
-
-def write_csv(path: Path, rows: list[tuple[str, str]]) -> Path:
-    text = "img,rle_mask\n" + "".join(f"{img},{rle}\n" for img, rle in rows)
-    path.write_bytes(gzip.compress(text.encode()) if path.name.endswith(".gz") else text.encode())
-    return path
-
-
-def read_csv(path: Path) -> list[tuple[str, str]]:
-    lines = gzip.decompress(path.read_bytes()).decode().splitlines()
-    assert lines[0] == "img,rle_mask"
-    return [tuple(line.split(",")) for line in lines[1:]]
 
 
 RULES = [
@@ -74,7 +51,7 @@ def test_vote_runs_equals_per_pixel_vote(weights, min_votes):
         total += w
     needed = np.nextafter(total / 2, np.inf) if min_votes is None else min_votes
     for _ in range(60 if len(weights) < 10 else 10):
-        masks = [random_mask(rng) for _ in weights]
+        masks = [random_mask(rng, SHAPE) for _ in weights]
         runs = [parse_runs(rle_encode(m), SIZE[0] * SIZE[1]) for m in masks]
         starts, ends = vote_runs(runs, weights, needed)
         flat = np.zeros(SIZE[0] * SIZE[1], dtype=bool)
@@ -87,7 +64,7 @@ def test_vote_runs_equals_per_pixel_vote(weights, min_votes):
 @pytest.mark.parametrize("weights, min_votes", RULES[:3] + RULES[4:7])
 def test_blend_files_equals_per_pixel_vote(tmp_path, weights, min_votes):
     rng = np.random.default_rng(7)
-    masks = {img: [random_mask(rng) for _ in weights] for img in IDS}
+    masks = {img: [random_mask(rng, SHAPE) for _ in weights] for img in IDS}
     paths = [write_csv(tmp_path / f"in{i}.csv.gz", [(img, rle_encode(masks[img][i])) for img in IDS])
              for i in range(len(weights))]
     out = blend_submissions(paths, tmp_path / "blend.csv.gz", weights=weights, min_votes=min_votes, image_size=SIZE)
@@ -158,7 +135,7 @@ def test_blend_refuses_bad_settings(tmp_path):
 def test_blend_of_decoded_masks_round_trips(tmp_path):
     """A blend of three identical files is the file itself, re-encoded canonically."""
     rng = np.random.default_rng(3)
-    rows = [(img, rle_encode(random_mask(rng))) for img in IDS]
+    rows = [(img, rle_encode(random_mask(rng, SHAPE))) for img in IDS]
     paths = [write_csv(tmp_path / f"in{i}.csv.gz", rows) for i in range(3)]
     out = blend_submissions(paths, tmp_path / "out.csv.gz", image_size=SIZE)
     for (img, rle), (_, original) in zip(read_csv(out), rows):

@@ -1,41 +1,24 @@
 """Scoring a submission file: rows matched by id; equals carvana.mean_dice on the decoded masks, per angle too."""
 from __future__ import annotations
 
-import gzip
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from carvana import WorkbenchError, dice, mean_dice, rle_encode
 from carvana.rle import parse_runs
 from carvana.submission import runs_dice, score_submission
+from tests.conftest import random_mask, read_csv, write_csv
 
 SIZE = (30, 20)  # (W, H)
 SHAPE = SIZE[::-1]
 IDS = [f"{car:012x}_{angle:02d}.jpg" for car in (0xA1, 0xB2, 0xC3) for angle in range(1, 17)]
 
 
-def random_mask(rng: np.random.Generator) -> np.ndarray:
-    kind = rng.integers(0, 8)
-    if kind == 0:
-        return np.zeros(SHAPE, dtype=bool)
-    if kind == 1:
-        return np.ones(SHAPE, dtype=bool)
-    return rng.random(SHAPE) < rng.uniform(0.05, 0.95)
-
-
-def write_csv(path: Path, rows: list[tuple[str, str]]) -> Path:
-    text = "img,rle_mask\n" + "".join(f"{img},{rle}\n" for img, rle in rows)
-    path.write_bytes(gzip.compress(text.encode()) if path.name.endswith(".gz") else text.encode())
-    return path
-
-
 def test_runs_dice_equals_dice_of_decoded_masks():
     rng = np.random.default_rng(0)
     n_pixels = SIZE[0] * SIZE[1]
     for _ in range(300):
-        pred, truth = random_mask(rng), random_mask(rng)
+        pred, truth = random_mask(rng, SHAPE), random_mask(rng, SHAPE)
         runs = parse_runs(rle_encode(pred), n_pixels), parse_runs(rle_encode(truth), n_pixels)
         assert runs_dice(*runs) == dice(pred, truth)
     touching = parse_runs("1 3 4 3 20 2", n_pixels)  # same pixels as "1 6 20 2"
@@ -46,9 +29,9 @@ def test_runs_dice_equals_dice_of_decoded_masks():
 @pytest.fixture
 def scored_files(tmp_path):
     rng = np.random.default_rng(1)
-    truths = [random_mask(rng) for _ in IDS]
+    truths = [random_mask(rng, SHAPE) for _ in IDS]
     # Predictions near the truth (a few flipped pixels) and some unrelated ones.
-    preds = [t ^ (rng.random(SHAPE) < 0.05) if i % 5 else random_mask(rng) for i, t in enumerate(truths)]
+    preds = [t ^ (rng.random(SHAPE) < 0.05) if i % 5 else random_mask(rng, SHAPE) for i, t in enumerate(truths)]
     truth_path = write_csv(tmp_path / "test_masks.csv", [(i, rle_encode(m)) for i, m in zip(IDS, truths)])
     sub_path = write_csv(tmp_path / "sub.csv.gz", [(i, rle_encode(m)) for i, m in zip(IDS, preds)])
     return sub_path, truth_path, preds, truths
@@ -75,22 +58,16 @@ def test_perfect_submission_scores_one(scored_files):
 def test_score_matches_rows_by_id_in_any_order(scored_files, tmp_path):
     sub_path, truth_path, preds, truths = scored_files
     in_order = score_submission(sub_path, truth_path, image_size=SIZE)
-    rows = read_rows(truth_path)
+    rows = read_csv(truth_path)
     order = np.random.default_rng(2).permutation(len(rows))
     shuffled_truth = write_csv(tmp_path / "shuffled_truth.csv", [rows[k] for k in order])
     assert score_submission(sub_path, shuffled_truth, image_size=SIZE) == in_order
-    sub_rows = read_rows(sub_path)
+    sub_rows = read_csv(sub_path)
     shuffled_sub = write_csv(tmp_path / "shuffled_sub.csv", [sub_rows[k] for k in order])
     result = score_submission(shuffled_sub, truth_path, image_size=SIZE)
     # the mean runs over the submission's order: equal to mean_dice in that order, bit for bit
     assert result.mean_dice == mean_dice([preds[k] for k in order], [truths[k] for k in order])
     assert result.n_by_angle == in_order.n_by_angle
-
-
-def read_rows(path: Path) -> list[tuple[str, str]]:
-    data = path.read_bytes()
-    text = gzip.decompress(data).decode() if data[:2] == b"\x1f\x8b" else data.decode()
-    return [tuple(line.split(",")) for line in text.splitlines()[1:]]
 
 
 @pytest.mark.parametrize(
@@ -115,7 +92,7 @@ def test_score_refuses_id_mismatch_naming_the_ids(scored_files, tmp_path, edit, 
 
 def test_score_refuses_a_truth_with_a_duplicate_id(scored_files, tmp_path):
     sub_path, truth_path, _, _ = scored_files
-    rows = read_rows(truth_path)
+    rows = read_csv(truth_path)
     bad_truth = write_csv(tmp_path / "truth.csv", rows + rows[:1])
     with pytest.raises(WorkbenchError, match=f"truth.csv: duplicate id {IDS[0]} at row {len(IDS) + 1}"):
         score_submission(sub_path, bad_truth, image_size=SIZE)

@@ -5,7 +5,6 @@ import gzip
 import subprocess
 import sys
 import zlib
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -15,6 +14,7 @@ from carvana import WorkbenchError, rle_decode, rle_encode
 from carvana.dataset import format_size, parse_size
 from carvana.rle import parse_runs, rle_problem
 from carvana.submission import read_sample_ids, threshold_level, validate_submission, write_submission
+from tests.conftest import read_csv, write_csv
 
 SIZE = (30, 20)  # (W, H)
 IDS = [f"{car:012x}_{angle:02d}.jpg" for car in (0xABC, 0xDEF) for angle in range(1, 17)]
@@ -38,20 +38,6 @@ def expected_mask(prob: np.ndarray, level: int = 128) -> np.ndarray:
     return cv2.resize(prob, SIZE, interpolation=cv2.INTER_LINEAR) >= level
 
 
-def write_csv(path: Path, rows: list[tuple[str, str]], header: str = "img,rle_mask") -> Path:
-    text = header + "\n" + "".join(f"{img},{rle}\n" for img, rle in rows)
-    path.write_bytes(gzip.compress(text.encode()) if path.name.endswith(".gz") else text.encode())
-    return path
-
-
-def read_csv(path: Path) -> list[tuple[str, str]]:
-    data = path.read_bytes()
-    text = gzip.decompress(data).decode() if data[:2] == b"\x1f\x8b" else data.decode()
-    lines = text.splitlines()
-    assert lines[0] == "img,rle_mask"
-    return [tuple(line.split(",")) for line in lines[1:]]
-
-
 @pytest.mark.parametrize("store_shape, n_jobs", [((10, 15), 2), ((10, 15), 1), ((20, 30), 1), ((32, 48), 1)])
 def test_writer_round_trips_to_thresholded_maps(tmp_path, store_shape, n_jobs):
     reader = MapReader(store_shape)
@@ -66,7 +52,8 @@ def test_writer_output_is_the_same_bytes_whatever_n_jobs(tmp_path):
     one = write_submission(IDS, MapReader((10, 15)), tmp_path / "one.csv.gz", image_size=SIZE, n_jobs=1, progress=False)
     two = write_submission(IDS, MapReader((10, 15)), tmp_path / "two.csv.gz", image_size=SIZE, n_jobs=2, progress=False)
     assert one.read_bytes() == two.read_bytes()
-    plain = write_submission(IDS, MapReader((10, 15)), tmp_path / "plain.csv", image_size=SIZE, n_jobs=2, progress=False)
+    plain = write_submission(IDS, MapReader((10, 15)), tmp_path / "plain.csv", image_size=SIZE, n_jobs=2,
+                             progress=False)
     assert plain.read_bytes()[:2] != b"\x1f\x8b" and read_csv(plain) == read_csv(one)
 
 
@@ -110,7 +97,8 @@ def test_writer_needs_a_picklable_reader_for_several_processes(tmp_path):
     reader = MapReader((10, 15))
     with pytest.raises(TypeError, match="picklable"):
         write_submission(IDS, lambda img: reader(img), tmp_path / "s.csv.gz", image_size=SIZE, n_jobs=2, progress=False)
-    out = write_submission(IDS, lambda img: reader(img), tmp_path / "s.csv.gz", image_size=SIZE, n_jobs=1, progress=False)
+    out = write_submission(IDS, lambda img: reader(img), tmp_path / "s.csv.gz", image_size=SIZE, n_jobs=1,
+                           progress=False)
     assert len(read_csv(out)) == len(IDS)
 
 

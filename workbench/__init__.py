@@ -2,26 +2,19 @@
 
 Names are imported from their modules on first use, so `workbench --help` starts fast.
 """
-from typing import Any
+from carvana.lazy import lazy_getattr, public_names
 
-from carvana.lazy import lazy_attribute
-
-_HOMES = {
-    "main": "workbench.cli",
-    "ExperimentConfig": "workbench.config",
-    "load_config": "workbench.config",
-    "Run": "workbench.run",
-    "make_folds": "workbench.steps",
-    "fold_train": "workbench.fold_train",
-    "stack": "workbench.stack",
-    "tune_run": "workbench.tune",
-    "submit": "workbench.submit",
-    "local_score": "workbench.submit",
-    "serve_dashboard": "workbench.dashboard",
-    "run_demo": "workbench.demo",
+_EXPORTS = {
+    "workbench.cli": ["main"],
+    "workbench.config": ["ExperimentConfig", "load_config"],
+    "workbench.run": ["Run"],
+    "workbench.steps": ["make_folds"],
+    "workbench.fold_train": ["fold_train"],
+    "workbench.stack": ["stack"],
+    "workbench.tune": ["tune_run"],
+    "workbench.submit": ["submit", "local_score"],
+    "workbench.dashboard": ["serve_dashboard"],
+    "workbench.demo": ["run_demo"],
 }
-__all__ = list(_HOMES)
-
-
-def __getattr__(name: str) -> Any:
-    return lazy_attribute(__name__, _HOMES, name)
+__all__ = public_names(_EXPORTS)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

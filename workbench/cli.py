@@ -144,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     blend.add_argument("--out", type=Path, required=True, help="output file (.csv.gz)")
     blend.add_argument("--weights", type=float, nargs="+", help="one weight per file (default: equal)")
     blend.add_argument("--min-votes", type=float, help="weighted votes a pixel needs (default: strict majority)")
-    blend.add_argument("--size", type=_size, help=f"image size WxH (default: the config's data, else {KAGGLE_SIZE_TEXT})")
+    blend.add_argument("--size", type=_size,
+                       help=f"image size WxH (default: the config's data, else {KAGGLE_SIZE_TEXT})")
     blend.add_argument("--config", type=Path, help="experiment YAML, for the image size of its data")
     blend.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     blend.add_argument("--run-dir", type=Path, help=argparse.SUPPRESS)

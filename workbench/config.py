@@ -175,7 +175,7 @@ def _convert(hint: object, value: object, name: str) -> object:
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         options = [h for h in typing.get_args(hint) if h is not type(None)]
         return None if value is None else _convert(options[0], value, name)
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return _build(hint, value, name + ".")
     if hint is Path:
         return Path(str(value))
@@ -214,9 +214,9 @@ def _convert_tuple(hint: object, value: object, name: str) -> tuple:
         raise TypeError(f"`{name}` has a value that is not a number: {value!r}") from None
 
 
-def config_to_dict(config: object) -> dict:
+def config_to_dict(config: typing.Any) -> dict:
     """A plain dict of a config dataclass, paths as strings, for saving as YAML."""
-    def plain(value: object) -> object:
+    def plain(value: typing.Any) -> typing.Any:
         if isinstance(value, Path):
             return str(value)
         if isinstance(value, tuple):

@@ -39,7 +39,8 @@ def write_report(run_dir: Path, data: CarvanaData, rows: list[dict], entry_store
     best = rows[0]
     store = member_store if best["kind"] == "member" else entry_store
     worst = _worst_images(store, best["entry"], data)
-    cv2.imwrite(str(folder / "worst.png"), cv2.cvtColor(_overlay_grid(data, store, best["entry"], worst), cv2.COLOR_RGB2BGR))
+    worst_grid = _overlay_grid(data, store, best["entry"], worst)
+    cv2.imwrite(str(folder / "worst.png"), cv2.cvtColor(worst_grid, cv2.COLOR_RGB2BGR))
     # Four cars (as far as the test set has them) at four different angles.
     test_ids = [data.test_ids[(16 * i + a) % len(data.test_ids)] for i, a in enumerate((2, 4, 10, 13))]
     cv2.imwrite(str(folder / "test_overlays.png"), cv2.cvtColor(_test_grid(data, store, best["entry"], test_ids),

@@ -9,6 +9,7 @@ members and settings.
 """
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 
@@ -85,11 +86,11 @@ def entry_factories(config: ExperimentConfig) -> dict[str, tuple[str, Callable[[
     """{entry name: (kind, a function making an unfitted estimator)} of the config's blends and stackers."""
     entries: dict[str, tuple[str, Callable[[], Entry]]] = {}
     for name in config.stack.blends:
-        entries[name] = ("blend", lambda name=name: make_blender(name))
+        entries[name] = ("blend", functools.partial(make_blender, name))
     lo, hi = config.stack.band
     for name in config.stack.stackers:
-        entries[name] = ("stacker", lambda name=name: make_stacker(
-            name, lo=lo, hi=hi, max_pixels=config.stack.max_pixels, random_state=config.seed,
+        entries[name] = ("stacker", functools.partial(
+            make_stacker, name, lo=lo, hi=hi, max_pixels=config.stack.max_pixels, random_state=config.seed,
             max_band_share=config.stack.max_band_share))
     return entries
 

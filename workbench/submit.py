@@ -60,7 +60,8 @@ def submit(config: ExperimentConfig, *, entry: str | None = None, out_path: Path
     write_submission(ids, TestMapReader(store.path, row["entry"]), out_path, image_size=summary.size,
                      threshold=float(row["threshold"]) if row["threshold"] != "per-angle" else 0.5, progress=progress)
     record = {"entry": row["entry"], "kind": row["kind"], "oof_mean_dice": float(row["oof_mean_dice"]),
-              "n_rows": len(ids), "seconds": round(time.time() - start, 1), "written": time.strftime("%Y-%m-%dT%H:%M:%S")}
+              "n_rows": len(ids), "seconds": round(time.time() - start, 1),
+              "written": time.strftime("%Y-%m-%dT%H:%M:%S")}
     write_json_atomic(out_path.with_name(out_path.name.removesuffix(".gz").removesuffix(".csv") + ".json"), record)
     return out_path
 

@@ -53,6 +53,7 @@ def _build(data: CarvanaData, split: str, ids: list[str], height: int, width: in
                   desc=f"caching {split} at {height}x{width}"))
     # Masks land first: a cache whose images file exists is complete (cached_split checks both).
     if masks is not None:
+        assert tmp_masks is not None and masks_path is not None
         masks.flush()
         os.replace(tmp_masks, masks_path)
     images.flush()

@@ -326,14 +326,15 @@ def _load_model(spec: MemberSpec, path: Path):
     model = build_keras_unet(spec)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        raised: list[str] = []
         try:
             model.load_weights(path)
         except ValueError as error:
-            caught.append(error)
-    problems = [str(w) if isinstance(w, ValueError) else str(w.message) for w in caught
-                if isinstance(w, ValueError) or issubclass(w.category, UserWarning)]
+            raised.append(str(error))
+    problems = raised + [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
     if problems:
-        raise WorkbenchError(f"{path} does not fit member {spec.name} ({problems[0].splitlines()[0]}); retrain that fold")
+        raise WorkbenchError(f"{path} does not fit member {spec.name} ({problems[0].splitlines()[0]}); "
+                             "retrain that fold")
     return model
 
 

@@ -68,6 +68,7 @@ def run_member_fold(spec: MemberSpec, fold: int, data: CarvanaData, folds: Folds
     start = time.time()
     ids, images, masks = cached_split(data, "train", spec.height, spec.width, run_dir / "cache")
     train_idx, val_idx, oof_idx = split_fold(ids, folds, fold, spec.train.seed)
+    assert masks is not None  # the train split has masks
     fold_data = FoldData(fold, ids, images, masks, train_idx, val_idx, oof_idx)
     checkpoint = fit(spec, fold_data, work_dir, progress, board_dir(run_dir, spec.name, fold))
     member = load_member(spec, [checkpoint])
@@ -142,5 +143,6 @@ def _write_maps(writer, member, batch: np.ndarray, chunk: list[str], split: str,
 
 
 def _chunks(items: list, desc: str, progress: bool):
-    for start in progress_bar(range(0, len(items), PREDICT_CHUNK), desc=desc, leave=False, disable=not progress, unit="chunk"):
+    starts = range(0, len(items), PREDICT_CHUNK)
+    for start in progress_bar(starts, desc=desc, leave=False, disable=not progress, unit="chunk"):
         yield items[start:start + PREDICT_CHUNK]

@@ -9,6 +9,7 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
+from typing import Any
 
 from oof.format import MEMBER_PATTERN
 from zoo.geometry import padded_size
@@ -34,7 +35,7 @@ FAMILIES = {
 }
 
 
-def check_field_types(obj: object, where: str) -> None:
+def check_field_types(obj: Any, where: str) -> None:
     """Validate (and normalise) the int / float / str / bool fields of a frozen dataclass from YAML.
 
     Floats accept ints and numeric strings (YAML reads `1e-3` as a string); ints must be whole.
@@ -47,7 +48,7 @@ def check_field_types(obj: object, where: str) -> None:
                 continue
             except ValueError:
                 pass
-        expected = {"int": int, "float": float, "str": str, "bool": bool}.get(kind)
+        expected = {"int": int, "float": float, "str": str, "bool": bool}.get(str(kind))
         if expected and (not isinstance(value, expected) or (expected is int and isinstance(value, bool))):
             raise ValueError(f"{where}: `{f.name}` must be {kind}, got {value!r}")
 

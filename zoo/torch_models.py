@@ -33,13 +33,15 @@ def build_torch_model(spec: MemberSpec) -> nn.Module:
     import segmentation_models_pytorch as smp
 
     kinds = {"unet": smp.Unet, "fpn": smp.FPN, "linknet": smp.Linknet}
-    kwargs = {"decoder_channels": spec.decoder_channels} if spec.arch == "unet" and spec.decoder_channels else {}
+    kwargs: dict[str, object] = {}
     if spec.arch == "unet" and spec.decoder_channels:
+        kwargs["decoder_channels"] = spec.decoder_channels
         kwargs["encoder_depth"] = len(spec.decoder_channels)
     try:
         model = kinds[spec.arch](spec.encoder, encoder_weights=None, classes=1, **kwargs)
     except (KeyError, ValueError, RuntimeError) as error:
-        raise WorkbenchError(f"member {spec.name}: cannot build {spec.arch} with encoder {spec.encoder!r} ({error})") from None
+        raise WorkbenchError(f"member {spec.name}: cannot build {spec.arch} "
+                             f"with encoder {spec.encoder!r} ({error})") from None
     if spec.encoder_weights:
         _load_encoder_weights(model, Path(spec.encoder_weights), spec.name)
     return model

@@ -127,14 +127,15 @@ def _blended_rows(
         rows = [next(reader, None) for reader in readers]
         if all(r is None for r in rows):
             return
-        if any(r is None for r in rows):
+        present = [r for r in rows if r is not None]
+        if len(present) < len(rows):
             ended = next(p for p, r in zip(paths, rows) if r is None)
             going = next(p for p, r in zip(paths, rows) if r is not None)
             raise WorkbenchError(f"{ended}: ends before row {row}, where {going} goes on; "
                                  "fix: blend submissions of the same ids")
-        img = rows[0][1]
+        img = present[0][1]
         runs = []
-        for path, (_, other, rle) in zip(paths, rows):
+        for path, (_, other, rle) in zip(paths, present):
             if other != img:
                 raise WorkbenchError(f"{path}: row {row} has id {other} where {paths[0]} has {img}; "
                                      "fix: blend submissions written for the same sample_submission.csv")

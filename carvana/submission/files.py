@@ -11,7 +11,7 @@ import gzip
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, cast
 
 from carvana.dataset import KAGGLE_SIZE
 from carvana.errors import WorkbenchError
@@ -125,10 +125,10 @@ def validate_submission(
         raise WorkbenchError(f"{path}: {problem}; fix: write a row for every id of sample_submission.csv")
 
 
-def open_compressed(raw: IO[bytes], out_path: Path) -> IO[bytes]:
+def open_compressed(raw: IO[bytes], out_path: Path) -> contextlib.AbstractContextManager[IO[bytes]]:
     """gzip for *.gz (mtime 0 and no name, so equal content gives equal bytes), else the raw file."""
     if out_path.name.endswith(".gz"):
-        return gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=GZIP_LEVEL, mtime=0)
+        return cast(IO[bytes], gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=GZIP_LEVEL, mtime=0))
     return contextlib.nullcontext(raw)
 
 

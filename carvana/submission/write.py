@@ -10,7 +10,7 @@ import multiprocessing
 import os
 import pickle
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,7 +91,7 @@ def _encode_in_worker(ids: Sequence[str]) -> str:
     return _WORKER_ENCODER.lines(ids)
 
 
-def _encoded_chunks(encoder: _MaskEncoder, chunks: list[Sequence[str]], n_jobs: int) -> Iterator[str]:
+def _encoded_chunks(encoder: _MaskEncoder, chunks: list[Sequence[str]], n_jobs: int) -> Generator[str, None, None]:
     """CSV text of each chunk, in order. At most 2 x n_jobs chunks are in flight, so memory is bounded."""
     if n_jobs == 1:
         for chunk in chunks:
@@ -141,9 +141,9 @@ def write_submission(
     with atomic_path(out_path) as tmp_path:
         texts = contextlib.closing(_encoded_chunks(encoder, chunks, n_jobs))  # closing stops the pool
         bar = progress_bar(total=len(ids), unit="mask", disable=not progress, desc=f"writing {out_path.name}")
-        with open(tmp_path, "wb") as raw, open_compressed(raw, out_path) as out, texts as texts, bar:
+        with open(tmp_path, "wb") as raw, open_compressed(raw, out_path) as out, texts as chunk_texts, bar:
             out.write(f"{HEADER}\n".encode())
-            for chunk, text in zip(chunks, texts):
+            for chunk, text in zip(chunks, chunk_texts):
                 out.write(text.encode())
                 bar.update(len(chunk))
         validate_submission(tmp_path, ids, image_size=image_size)

@@ -200,7 +200,8 @@ def draw_paint(rng: np.random.Generator, variant: Variant | None = None) -> tupl
     base = np.array(PAINTS[name][1], dtype=np.float64)
     # Mostly a change of brightness; a little of hue, so greys stay grey.
     colour = np.clip(base * rng.uniform(0.94, 1.04) + rng.normal(0.0, 2.0, size=3), 0, 255)
-    return name, tuple(int(c) for c in colour.round())
+    red, green, blue = (int(c) for c in colour.round())
+    return name, (red, green, blue)
 
 
 def draw_dims(rng: np.random.Generator, body: BodyType) -> Dims:

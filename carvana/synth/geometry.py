@@ -7,6 +7,7 @@ points out of the part, which is what back-face culling relies on.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -32,7 +33,7 @@ class Mesh:
 
     faces: list[Face] = field(default_factory=list)
 
-    def add(self, contours: list[np.ndarray], material: str, **kw: object) -> int:
+    def add(self, contours: list[np.ndarray], material: str, **kw: Any) -> int:
         self.faces.append(Face([np.asarray(c, dtype=np.float64) for c in contours], material, **kw))
         return len(self.faces) - 1
 
@@ -102,7 +103,7 @@ def pack(mesh: Mesh) -> PackedMesh:
 
 def lift(profile: np.ndarray, y: float | tuple[float, float]) -> np.ndarray:
     """(K, 2) (x, z) points -> (K, 3) on the plane y = a + b*z (`y` = a, or (a, b))."""
-    a, b = (y, 0.0) if np.isscalar(y) else y
+    a, b = y if isinstance(y, tuple) else (y, 0.0)
     return np.column_stack([profile[:, 0], a + b * profile[:, 1], profile[:, 1]])
 
 

@@ -117,6 +117,7 @@ def _write_layout(root: Path, train: list[CarSpec], test: list[CarSpec], size: t
         if shot.spec.car_id != packed_id:  # shots come grouped by car: build each mesh once
             packed, packed_id = build_car(shot.spec), shot.spec.car_id
         rng = car_rng(seed, shot.split, shot.index, shot.angle)
+        assert packed is not None  # the first shot built its car
         image, layers = render_view(packed, shot.spec, shot.angle, size, rng, zoom)
         mask = annotate(layers, shot.spec.policy, rng)
         folder = "train" if shot.split == TRAIN else "test"
@@ -130,7 +131,7 @@ def _write_layout(root: Path, train: list[CarSpec], test: list[CarSpec], size: t
     _write_csv(root / "train_masks.csv", ["img", "rle_mask"], sorted(rles[TRAIN]))
     _write_csv(root / "test_masks.csv", ["img", "rle_mask"], sorted(rles[TEST]))
     _write_csv(root / "sample_submission.csv", ["img", "rle_mask"], sorted((img, SAMPLE_RLE) for img, _ in rles[TEST]))
-    metadata = sorted((spec.metadata for spec in train + test), key=lambda row: row["id"])
+    metadata = sorted((spec.metadata for spec in train + test), key=lambda row: str(row["id"]))
     _write_csv(root / "metadata.csv", METADATA_FIELDS, [[row[k] for k in METADATA_FIELDS] for row in metadata])
 
 
