@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import markdown_table
-from carvana.dataset import CarvanaData
+from carvana.dataset import KAGGLE_SIZE, CarvanaData
 from carvana.resize import resize_image, resize_mask
 from zoo.cache import cached_split
 from zoo.fold_data import FoldData
@@ -56,7 +56,7 @@ def run(quick: bool) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "data"
         n_cars = 2 if quick else 3
-        generate(root, n_cars=n_cars, n_test_cars=1, size=(1918, 1280), seed=3, progress=False)
+        generate(root, n_cars=n_cars, n_test_cars=1, size=KAGGLE_SIZE, seed=3, progress=False)
         data = CarvanaData(root)
         ids = data.train_ids
         rows = []
