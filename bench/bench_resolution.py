@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import markdown_table
-from carvana.dataset import read_rle_csv
+from carvana.dataset import KAGGLE_SIZE, read_rle_csv
 from carvana.metric import dice
 from carvana.resize import resize_proba
 from carvana.rle import rle_decode
 from stacking.leaderboard import upsampled_dice
 
 TITLE = "Store resolution: Dice lost by keeping maps smaller than the photos"
-SIZES = ((1918, 1280), (1280, 854), (960, 640), (720, 480))  # W x H
+SIZES = (KAGGLE_SIZE, (1280, 854), (960, 640), (720, 480))  # W x H
 
 
 def truths(n_cars: int) -> list[np.ndarray]:
@@ -24,7 +24,7 @@ def truths(n_cars: int) -> list[np.ndarray]:
 
     root = Path("bench/_scratch/resolution")
     if not (root / "train_masks.csv").exists():
-        generate(root, n_cars, 0, size=(1918, 1280), seed=1, progress=False)
+        generate(root, n_cars, 0, size=KAGGLE_SIZE, seed=1, progress=False)
     return [rle_decode(rle, (1280, 1918)) for rle in read_rle_csv(root / "train_masks.csv").values()]
 
 

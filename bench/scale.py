@@ -31,14 +31,14 @@ import numpy as np
 import yaml
 
 from bench.common import machine_description, markdown_table
-from carvana.dataset import read_rle_csv
+from carvana.dataset import KAGGLE_SIZE, N_ANGLES, read_rle_csv
 from carvana.rle import rle_decode
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "RESULTS.md"
 TITLE = "Kaggle-size rehearsal (bench.scale)"
-KAGGLE_TRAIN_CARS, KAGGLE_TEST_CARS, N_ANGLES = 318, 6254, 16
-SIZE = (1918, 1280)  # W x H
+KAGGLE_TRAIN_CARS, KAGGLE_TEST_CARS = 318, 6254
+SIZE = KAGGLE_SIZE  # W x H
 TEMPLATE_CARS = (4, 2)  # rendered train and test studio cars whose photos and masks are reused
 # Per member: boundary softness (Gaussian sigma, px), boundary bias (px, + grows), thin parts lost (opening side,
 # px, 0 = none), chance of a blob or hole per image. Named after configs/kaggle.yaml's zoo.

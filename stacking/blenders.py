@@ -18,7 +18,7 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
 from carvana.errors import WorkbenchError
-from stacking.evaluate import DiceEvaluator
+from stacking.evaluate import DiceEvaluator, FoldsView
 from stacking.maps import MapBatch, TrainMaps, as_train_maps
 
 
@@ -155,11 +155,12 @@ class WeightedMeanBlender(_Blender):
         train = as_train_maps(X, y)
         evaluator = DiceEvaluator(train.n_members)
         for batch in train.batches():
+            assert batch.truth is not None
             for maps, truth in zip(batch.maps, batch.truth):
                 evaluator.add_image(maps, truth, 1)
         return self.fit_evaluator(evaluator)
 
-    def fit_evaluator(self, evaluator: DiceEvaluator) -> WeightedMeanBlender:
+    def fit_evaluator(self, evaluator: DiceEvaluator | FoldsView) -> WeightedMeanBlender:
         """Learn weights from a ready evaluator (e.g. one streamed from the OOF store)."""
         self.n_members_ = evaluator.n_members
         self.weights_, self.score_ = search_simplex_weights(
@@ -173,7 +174,7 @@ class WeightedMeanBlender(_Blender):
         return total
 
 
-def search_simplex_weights(evaluator: DiceEvaluator, threshold: float, initial_step: float = 0.5,
+def search_simplex_weights(evaluator: DiceEvaluator | FoldsView, threshold: float, initial_step: float = 0.5,
                            n_halvings: int = 4, max_passes: int = 10,
                            random_state: int = 0) -> tuple[np.ndarray, float]:
     """Coordinate search for weights (M,) float64 on the simplex; see `WeightedMeanBlender`."""

@@ -13,8 +13,9 @@ holds only the pixels whose decision can change (see `stacking.evaluate`).
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -95,8 +96,8 @@ class MapBatch:
             maps = np.rint(maps * 255).astype(np.uint8)
         n = maps.shape[0] if maps.ndim == 4 else 0
         ids = tuple(ids) if ids is not None else tuple(str(i) for i in range(n))
-        angles = np.ones(n, dtype=np.int64) if angles is None else np.asarray(angles, dtype=np.int64)
-        return cls(maps, ids, angles, None if truth is None else np.asarray(truth, dtype=np.uint8))
+        levels = np.ones(n, dtype=np.int64) if angles is None else np.asarray(angles, dtype=np.int64)
+        return cls(maps, ids, levels, None if truth is None else np.asarray(truth, dtype=np.uint8))
 
 
 @dataclass
@@ -166,6 +167,7 @@ class TrainMaps:
     def images(self) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
         """(maps (M, H, W) uint8, truth (H, W), angle) one image at a time (the pixel stackers' stream)."""
         for batch in self.batches():
+            assert batch.truth is not None  # batches() reads the truth by default
             for i in range(len(batch)):
                 yield batch.maps[i], batch.truth[i], int(batch.angles[i])
 
@@ -178,6 +180,7 @@ class TrainMaps:
             evaluators = {k: DiceEvaluator(self.n_members, self.threshold_range) for k in self.all_folds}
             ids: dict[int, list[str]] = {k: [] for k in self.all_folds}
             for batch in root.batches():
+                assert batch.truth is not None
                 for i, img in enumerate(batch.ids):
                     evaluators[self.fold_of[img]].add_image(batch.maps[i], batch.truth[i], int(batch.angles[i]))
                     ids[self.fold_of[img]].append(img)
@@ -197,7 +200,7 @@ class TrainMaps:
         return cls(no_maps, no_maps, fold_of, tuple(members), shared=_Shared(evaluator))
 
     @classmethod
-    def from_arrays(cls, maps: np.ndarray, truth: np.ndarray, ids: Sequence[str] | None = None,
+    def from_arrays(cls, maps: np.ndarray, truth: np.ndarray | None, ids: Sequence[str] | None = None,
                     fold: Sequence[int] | None = None, chunk: int = CHUNK,
                     threshold_range: tuple[float, float] = (0.2, 0.8)) -> TrainMaps:
         """In-memory source: maps (N, M, H, W) uint8 (or floats in [0, 1]), truth (N, H, W) 0/1.
@@ -238,7 +241,7 @@ class TestMaps:
 class StoreReader:
     """ids -> (n, M, H, W) uint8 maps of `members` from an OOF store's `split` (picklable)."""
 
-    store: object  # oof.Store
+    store: Any  # oof.Store
     members: tuple[str, ...]
     split: str
 

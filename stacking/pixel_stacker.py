@@ -24,7 +24,6 @@ from sklearn.utils.validation import check_is_fitted
 
 from carvana.errors import WorkbenchError
 from stacking.blenders import _check_members, _levels
-from stacking.maps import MapBatch, TrainMaps
 from stacking.features import (
     N_ANGLES,
     BandSample,
@@ -36,6 +35,7 @@ from stacking.features import (
     pixel_features,
     sample_band_features,
 )
+from stacking.maps import MapBatch, TrainMaps
 
 PREDICT_CHUNK = 2**18  # band pixels featurised at a time when predicting: bounded memory per image
 
@@ -154,7 +154,7 @@ class PixelStacker(BaseEstimator):
         with angles (N,) 1..16."""
         check_is_fitted(self, "n_members_")
         if isinstance(X, MapBatch):
-            X, angles = X.maps, X.angles
+            angles, X = X.angles, X.maps
         X = _check_members(X)
         angles = np.asarray(angles)
         if angles.shape != X.shape[:1]:

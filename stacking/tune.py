@@ -201,8 +201,9 @@ def tune_study(evaluator: FoldedEvaluator, folds: Sequence[int], members: Sequen
     the study; several processes on one study together stop at `n_trials`. `context` (JSON-able,
     e.g. the folds' hash) is stored with the members, folds and space: reusing the study with any of
     them different is refused. `user_attrs` (e.g. run, entry, outer fold) are written on the new study as
-    readable attributes for optuna-dashboard; the metric is named "mean Dice". The sampler's seed is `seed` + the number of trials already there, so
-    a single process is reproducible and a worker joining later draws other random trials.
+    readable attributes for optuna-dashboard; the metric is named "mean Dice". The sampler's seed is `seed`
+    + the number of trials already there, so a single process is reproducible and a worker joining later
+    draws other random trials.
     """
     if n_trials < 1:
         raise ValueError(f"n_trials must be >= 1, got {n_trials}")
@@ -367,7 +368,8 @@ def nested_tune(evaluator: FoldedEvaluator, n_folds: int, members: Sequence[str]
         return TunedBlend(storage=storage, study=name, n_trials=n_trials, seed=seed, space=space, context=context,
                           user_attrs=user_attrs, progress=progress)
 
-    outer, honest = {}, {}
+    outer: dict[int, TunedParams] = {}
+    honest: dict[str, float] = {}
     for k, model in cross_fit(make, train):
         if k is None:
             full = model.params_

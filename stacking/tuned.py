@@ -8,7 +8,8 @@ threshold lands on 0.5.
 """
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator
@@ -39,7 +40,7 @@ def tuned_map(maps: np.ndarray, angle: int, params: TunedParams) -> np.ndarray:
 class TunedBlend(BaseEstimator):
     """Blend with Optuna-tuned thresholds and weights. Learned: `params_` (TunedParams), `study_`, `n_members_`."""
 
-    def __init__(self, *, storage: str | object, study: str = "blend", n_trials: int = 100, seed: int = 0,
+    def __init__(self, *, storage: Any, study: str = "blend", n_trials: int = 100, seed: int = 0,
                  space: TuneSpace | None = None, context: Mapping[str, object] | None = None,
                  user_attrs: Mapping[str, object] | None = None, progress: bool = False) -> None:
         self.storage = storage

@@ -7,9 +7,13 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
+
+if TYPE_CHECKING:
+    from stacking.evaluate import FoldedEvaluator
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_SIZE = (96, 64)  # (W, H)
@@ -44,6 +48,37 @@ def random_mask(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
     if kind == 1:
         return np.ones(shape, dtype=bool)
     return rng.random(shape) < rng.uniform(0.05, 0.95)
+
+
+TUNE_MEMBERS = ["a", "b", "c"]  # the members of `make_images`
+
+
+def make_images(seed: int = 0, n_images: int = 12, shape: tuple[int, int] = (24, 32)) -> list:
+    """(maps (3, H, W) uint8, truth, angle) per image: ellipse truths; members (TUNE_MEMBERS) are noisy
+    logistic maps of the distance, biased low / none / high."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    images = []
+    for i in range(n_images):
+        cy, cx = shape[0] / 2 + rng.integers(-3, 4), shape[1] / 2 + rng.integers(-4, 5)
+        d = ((yy - cy) / rng.integers(5, 9)) ** 2 + ((xx - cx) / rng.integers(7, 12)) ** 2
+        logits = [4 * (1 - d) + bias + rng.normal(0, 0.8, d.shape) for bias in (-1.0, 0.0, 1.5)]
+        maps = np.stack([np.rint(255 / (1 + np.exp(-x))) for x in logits]).astype(np.uint8)
+        images.append((maps, (d < 1).astype(np.uint8), i % 16 + 1))
+    return images
+
+
+def make_evaluator(poison_fold: int | None = None, n_folds: int = 3) -> FoldedEvaluator:
+    """Image i of `make_images` in fold i % n_folds; `poison_fold`'s truths are inverted."""
+    from stacking.evaluate import DiceEvaluator, FoldedEvaluator
+
+    evaluators = {k: DiceEvaluator(len(TUNE_MEMBERS)) for k in range(n_folds)}
+    ids: dict[int, list[str]] = {k: [] for k in range(n_folds)}
+    for i, (maps, truth, angle) in enumerate(make_images()):
+        k = i % n_folds
+        evaluators[k].add_image(maps, 1 - truth if k == poison_fold else truth, angle)
+        ids[k].append(f"img{i:02d}")
+    return FoldedEvaluator(evaluators, ids)
 
 
 def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> None:

@@ -88,7 +88,8 @@ def test_dashboard_shows_the_metric_name_and_readable_labels(tmp_path):
     from stacking.maps import TrainMaps
     from stacking.tune import TuneSpace
     from stacking.tuned import TunedBlend
-    from tests.test_tune import MEMBERS, make_evaluator
+    from tests.conftest import TUNE_MEMBERS as MEMBERS
+    from tests.conftest import make_evaluator
 
     config = write_config(tmp_path)
     (tmp_path / "run").mkdir()

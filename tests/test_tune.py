@@ -20,7 +20,6 @@ from carvana.metric import dice
 from stacking.evaluate import DiceEvaluator
 from stacking.tune import (
     WORKER,
-    FoldedEvaluator,
     TunedParams,
     TuneSpace,
     blend_mask,
@@ -30,36 +29,12 @@ from stacking.tune import (
     open_storage,
     tune_study,
 )
+from tests.conftest import TUNE_MEMBERS as MEMBERS
+from tests.conftest import make_evaluator, make_images
 
 REPO = Path(__file__).resolve().parents[1]
-MEMBERS = ["a", "b", "c"]
 COMPLETE = optuna.trial.TrialState.COMPLETE
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-def make_images(seed: int = 0, n_images: int = 12, shape=(24, 32)):
-    """Ellipse truths; members are noisy logistic maps of the distance, biased low / none / high."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
-    images = []
-    for i in range(n_images):
-        cy, cx = shape[0] / 2 + rng.integers(-3, 4), shape[1] / 2 + rng.integers(-4, 5)
-        d = ((yy - cy) / rng.integers(5, 9)) ** 2 + ((xx - cx) / rng.integers(7, 12)) ** 2
-        logits = [4 * (1 - d) + bias + rng.normal(0, 0.8, d.shape) for bias in (-1.0, 0.0, 1.5)]
-        maps = np.stack([np.rint(255 / (1 + np.exp(-x))) for x in logits]).astype(np.uint8)
-        images.append((maps, (d < 1).astype(np.uint8), i % 16 + 1))
-    return images
-
-
-def make_evaluator(poison_fold: int | None = None, n_folds: int = 3) -> FoldedEvaluator:
-    """Image i in fold i % n_folds; `poison_fold`'s truths are inverted."""
-    evaluators = {k: DiceEvaluator(len(MEMBERS)) for k in range(n_folds)}
-    ids: dict[int, list[str]] = {k: [] for k in range(n_folds)}
-    for i, (maps, truth, angle) in enumerate(make_images()):
-        k = i % n_folds
-        evaluators[k].add_image(maps, 1 - truth if k == poison_fold else truth, angle)
-        ids[k].append(f"img{i:02d}")
-    return FoldedEvaluator(evaluators, ids)
 
 
 def sqlite_url(path: Path) -> str:
@@ -195,7 +170,7 @@ def test_blend_proba_and_saved_params(tmp_path):
 WORKER_SCRIPT = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from tests.test_tune import make_evaluator, MEMBERS
+    from tests.conftest import TUNE_MEMBERS as MEMBERS, make_evaluator
     from stacking.tune import FoldedEvaluator, TuneSpace, tune_study
 
     class Slow(FoldedEvaluator):  # slow trials, so that both workers are surely at work at once
@@ -238,9 +213,9 @@ def make_run(config_path: Path, n_members: int = 2):
     """folds.csv and an OOF store of `n_members` noisy members for the tiny dataset; returns (config, folds)."""
     from carvana.dataset import CarvanaData
     from oof import Store
+    from stacking.maps import truth_at
     from workbench.config import load_config
     from workbench.steps import make_folds
-    from stacking.maps import truth_at
 
     config_path.write_text(config_path.read_text() + "oof:\n  resolution: 48x32\n")  # the store's W x H
     config = load_config(config_path)

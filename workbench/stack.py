@@ -17,7 +17,7 @@ from carvana.atomic import copy_atomic
 from carvana.errors import WorkbenchError
 from oof import Store
 from stacking.blenders import make_blender
-from stacking.crossfit import Entry, fit_predict
+from stacking.crossfit import Entry, EntryT, fit_predict
 from stacking.leaderboard import format_table, score_entries, write_leaderboard
 from stacking.maps import TestMaps, TrainMaps
 from stacking.pixel_stacker import make_stacker
@@ -69,8 +69,8 @@ def entry_complete(store: Store, name: str, spec: dict, n_train: int, n_test: in
             and len(store.ids(name, "test")) == n_test)
 
 
-def run_entry(run: Run, name: str, make: Callable[[], Entry], train: TrainMaps, test: TestMaps,
-              progress: bool) -> Entry | None:
+def run_entry(run: Run, name: str, make: Callable[[], EntryT], train: TrainMaps, test: TestMaps,
+              progress: bool) -> EntryT | None:
     """The entry's honest OOF maps and test maps in RUN/stack (skipped when complete); the fit on all folds."""
     store = run.entries_store
     spec = entry_spec(name, make(), list(train.members), run.members_store)

@@ -103,6 +103,7 @@ def tune_run(config: ExperimentConfig, progress: bool = True) -> NestedResult:
     blend = tuned_blend_factory(run, members, progress)()
     evaluator = run.train_maps(members).evaluator().folded
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial would bury the summary
+    assert blend.space is not None  # tuned_blend_factory always sets it
     result = nested_tune(evaluator, folds.n_folds, members, blend.space, blend.storage, blend.study,
                          blend.n_trials, blend.seed, context=blend.context, progress=progress,
                          user_attrs=blend.user_attrs)
