@@ -13,7 +13,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from carvana.progress import progress_bar
 
 from carvana.atomic import write_atomic
 from carvana.dataset import CarvanaData, angle_of, read_rle_csv

@@ -124,7 +124,9 @@ def segmentation_loss(logits, target, cfg: TrainConfig, band_px: int):
         weights = 1 + (cfg.border_weight - 1) * band
     bce_map = tf.nn.sigmoid_cross_entropy_with_logits(labels=target, logits=logits)
     bce = tf.reduce_sum(weights * bce_map) / tf.reduce_sum(weights)
-    flat = lambda t: tf.reshape(t, [tf.shape(t)[0], -1])
+    def flat(t):  # (N, H, W, 1) -> (N, H * W)
+        return tf.reshape(t, [tf.shape(t)[0], -1])
+
     proba, target, weights = flat(tf.sigmoid(logits)), flat(target), flat(weights)
     soft_dice = tf.reduce_mean((2 * tf.reduce_sum(weights * proba * target, 1) + 1)
                                / (tf.reduce_sum(weights * proba, 1) + tf.reduce_sum(weights * target, 1) + 1))
