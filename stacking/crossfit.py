@@ -7,11 +7,12 @@ An entry is any scikit-learn-style estimator over the stacking input type (`stac
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Iterator, Protocol
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
 
 import numpy as np
-from tqdm import tqdm
 
+from carvana.progress import progress_bar
 from stacking.maps import MapBatch, TestMaps, TrainMaps
 
 
@@ -37,7 +38,7 @@ def fit_predict(make: Callable[[], Entry], train: TrainMaps, test: TestMaps | No
     """Write the entry's honest OOF map of every train image (fold k's from the fit without fold k) and,
     when `test` is given, its test maps from the fit on every fold; return that last fit. Prints the seconds
     spent on the train images (fits and OOF maps) and on the test maps (bench.scale reads the line)."""
-    bar = tqdm(total=train.n_images + (len(test.ids) if test else 0), desc=f"{desc}: cross-fit", leave=False,
+    bar = progress_bar(total=train.n_images + (len(test.ids) if test else 0), desc=f"{desc}: cross-fit", leave=False,
                disable=not progress)
     model, start, test_start = None, time.perf_counter(), None
     for k, model in cross_fit(make, train):

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from carvana.progress import progress_bar
 
 from carvana.atomic import write_atomic
 from carvana.dataset import CarvanaData, angle_of, read_rle_csv
 from carvana.metric import dice
+from carvana.progress import progress_bar
 from carvana.rle import rle_decode
 from folds import Folds
 from oof import Store

@@ -13,8 +13,8 @@ holds only the pixels whose decision can change (see `stacking.evaluate`).
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 

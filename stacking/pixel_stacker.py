@@ -24,7 +24,6 @@ from sklearn.utils.validation import check_is_fitted
 
 from carvana.errors import WorkbenchError
 from stacking.blenders import _check_members, _levels
-from stacking.maps import MapBatch, TrainMaps
 from stacking.features import (
     N_ANGLES,
     BandSample,
@@ -36,6 +35,7 @@ from stacking.features import (
     pixel_features,
     sample_band_features,
 )
+from stacking.maps import MapBatch, TrainMaps
 
 PREDICT_CHUNK = 2**18  # band pixels featurised at a time when predicting: bounded memory per image
 
@@ -108,7 +108,7 @@ class PixelStacker(BaseEstimator):
     <= max_pixels), `n_images_`.
     """
 
-    def __init__(self, model: str = "lightgbm", lo: float = 0.02, hi: float = 0.98, max_pixels: int = 2_000_000,
+    def __init__(self, *, model: str = "lightgbm", lo: float = 0.02, hi: float = 0.98, max_pixels: int = 2_000_000,
                  random_state: int = 0, lgbm_params: dict | None = None, max_band_share: float = 1.0) -> None:
         self.model = model
         self.lo = lo

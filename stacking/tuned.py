@@ -8,7 +8,7 @@ threshold lands on 0.5.
 """
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 from sklearn.base import BaseEstimator

@@ -6,10 +6,10 @@ every step after it takes the Run instead of re-reading the data. Sizes inside t
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Sequence
 
 from carvana.dataset import CarvanaData
 from carvana.errors import WorkbenchError
