@@ -30,12 +30,11 @@ import cv2
 import numpy as np
 import yaml
 
-from bench.common import machine_description, markdown_table
+from bench.common import machine_description, markdown_table, replace_results_section
 from carvana.dataset import KAGGLE_SIZE, N_ANGLES, read_rle_csv
 from carvana.rle import rle_decode
 
 REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "bench" / "RESULTS.md"
 TITLE = "Kaggle-size rehearsal (bench.scale)"
 KAGGLE_TRAIN_CARS, KAGGLE_TEST_CARS = 318, 6254
 SIZE = KAGGLE_SIZE  # W x H
@@ -205,7 +204,7 @@ def disk_bytes(path: Path) -> int:
 
 def entry_seconds(log: Path) -> dict[str, tuple[float, float]]:
     """{entry: (train seconds, test seconds)} from `workbench stack`'s cross-fit lines."""
-    pattern = re.compile(r"^(\S+): cross-fit ([\d.]+) s on train images, ([\d.]+) s on test maps", re.M)
+    pattern = re.compile(r"^(\S+): cross-fit ([\d.]+) s on train images, ([\d.]+) s on test maps", re.MULTILINE)
     return {m[1]: (float(m[2]), float(m[3])) for m in pattern.finditer(log.read_text())}
 
 
@@ -226,41 +225,28 @@ def report(args: argparse.Namespace, n_train: int, n_test: int, stages: dict, si
             for name, s in stages.items()]
     entry_rows = [[e, f"{a:.0f}", f"{b:.0f}", f"{(a * train_scale + b * test_scale) / 3600:.1f} h",
                    f"{b * test_scale / 16 / 3600:.2f} h"] for e, (a, b) in entries.items()]
-    return "\n".join([
-        f"`python -m bench.scale --fraction {args.fraction} --test-fraction {args.test_fraction}` on "
-        f"{machine_description()} (shared with other jobs): {n_train} train photos ({n_train // 16} cars) and "
-        f"{n_test} test photos at {SIZE[0]}x{SIZE[1]}, {len(MEMBERS)} synthetic members, 5 folds, "
-        f"configs/kaggle.yaml's stack section ({args.n_trials} trials per tuning study).",
-        "",
+    intro = ("(Run separately; `make bench-scale`.) "
+             f"`python -m bench.scale --fraction {args.fraction} --test-fraction {args.test_fraction}` on "
+             f"{machine_description()} (shared with other jobs): {n_train} train photos ({n_train // 16} cars) and "
+             f"{n_test} test photos at {SIZE[0]}x{SIZE[1]}, {len(MEMBERS)} synthetic members, 5 folds, "
+             f"configs/kaggle.yaml's stack section ({args.n_trials} trials per tuning study).")
+    peak = stages["workbench stack"]["peak_rss"]
+    share = (f"The members' OOF maps stacked: {gb(maps_bytes)} as raw uint8 ({n_train} x {len(MEMBERS)} x "
+             f"{SIZE[0]}x{SIZE[1]}); `workbench stack` peaked at {gb(peak)} ({peak / maps_bytes:.0%} of them).")
+    disk = [[k, gb(v), gb(v * (train_scale if k == "OOF maps (train)" else test_scale))] for k, v in sizes.items()]
+    note = ("The extrapolation is linear in images (train work x 5,088 / n_train, test work x 100,064 / n_test); "
+            "the 16-core column assumes the test maps are split into 16 independent shards (one process each, "
+            "as the engine's test shards are), which the per-image work allows.")
+    return "\n\n".join([
+        intro,
         markdown_table(["stage", "seconds", "peak RSS (process tree)", "linear to Kaggle (5,088 + 100,064), 1 process"],
                        rows),
-        "",
-        f"The members' OOF maps stacked: {gb(maps_bytes)} as raw uint8 ({n_train} x {len(MEMBERS)} x "
-        f"{SIZE[0]}x{SIZE[1]}); `workbench stack` peaked at {gb(stages['workbench stack']['peak_rss'])} "
-        f"({stages['workbench stack']['peak_rss'] / maps_bytes:.0%} of them).",
-        "",
-        markdown_table(["bytes on disk", "measured", "linear to Kaggle"],
-                       [[k, gb(v), gb(v * (train_scale if k == "OOF maps (train)" else test_scale))]
-                        for k, v in sizes.items()]),
-        "",
+        share,
+        markdown_table(["bytes on disk", "measured", "linear to Kaggle"], disk),
         "Per entry (cross-fit on the train images: 5 fits on 4 folds + 1 on all, OOF maps; then the test maps):",
-        "",
         markdown_table(["entry", "train s", "test s", "linear to Kaggle, 1 core", "test part on 16 cores"], entry_rows),
-        "",
-        "The extrapolation is linear in images (train work x 5,088 / n_train, test work x 100,064 / n_test); the "
-        "16-core column assumes the test maps are split into 16 independent shards (one process each, as the "
-        "engine's test shards are), which the per-image work allows.",
+        note,
     ])
-
-
-def write_results(section: str) -> None:
-    """Replace (or append) this benchmark's section of bench/RESULTS.md, keeping the others."""
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    head = f"## {TITLE}"
-    pattern = re.compile(rf"^{re.escape(head)}\n.*?(?=^## |\Z)", re.S | re.M)
-    new = f"{head}\n\n{section}\n\n"
-    text = pattern.sub(lambda _: new, text) if pattern.search(text) else text.rstrip() + "\n\n" + new
-    RESULTS.write_text(text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -301,8 +287,8 @@ def main(argv: list[str] | None = None) -> int:
              "submission.csv.gz": disk_bytes(run / "submission.csv.gz") if (run / "submission.csv.gz").exists() else 0}
     section = report(args, n_train, n_test, stages, sizes, log)
     print(section)
-    write_results(section)
-    print(f"wrote {RESULTS}")
+    replace_results_section(TITLE, section)
+    print("wrote its section of bench/RESULTS.md")
     return 0
 
 

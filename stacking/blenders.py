@@ -89,7 +89,7 @@ class LogitMeanBlender(_Blender):
 
     name = "logit_mean"
 
-    def __init__(self, eps: float = 1e-3) -> None:
+    def __init__(self, *, eps: float = 1e-3) -> None:
         self.eps = eps
 
     def _blend(self, X: np.ndarray) -> np.ndarray:
@@ -112,7 +112,7 @@ class VoteBlender(_Blender):
 
     name = "vote"
 
-    def __init__(self, threshold: float = 0.5) -> None:
+    def __init__(self, *, threshold: float = 0.5) -> None:
         self.threshold = threshold
 
     def _blend(self, X: np.ndarray) -> np.ndarray:
@@ -136,7 +136,7 @@ class WeightedMeanBlender(_Blender):
 
     name = "weighted_mean"
 
-    def __init__(self, threshold: float = 0.5, initial_step: float = 0.5, n_halvings: int = 4,
+    def __init__(self, *, threshold: float = 0.5, initial_step: float = 0.5, n_halvings: int = 4,
                  max_passes: int = 10, random_state: int = 0) -> None:
         self.threshold = threshold
         self.initial_step = initial_step

@@ -24,7 +24,7 @@ from carvana.resize import resize_mask
 from carvana.rle import rle_decode
 from stacking.evaluate import DiceEvaluator, FoldedEvaluator, FoldsView
 
-CHUNK = 16  # images per batch: 16 x 7 members x 1918 x 1280 = 275 MB at Kaggle's size
+CHUNK = 4  # images per batch: 4 x 7 members x 1918 x 1280 = 69 MB (+ float32 temporaries) at Kaggle size
 ReadMaps = Callable[[Sequence[str]], np.ndarray]  # ids -> (n, M, H, W) uint8
 ReadTruth = Callable[[str], np.ndarray]  # id -> (H, W) uint8 0/1 at the maps' resolution
 

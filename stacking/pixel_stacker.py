@@ -108,7 +108,7 @@ class PixelStacker(BaseEstimator):
     <= max_pixels), `n_images_`.
     """
 
-    def __init__(self, model: str = "lightgbm", lo: float = 0.02, hi: float = 0.98, max_pixels: int = 2_000_000,
+    def __init__(self, *, model: str = "lightgbm", lo: float = 0.02, hi: float = 0.98, max_pixels: int = 2_000_000,
                  random_state: int = 0, lgbm_params: dict | None = None, max_band_share: float = 1.0) -> None:
         self.model = model
         self.lo = lo

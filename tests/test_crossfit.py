@@ -2,6 +2,8 @@
 streamed fits equal to in-memory fits, one evaluator pass shared by every fit, tuned-blend studies."""
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 import optuna
 import pytest
@@ -42,7 +44,7 @@ class MemoryWriter:
 class Spy(BaseEstimator):
     """Records the ids each fit saw and each predict was asked for."""
 
-    calls: list = []
+    calls: ClassVar[list] = []
 
     def fit(self, X: TrainMaps) -> Spy:
         self.seen_ = {img for batch in X.batches() for img in batch.ids}

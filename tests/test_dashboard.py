@@ -53,7 +53,7 @@ def test_dashboard_lists_the_runs_studies(tmp_path):
                                "--port", str(port)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True)
     try:
-        assert get_studies(port, time.time() + 30) == ["blend-outer0"]
+        assert get_studies(port, time.time() + 90) == ["blend-outer0"]
     finally:
         server.terminate()
         output = server.communicate(timeout=10)[0]
@@ -102,7 +102,7 @@ def test_dashboard_shows_the_metric_name_and_readable_labels(tmp_path):
                                "--port", str(port)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True)
     try:
-        summaries = get_json(port, "/api/studies", time.time() + 30)["study_summaries"]
+        summaries = get_json(port, "/api/studies", time.time() + 90)["study_summaries"]
         assert [s["study_name"] for s in summaries] == ["blend-outer1"]
         labels = {a["key"]: a["value"] for a in summaries[0]["user_attrs"]}
         assert (labels["run"], labels["entry"], labels["outer_fold"]) == ("runs/demo", "tuned", "1")

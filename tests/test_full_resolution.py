@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from carvana.rle import rle_decode
-from oof import Store
 from carvana.submission import iter_rows, read_sample_ids, validate_submission
+from oof import Store
 from workbench.config import load_config
 from workbench.fold_train import fold_train
 from workbench.stack import stack
@@ -41,5 +41,5 @@ def test_a_full_resolution_run_keeps_maps_at_full_resolution(tmp_path):
     assert {r["entry"] for r in rows} == set(members.members()) | set(entries.members())
     submission = config.run_dir / "submission.csv.gz"
     validate_submission(submission, read_sample_ids(data / "sample_submission.csv"), image_size=FULL)
-    _, img, rle = next(iter(iter_rows(submission)))
+    _, _, rle = next(iter(iter_rows(submission)))
     assert rle_decode(rle, (1280, 1918)).shape == (1280, 1918)

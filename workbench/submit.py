@@ -10,7 +10,12 @@ import numpy as np
 from carvana.atomic import write_json_atomic
 from carvana.dataset import SAMPLE_CSV, CarvanaData
 from carvana.errors import WorkbenchError
-from carvana.submission import ScoreResult, read_sample_ids, score_submission, write_submission
+from carvana.submission import (
+    ScoreResult,
+    read_sample_ids,
+    score_submission,
+    write_submission,
+)
 from oof import Store
 from stacking.leaderboard import read_leaderboard
 from workbench.config import ExperimentConfig
