@@ -24,7 +24,7 @@ COMPUTE_FLAGS = {  # compute: key -> (type, help); each is a flag --key-with-das
     "gpus_per_job": (int, "GPUs per fold or test-shard job (default 1 with a GPU, else 0)"),
     "cpus_per_job": (int, "CPUs per job (default zoo.train.num_workers + 1)"),
     "max_retries": (int, "retries of a job whose worker or node died (default 3)"),
-    "test_shards": (int, "test-prediction shards per member (default 2 x GPUs)"),
+    "test_shards": (int, "test-prediction shards per member (default 2 per job slot)"),
     "cpu_workers": (int, "stacker test-map shards at a time (default every core)"),
     "cache_dir": (Path, "node-local decode cache (default RUN/cache)"),
     "claim_grace_s": (float, "seconds after which a silent job claim is taken over (default 600)"),

@@ -107,7 +107,7 @@ class ComputeConfig:
     gpus_per_job: int | None = None  # fold and test-shard jobs; None = 1 when this machine has a GPU, else 0
     cpus_per_job: int | None = None  # None = zoo.train.num_workers + 1 (DataLoader workers plus the job)
     max_retries: int = 3  # worker or node deaths; Python exceptions are reported, not retried
-    test_shards: int | None = None  # contiguous test id ranges per member; None = 2 x the cluster's GPUs (>= 1)
+    test_shards: int | None = None  # contiguous test id ranges per member; None = 2 per job slot; 1 locally
     cpu_workers: int | None = None  # stacker test-map shards at a time; None = every core
     cache_dir: Path | None = None  # node-local decode cache; None = RUN/cache
     claim_grace_s: float = 600.0  # a job claim whose heartbeat is older than this is taken over

@@ -191,7 +191,8 @@ def _resolve(config: ExperimentConfig, engine: LocalEngine | RayEngine) -> Exper
     cpus = compute.cpus_per_job or min(workers + 1, n_cpus)
     if compute.engine == "ray" and cpus > n_cpus:
         raise WorkbenchError(f"compute.cpus_per_job is {cpus} but the Ray cluster has {n_cpus} CPU(s); lower it")
-    default_shards = 2 * n_gpus if compute.engine == "ray" and n_gpus else 1
+    slots = (n_gpus // gpus if gpus else n_cpus // cpus) if compute.engine == "ray" else 0
+    default_shards = max(1, 2 * slots)  # two per job slot: a slow shard does not hold up the others
     cache_dir = compute.cache_dir.resolve() if compute.cache_dir else None
     resolved = dataclasses.replace(compute, gpus_per_job=gpus, cpus_per_job=cpus, cache_dir=cache_dir,
                                    test_shards=compute.test_shards or default_shards)
