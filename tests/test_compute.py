@@ -188,3 +188,17 @@ def test_parallel_backend_is_loky_processes_locally():
         assert n_jobs == 2
         pids = joblib.Parallel(n_jobs=n_jobs)(joblib.delayed(_pid)(x) for x in range(4))
     assert os.getpid() not in pids
+
+
+def test_a_failed_job_is_reported_and_the_others_finish(two_fold_config, capsys):
+    config = load_config(two_fold_config)
+    bad = config.run_dir / "members" / "simple_cnn_64" / "fold1" / "last.pt"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"not a checkpoint")
+    assert main(["fold-train", "--config", str(two_fold_config)]) == 2
+    captured = capsys.readouterr()
+    assert "simple_cnn_64/fold1: FAILED (" in captured.out and "Traceback" in captured.err
+    assert "1 job(s) failed (simple_cnn_64/fold1)" in captured.err
+    assert (config.run_dir / "members" / "simple_cnn_64" / "fold0" / "done.json").exists()
+    assert member_finished(config.run_dir, config.member("avg_mask_128"), 2)
+    assert "\navg_mask_128,member," in (config.run_dir / "leaderboard.csv").read_text()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import traceback
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -28,7 +29,8 @@ class Outcome:
 
     job: Any
     result: dict | None = None
-    error: str | None = None
+    error: str | None = None  # one line: the exception's type and message
+    detail: str = ""  # the whole traceback, for stderr
 
 
 class LocalEngine:
@@ -59,7 +61,7 @@ class LocalEngine:
         try:
             return Outcome(job, result=self.body(job))
         except Exception as error:  # reported by the driver, which goes on with the other jobs
-            return Outcome(job, error=_describe(error))
+            return Outcome(job, error=_describe(error), detail=traceback.format_exc())
 
     def close(self) -> None:
         self.queue.clear()
@@ -115,9 +117,9 @@ class RayEngine:
         try:
             return Outcome(job, result=self.ray.get(ref))
         except self.ray.exceptions.RayTaskError as error:  # a Python exception inside the job
-            return Outcome(job, error=_describe(error.cause or error))
+            return Outcome(job, error=_describe(error.cause or error), detail=str(error))
         except self.ray.exceptions.RayError as error:  # retries used up: the worker kept dying
-            return Outcome(job, error=f"{type(error).__name__}: {str(error).splitlines()[0]}")
+            return Outcome(job, error=f"{type(error).__name__}: {str(error).splitlines()[0]}", detail=str(error))
 
     def close(self) -> None:
         for ref in self.refs:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import sys
 import time
 
 from carvana.atomic import file_lock
@@ -165,6 +166,7 @@ def _report(outcome: Outcome) -> bool:
     job, result = outcome.job, outcome.result or {}
     if outcome.error is not None:
         print(f"{job}: FAILED ({outcome.error})")
+        print(f"{job}: {outcome.detail}", file=sys.stderr)
         return True
     status = str(result.get("status"))
     if status == "claimed":
