@@ -12,7 +12,7 @@ LIB := carvana folds oof zoo stacking workbench
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV) && $(PY) -m pip install -q --upgrade pip && $(PY) -m pip install -q -e '.[test]' && touch $@
+	$(PYTHON) -m venv $(VENV) && $(PY) -m pip install -q --upgrade pip && $(PY) -m pip install -q -e '.[test,ray]' && touch $@
 
 setup-gpu: setup
 	$(PY) -m pip uninstall -q -y tensorflow-cpu && $(PY) -m pip install -q -e '.[gpu]'

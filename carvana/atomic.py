@@ -14,6 +14,7 @@ import contextlib
 import fcntl
 import json
 import os
+import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,13 +24,16 @@ from carvana.errors import WorkbenchError
 __all__ = ["atomic_path", "copy_atomic", "file_lock", "temp_path", "write_atomic", "write_json_atomic",
            "write_text_atomic"]
 
-TEMP_MARK = ".tmp"  # every temp name holds it: `.<name>.<pid>.<hex>.tmp<suffixes>`
+TEMP_MARK = ".tmp"  # every temp name holds it: `.<name>.<host>.<pid>.<hex>.tmp<suffixes>`
+_HOST = socket.gethostname().split(".")[0]
 
 
 def temp_path(path: Path) -> Path:
-    """A unique hidden sibling of `path`, ending in `.tmp` and `path`'s suffixes (e.g. `.weights.h5`)."""
+    """A unique hidden sibling of `path`, ending in `.tmp` and `path`'s suffixes (e.g. `.weights.h5`);
+    host, pid and a uuid keep it unique across the hosts of a shared run folder."""
     path = Path(path)
-    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{TEMP_MARK}{''.join(path.suffixes)}")
+    unique = f"{_HOST}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+    return path.with_name(f".{path.name}.{unique}{TEMP_MARK}{''.join(path.suffixes)}")
 
 
 @contextlib.contextmanager

@@ -115,19 +115,21 @@ class Store:
 
     # ---- writing ---------------------------------------------------------------------------------
     def open_member(
-        self, member: str, spec: dict, folds_hash: str, resolution: tuple[int, int], reset: bool = False
+        self, member: str, spec: dict, folds_hash: str, resolution: tuple[int, int], reset: bool = False,
+        session: str = "test",
     ) -> MemberWriter:
         """Create or reopen `member` and return a writer for it.
 
         `spec` (JSON-serialisable dict), `folds_hash` (sha256 hex of folds.csv) and `resolution` (H, W)
         must equal what the member was created with, else WorkbenchError; `reset=True` deletes the
-        member's maps and starts it afresh. Every member of a store has the same resolution.
+        member's maps and starts it afresh. Every member of a store has the same resolution. `session`
+        names the writer's test maps in member.json's counts (one per test shard, so none overwrites another's).
         """
         member_dir = self.path / check_member_name(member)
         self._refuse_other_resolution(member, resolution)
         meta = open_meta(member_dir, spec, folds_hash, resolution, reset)
         self._shapes[member] = tuple(meta["resolution"])
-        return MemberWriter(self, member, meta)
+        return MemberWriter(self, member, meta, session)
 
     def write(self, member: str, split: str, img: str, proba: np.ndarray, fold: int | None = None) -> Path:
         """Store `proba` ((H, W) uint8, or float in [0, 1] rounded x 255) as the map of `img`; return its path.
@@ -236,8 +238,8 @@ class MemberWriter:
     `train/fold<k>` and `test`. Each write first checks that no other process reset the member since.
     """
 
-    def __init__(self, store: Store, member: str, meta: dict) -> None:
-        self.store, self.member, self.meta = store, member, meta
+    def __init__(self, store: Store, member: str, meta: dict, test_session: str = "test") -> None:
+        self.store, self.member, self.meta, self.test_session = store, member, meta, test_session
         self.resolution: tuple[int, int] = tuple(meta["resolution"])
         self.n_written: dict[str, int] = {}
 
@@ -248,7 +250,10 @@ class MemberWriter:
         if current is None or current["generation"] != self.meta["generation"]:
             raise WorkbenchError(stale_message(member_dir))
         path = self.store.write(self.member, split, img, proba, fold)
-        session = split if split == "test" or fold is None else f"train/{fold_dir_name(int(fold))}"
+        if split == "test":
+            session = self.test_session
+        else:
+            session = split if fold is None else f"train/{fold_dir_name(int(fold))}"
         self.n_written[session] = self.n_written.get(session, 0) + 1
         return path
 

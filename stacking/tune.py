@@ -42,6 +42,7 @@ from stacking.evaluate import (
     level_thresholds,
     quantize_weights,
 )
+from stacking.storage import fail_silent_trials
 
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
 METRIC = "mean Dice"  # the objective's name, shown by optuna-dashboard
@@ -257,6 +258,7 @@ def _count_trials(study: optuna.Study) -> tuple[int, int]:
     """(COMPLETE, live RUNNING) trials, after failing the RUNNING trials of workers that died."""
     with _quiet_experimental():
         optuna.storages.fail_stale_trials(study)  # heartbeat storages only; a no-op elsewhere
+    fail_silent_trials(study)  # journal storages: workers dead on any host
     trials = study.get_trials(deepcopy=False)
     host = socket.gethostname()
     n_running = 0

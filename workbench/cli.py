@@ -18,10 +18,24 @@ def _size(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+COMPUTE_FLAGS = {  # compute: key -> (type, help); each is a flag --key-with-dashes overriding the config
+    "engine": (str, "local (default: in this process) or ray (Ray core tasks)"),
+    "address": (str, "ray: none = start Ray here; auto = join `ray start`; ray://HOST:10001"),
+    "gpus_per_job": (int, "GPUs per fold or test-shard job (default 1 with a GPU, else 0)"),
+    "cpus_per_job": (int, "CPUs per job (default zoo.train.num_workers + 1)"),
+    "max_retries": (int, "retries of a job whose worker or node died (default 3)"),
+    "test_shards": (int, "test-prediction shards per member (default 2 per job slot)"),
+    "cpu_workers": (int, "stacker test-map shards at a time (default every core)"),
+    "cache_dir": (Path, "node-local decode cache (default RUN/cache)"),
+    "claim_grace_s": (float, "seconds after which a silent job claim is taken over (default 600)"),
+}
+
+
 def _config(args: argparse.Namespace):
     from workbench.config import load_config
 
-    return load_config(args.config, data=args.data, run_dir=args.run_dir)
+    compute = {key: getattr(args, key, None) for key in COMPUTE_FLAGS}
+    return load_config(args.config, data=args.data, run_dir=args.run_dir, compute=compute)
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
@@ -52,7 +66,14 @@ def cmd_folds(args: argparse.Namespace) -> None:
 def cmd_fold_train(args: argparse.Namespace) -> None:
     from workbench.fold_train import fold_train
 
-    fold_train(_config(args), member=args.member, fold=args.fold, retrain=tuple(args.retrain or ()))
+    fold_train(_config(args), member=args.member, fold=args.fold, retrain=tuple(args.retrain or ()),
+               job_index=args.job_index)
+
+
+def cmd_jobs(args: argparse.Namespace) -> None:
+    from workbench.fold_train import describe_jobs
+
+    print(describe_jobs(_config(args)))
 
 
 def cmd_stack(args: argparse.Namespace) -> None:
@@ -163,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("stack", cmd_stack, "blends and stackers over the OOF maps, tuning, leaderboard, submission"),
         ("tune", cmd_tune, "nested Optuna tuning of the blend's thresholds and weights; writes RUN/tune.json"),
         ("dashboard", cmd_dashboard, "serve optuna-dashboard on the run's tuning storage"),
+        ("jobs", cmd_jobs, "list every member x fold job (index, state) for a SLURM array or manual fan-out"),
         ("submit", cmd_submit, "write RUN/submission.csv.gz from an entry's test maps (default: the best)"),
         ("demo", cmd_demo, "run the whole pipeline (synthetic data when missing)"),
     ]:
@@ -171,9 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
         verb.add_argument("--data", type=Path, help="data folder (overrides the config)")
         verb.add_argument("--run-dir", type=Path, help="run folder (overrides the config)")
         verb.set_defaults(func=func)
+        for key, (kind, text) in COMPUTE_FLAGS.items():
+            verb.add_argument("--" + key.replace("_", "-"), dest=key, type=kind, help=f"compute.{key}: {text}")
         if name == "fold-train":
             verb.add_argument("--member", help="train only this member (one job of a fan-out)")
             verb.add_argument("--fold", type=int, help="train only this fold")
+            verb.add_argument("--job-index", type=int, help="run only job I of `workbench jobs` (a SLURM array index)")
             verb.add_argument("--retrain", nargs="*", metavar="MEMBER",
                               help="discard these members' results (e.g. after changing their spec)")
         if name == "submit":

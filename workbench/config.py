@@ -95,6 +95,37 @@ class TuneConfig:
             raise ValueError(f"tune.members must be a non-empty list of member names, got {self.members!r}")
 
 
+ENGINES = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class ComputeConfig:
+    """Where member x fold jobs, test shards and stacker shards run (`engine: local` never imports Ray)."""
+
+    engine: str = "local"  # local: in this process, one job after another | ray: Ray core tasks
+    address: str | None = None  # ray: None = start Ray here for the command; auto = join `ray start`; ray://h:10001
+    gpus_per_job: int | None = None  # fold and test-shard jobs; None = 1 when this machine has a GPU, else 0
+    cpus_per_job: int | None = None  # None = zoo.train.num_workers + 1 (DataLoader workers plus the job)
+    max_retries: int = 3  # worker or node deaths; Python exceptions are reported, not retried
+    test_shards: int | None = None  # contiguous test id ranges per member; None = 2 per job slot; 1 locally
+    cpu_workers: int | None = None  # stacker test-map shards at a time; None = every core
+    cache_dir: Path | None = None  # node-local decode cache; None = RUN/cache
+    claim_grace_s: float = 600.0  # a job claim whose heartbeat is older than this is taken over
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"compute.engine is {self.engine!r}; valid: {', '.join(ENGINES)}")
+        for name in ("gpus_per_job", "cpus_per_job", "max_retries", "test_shards", "cpu_workers"):
+            value = getattr(self, name)
+            low = 1 if name in ("cpus_per_job", "test_shards", "cpu_workers") else 0
+            if value is not None and value < low:
+                raise ValueError(f"compute.{name} is {value}; use {low} or more")
+        if self.address is not None and self.engine != "ray":
+            raise ValueError(f"compute.address is {self.address!r} but compute.engine is local; add `engine: ray`")
+        if self.claim_grace_s <= 0:
+            raise ValueError(f"compute.claim_grace_s is {self.claim_grace_s}; use a positive number of seconds")
+
+
 @dataclass(frozen=True)
 class ExperimentConfig:
     name: str
@@ -107,6 +138,7 @@ class ExperimentConfig:
     oof: OofConfig = field(default_factory=OofConfig)
     stack: StackConfig = field(default_factory=StackConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
 
     def member(self, name: str) -> MemberSpec:
         """The zoo member called `name`; WorkbenchError listing the valid names."""
@@ -116,8 +148,10 @@ class ExperimentConfig:
         raise WorkbenchError(f"no member {name!r} in this config's zoo; valid: {', '.join(s.name for s in self.zoo)}")
 
 
-def load_config(path: Path, *, data: Path | None = None, run_dir: Path | None = None) -> ExperimentConfig:
-    """Load `path`; `data` and `run_dir` override the config's folders (the CLI's --data, --run-dir)."""
+def load_config(path: Path, *, data: Path | None = None, run_dir: Path | None = None,
+                compute: dict | None = None) -> ExperimentConfig:
+    """Load `path`; `data` and `run_dir` override the config's folders (the CLI's --data, --run-dir),
+    `compute` ({key: value}, None values ignored) the keys of its `compute:` section (--engine ...)."""
     path = Path(path)
     if not path.is_file():
         raise WorkbenchError(f"{path}: config not found; see configs/ for examples")
@@ -133,6 +167,10 @@ def load_config(path: Path, *, data: Path | None = None, run_dir: Path | None = 
         raw["data"] = str(data)
     if run_dir is not None:
         raw["run_dir"] = str(run_dir)
+    overrides = {k: v for k, v in (compute or {}).items() if v is not None}
+    if overrides:
+        section = raw.get("compute") or {}
+        raw["compute"] = {**section, **overrides} if isinstance(section, dict) else section
     if "data" not in raw:
         raise WorkbenchError(f"{path}: no `data:` folder given; add `data: data/synthetic` or pass --data DIR")
     if isinstance(raw.get("stack"), dict) and "resolution" in raw["stack"]:

@@ -1,64 +1,218 @@
-"""`workbench fold-train`: every member x fold of the config that is not finished, then each
-member's test maps and the members' rows of the leaderboard."""
+"""`workbench fold-train`: the driver. It owns the plan (data checks, folds, the jobs not finished), hands
+member x fold jobs to the compute engine, submits a member's test shards once its last fold returns,
+and writes the members' leaderboard rows once, at the end.
+
+Finished work is skipped (a fold's `done.json`, a shard's marker, a member's `test.json`), so re-running
+the same command after any kill resumes the rest. Claims keep parallel processes (a second driver, a
+manual or SLURM fan-out) from running one job twice.
+"""
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import sys
 import time
 
-from carvana.dataset import CarvanaData
+from carvana.atomic import file_lock
 from carvana.errors import WorkbenchError
-from carvana.validate import check_data
-from oof import Store
-from stacking.leaderboard import format_table, score_entry, write_leaderboard
+from folds import Folds
+from stacking.leaderboard import format_table, score_entries, write_leaderboard
+from workbench.claims import ClaimedElsewhere, claimed, is_stale, read_claim
+from workbench.compute import LocalEngine, Outcome, RayEngine, make_engine
 from workbench.config import ExperimentConfig
+from workbench.jobs import FOLD, TEST_SHARD, Job, run_job
+from workbench.run import Run
 from workbench.steps import make_folds
-from zoo.runner import (
-    claim_member,
-    fold_done,
-    member_finished,
-    predict_member_test,
-    run_member_fold,
-)
+from zoo.runner import claim_member, finish_member_test, fold_done, member_dir, member_finished
+from zoo.spec import MemberSpec
+
+__all__ = ["all_jobs", "describe_jobs", "fold_train"]
 
 
-def store_resolution(config: ExperimentConfig, size: tuple[int, int]) -> tuple[int, int]:
-    """(H, W) of the store's maps: `oof.resolution` (given as W x H) or the data's size."""
-    width, height = config.oof.resolution or size
-    return height, width
+def all_jobs(config: ExperimentConfig, n_folds: int) -> list[tuple[MemberSpec, int]]:
+    """Every member x fold in a fixed order (config order, then fold): `--job-index` counts in it."""
+    return [(spec, k) for spec in config.zoo for k in range(n_folds)]
+
+
+def describe_jobs(config: ExperimentConfig) -> str:
+    """One line per member x fold: index, member, fold, state (done / pending / running on HOST pid PID)."""
+    folds = make_folds(config)
+    lines = []
+    for index, (spec, k) in enumerate(all_jobs(config, folds.n_folds)):
+        path = member_dir(config.run_dir, spec) / f"fold{k}" / "claim.json"
+        owner = read_claim(path)
+        state = "done" if fold_done(config.run_dir, spec, k) else "pending"
+        if state == "pending" and owner:
+            stale = is_stale(path, owner, config.compute.claim_grace_s)
+            stale_note = " (stale: the next run takes it over)" if stale else ""
+            state = f"running on {owner.get('host')} pid {owner.get('pid')}{stale_note}"
+        lines.append(f"{index}\t{spec.name}\t{k}\t{state}")
+    return "\n".join(["index\tmember\tfold\tstate", *lines])
 
 
 def fold_train(config: ExperimentConfig, member: str | None = None, fold: int | None = None,
-               retrain: tuple[str, ...] = (), progress: bool = True) -> None:
-    """Train what is not finished; `member` / `fold` restrict the work to one job of a fan-out."""
-    summary = check_data(config.data)
-    data = CarvanaData(config.data)
+               retrain: tuple[str, ...] = (), progress: bool = True, job_index: int | None = None) -> None:
+    """Train what is not finished; `member` / `fold` / `job_index` restrict the work to one job of a fan-out."""
+    run = Run.open(config)
     folds = make_folds(config)
-    if fold is not None and not 0 <= fold < folds.n_folds:
-        raise WorkbenchError(f"--fold {fold}: this run has folds 0..{folds.n_folds - 1}")
     if not config.zoo:
         raise WorkbenchError("the config has no `zoo: members:`; add members (see configs/demo.yaml)")
-    specs = [config.member(member)] if member else list(config.zoo)
-    store = Store(config.run_dir / "oof")
-    resolution = store_resolution(config, summary.size)
+    selected = _select(config, folds.n_folds, member, fold, job_index)
     start = time.time()
-    for spec in specs:
+    for spec in dict.fromkeys(spec for spec, _ in selected):
         claim_member(config.run_dir, spec, folds.hash, retrain=spec.name in retrain)
         if spec.name in retrain:
-            store.open_member(spec.name, spec.to_dict(), folds.hash, resolution, reset=True).close()
-        for k in range(folds.n_folds) if fold is None else [fold]:
-            if fold_done(config.run_dir, spec, k):
+            run.members_store.open_member(spec.name, spec.to_dict(), folds.hash, run.resolution, reset=True).close()
+    failures = _drive(config, selected, folds.n_folds, progress)
+    _write_member_rows(run, folds, start)
+    if failures:
+        raise WorkbenchError(f"{len(failures)} job(s) failed ({', '.join(failures)}); the others finished: "
+                             "fix the cause and re-run the same command (finished work is skipped)")
+
+
+def _select(config: ExperimentConfig, n_folds: int, member: str | None, fold: int | None,
+            job_index: int | None) -> list[tuple[MemberSpec, int]]:
+    jobs = all_jobs(config, n_folds)
+    if job_index is not None:
+        if member is not None or fold is not None:
+            raise WorkbenchError("--job-index names one member x fold already; drop --member and --fold")
+        if not 0 <= job_index < len(jobs):
+            raise WorkbenchError(f"--job-index {job_index}: this run has jobs 0..{len(jobs) - 1} "
+                                 "(see `workbench jobs --config ...`)")
+        return [jobs[job_index]]
+    if fold is not None and not 0 <= fold < n_folds:
+        raise WorkbenchError(f"--fold {fold}: this run has folds 0..{n_folds - 1}")
+    if member is not None:
+        config.member(member)  # an unknown name lists the valid ones
+    return [(s, k) for s, k in jobs if member in (None, s.name) and fold in (None, k)]
+
+
+def _drive(config: ExperimentConfig, selected: list[tuple[MemberSpec, int]], n_folds: int,
+           progress: bool) -> list[str]:
+    """Run the selected fold jobs and the test shards they complete; return the failed jobs' names."""
+    engine = make_engine(config.compute, run_job)
+    with contextlib.ExitStack() as held:
+        held.callback(engine.close)
+        driver = _Driver(_resolve(config, engine), engine, held, n_folds, progress)
+        for spec, k in selected:
+            if fold_done(driver.config.run_dir, spec, k):
                 print(f"{spec.name} fold {k}: done, skipped")
-                continue
-            run_member_fold(spec, k, data, folds, config.run_dir, store, resolution, progress)
-            print(f"{spec.name} fold {k}: trained, OOF maps written")
-        if all(fold_done(config.run_dir, spec, k) for k in range(folds.n_folds)):
-            predict_member_test(spec, folds, data, config.run_dir, store, resolution, progress)
-    # Members other jobs are still training are left out, not failed: fold jobs may run in parallel.
+            else:
+                driver.submit(FOLD, spec.name, k)
+        for spec in dict.fromkeys(spec for spec, _ in selected):
+            driver.submit_test(spec)
+        while engine.pending():
+            driver.collect(engine.wait())
+        return driver.failures
+
+
+@dataclasses.dataclass
+class _Driver:
+    """The driver's state while jobs run: what it submitted, what failed, which test claims it holds."""
+
+    config: ExperimentConfig  # compute defaults resolved: gpus_per_job, cpus_per_job, test_shards are set
+    engine: LocalEngine | RayEngine
+    held: contextlib.ExitStack
+    n_folds: int
+    progress: bool
+    failures: list[str] = dataclasses.field(default_factory=list)
+    shards_left: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    @property
+    def n_shards(self) -> int:
+        return self.config.compute.test_shards or 1
+
+    def submit(self, kind: str, member: str, index: int) -> None:
+        compute = self.config.compute
+        job = Job(self.config, kind, member, index, self.n_shards if kind == TEST_SHARD else 1, self.progress)
+        self.engine.submit(job, compute.gpus_per_job or 0, compute.cpus_per_job or 1)
+
+    def submit_test(self, spec: MemberSpec) -> None:
+        """The member's test shards, once, when all its folds are done (this driver holds its test claim)."""
+        run_dir = self.config.run_dir
+        if spec.name in self.shards_left or not all(fold_done(run_dir, spec, k) for k in range(self.n_folds)):
+            return
+        if member_finished(run_dir, spec, self.n_folds):
+            return
+        try:
+            claim = member_dir(run_dir, spec) / "test.claim"
+            self.held.enter_context(claimed(claim, self.config.compute.claim_grace_s))
+        except ClaimedElsewhere as busy:
+            owner = busy.owner
+            print(f"{spec.name}: test maps being made by {owner.get('host')} pid {owner.get('pid')}, skipped")
+            return
+        self.shards_left[spec.name] = self.n_shards
+        for index in range(self.n_shards):
+            self.submit(TEST_SHARD, spec.name, index)
+
+    def collect(self, outcome: Outcome) -> None:
+        """Report a finished job; submit the test shards a fold completes; finish a member's test maps."""
+        if _report(outcome):
+            self.failures.append(str(outcome.job))
+            return
+        spec = self.config.member(outcome.job.member)
+        if outcome.job.kind == FOLD:
+            self.submit_test(spec)
+            return
+        self.shards_left[spec.name] -= 1
+        if self.shards_left[spec.name] == 0 and finish_member_test(self.config.run_dir, spec, self.n_folds,
+                                                                   self.n_shards):
+            print(f"{spec.name}: test maps complete")
+
+
+def _report(outcome: Outcome) -> bool:
+    """Print the job's line; True when it failed (a job another live process holds is not a failure:
+    that process finishes it, and the member's test maps)."""
+    job, result = outcome.job, outcome.result or {}
+    if outcome.error is not None:
+        print(f"{job}: FAILED ({outcome.error})")
+        print(f"{job}: {outcome.detail}", file=sys.stderr)
+        return True
+    status = str(result.get("status"))
+    if status == "claimed":
+        owner = result.get("owner") or {}
+        print(f"{job}: claimed by {owner.get('host')} pid {owner.get('pid')} (another process runs it), skipped")
+        return False
+    where = f" on {result['host']} (GPUs {result.get('cuda_visible_devices')})" if result.get("engine") == "ray" else ""
+    what = {"trained": "trained, OOF maps written", "predicted": "test maps written",
+            "done": "done, skipped"}.get(status, status)
+    print(f"{job}: {what}{where}")
+    return False
+
+
+def _resolve(config: ExperimentConfig, engine: LocalEngine | RayEngine) -> ExperimentConfig:
+    """Absolute paths (workers may start elsewhere; every node mounts the run at the same path) and the
+    compute defaults that depend on the machine or cluster; refuse what cannot be scheduled."""
+    compute = config.compute
+    n_gpus, n_cpus = engine.n_gpus(), engine.n_cpus()
+    gpus = compute.gpus_per_job if compute.gpus_per_job is not None else (1 if n_gpus else 0)
+    if compute.engine == "ray" and gpus > n_gpus:
+        raise WorkbenchError(f"compute.gpus_per_job is {gpus} but the Ray cluster has {n_gpus} GPU(s); "
+                             "lower --gpus-per-job (0 trains on CPUs) or add GPU nodes")
+    workers = max((spec.train.num_workers for spec in config.zoo), default=0)
+    cpus = compute.cpus_per_job or min(workers + 1, n_cpus)
+    if compute.engine == "ray" and cpus > n_cpus:
+        raise WorkbenchError(f"compute.cpus_per_job is {cpus} but the Ray cluster has {n_cpus} CPU(s); lower it")
+    slots = (n_gpus // gpus if gpus else n_cpus // cpus) if compute.engine == "ray" else 0
+    default_shards = max(1, 2 * slots)  # two per job slot: a slow shard does not hold up the others
+    cache_dir = compute.cache_dir.resolve() if compute.cache_dir else None
+    resolved = dataclasses.replace(compute, gpus_per_job=gpus, cpus_per_job=cpus, cache_dir=cache_dir,
+                                   test_shards=compute.test_shards or default_shards)
+    return dataclasses.replace(config, data=config.data.resolve(), run_dir=config.run_dir.resolve(), compute=resolved)
+
+
+def _write_member_rows(run: Run, folds: Folds, start: float) -> None:
+    """Score every finished member and write their rows, under the leaderboard's lock (other drivers)."""
+    # Members other processes are still training are left out, not failed: fold jobs may run in parallel.
+    config, store = run.config, run.members_store
     finished = [s for s in config.zoo if member_finished(config.run_dir, s, folds.n_folds)]
     for spec in finished:
         store.check_coverage(spec.name, folds.fold_of, folds.hash)
-        store.check_test(spec.name, data.test_ids)
-    scores = [score_entry(store, s.name, "member", data, folds, summary.size) for s in finished]
-    # Blend and stacker rows were built on the old member maps: they return with the next `stack`.
-    rows = write_leaderboard(config.run_dir / "leaderboard.csv", scores, keep=lambda row: row["kind"] == "member")
-    print(f"\n{config.run_dir / 'leaderboard.csv'} (fold-train took {time.time() - start:.0f} s):")
+        store.check_test(spec.name, run.data.test_ids)
+    scores = score_entries([(store, s.name, "member") for s in finished], run.data, folds, run.summary.size)
+    path = config.run_dir / "leaderboard.csv"
+    with file_lock(path.with_name(f".{path.name}.lock")):
+        # Blend and stacker rows were built on the old member maps: they return with the next `stack`.
+        rows = write_leaderboard(path, scores, keep=lambda row: row["kind"] == "member")
+    print(f"\n{path} (fold-train took {time.time() - start:.0f} s):")
     print(format_table([r for r in rows if r["kind"] == "member"]))

@@ -30,10 +30,12 @@ OPTUNA_DB = "optuna.db"
 
 
 def storage_url(config: ExperimentConfig) -> str:
-    """`tune.storage` as given, or SQLite in RUN/optuna.db (absolute, so any working directory finds it)."""
-    if config.tune.storage:
-        return config.tune.storage
-    return f"sqlite:///{(config.run_dir / OPTUNA_DB).resolve()}"
+    """`tune.storage` as given, or SQLite in RUN/optuna.db (absolute, so any working directory finds it);
+    SQLite is refused on a network file system or with a non-local engine (stacking.storage)."""
+    from stacking.storage import check_storage
+
+    url = config.tune.storage or f"sqlite:///{(config.run_dir / OPTUNA_DB).resolve()}"
+    return check_storage(url, config.compute.engine)
 
 
 def complete_members(store: Store, fold_of: dict[str, int]) -> list[str]:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from numpy.lib.format import open_memmap
 
+from carvana.atomic import file_lock, temp_path
 from carvana.dataset import CarvanaData
 from carvana.progress import progress_bar
 from carvana.resize import resize_image, resize_mask
@@ -30,7 +31,10 @@ def cached_split(data: CarvanaData, split: str, height: int, width: int, cache_d
     wants_masks = with_masks and split == "train"
     if not images_path.exists() or (wants_masks and not masks_path.exists()):
         folder.mkdir(parents=True, exist_ok=True)
-        _build(data, split, ids, height, width, images_path, masks_path if wants_masks else None)
+        # One builder per cache folder (a node-local cache: a local lock); the others wait, then reuse it.
+        with file_lock(folder / f".{split}-{key}.lock"):
+            if not images_path.exists() or (wants_masks and not masks_path.exists()):
+                _build(data, split, ids, height, width, images_path, masks_path if wants_masks else None)
     images = np.load(images_path, mmap_mode="r")
     masks = np.load(masks_path, mmap_mode="r") if wants_masks else None
     return ids, images, masks
@@ -38,8 +42,8 @@ def cached_split(data: CarvanaData, split: str, height: int, width: int, cache_d
 
 def _build(data: CarvanaData, split: str, ids: list[str], height: int, width: int,
            images_path: Path, masks_path: Path | None) -> None:
-    tmp_images = images_path.with_name(images_path.name + f".{os.getpid()}.tmp")
-    tmp_masks = masks_path.with_name(masks_path.name + f".{os.getpid()}.tmp") if masks_path else None
+    tmp_images = temp_path(images_path)  # host, pid and uuid: unique even when hosts share the folder
+    tmp_masks = temp_path(masks_path) if masks_path else None
     images = open_memmap(tmp_images, mode="w+", dtype=np.uint8, shape=(len(ids), height, width, 3))
     masks = open_memmap(tmp_masks, mode="w+", dtype=np.uint8, shape=(len(ids), height, width)) if tmp_masks else None
 

@@ -24,6 +24,7 @@ from folds import Folds
 from oof import Store
 from zoo.board import board_dir
 from zoo.cache import cached_split
+from zoo.faults import die_for_tests
 from zoo.fold_data import FoldData, split_fold
 from zoo.members import fit_avg_mask, load_member
 from zoo.spec import MemberSpec
@@ -61,12 +62,16 @@ def fold_done(run_dir: Path, spec: MemberSpec, fold: int) -> bool:
 
 
 def run_member_fold(spec: MemberSpec, fold: int, data: CarvanaData, folds: Folds, run_dir: Path,
-                    store: Store, resolution: tuple[int, int], progress: bool = True) -> None:
-    """Train `spec` without fold `fold`'s cars, then write their OOF maps to `store` at `resolution`."""
+                    store: Store, resolution: tuple[int, int], progress: bool = True,
+                    cache_dir: Path | None = None, provenance: dict | None = None) -> None:
+    """Train `spec` without fold `fold`'s cars, then write their OOF maps to `store` at `resolution`.
+
+    `cache_dir` (default RUN/cache) holds the decoded photos; `provenance` (host, engine, task id...)
+    is recorded in the fold's `done.json`."""
     work_dir = member_dir(run_dir, spec) / f"fold{fold}"
     work_dir.mkdir(parents=True, exist_ok=True)
     start = time.time()
-    ids, images, masks = cached_split(data, "train", spec.height, spec.width, run_dir / "cache")
+    ids, images, masks = cached_split(data, "train", spec.height, spec.width, cache_dir or run_dir / "cache")
     train_idx, val_idx, oof_idx = split_fold(ids, folds, fold, spec.train.seed)
     assert masks is not None  # the train split has masks
     fold_data = FoldData(fold, ids, images, masks, train_idx, val_idx, oof_idx)
@@ -78,7 +83,7 @@ def run_member_fold(spec: MemberSpec, fold: int, data: CarvanaData, folds: Folds
             _write_maps(writer, member, images[np.array(chunk)], [ids[i] for i in chunk], "train", resolution, fold)
     write_json_atomic(work_dir / "done.json", {"checkpoint": checkpoint.name, "n_oof": len(oof_ids),
                                                "seconds": round(time.time() - start, 1), "spec_hash": spec.hash,
-                                               "finished": time.time()})
+                                               "finished": time.time(), **(provenance or {})})
 
 
 def fit(spec: MemberSpec, data: FoldData, work_dir: Path, progress: bool, board: Path | None = None) -> Path:
@@ -99,30 +104,60 @@ def fit(spec: MemberSpec, data: FoldData, work_dir: Path, progress: bool, board:
 
 
 def predict_member_test(spec: MemberSpec, folds: Folds, data: CarvanaData, run_dir: Path, store: Store,
-                        resolution: tuple[int, int], progress: bool = True) -> None:
-    """Average the member's fold models over the test images not yet in the store, chunk by chunk."""
+                        resolution: tuple[int, int], progress: bool = True, shard: tuple[int, int] = (0, 1)) -> bool:
+    """Average the member's fold models over shard `s` of `n` (`shard`: a contiguous range of the sorted
+    test ids), chunk by chunk; the shard's marker says it is complete. A shard whose marker is not
+    current (killed, or made by other fold models) is predicted again whole. False when it was current."""
+    index, n_shards = shard
+    done = fold_records(run_dir, spec, folds.n_folds)
+    marker = shard_marker(run_dir, spec, index, n_shards)
+    if marker.exists() and json.loads(marker.read_text()) == {"folds": done}:
+        return False
+    todo = shard_ids(sorted(data.test_ids), index, n_shards)
     folder = member_dir(run_dir, spec)
-    done = [json.loads((folder / f"fold{k}" / "done.json").read_text()) for k in range(folds.n_folds)]
-    checkpoints = [folder / f"fold{k}" / d["checkpoint"] for k, d in enumerate(done)]
-    marker = folder / "test.json"
-    made_by = {"folds": done}
-    # Maps made by other fold models (one fold retrained since) are all predicted again.
-    current = marker.exists() and json.loads(marker.read_text()) == made_by
-    todo = [img for img in data.test_ids if not (current and store.has(spec.name, "test", img))]
-    if not todo:
-        return
-    member = load_member(spec, checkpoints)
-    write_json_atomic(marker, {"folds": done, "complete": False})
+    member = load_member(spec, [folder / f"fold{k}" / d["checkpoint"] for k, d in enumerate(done)])
     # Test photos are decoded on the fly, not cached: each is read once per member (100,064 photos
     # at full size would need ~740 GB of cache).
     def load(img: str) -> np.ndarray:
         return resize_image(data.load_image(img, "test"), spec.height, spec.width)
 
-    with store.open_member(spec.name, spec.to_dict(), folds.hash, resolution) as writer, \
+    session = "test" if n_shards == 1 else f"test/shard{index}-of-{n_shards}"
+    desc = f"{spec.name}: test maps{'' if n_shards == 1 else f' shard {index + 1}/{n_shards}'}"
+    with store.open_member(spec.name, spec.to_dict(), folds.hash, resolution, session=session) as writer, \
             ThreadPoolExecutor(os.cpu_count() or 2) as pool:
-        for chunk in _chunks(todo, desc=f"{spec.name}: test maps ({folds.n_folds} folds averaged)", progress=progress):
+        for chunk in _chunks(todo, desc=f"{desc} ({folds.n_folds} folds averaged)", progress=progress):
             _write_maps(writer, member, np.stack(list(pool.map(load, chunk))), chunk, "test", resolution, None)
-    write_json_atomic(marker, made_by)
+            die_for_tests("IN_TEST_SHARD", index)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(marker, {"folds": done})
+    return True
+
+
+def finish_member_test(run_dir: Path, spec: MemberSpec, n_folds: int, n_shards: int) -> bool:
+    """Write `test.json` (the member is finished) when every one of the `n_shards` shards is current."""
+    made_by = {"folds": fold_records(run_dir, spec, n_folds)}
+    markers = [shard_marker(run_dir, spec, s, n_shards) for s in range(n_shards)]
+    if not all(m.exists() and json.loads(m.read_text()) == made_by for m in markers):
+        return False
+    write_json_atomic(member_dir(run_dir, spec) / "test.json", made_by)
+    return True
+
+
+def fold_records(run_dir: Path, spec: MemberSpec, n_folds: int) -> list[dict]:
+    """Every fold's done.json, in fold order (all must exist)."""
+    folder = member_dir(run_dir, spec)
+    return [json.loads((folder / f"fold{k}" / "done.json").read_text()) for k in range(n_folds)]
+
+
+def shard_marker(run_dir: Path, spec: MemberSpec, index: int, n_shards: int) -> Path:
+    return member_dir(run_dir, spec) / "test_shards" / f"{index}-of-{n_shards}.json"
+
+
+def shard_ids(ids: list[str], index: int, n_shards: int) -> list[str]:
+    """The `index`-th of `n_shards` contiguous, near-equal ranges of `ids`."""
+    if not 0 <= index < n_shards:
+        raise ValueError(f"shard {index} of {n_shards}: need 0 <= shard < n_shards")
+    return ids[len(ids) * index // n_shards: len(ids) * (index + 1) // n_shards]
 
 
 def member_finished(run_dir: Path, spec: MemberSpec, n_folds: int) -> bool:
@@ -130,8 +165,7 @@ def member_finished(run_dir: Path, spec: MemberSpec, n_folds: int) -> bool:
     folder = member_dir(run_dir, spec)
     if not all(fold_done(run_dir, spec, k) for k in range(n_folds)) or not (folder / "test.json").exists():
         return False
-    done = [json.loads((folder / f"fold{k}" / "done.json").read_text()) for k in range(n_folds)]
-    return json.loads((folder / "test.json").read_text()) == {"folds": done}
+    return json.loads((folder / "test.json").read_text()) == {"folds": fold_records(run_dir, spec, n_folds)}
 
 
 def _write_maps(writer, member, batch: np.ndarray, chunk: list[str], split: str,

@@ -6,6 +6,7 @@ import csv
 from pathlib import Path
 
 from carvana.atomic import atomic_path
+from zoo.faults import die_for_tests
 
 LOG_COLUMNS = ["epoch", "train_loss", "val_mean_dice", "lr", "seconds", "images_per_s", "data_wait_share"]
 
@@ -16,3 +17,4 @@ def write_log(path: Path, history: list[list]) -> None:
         writer = csv.writer(f)
         writer.writerow(LOG_COLUMNS)
         writer.writerows(history)
+    die_for_tests("AFTER_EPOCH", len(history))
