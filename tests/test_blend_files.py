@@ -130,15 +130,17 @@ def good_rows() -> list[tuple[str, str]]:
 )
 def test_blend_refuses_naming_file_and_row_and_overwrites_nothing(tmp_path, edit, match):
     good = write_csv(tmp_path / "good.csv.gz", good_rows())
+    copy = write_csv(tmp_path / "copy.csv.gz", good_rows())
     bad = write_csv(tmp_path / "bad.csv.gz", edit(good_rows()))
     out = tmp_path / "out.csv.gz"
     out.write_bytes(b"old blend")
     (tmp_path / "out.csv.gz.json").write_text("old record")
     with pytest.raises(WorkbenchError, match=match) as error:
-        blend_submissions([good, good, bad], out, image_size=SIZE)
+        blend_submissions([good, copy, bad], out, image_size=SIZE)
     assert str(bad) in str(error.value)
     assert out.read_bytes() == b"old blend" and (tmp_path / "out.csv.gz.json").read_text() == "old record"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.csv.gz", "good.csv.gz", "out.csv.gz", "out.csv.gz.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.csv.gz", "copy.csv.gz", "good.csv.gz", "out.csv.gz",
+                                                          "out.csv.gz.json"]
 
 
 def test_blend_refuses_bad_settings(tmp_path):

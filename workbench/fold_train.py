@@ -29,13 +29,13 @@ def store_resolution(config: ExperimentConfig, size: tuple[int, int]) -> tuple[i
 def fold_train(config: ExperimentConfig, member: str | None = None, fold: int | None = None,
                retrain: tuple[str, ...] = (), progress: bool = True) -> None:
     """Train what is not finished; `member` / `fold` restrict the work to one job of a fan-out."""
+    if not config.zoo:  # before make_folds writes anything
+        raise WorkbenchError("the config has no `zoo: members:`; add members (see configs/demo.yaml)")
     summary = check_data(config.data)
     data = CarvanaData(config.data)
     folds = make_folds(config)
     if fold is not None and not 0 <= fold < folds.n_folds:
         raise WorkbenchError(f"--fold {fold}: this run has folds 0..{folds.n_folds - 1}")
-    if not config.zoo:
-        raise WorkbenchError("the config has no `zoo: members:`; add members (see configs/demo.yaml)")
     specs = [config.member(member)] if member else list(config.zoo)
     store = Store(config.run_dir / "oof")
     resolution = store_resolution(config, summary.size)

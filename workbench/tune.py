@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -19,6 +20,7 @@ from folds import Folds
 from oof import Store
 from workbench.config import ExperimentConfig, config_to_dict
 from workbench.run import Run
+from workbench.runlock import run_lock
 
 if TYPE_CHECKING:
     from stacking.tune import NestedResult, TuneSpace
@@ -33,7 +35,15 @@ def storage_url(config: ExperimentConfig) -> str:
     """`tune.storage` as given, or SQLite in RUN/optuna.db (absolute, so any working directory finds it)."""
     if config.tune.storage:
         return config.tune.storage
-    return f"sqlite:///{(config.run_dir / OPTUNA_DB).resolve()}"
+    return sqlite_url(config.run_dir / OPTUNA_DB)
+
+
+def sqlite_url(path: Path) -> str:
+    """The SQLAlchemy URL of the SQLite file `path`, escaped: `?`, `#`, `%`, spaces and non-ASCII in folder
+    names stay part of the path (unescaped, `?` would start URL options and `%20` would read as a space)."""
+    from sqlalchemy.engine import URL
+
+    return URL.create("sqlite", database=str(Path(path).resolve())).render_as_string(hide_password=False)
 
 
 def complete_members(store: Store, fold_of: dict[str, int]) -> list[str]:
@@ -92,12 +102,18 @@ def tuned_blend_factory(run: Run, members: list[str], progress: bool) -> Callabl
 
 def tune_run(config: ExperimentConfig, progress: bool = True) -> NestedResult:
     """Nested tuning over the run's folds; prints the summary, writes RUN/tune.json, returns the NestedResult."""
+    run = Run.open(config)
+    run.folds  # noqa: B018 (a folder that is no run is refused before the lock file is made)
+    with run_lock(config.run_dir, "tune", shared=True):  # tune processes share studies, never with a stack
+        return _tune_run(run, progress)
+
+
+def _tune_run(run: Run, progress: bool) -> NestedResult:
     import optuna
 
     from stacking.tune import nested_tune
 
-    run = Run.open(config)
-    folds, store = run.folds, run.members_store
+    config, folds, store = run.config, run.folds, run.members_store
     members = tune_members(config, store, folds)
     run.check_resolution(members)
     blend = tuned_blend_factory(run, members, progress)()
