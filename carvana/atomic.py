@@ -21,8 +21,8 @@ from pathlib import Path
 
 from carvana.errors import WorkbenchError
 
-__all__ = ["LockHeld", "atomic_path", "copy_atomic", "file_lock", "temp_path", "write_atomic", "write_json_atomic",
-           "write_text_atomic"]
+__all__ = ["LockHeld", "atomic_path", "copy_atomic", "file_lock", "read_marker", "temp_path", "write_atomic",
+           "write_json_atomic", "write_text_atomic"]
 
 TEMP_MARK = ".tmp"  # every temp name holds it: `.<name>.<pid>.<hex>.tmp<suffixes>`
 
@@ -61,6 +61,16 @@ def write_json_atomic(path: Path, payload: dict) -> None:
         f.write("\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+def read_marker(path: Path) -> dict | None:
+    """A JSON marker file (done.json, test.json...), or None when it is missing or damaged (truncated by a
+    full disk, say): a marker only says work is finished, so a damaged one means the work is done again."""
+    try:
+        value = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def write_text_atomic(path: Path, text: str) -> None:

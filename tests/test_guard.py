@@ -66,7 +66,8 @@ def test_other_data_is_refused_and_both_hints_work(run_copy):
     assert tree_digest(run_copy / "run") == before
     assert_user_error(cli(run_copy, "folds", "--data", str(run_copy / "data2")), "image size")
     # the hints: another run folder for the new data, or the data the run was built on
-    assert cli(run_copy, "folds", "--data", str(run_copy / "data2"), "--run-dir", str(run_copy / "run2")).returncode == 0
+    result = cli(run_copy, "folds", "--data", str(run_copy / "data2"), "--run-dir", str(run_copy / "run2"))
+    assert result.returncode == 0, result.stderr
     assert (run_copy / "run2" / "data.json").is_file()
     result = cli(run_copy, "stack")
     assert result.returncode == 0, result.stderr
@@ -280,3 +281,11 @@ def test_blend_refuses_its_input_as_output_and_an_input_twice(run_copy):
     files = sorted(str(p) for p in other.glob("*.csv.gz"))
     assert_user_error(run_cli("blend", str(sub), *files, "--out", str(sub), "--size", size), "is one of the inputs")
     assert sub.read_bytes() == before
+
+
+def test_a_truncated_marker_is_treated_as_missing(run_copy):
+    marker = run_copy / "run" / "members" / "avg_mask_32" / "test.json"
+    marker.write_text(marker.read_text()[:10])
+    assert_user_error(cli(run_copy, "stack"), "at least 2 finished members", "fold-train")
+    assert cli(run_copy, "fold-train").returncode == 0  # the hint: the test maps are made again
+    assert cli(run_copy, "stack").returncode == 0

@@ -40,7 +40,8 @@ def _sample(ids: list[str], n: int) -> list[str]:
 def data_fingerprint(data: CarvanaData, summary: DataSummary) -> dict:
     """{train_ids, test_ids: {n, sha256}, size: WxH, masks_sha256, photos_sha256, data: path (not compared)}."""
     ids = {split: data.ids(split) for split in ("train", "test")}
-    photos = [data.image_path(img, split).read_bytes() for split, n in N_SAMPLE.items() for img in _sample(ids[split], n)]
+    photos = [data.image_path(img, split).read_bytes()
+              for split, n in N_SAMPLE.items() for img in _sample(ids[split], n)]
     return {
         **{f"{split}_ids": {"n": len(v), "sha256": _sha256([i.encode() for i in v])} for split, v in ids.items()},
         "size": format_size(summary.size),
@@ -60,7 +61,8 @@ def _differences(recorded: dict, found: dict) -> list[str]:
             what.append(f"image size {old} -> {new}")
         elif key.endswith("_ids"):
             n_old = old.get("n", "?") if isinstance(old, dict) else "?"
-            what.append(f"{key.replace('_', ' ')} ({n_old} -> {new['n']}{', other names' if n_old == new['n'] else ''})")
+            names = ", other names" if n_old == new["n"] else ""
+            what.append(f"{key.replace('_', ' ')} ({n_old} -> {new['n']}{names})")
         else:
             what.append({"masks_sha256": "masks (train_masks.csv)", "photos_sha256": "photos"}[key])
     return what

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from carvana.atomic import atomic_path, write_json_atomic
+from carvana.atomic import atomic_path, read_marker, write_json_atomic
 from carvana.dataset import CarvanaData, angle_of
 from carvana.errors import WorkbenchError
 from carvana.progress import progress_bar
@@ -57,7 +57,7 @@ def claim_member(run_dir: Path, spec: MemberSpec, folds_hash: str, retrain: bool
 
 
 def fold_done(run_dir: Path, spec: MemberSpec, fold: int) -> bool:
-    return (member_dir(run_dir, spec) / f"fold{fold}" / "done.json").exists()
+    return read_marker(member_dir(run_dir, spec) / f"fold{fold}" / "done.json") is not None  # damaged: redo
 
 
 def run_member_fold(spec: MemberSpec, fold: int, data: CarvanaData, folds: Folds, run_dir: Path,
@@ -101,12 +101,12 @@ def predict_member_test(spec: MemberSpec, folds: Folds, data: CarvanaData, run_d
                         resolution: tuple[int, int], progress: bool = True) -> None:
     """Average the member's fold models over the test images not yet in the store, chunk by chunk."""
     folder = member_dir(run_dir, spec)
-    done = [json.loads((folder / f"fold{k}" / "done.json").read_text()) for k in range(folds.n_folds)]
+    done = [read_marker(folder / f"fold{k}" / "done.json") for k in range(folds.n_folds)]
     checkpoints = [folder / f"fold{k}" / d["checkpoint"] for k, d in enumerate(done)]
     marker = folder / "test.json"
     made_by = {"folds": done}
     # Maps made by other fold models (one fold retrained since) are all predicted again.
-    current = marker.exists() and json.loads(marker.read_text()) == made_by
+    current = read_marker(marker) == made_by
     todo = [img for img in data.test_ids if not (current and store.has(spec.name, "test", img))]
     if not todo:
         return
@@ -127,10 +127,10 @@ def predict_member_test(spec: MemberSpec, folds: Folds, data: CarvanaData, run_d
 def member_finished(run_dir: Path, spec: MemberSpec, n_folds: int) -> bool:
     """Every fold trained and the test maps made by exactly those fold models."""
     folder = member_dir(run_dir, spec)
-    if not all(fold_done(run_dir, spec, k) for k in range(n_folds)) or not (folder / "test.json").exists():
+    if not all(fold_done(run_dir, spec, k) for k in range(n_folds)):
         return False
-    done = [json.loads((folder / f"fold{k}" / "done.json").read_text()) for k in range(n_folds)]
-    return json.loads((folder / "test.json").read_text()) == {"folds": done}
+    done = [read_marker(folder / f"fold{k}" / "done.json") for k in range(n_folds)]
+    return read_marker(folder / "test.json") == {"folds": done}
 
 
 def _write_maps(writer, member, batch: np.ndarray, chunk: list[str], split: str,
