@@ -40,6 +40,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
     path = Path(path)
     if not path.parent.is_dir():
         raise WorkbenchError(f"{path.parent}: no such folder; fix: create it or choose another output path")
+    if path.is_dir():
+        raise WorkbenchError(f"{path}: is a folder, not a file; give a file path (e.g. {path / path.name})")
     tmp = temp_path(path)
     try:
         yield tmp

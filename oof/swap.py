@@ -35,6 +35,8 @@ def rebuild(store: Store, member: str) -> Iterator[Store]:
         _swap_in(store, member)
     finally:
         shutil.rmtree(target, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            beside.path.rmdir()  # when no other part is in it
 
 
 def _swap_in(store: Store, member: str) -> None:

@@ -203,16 +203,16 @@ def _mount(folder: Path, size: str) -> None:
 
 @pytest.fixture
 def small_fs(tmp_path):
-    """A 4 MB tmpfs the test fills or remounts read-only, unmounted afterwards."""
+    """A 16 MB tmpfs the test fills or remounts read-only, unmounted afterwards."""
     folder = tmp_path / "fs"
-    _mount(folder, "4m")
+    _mount(folder, "16m")
     yield folder
     subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
 def test_disk_full_during_stack_says_so_and_keeps_finished_work(run_copy, small_fs):
     run = small_fs / "run"
-    shutil.copytree(run_copy / "run", run)
+    shutil.copytree(run_copy / "run", run, ignore=shutil.ignore_patterns("cache"))
     shutil.rmtree(run / "stack" / "vote")
     before = tree_digest(run / "stack" / "mean")
     filler = small_fs / "filler"
@@ -235,7 +235,7 @@ def test_disk_full_during_stack_says_so_and_keeps_finished_work(run_copy, small_
 
 def test_a_read_only_run_folder(run_copy, small_fs):
     run = small_fs / "run"
-    shutil.copytree(run_copy / "run", run)
+    shutil.copytree(run_copy / "run", run, ignore=shutil.ignore_patterns("cache"))
     subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], check=True)
     before = tree_digest(run)
     for verb in ("stack", "submit"):

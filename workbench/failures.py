@@ -82,7 +82,9 @@ def _database_error(error: Exception, storage: str | None) -> str | None:
     if "disk is full" in text or "disk i/o" in text:
         return None  # left to the disk-full check
     if any(word in text for word in ("not a database", "malformed", "no such table", "file is encrypted")):
-        path = storage.removeprefix("sqlite:///") if storage and storage.startswith("sqlite:///") else storage
+        from stacking.sqlite_url import sqlite_path
+
+        path = (sqlite_path(storage) if storage else None) or storage
         return (f"{path}: damaged Optuna database ({str(error).splitlines()[0][:120]}); move it aside "
                 f"(`mv {path} {path}.damaged`) and re-run: the tuning studies start over")
     return None

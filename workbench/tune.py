@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -18,6 +17,7 @@ from carvana.atomic import write_json_atomic
 from carvana.errors import WorkbenchError
 from folds import Folds
 from oof import Store
+from stacking.sqlite_url import sqlite_url
 from workbench.config import ExperimentConfig, config_to_dict
 from workbench.run import Run
 from workbench.runlock import run_lock
@@ -37,13 +37,6 @@ def storage_url(config: ExperimentConfig) -> str:
         return config.tune.storage
     return sqlite_url(config.run_dir / OPTUNA_DB)
 
-
-def sqlite_url(path: Path) -> str:
-    """The SQLAlchemy URL of the SQLite file `path`, escaped: `?`, `#`, `%`, spaces and non-ASCII in folder
-    names stay part of the path (unescaped, `?` would start URL options and `%20` would read as a space)."""
-    from sqlalchemy.engine import URL
-
-    return URL.create("sqlite", database=str(Path(path).resolve())).render_as_string(hide_password=False)
 
 
 def complete_members(store: Store, fold_of: dict[str, int]) -> list[str]:
