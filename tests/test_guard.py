@@ -289,3 +289,35 @@ def test_a_truncated_marker_is_treated_as_missing(run_copy):
     assert_user_error(cli(run_copy, "stack"), "at least 2 finished members", "fold-train")
     assert cli(run_copy, "fold-train").returncode == 0  # the hint: the test maps are made again
     assert cli(run_copy, "stack").returncode == 0
+
+
+def _fill(folder: Path) -> Path:
+    filler = folder / "filler"
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+    return filler
+
+
+def test_torch_and_sqlite_words_for_a_full_disk_are_named(small_fs):
+    """torch says "file write failed", SQLite "database or disk is full": both read as a full disk."""
+    import optuna
+    import torch
+
+    from stacking.sqlite_url import sqlite_url
+    from workbench.failures import explain
+
+    _fill(small_fs)
+    errors = []
+    for write in (lambda: torch.save(torch.zeros(1 << 16), small_fs / "model.pt"),
+                  lambda: optuna.create_study(storage=sqlite_url(small_fs / "optuna.db"))):
+        with pytest.raises(Exception) as caught:
+            write()
+        errors.append(caught.value)
+    for error in errors:
+        message = explain(error, small_fs)
+        assert message is not None and "the disk is full" in message and str(small_fs) in message, (error, message)

@@ -16,7 +16,8 @@ from pathlib import Path
 
 __all__ = ["explain", "free_space_needed"]
 
-DISK_FULL_WORDS = ("no space left", "disk is full", "disk full", "file write failed", "quota exceeded")
+DISK_FULL_WORDS = ("no space left", "disk is full", "disk full", "quota exceeded", "file write failed",
+                   "unexpected pos", "pytorchstreamwriter")  # the last three: torch.save on a full disk
 LOW_FREE_BYTES = 16 << 20  # below this, a library's vague write failure is taken for a full disk
 
 
