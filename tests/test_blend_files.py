@@ -145,16 +145,20 @@ def test_blend_refuses_naming_file_and_row_and_overwrites_nothing(tmp_path, edit
 
 def test_blend_refuses_bad_settings(tmp_path):
     a = write_csv(tmp_path / "a.csv.gz", good_rows())
+    b = write_csv(tmp_path / "b.csv.gz", good_rows())
     for kwargs, match in [
         (dict(paths=[a]), "at least 2"),
-        (dict(paths=[a, a], weights=[1.0]), "one --weights value per file"),
-        (dict(paths=[a, a], weights=[1.0, -1.0]), ">= 0"),
-        (dict(paths=[a, a], min_votes=2.5), "outside"),
-        (dict(paths=[a, a], min_votes=0), "outside"),
+        (dict(paths=[a, b], weights=[1.0]), "one --weights value per file"),
+        (dict(paths=[a, b], weights=[1.0, -1.0]), ">= 0"),
+        (dict(paths=[a, b], min_votes=2.5), "outside"),
+        (dict(paths=[a, b], min_votes=0), "outside"),
+        (dict(paths=[a, tmp_path / "." / "a.csv.gz"]), "listed twice"),
+        (dict(paths=[a, b], out_path=a), "is one of the inputs"),
+        (dict(paths=[a, b], out_path=tmp_path), "is a folder"),
     ]:
         with pytest.raises(WorkbenchError, match=match):
-            blend_submissions(out_path=tmp_path / "out.csv.gz", image_size=SIZE, **kwargs)
-    assert not (tmp_path / "out.csv.gz").exists()
+            blend_submissions(**{"out_path": tmp_path / "out.csv.gz", "image_size": SIZE, **kwargs})
+    assert not (tmp_path / "out.csv.gz").exists() and a.read_bytes() == b.read_bytes()
 
 
 def test_blend_of_decoded_masks_round_trips(tmp_path):

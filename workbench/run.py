@@ -37,8 +37,6 @@ class Run:
     def open(cls, config: ExperimentConfig) -> Run:
         """Check the data once (headers and CSVs, see carvana.validate), refuse data other than the run's
         (workbench.fingerprint), and open the run folder."""
-        if config.run_dir.exists() and not config.run_dir.is_dir():
-            raise WorkbenchError(f"{config.run_dir}: not a folder; pass --run-dir a run folder (or a new name)")
         data, summary = CarvanaData(config.data), check_data(config.data)
         has_folds = (config.run_dir / FOLDS_CSV).is_file()
         return cls(config, data, summary, check_fingerprint(config.run_dir, data, summary, record=has_folds))
