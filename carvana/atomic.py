@@ -6,7 +6,8 @@ when the block ends without error, and is removed otherwise. Readers see the old
 never a part; unique names let several processes write one folder at once; temp names start with `.`
 so folder listings skip them, and end with the target's suffixes (`np.save` and Keras insist on them).
 
-`file_lock(path)` holds an exclusive `flock` on `path` for the duration of a block.
+`file_lock(path)` holds an exclusive (or shared) `flock` on `path` for the duration of a block; with
+`wait=False` a busy lock raises LockHeld naming the holder instead of blocking.
 """
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ from pathlib import Path
 
 from carvana.errors import WorkbenchError
 
-__all__ = ["atomic_path", "copy_atomic", "file_lock", "temp_path", "write_atomic", "write_json_atomic",
-           "write_text_atomic"]
+__all__ = ["LockHeld", "atomic_path", "copy_atomic", "file_lock", "read_marker", "temp_path", "write_atomic",
+           "write_json_atomic", "write_text_atomic"]
 
 TEMP_MARK = ".tmp"  # every temp name holds it: `.<name>.<host>.<pid>.<hex>.tmp<suffixes>`
 _HOST = socket.gethostname().split(".")[0]
@@ -43,6 +44,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
     path = Path(path)
     if not path.parent.is_dir():
         raise WorkbenchError(f"{path.parent}: no such folder; fix: create it or choose another output path")
+    if path.is_dir():
+        raise WorkbenchError(f"{path}: is a folder, not a file; give a file path (e.g. {path / path.name})")
     tmp = temp_path(path)
     try:
         yield tmp
@@ -66,6 +69,16 @@ def write_json_atomic(path: Path, payload: dict) -> None:
         os.fsync(f.fileno())
 
 
+def read_marker(path: Path) -> dict | None:
+    """A JSON marker file (done.json, test.json...), or None when it is missing or damaged (truncated by a
+    full disk, say): a marker only says work is finished, so a damaged one means the work is done again."""
+    try:
+        value = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Write `text` (UTF-8) to `path` atomically."""
     write_atomic(path, text.encode())
@@ -76,15 +89,34 @@ def copy_atomic(source: Path, path: Path) -> None:
     write_atomic(path, Path(source).read_bytes())
 
 
+class LockHeld(WorkbenchError):
+    """`file_lock(..., wait=False)` found the lock held by a live process; `holder` is the text it left."""
+
+    def __init__(self, path: Path, holder: str) -> None:
+        super().__init__(f"{path}: held by {holder or 'another process'}")
+        self.path, self.holder = path, holder
+
+
 @contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive `flock` on `path` (created if missing, with its folder) for the block; blocks
-    until no other process holds it. The lock goes with the process, so a killed holder frees it."""
+def file_lock(path: Path, *, wait: bool = True, shared: bool = False, holder: str | None = None) -> Iterator[None]:
+    """Hold an `flock` on `path` (created if missing, with its folder) for the block: exclusive, or `shared`
+    with other shared holders. `wait=False` raises LockHeld (with the holder's text) instead of blocking;
+    `holder` (e.g. verb, host, pid) is written into the lock file for the next one to read. The lock goes
+    with the process, so a killed holder frees it: a stale lock file is simply taken over."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as lock_file:
-        fcntl.flock(lock_file, fcntl.LOCK_EX)
+    with open(path, "a+") as lock_file:
+        mode = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB)
         try:
+            fcntl.flock(lock_file, mode)
+        except BlockingIOError:
+            lock_file.seek(0)
+            raise LockHeld(path, lock_file.read().strip()) from None
+        try:
+            if holder is not None:
+                lock_file.truncate(0)
+                lock_file.write(holder)
+                lock_file.flush()
             yield
         finally:
             fcntl.flock(lock_file, fcntl.LOCK_UN)

@@ -42,6 +42,11 @@ def write_folds(path: Path, fold_of_car: dict[str, int], train_ids: list[str]) -
     return read_folds(path, train_ids)
 
 
+# `workbench folds` never replaces a run's folds.csv (every result in the run is built on it), so the fix
+# for a damaged or foreign one is the original file back, or a new run folder.
+FOLDS_FIX = "restore the run's folds.csv, or use another --run-dir for this data (`workbench folds` makes new folds)"
+
+
 def read_folds(path: Path, train_ids: list[str] | None = None) -> Folds:
     """Read and check folds.csv: ids parse, each car in one fold, folds 0..K-1 all used, and (when
     `train_ids` is given) exactly the data's training images. WorkbenchError naming the problem."""
@@ -55,15 +60,15 @@ def read_folds(path: Path, train_ids: list[str] | None = None) -> Folds:
             car = parse_id(img)[0]
             fold = int(row["fold"])
         except ValueError as error:
-            raise WorkbenchError(f"{where}: {error}; fix the row or re-run `workbench folds`") from None
+            raise WorkbenchError(f"{where}: {error}; {FOLDS_FIX}") from None
         if row["car"] != car:
-            raise WorkbenchError(f"{where}: car {row['car']!r} does not match image {img}; re-run `workbench folds`")
+            raise WorkbenchError(f"{where}: car {row['car']!r} does not match image {img}; {FOLDS_FIX}")
         if img in fold_of:
-            raise WorkbenchError(f"{where}: {img} is listed twice; re-run `workbench folds`")
+            raise WorkbenchError(f"{where}: {img} is listed twice; {FOLDS_FIX}")
         if fold_of_car.setdefault(car, fold) != fold:
             raise WorkbenchError(
                 f"{where}: car {car} is split across folds {fold_of_car[car]} and {fold} (a leak: all 16 photos of a "
-                "car must share a fold); re-run `workbench folds`"
+                f"car must share a fold); {FOLDS_FIX}"
             )
         fold_of[img] = fold
     n_folds = _check_fold_numbers(path, set(fold_of_car.values()))
@@ -75,8 +80,7 @@ def read_folds(path: Path, train_ids: list[str] | None = None) -> Folds:
 def _check_fold_numbers(path: Path, folds: set[int]) -> int:
     n_folds = max(folds, default=-1) + 1
     if n_folds < 2 or folds != set(range(n_folds)):
-        raise WorkbenchError(f"{path}: folds used are {sorted(folds)}; "
-                             "they must be 0..K-1 with K >= 2, re-run `workbench folds`")
+        raise WorkbenchError(f"{path}: folds used are {sorted(folds)}; they must be 0..K-1 with K >= 2; {FOLDS_FIX}")
     return n_folds
 
 
@@ -87,5 +91,5 @@ def _check_same_images(path: Path, fold_of: dict[str, int], train_ids: list[str]
         what = f"no fold for train image {missing[0]}" if missing else f"image {extra[0]} is not in the data's train/"
         raise WorkbenchError(
             f"{path}: does not match the data ({len(missing)} missing, {len(extra)} extra; {what}); "
-            "re-run `workbench folds` for this data"
+            f"{FOLDS_FIX}"
         )

@@ -46,6 +46,22 @@ def retrain_hint(member: str) -> str:
     return f"re-run `workbench fold-train --retrain {member}`"
 
 
+ENTRIES_STORE = "stack"  # RUN/stack holds stacking entries, rebuilt by `workbench stack`, not `fold-train`
+
+
+def redo_hint(member_dir: Path) -> str:
+    """The command that rewrites a member's maps: `fold-train --retrain <member>`, or for a stacking entry
+    (a member of RUN/stack) deleting it so that `workbench stack` rebuilds it."""
+    if member_dir.parent.name == ENTRIES_STORE:
+        return f"delete the entry (`rm -r {member_dir}`) and re-run `workbench stack` (it rebuilds it)"
+    return retrain_hint(member_dir.name)
+
+
+def _member_dir_of(path: Path) -> Path:
+    """<store>/<member> of a map file `<member>/test/<img>` or `<member>/train/fold<k>/<img>`."""
+    return path.parent.parent if path.parent.name == "test" else path.parent.parent.parent
+
+
 def check_member_name(member: str) -> str:
     """The member name, if it is safe as a folder name (letters, digits, `_`, `.`, `-`)."""
     if not isinstance(member, str) or not MEMBER_PATTERN.match(member):
@@ -102,12 +118,11 @@ def decode_map(data: bytes, path: Path, shape: tuple[int, int]) -> np.ndarray:
         got_shape, fortran_order, dtype = read_header(stream)
         array = np.frombuffer(raw, dtype=np.uint8, offset=stream.tell())
     except (zstandard.ZstdError, ValueError) as error:
-        fix = "re-run `workbench fold-train --retrain` for its member"
-        raise WorkbenchError(f"{path}: damaged map ({error}); {fix}") from None
+        raise WorkbenchError(f"{path}: damaged map ({error}); {redo_hint(_member_dir_of(Path(path)))}") from None
     if dtype != np.uint8 or fortran_order or tuple(got_shape) != tuple(shape) or array.size != shape[0] * shape[1]:
         raise WorkbenchError(
             f"{path}: holds a {dtype} map of shape {tuple(got_shape)}, the store's maps are uint8 {tuple(shape)}; "
-            "re-run `workbench fold-train --retrain` for its member"
+            f"{redo_hint(_member_dir_of(Path(path)))}"
         )
     return array.reshape(shape)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from carvana.atomic import file_lock
 from carvana.errors import WorkbenchError
-from oof.format import FORMAT, FORMAT_VERSION, SPLITS, retrain_hint, write_json_atomic
+from oof.format import FORMAT, FORMAT_VERSION, SPLITS, redo_hint, write_json_atomic
 
 META_NAME = "member.json"
 LOCK_NAME = ".lock"
@@ -61,11 +61,11 @@ def load_meta(member_dir: Path) -> dict | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as error:
-        raise WorkbenchError(f"{path}: unreadable ({error}); {retrain_hint(member_dir.name)}") from None
+        raise WorkbenchError(f"{path}: unreadable ({error}); {redo_hint(member_dir)}") from None
     if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
         raise WorkbenchError(
             f"{path}: store format {meta.get('format')} v{meta.get('format_version')}, this workbench reads "
-            f"{FORMAT} v{FORMAT_VERSION}; upgrade the workbench or {retrain_hint(member_dir.name)}"
+            f"{FORMAT} v{FORMAT_VERSION}; upgrade the workbench or {redo_hint(member_dir)}"
         )
     return meta
 
@@ -108,7 +108,7 @@ def _refuse_changes(member_dir: Path, meta: dict, spec: dict, folds_hash: str, s
     if changes:
         raise WorkbenchError(
             f"{member_dir}: member {member_dir.name} was written with a different {'; '.join(changes)}; its maps "
-            f"would not match: {retrain_hint(member_dir.name)} (or give the new spec a new member name)"
+            f"would not match: {redo_hint(member_dir)} (or give the new spec a new member name)"
         )
 
 

@@ -30,6 +30,7 @@ from oof.format import (
     encode_map,
     fold_dir_name,
     read_map,
+    redo_hint,
     retrain_hint,
     to_uint8,
     write_atomic,
@@ -275,7 +276,7 @@ def duplicate_message(member_dir: Path, img: str, paths: list[Path]) -> str:
     folds = ", ".join(p.parent.name for p in paths)
     return (
         f"{member_dir}: train image {img} has OOF maps from several folds ({folds}); only the fold that held its "
-        f"car out may predict it: {retrain_hint(member_dir.name)}"
+        f"car out may predict it: {redo_hint(member_dir)}"
     )
 
 

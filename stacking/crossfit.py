@@ -47,21 +47,21 @@ def fit_predict(make: Callable[[], EntryT], train: TrainMaps, test: TestMaps | N
     bar = progress_bar(total=train.n_images + (len(test.ids) if test else 0), desc=f"{desc}: cross-fit", leave=False,
                disable=not progress)
     model, start, test_start = None, time.perf_counter(), None
-    for k, model in cross_fit(make, train):
-        if k is None:
-            test_start = time.perf_counter()  # the fit on all folds is done: the rest is test-map work
-        if k is None and test is None:
-            break
-        if k is not None:
-            batches = train.folds([k]).batches(with_truth=False)
-        else:
-            assert test is not None  # without test maps the loop stopped above
-            batches = test.batches()
-        for batch in batches:
-            for img, proba in zip(batch.ids, model.predict_proba(batch)):
-                writer.write("train" if k is not None else "test", img, proba, fold=k)
-            bar.update(len(batch))
-    bar.close()
+    with bar:  # closed on an error too, so that the CLI's one-line message starts its own line
+        for k, model in cross_fit(make, train):
+            if k is None:
+                test_start = time.perf_counter()  # the fit on all folds is done: the rest is test-map work
+            if k is None and test is None:
+                break
+            if k is not None:
+                batches = train.folds([k]).batches(with_truth=False)
+            else:
+                assert test is not None  # without test maps the loop stopped above
+                batches = test.batches()
+            for batch in batches:
+                for img, proba in zip(batch.ids, model.predict_proba(batch)):
+                    writer.write("train" if k is not None else "test", img, proba, fold=k)
+                bar.update(len(batch))
     end = time.perf_counter()
     test_start = test_start or end
     print(f"{desc}: cross-fit {test_start - start:.1f} s on train images, {end - test_start:.1f} s on test maps")

@@ -42,6 +42,7 @@ from stacking.evaluate import (
     level_thresholds,
     quantize_weights,
 )
+from stacking.sqlite_url import sqlite_path
 from stacking.storage import fail_silent_trials
 
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
@@ -158,8 +159,8 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
 @contextlib.contextmanager
 def _sqlite_lock(url: str) -> Iterator[None]:
     """Hold an exclusive flock on `<database>.lock` (nothing for an in-memory database)."""
-    path = url.removeprefix("sqlite:///")
-    if path in ("", ":memory:") or url == path:
+    path = sqlite_path(url)
+    if path is None:
         yield
         return
     with file_lock(Path(f"{path}.lock")):

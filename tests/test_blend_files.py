@@ -107,29 +107,35 @@ def good_rows() -> list[tuple[str, str]]:
 )
 def test_blend_refuses_naming_file_and_row_and_overwrites_nothing(tmp_path, edit, match):
     good = write_csv(tmp_path / "good.csv.gz", good_rows())
+    copy = write_csv(tmp_path / "copy.csv.gz", good_rows())
     bad = write_csv(tmp_path / "bad.csv.gz", edit(good_rows()))
     out = tmp_path / "out.csv.gz"
     out.write_bytes(b"old blend")
     (tmp_path / "out.csv.gz.json").write_text("old record")
     with pytest.raises(WorkbenchError, match=match) as error:
-        blend_submissions([good, good, bad], out, image_size=SIZE)
+        blend_submissions([good, copy, bad], out, image_size=SIZE)
     assert str(bad) in str(error.value)
     assert out.read_bytes() == b"old blend" and (tmp_path / "out.csv.gz.json").read_text() == "old record"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.csv.gz", "good.csv.gz", "out.csv.gz", "out.csv.gz.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.csv.gz", "copy.csv.gz", "good.csv.gz", "out.csv.gz",
+                                                          "out.csv.gz.json"]
 
 
 def test_blend_refuses_bad_settings(tmp_path):
     a = write_csv(tmp_path / "a.csv.gz", good_rows())
+    b = write_csv(tmp_path / "b.csv.gz", good_rows())
     for kwargs, match in [
         (dict(paths=[a]), "at least 2"),
-        (dict(paths=[a, a], weights=[1.0]), "one --weights value per file"),
-        (dict(paths=[a, a], weights=[1.0, -1.0]), ">= 0"),
-        (dict(paths=[a, a], min_votes=2.5), "outside"),
-        (dict(paths=[a, a], min_votes=0), "outside"),
+        (dict(paths=[a, b], weights=[1.0]), "one --weights value per file"),
+        (dict(paths=[a, b], weights=[1.0, -1.0]), ">= 0"),
+        (dict(paths=[a, b], min_votes=2.5), "outside"),
+        (dict(paths=[a, b], min_votes=0), "outside"),
+        (dict(paths=[a, tmp_path / "." / "a.csv.gz"]), "listed twice"),
+        (dict(paths=[a, b], out_path=a), "is one of the inputs"),
+        (dict(paths=[a, b], out_path=tmp_path), "is a folder"),
     ]:
         with pytest.raises(WorkbenchError, match=match):
-            blend_submissions(out_path=tmp_path / "out.csv.gz", image_size=SIZE, **kwargs)
-    assert not (tmp_path / "out.csv.gz").exists()
+            blend_submissions(**{"out_path": tmp_path / "out.csv.gz", "image_size": SIZE, **kwargs})
+    assert not (tmp_path / "out.csv.gz").exists() and a.read_bytes() == b.read_bytes()
 
 
 def test_blend_of_decoded_masks_round_trips(tmp_path):

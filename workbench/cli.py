@@ -66,7 +66,10 @@ def cmd_folds(args: argparse.Namespace) -> None:
 def cmd_fold_train(args: argparse.Namespace) -> None:
     from workbench.fold_train import fold_train
 
-    fold_train(_config(args), member=args.member, fold=args.fold, retrain=tuple(args.retrain or ()),
+    config = _config(args)
+    for name in args.retrain or ():
+        config.member(name)  # an unknown name is refused (listing the zoo's), not ignored
+    fold_train(config, member=args.member, fold=args.fold, retrain=tuple(args.retrain or ()),
                job_index=args.job_index)
 
 
@@ -199,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
             verb.add_argument("--member", help="train only this member (one job of a fan-out)")
             verb.add_argument("--fold", type=int, help="train only this fold")
             verb.add_argument("--job-index", type=int, help="run only job I of `workbench jobs` (a SLURM array index)")
-            verb.add_argument("--retrain", nargs="*", metavar="MEMBER",
+            verb.add_argument("--retrain", nargs="+", metavar="MEMBER",
                               help="discard these members' results (e.g. after changing their spec)")
         if name == "submit":
             verb.add_argument("--entry", help="leaderboard entry (default: the best by honest OOF mean Dice)")
@@ -220,7 +223,29 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as error:  # an OS-level failure (disk full, read-only...) is one line too; a bug is not
+        message = _explain(error, args)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 2
     return 0
+
+
+def _explain(error: Exception, args: argparse.Namespace) -> str | None:
+    """workbench.failures.explain with the verb's run folder and tuning storage, when its config loads."""
+    from workbench.failures import explain
+
+    run_dir, storage = getattr(args, "run_dir", None), None
+    if getattr(args, "config", None):
+        try:
+            from workbench.tune import storage_url
+
+            config = _config(args)
+            run_dir, storage = config.run_dir, storage_url(config)
+        except (WorkbenchError, OSError, ValueError):  # the config is not what failed here: explain without it
+            pass
+    return explain(error, run_dir, storage)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ the directory the command runs in (the repository root for `make` targets).
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -69,6 +70,33 @@ class StackConfig:
     band: tuple[float, float] = (0.02, 0.98)  # stackers learn where not every member is <= lo or >= hi
     max_band_share: float = 1.0  # stackers predict at most this share of an image's pixels (the most doubtful)
     n_submissions: int = 3  # top entries also written to RUN/submissions/ for `workbench blend`
+
+    def __post_init__(self) -> None:
+        from stacking.blenders import BLENDERS
+        from stacking.pixel_stacker import STACKERS
+
+        _check_names("stack.blends", self.blends, BLENDERS)
+        _check_names("stack.stackers", self.stackers, STACKERS)
+        low, high = self.band
+        _check_range("stack.band", list(self.band), 0 <= low < high <= 1, "need 0 <= lo < hi <= 1, e.g. [0.02, 0.98]")
+        _check_range("stack.max_pixels", self.max_pixels, self.max_pixels >= 1, "use 1 or more")
+        _check_range("stack.max_band_share", self.max_band_share, 0 < self.max_band_share <= 1, "need 0 < share <= 1")
+        _check_range("stack.n_submissions", self.n_submissions, self.n_submissions >= 1, "use 1 or more")
+
+
+def _check_range(key: str, value: object, ok: bool, need: str) -> None:
+    """ValueError `key is value; need` unless `ok` (the one form of every range check)."""
+    if not ok:
+        raise ValueError(f"`{key}` is {value!r}; {need}")
+
+
+def _check_names(key: str, names: tuple[str, ...], valid: dict) -> None:
+    """ValueError for a name not in the registry `valid` (listing the valid ones) or a name given twice."""
+    for name in names:
+        if name not in valid:
+            raise ValueError(f"`{key}` names {name!r}; valid: {', '.join(valid)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"`{key}` lists a name twice: {list(names)}")
 
 
 @dataclass(frozen=True)
@@ -155,12 +183,7 @@ def load_config(path: Path, *, data: Path | None = None, run_dir: Path | None = 
     path = Path(path)
     if not path.is_file():
         raise WorkbenchError(f"{path}: config not found; see configs/ for examples")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise WorkbenchError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise WorkbenchError(f"{path}: the top level must be a mapping of keys to values")
+    raw = read_yaml(path)
     raw.setdefault("name", path.stem)
     raw.setdefault("run_dir", f"runs/{raw['name']}")
     if data is not None:
@@ -178,9 +201,40 @@ def load_config(path: Path, *, data: Path | None = None, run_dir: Path | None = 
                              "omit it to keep the photos' own size): move the key")
     try:
         raw["zoo"] = _zoo_members(raw.get("zoo"))
-        return _build(ExperimentConfig, raw, "")
+        config = _build(ExperimentConfig, raw, "")
     except (TypeError, ValueError) as error:
         raise WorkbenchError(f"{path}: {error}") from None
+    for key, folder in (("data", config.data), ("run_dir", config.run_dir)):
+        if folder.exists() and not folder.is_dir():
+            raise WorkbenchError(f"{path}: `{key}` {folder} is a file, not a folder; give a folder (or a new name)")
+    return config
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 safe loading, except that only decimal numbers are ints: `0x0` and `1280x0` stay sizes
+    (strings), not hexadecimal integers, and `1:30` is not base 60."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:int"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^[-+]?(0|[1-9][0-9_]*)$"),
+                              list("-+0123456789"))
+
+
+def read_yaml(path: Path) -> dict:
+    """The YAML mapping in `path`; WorkbenchError naming the file and line of a syntax error."""
+    try:
+        raw = yaml.load(path.read_text(), Loader=_Loader) or {}
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        where = f"{path}, line {mark.line + 1} column {mark.column + 1}" if mark else str(path)
+        raise WorkbenchError(f"{where}: not valid YAML ({error.problem or error.context}); fix that line") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise WorkbenchError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise WorkbenchError(f"{path}: the top level must be a mapping of keys to values")
+    return raw
 
 
 def _zoo_members(raw: object) -> tuple[MemberSpec, ...]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from carvana.errors import WorkbenchError
+from stacking.sqlite_url import sqlite_path
 from workbench.config import ExperimentConfig
 from workbench.tune import storage_url
 
@@ -15,11 +16,10 @@ def require_storage(url: str) -> None:
 
     Opening a missing SQLite file would silently create an empty database; server URLs are not checked.
     """
-    for prefix in ("sqlite:///", "journal:"):
-        if url.startswith(prefix):
-            path = Path(url.removeprefix(prefix))
-            if not path.is_file():
-                raise WorkbenchError(f"{path}: no tuning storage yet (tune.storage is {url}); {NOT_YET}")
+    path = sqlite_path(url) if url.startswith("sqlite:") else Path(url.removeprefix("journal:"))
+    if url.startswith(("sqlite:", "journal:")) and path is not None:
+        if not path.is_file():
+            raise WorkbenchError(f"{path}: no tuning storage yet (tune.storage is {url}); {NOT_YET}")
 
 
 def serve_dashboard(config: ExperimentConfig, *, host: str = "127.0.0.1", port: int = 8080) -> None:

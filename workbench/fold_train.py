@@ -53,10 +53,10 @@ def describe_jobs(config: ExperimentConfig) -> str:
 def fold_train(config: ExperimentConfig, member: str | None = None, fold: int | None = None,
                retrain: tuple[str, ...] = (), progress: bool = True, job_index: int | None = None) -> None:
     """Train what is not finished; `member` / `fold` / `job_index` restrict the work to one job of a fan-out."""
+    if not config.zoo:  # before make_folds writes anything
+        raise WorkbenchError("the config has no `zoo: members:`; add members (see configs/demo.yaml)")
     run = Run.open(config)
     folds = make_folds(config)
-    if not config.zoo:
-        raise WorkbenchError("the config has no `zoo: members:`; add members (see configs/demo.yaml)")
     selected = _select(config, folds.n_folds, member, fold, job_index)
     start = time.time()
     for spec in dict.fromkeys(spec for spec, _ in selected):

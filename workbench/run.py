@@ -7,7 +7,7 @@ every step after it takes the Run instead of re-reading the data. Sizes inside t
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -18,7 +18,8 @@ from folds import Folds
 from oof import Store
 from stacking.maps import CHUNK, StoreReader, TestMaps, TrainMaps, truth_at
 from workbench.config import ExperimentConfig
-from workbench.steps import load_folds
+from workbench.fingerprint import check_fingerprint
+from workbench.steps import FOLDS_CSV, load_folds
 
 MEMBERS_DIR, ENTRIES_DIR = "oof", "stack"
 
@@ -30,11 +31,15 @@ class Run:
     config: ExperimentConfig
     data: CarvanaData
     summary: DataSummary
+    fingerprint: dict = field(default_factory=dict)
 
     @classmethod
     def open(cls, config: ExperimentConfig) -> Run:
-        """Check the data once (headers and CSVs, see carvana.validate) and open the run folder."""
-        return cls(config, CarvanaData(config.data), check_data(config.data))
+        """Check the data once (headers and CSVs, see carvana.validate), refuse data other than the run's
+        (workbench.fingerprint), and open the run folder."""
+        data, summary = CarvanaData(config.data), check_data(config.data)
+        has_folds = (config.run_dir / FOLDS_CSV).is_file()
+        return cls(config, data, summary, check_fingerprint(config.run_dir, data, summary, record=has_folds))
 
     @property
     def run_dir(self) -> Path:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from carvana.atomic import copy_atomic
 from carvana.errors import WorkbenchError
-from oof import Store
+from oof import Store, rebuild, recover
 from stacking.blenders import make_blender
 from stacking.crossfit import Entry, EntryT, fit_predict
 from stacking.leaderboard import format_table, score_entries, write_leaderboard
@@ -24,6 +24,7 @@ from stacking.pixel_stacker import make_stacker
 from workbench.config import ExperimentConfig
 from workbench.report import write_report
 from workbench.run import Run
+from workbench.runlock import run_lock
 from workbench.submit import SUBMISSION, local_score, submit
 from workbench.tune import TUNED_ENTRY, complete_members, tuned_blend_factory
 from zoo.runner import member_finished
@@ -54,17 +55,20 @@ def finished_members(run: Run) -> list[str]:
     return names
 
 
-def entry_spec(name: str, model: Entry, members: list[str], member_store: Store) -> dict:
-    """What an entry's maps depend on: its settings and the exact member maps it was fitted on."""
+def entry_spec(name: str, model: Entry, members: list[str], member_store: Store, data: dict) -> dict:
+    """What an entry's maps depend on: its settings, the exact member maps it was fitted on and the data."""
     params = {k: repr(v) for k, v in model.get_params().items() if k != "progress"}
-    return {"entry": name, "params": params, "members": members,
+    return {"entry": name, "params": params, "members": members, "data": data,
             "member_generations": [member_store.metadata(m)["generation"] for m in members]}
 
 
 def entry_complete(store: Store, name: str, spec: dict, n_train: int, n_test: int) -> bool:
     if not store.path.is_dir() or name not in store.members():
         return False
-    meta = store.metadata(name)
+    try:
+        meta = store.metadata(name)
+    except WorkbenchError:  # a damaged member.json: the entry is rebuilt (beside it, swapped in when complete)
+        return False
     return (meta["spec"] == spec and len(store.ids(name, "train")) == n_train
             and len(store.ids(name, "test")) == n_test)
 
@@ -73,12 +77,12 @@ def run_entry(run: Run, name: str, make: Callable[[], EntryT], train: TrainMaps,
               progress: bool) -> EntryT | None:
     """The entry's honest OOF maps and test maps in RUN/stack (skipped when complete); the fit on all folds."""
     store = run.entries_store
-    spec = entry_spec(name, make(), list(train.members), run.members_store)
+    spec = entry_spec(name, make(), list(train.members), run.members_store,
+                      {k: v for k, v in run.fingerprint.items() if k != "data"})
     if entry_complete(store, name, spec, train.n_images, len(test.ids)):
         print(f"{name}: complete, skipped")
         return None
-    reset = store.path.is_dir() and name in store.members()
-    with store.open_member(name, spec, run.folds.hash, run.resolution, reset=reset) as writer:
+    with rebuild(store, name) as beside, beside.open_member(name, spec, run.folds.hash, run.resolution) as writer:
         return fit_predict(make, train, test, writer, progress=progress, desc=name)
 
 
@@ -99,6 +103,14 @@ def stack(config: ExperimentConfig, progress: bool = True) -> list[dict]:
     """Fit and score every entry, write the leaderboard, and return its rows (best first)."""
     start = time.time()
     run = Run.open(config)
+    run.folds  # noqa: B018 (a run without folds is refused before the lock file is made)
+    with run_lock(config.run_dir, "stack"):
+        recover(run.entries_store)
+        return _stack(run, start, progress)
+
+
+def _stack(run: Run, start: float, progress: bool) -> list[dict]:
+    config = run.config
     members = finished_members(run)
     train, test = run.train_maps(members), run.test_maps(members)
     kinds = {m: "member" for m in members}

@@ -6,6 +6,7 @@ from carvana.errors import WorkbenchError
 from carvana.validate import DataSummary, check_data
 from folds import Folds, assign_folds, car_strata, read_folds, write_folds
 from workbench.config import ExperimentConfig, save_resolved
+from workbench.fingerprint import check_fingerprint
 
 FOLDS_CSV = "folds.csv"
 
@@ -24,8 +25,9 @@ def ensure_data(config: ExperimentConfig) -> DataSummary:
 
 def make_folds(config: ExperimentConfig) -> Folds:
     """Write RUN/folds.csv: car-grouped, stratified, seeded. Refuses to replace a different one."""
-    check_data(config.data)
+    summary = check_data(config.data)
     data = CarvanaData(config.data)
+    check_fingerprint(config.run_dir, data, summary, record=(config.run_dir / FOLDS_CSV).exists())
     cars = sorted({car_of(img) for img in data.train_ids})
     strata = car_strata(data, cars, config.folds.stratify)
     fold_of_car = assign_folds(cars, strata, n_folds=config.folds.n_folds, seed=config.folds.seed)
@@ -40,7 +42,9 @@ def make_folds(config: ExperimentConfig) -> Folds:
             )
         return existing
     save_resolved(config)
-    return write_folds(path, fold_of_car, data.train_ids)
+    folds = write_folds(path, fold_of_car, data.train_ids)
+    check_fingerprint(config.run_dir, data, summary, record=True)
+    return folds
 
 
 def load_folds(config: ExperimentConfig) -> Folds:

@@ -16,10 +16,12 @@ from carvana.submission import (
     score_submission,
     write_submission,
 )
+from carvana.validate import DataSummary
 from oof import Store
 from stacking.leaderboard import read_leaderboard
 from workbench.config import ExperimentConfig
 from workbench.run import Run
+from workbench.runlock import run_lock
 
 SUBMISSION = "submission.csv.gz"
 
@@ -52,7 +54,14 @@ def submit(config: ExperimentConfig, *, entry: str | None = None, out_path: Path
            progress: bool = True, run: Run | None = None) -> Path:
     """Write `RUN/submission.csv.gz` (or `out_path`) from `entry`'s test maps (default: the best entry);
     `run`, when the caller has opened it, saves checking the data again."""
-    summary = (run or Run.open(config)).summary
+    run = run or Run.open(config)
+    run.folds  # noqa: B018 (a folder that is no run is refused before the lock file is made)
+    with run_lock(config.run_dir, "submit"):
+        return _submit(config, entry, out_path, progress, run.summary)
+
+
+def _submit(config: ExperimentConfig, entry: str | None, out_path: Path | None, progress: bool,
+            summary: DataSummary) -> Path:
     rows = {r["entry"]: r for r in read_leaderboard(config.run_dir / "leaderboard.csv")}
     row = best_entry(config) if entry is None else rows.get(entry)
     if row is None:

@@ -17,8 +17,10 @@ from carvana.atomic import write_json_atomic
 from carvana.errors import WorkbenchError
 from folds import Folds
 from oof import Store
+from stacking.sqlite_url import sqlite_url
 from workbench.config import ExperimentConfig, config_to_dict
 from workbench.run import Run
+from workbench.runlock import run_lock
 
 if TYPE_CHECKING:
     from stacking.tune import NestedResult, TuneSpace
@@ -30,12 +32,14 @@ OPTUNA_DB = "optuna.db"
 
 
 def storage_url(config: ExperimentConfig) -> str:
-    """`tune.storage` as given, or SQLite in RUN/optuna.db (absolute, so any working directory finds it);
-    SQLite is refused on a network file system or with a non-local engine (stacking.storage)."""
+    """`tune.storage` as given, or SQLite in RUN/optuna.db (absolute, so any working directory finds it, and
+    escaped, so any folder name works); SQLite is refused on a network file system or with a non-local engine
+    (stacking.storage)."""
     from stacking.storage import check_storage
 
-    url = config.tune.storage or f"sqlite:///{(config.run_dir / OPTUNA_DB).resolve()}"
+    url = config.tune.storage or sqlite_url(config.run_dir / OPTUNA_DB)
     return check_storage(url, config.compute.engine)
+
 
 
 def complete_members(store: Store, fold_of: dict[str, int]) -> list[str]:
@@ -94,12 +98,18 @@ def tuned_blend_factory(run: Run, members: list[str], progress: bool) -> Callabl
 
 def tune_run(config: ExperimentConfig, progress: bool = True) -> NestedResult:
     """Nested tuning over the run's folds; prints the summary, writes RUN/tune.json, returns the NestedResult."""
+    run = Run.open(config)
+    run.folds  # noqa: B018 (a folder that is no run is refused before the lock file is made)
+    with run_lock(config.run_dir, "tune", shared=True):  # tune processes share studies, never with a stack
+        return _tune_run(run, progress)
+
+
+def _tune_run(run: Run, progress: bool) -> NestedResult:
     import optuna
 
     from stacking.tune import nested_tune
 
-    run = Run.open(config)
-    folds, store = run.folds, run.members_store
+    config, folds, store = run.config, run.folds, run.members_store
     members = tune_members(config, store, folds)
     run.check_resolution(members)
     blend = tuned_blend_factory(run, members, progress)()

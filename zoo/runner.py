@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from carvana.atomic import atomic_path, write_json_atomic
+from carvana.atomic import atomic_path, read_marker, write_json_atomic
 from carvana.dataset import CarvanaData, angle_of
 from carvana.errors import WorkbenchError
 from carvana.progress import progress_bar
@@ -58,7 +58,7 @@ def claim_member(run_dir: Path, spec: MemberSpec, folds_hash: str, retrain: bool
 
 
 def fold_done(run_dir: Path, spec: MemberSpec, fold: int) -> bool:
-    return (member_dir(run_dir, spec) / f"fold{fold}" / "done.json").exists()
+    return read_marker(member_dir(run_dir, spec) / f"fold{fold}" / "done.json") is not None  # damaged: redo
 
 
 def run_member_fold(spec: MemberSpec, fold: int, data: CarvanaData, folds: Folds, run_dir: Path,
@@ -111,7 +111,7 @@ def predict_member_test(spec: MemberSpec, folds: Folds, data: CarvanaData, run_d
     index, n_shards = shard
     done = fold_records(run_dir, spec, folds.n_folds)
     marker = shard_marker(run_dir, spec, index, n_shards)
-    if marker.exists() and json.loads(marker.read_text()) == {"folds": done}:
+    if read_marker(marker) == {"folds": done}:
         return False
     todo = shard_ids(sorted(data.test_ids), index, n_shards)
     folder = member_dir(run_dir, spec)
@@ -137,7 +137,7 @@ def finish_member_test(run_dir: Path, spec: MemberSpec, n_folds: int, n_shards: 
     """Write `test.json` (the member is finished) when every one of the `n_shards` shards is current."""
     made_by = {"folds": fold_records(run_dir, spec, n_folds)}
     markers = [shard_marker(run_dir, spec, s, n_shards) for s in range(n_shards)]
-    if not all(m.exists() and json.loads(m.read_text()) == made_by for m in markers):
+    if not all(read_marker(m) == made_by for m in markers):
         return False
     write_json_atomic(member_dir(run_dir, spec) / "test.json", made_by)
     return True
@@ -163,9 +163,9 @@ def shard_ids(ids: list[str], index: int, n_shards: int) -> list[str]:
 def member_finished(run_dir: Path, spec: MemberSpec, n_folds: int) -> bool:
     """Every fold trained and the test maps made by exactly those fold models."""
     folder = member_dir(run_dir, spec)
-    if not all(fold_done(run_dir, spec, k) for k in range(n_folds)) or not (folder / "test.json").exists():
+    if not all(fold_done(run_dir, spec, k) for k in range(n_folds)):
         return False
-    return json.loads((folder / "test.json").read_text()) == {"folds": fold_records(run_dir, spec, n_folds)}
+    return read_marker(folder / "test.json") == {"folds": fold_records(run_dir, spec, n_folds)}
 
 
 def _write_maps(writer, member, batch: np.ndarray, chunk: list[str], split: str,

@@ -156,6 +156,25 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _check_paths(paths: list[Path], out_path: Path) -> None:
+    """Refuse an input listed twice (it would vote twice) and an output that is one of the inputs (or the
+    record of one): the blend would overwrite what it reads."""
+    seen: dict[Path, Path] = {}
+    for path in paths:
+        key = path.resolve()
+        if key in seen:
+            raise WorkbenchError(f"{path}: listed twice (as {seen[key]} too), it would vote twice; list each file "
+                                 "once (use --weights to give a file more say)")
+        seen[key] = path
+    out = out_path.resolve()
+    records = {key.with_name(key.name + ".json") for key in seen}
+    if out in seen or out in records or out.with_name(out.name + ".json") in seen:
+        raise WorkbenchError(f"--out {out_path}: is one of the inputs (or its record); the blend would overwrite "
+                             "it: choose another --out, e.g. blend.csv.gz")
+    if out_path.is_dir():
+        raise WorkbenchError(f"--out {out_path}: is a folder; give a file path, e.g. {out_path / 'blend.csv.gz'}")
+
+
 def blend_submissions(
     paths: Sequence[Path],
     out_path: Path,
@@ -171,6 +190,7 @@ def blend_submissions(
     naming the inputs (with sha256), the weights, the rule, the size and the time.
     """
     paths, out_path = [Path(p) for p in paths], Path(out_path)
+    _check_paths(paths, out_path)
     weights = _check_weights(paths, weights)
     needed, rule = blend_rule(weights, min_votes)
     table = vote_table(weights, needed) if len(weights) <= TABLE_FILES else None
