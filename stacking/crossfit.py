@@ -3,6 +3,10 @@ every fold for the test maps. Nothing else in the workbench fits an entry for ho
 
 An entry is any scikit-learn-style estimator over the stacking input type (`stacking.maps`):
 `fit(TrainMaps) -> self` and `predict_proba(MapBatch) -> (n, H, W) float32`.
+
+The test maps (100,064 photos at Kaggle's size: the slow part for a pixel stacker) can be predicted
+by `n_jobs` joblib workers, chunk by chunk, under whatever joblib backend the caller has set (loky
+processes, or Ray's backend: `workbench.compute.parallel_backend`); the caller alone writes them.
 """
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 
 from carvana.progress import progress_bar
-from stacking.maps import MapBatch, TestMaps, TrainMaps
+from stacking.maps import MapBatch, ReadMaps, TestMaps, TrainMaps, read_batch
 
 EntryT = TypeVar("EntryT", bound="Entry")
 
@@ -39,13 +43,14 @@ def cross_fit(make: Callable[[], EntryT], train: TrainMaps) -> Iterator[tuple[in
     yield None, make().fit(train)
 
 
-def fit_predict(make: Callable[[], EntryT], train: TrainMaps, test: TestMaps | None, writer: MapWriter,
-                progress: bool = False, desc: str = "entry") -> EntryT:
+def fit_predict(make: Callable[[], EntryT], train: TrainMaps, test: TestMaps | None, writer: MapWriter, *,
+                progress: bool = False, desc: str = "entry", n_jobs: int = 1) -> EntryT:
     """Write the entry's honest OOF map of every train image (fold k's from the fit without fold k) and,
-    when `test` is given, its test maps from the fit on every fold; return that last fit. Prints the seconds
-    spent on the train images (fits and OOF maps) and on the test maps (bench.scale reads the line)."""
-    bar = progress_bar(total=train.n_images + (len(test.ids) if test else 0), desc=f"{desc}: cross-fit", leave=False,
-               disable=not progress)
+    when `test` is given, its test maps from the fit on every fold (predicted by `n_jobs` joblib workers);
+    return that last fit. Prints the seconds spent on the train images (fits and OOF maps) and on the test
+    maps (bench.scale reads the line)."""
+    bar = progress_bar(total=train.n_images + (len(test.ids) if test else 0), desc=f"{desc}: cross-fit",
+                       leave=False, disable=not progress)
     model, start, test_start = None, time.perf_counter(), None
     with bar:  # closed on an error too, so that the CLI's one-line message starts its own line
         for k, model in cross_fit(make, train):
@@ -54,16 +59,35 @@ def fit_predict(make: Callable[[], EntryT], train: TrainMaps, test: TestMaps | N
             if k is None and test is None:
                 break
             if k is not None:
-                batches = train.folds([k]).batches(with_truth=False)
+                predicted = ((b.ids, model.predict_proba(b)) for b in train.folds([k]).batches(with_truth=False))
             else:
                 assert test is not None  # without test maps the loop stopped above
-                batches = test.batches()
-            for batch in batches:
-                for img, proba in zip(batch.ids, model.predict_proba(batch)):
+                predicted = predict_test(model, test, n_jobs=n_jobs)
+            for ids, probas in predicted:
+                for img, proba in zip(ids, probas):
                     writer.write("train" if k is not None else "test", img, proba, fold=k)
-                bar.update(len(batch))
+                bar.update(len(ids))
     end = time.perf_counter()
     test_start = test_start or end
     print(f"{desc}: cross-fit {test_start - start:.1f} s on train images, {end - test_start:.1f} s on test maps")
     assert model is not None  # cross_fit yields at least the fit on all folds
     return model
+
+
+def predict_test(model: Entry, test: TestMaps, *, n_jobs: int = 1) -> Iterator[tuple[tuple[str, ...], np.ndarray]]:
+    """(ids, (n, H, W) float32 maps) of every chunk of `test`, in order. With `n_jobs` != 1 and more than one
+    chunk, joblib workers read and predict the chunks (at most 2 x n_jobs in flight, so memory stays bounded
+    by chunks, not by the test set); the model is sent to each worker with its chunk."""
+    chunks = test.chunks()
+    if n_jobs == 1 or len(chunks) < 2:
+        for batch in test.batches():
+            yield batch.ids, model.predict_proba(batch)
+        return
+    import joblib
+
+    jobs = (joblib.delayed(_predict_chunk)(model, test.read, ids) for ids in chunks)
+    yield from joblib.Parallel(n_jobs=n_jobs, return_as="generator", pre_dispatch="2*n_jobs")(jobs)
+
+
+def _predict_chunk(model: Entry, read: ReadMaps, ids: tuple[str, ...]) -> tuple[tuple[str, ...], np.ndarray]:
+    return ids, model.predict_proba(read_batch(read, ids))

@@ -232,9 +232,17 @@ class TestMaps:
     chunk: int = CHUNK
 
     def batches(self) -> Iterator[MapBatch]:
-        for start in range(0, len(self.ids), self.chunk):
-            part = self.ids[start:start + self.chunk]
-            yield MapBatch(self.read(part), tuple(part), np.array([angle_of(i) for i in part]))
+        for part in self.chunks():
+            yield read_batch(self.read, part)
+
+    def chunks(self) -> list[tuple[str, ...]]:
+        """The ids of each batch, in order."""
+        return [tuple(self.ids[start:start + self.chunk]) for start in range(0, len(self.ids), self.chunk)]
+
+
+def read_batch(read: ReadMaps, ids: tuple[str, ...]) -> MapBatch:
+    """The unlabelled MapBatch of `ids` (their angles from the ids)."""
+    return MapBatch(read(ids), ids, np.array([angle_of(i) for i in ids]))
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from stacking.crossfit import Entry, EntryT, fit_predict
 from stacking.leaderboard import format_table, score_entries, write_leaderboard
 from stacking.maps import TestMaps, TrainMaps
 from stacking.pixel_stacker import make_stacker
+from workbench.compute import parallel_backend
 from workbench.config import ExperimentConfig
 from workbench.report import write_report
 from workbench.run import Run
@@ -82,8 +83,9 @@ def run_entry(run: Run, name: str, make: Callable[[], EntryT], train: TrainMaps,
     if entry_complete(store, name, spec, train.n_images, len(test.ids)):
         print(f"{name}: complete, skipped")
         return None
-    with rebuild(store, name) as beside, beside.open_member(name, spec, run.folds.hash, run.resolution) as writer:
-        return fit_predict(make, train, test, writer, progress=progress, desc=name)
+    with rebuild(store, name) as beside, beside.open_member(name, spec, run.folds.hash, run.resolution) as writer, \
+            parallel_backend(run.config.compute) as n_jobs:
+        return fit_predict(make, train, test, writer, progress=progress, desc=name, n_jobs=n_jobs)
 
 
 def entry_factories(config: ExperimentConfig) -> dict[str, tuple[str, Callable[[], Entry]]]:
@@ -104,7 +106,8 @@ def stack(config: ExperimentConfig, progress: bool = True) -> list[dict]:
     start = time.time()
     run = Run.open(config)
     run.folds  # noqa: B018 (a run without folds is refused before the lock file is made)
-    with run_lock(config.run_dir, "stack"):
+    # The outer backend keeps one Ray connection (engine: ray) for every entry's test-map shards.
+    with run_lock(config.run_dir, "stack"), parallel_backend(config.compute):
         recover(run.entries_store)
         return _stack(run, start, progress)
 
