@@ -11,7 +11,7 @@ from sklearn.base import BaseEstimator
 
 from oof import Store
 from stacking.blenders import MeanBlender, WeightedMeanBlender
-from stacking.crossfit import cross_fit, fit_predict
+from stacking.crossfit import cross_fit, fit_predict, predict_test
 from stacking.evaluate import DiceEvaluator
 from stacking.maps import MapBatch, StoreReader, TrainMaps
 from stacking.maps import TestMaps as MapsOfTest  # not a pytest class
@@ -150,3 +150,15 @@ def test_tuned_blend_names_its_study_by_the_folds_left_out(tmp_path):
     assert study.metric_names == ["mean Dice"]
     assert study.user_attrs["outer_fold"] == 1 and study.user_attrs["entry"] == "tuned"
     assert all(((proba >= 0.5) | (proba < 0.5)).all() for proba, _ in writer.maps.values())
+
+
+def test_test_maps_predicted_by_joblib_workers_equal_the_serial_ones(stored):
+    """Two real loky worker processes read their chunks from the store and predict; order and values kept."""
+    streamed, memory, _, ids = stored
+    model = PixelStacker(max_pixels=3000).fit(memory)
+    test = MapsOfTest(streamed.read, tuple(ids[:40]), chunk=7)
+    serial = list(predict_test(model, test, n_jobs=1))
+    parallel = list(predict_test(model, test, n_jobs=2))
+    assert [ids for ids, _ in parallel] == [ids for ids, _ in serial] == test.chunks()
+    for (_, a), (_, b) in zip(serial, parallel):
+        np.testing.assert_array_equal(a, b)
