@@ -22,8 +22,8 @@ from pathlib import Path
 
 from carvana.errors import WorkbenchError
 
-__all__ = ["LockHeld", "atomic_path", "copy_atomic", "file_lock", "read_marker", "temp_path", "write_atomic",
-           "write_json_atomic", "write_text_atomic"]
+__all__ = ["LockHeld", "atomic_path", "copy_atomic", "file_lock", "pid_alive", "read_marker", "temp_path",
+           "write_atomic", "write_json_atomic", "write_text_atomic"]
 
 TEMP_MARK = ".tmp"  # every temp name holds it: `.<name>.<host>.<pid>.<hex>.tmp<suffixes>`
 _HOST = socket.gethostname().split(".")[0]
@@ -120,3 +120,14 @@ def file_lock(path: Path, *, wait: bool = True, shared: bool = False, holder: st
             yield
         finally:
             fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this host (another user's process counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

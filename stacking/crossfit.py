@@ -58,6 +58,7 @@ def fit_predict(make: Callable[[], EntryT], train: TrainMaps, test: TestMaps | N
                 test_start = time.perf_counter()  # the fit on all folds is done: the rest is test-map work
             if k is None and test is None:
                 break
+            predicted: Iterator[tuple[tuple[str, ...], np.ndarray]]
             if k is not None:
                 predicted = ((b.ids, model.predict_proba(b)) for b in train.folds([k]).batches(with_truth=False))
             else:

@@ -18,6 +18,7 @@ from pathlib import Path
 import optuna
 
 from carvana.errors import WorkbenchError
+from stacking.sqlite_url import sqlite_path
 
 __all__ = ["NETWORK_FS_TYPES", "SILENT_TRIAL_GRACE_S", "check_storage", "fail_silent_trials", "on_network_fs"]
 
@@ -52,9 +53,9 @@ def on_network_fs(path: Path, mounts: str | None = None) -> bool:
 
 def check_storage(url: str, engine: str, mounts: str | None = None) -> str:
     """`url`, or WorkbenchError when it is SQLite on a network file system or with a non-local engine."""
-    if not url.startswith("sqlite:"):
+    path = sqlite_path(url)
+    if path is None:  # not SQLite, or an in-memory database
         return url
-    path = Path(url.removeprefix("sqlite:///"))
     fix = (f"set `tune.storage: journal:{path.with_suffix('.journal')}` (a journal file on the shared folder) "
            "or a PostgreSQL URL (postgresql://user@host/db) in the config")
     if engine != "local":

@@ -31,7 +31,7 @@ import numpy as np
 import optuna
 import sqlalchemy
 
-from carvana.atomic import file_lock
+from carvana.atomic import file_lock, pid_alive
 from carvana.errors import WorkbenchError
 from carvana.progress import progress_bar
 from oof import Store
@@ -267,22 +267,13 @@ def _count_trials(study: optuna.Study) -> tuple[int, int]:
         if trial.state != RUNNING:
             continue
         worker_host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
-        if worker_host == host and pid.isdigit() and not _alive(int(pid)):
+        if worker_host == host and pid.isdigit() and not pid_alive(int(pid)):
             with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
                 study.tell(trial.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
         else:
             n_running += 1
     return sum(t.state == COMPLETE for t in trials), n_running
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def _open_study(storage: optuna.storages.BaseStorage, name: str, attrs: dict,

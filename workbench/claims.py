@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from carvana.atomic import pid_alive
 from carvana.errors import WorkbenchError
 
 __all__ = ["ClaimedElsewhere", "claimed", "is_stale", "read_claim", "release", "try_claim"]
@@ -58,22 +59,13 @@ def is_stale(path: Path, owner: dict, grace_s: float, task_id: str | None = None
     if owner.get("host") == socket.gethostname() and isinstance(owner.get("pid"), int):
         if owner["pid"] == os.getpid():
             return False
-        return not _pid_alive(owner["pid"])
+        return not pid_alive(owner["pid"])
     try:
         age = time.time() - path.stat().st_mtime
     except FileNotFoundError:
         return True
     return age > grace_s
 
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def try_claim(path: Path, grace_s: float, task_id: str | None = None) -> bool:

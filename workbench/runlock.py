@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from carvana.atomic import TEMP_MARK, LockHeld, file_lock
+from carvana.atomic import TEMP_MARK, LockHeld, file_lock, pid_alive
 from carvana.errors import WorkbenchError
 
 __all__ = ["LOCK_NAME", "clean_stale_temps", "run_lock"]
@@ -80,17 +80,8 @@ def clean_stale_temps(run_dir: Path, min_age_s: float = STALE_TEMP_S) -> list[Pa
                 continue
             path = Path(folder) / name
             with contextlib.suppress(FileNotFoundError):
-                if not _pid_alive(int(match.group(1))) and time.time() - path.stat().st_mtime > min_age_s:
+                if not pid_alive(int(match.group(1))) and time.time() - path.stat().st_mtime > min_age_s:
                     path.unlink()
                     removed.append(path)
     return removed
 
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
