@@ -167,10 +167,45 @@ class WeightedMeanBlender(_Blender):
         return self
 
     def _blend(self, X: np.ndarray) -> np.ndarray:
-        total = np.zeros(X.shape[:1] + X.shape[2:], dtype=np.float32)
-        for p, w in zip(_member_probabilities(X), self.weights_):
+        return weighted_mean(X, self.weights_)
+
+
+class SelectedBlend(_Blender):
+    """Ensemble selection (Caruana et al. 2004, `stacking.selection`): greedy forward selection of members
+    with replacement by exact mean per-image Dice at `threshold`, its length chosen by inner car-grouped
+    folds when `inner`; never worse than the best member on the folds it was fitted on.
+    Learned: `weights_` (M,) float64 (selection counts / their sum), `n_steps_`, `score_` (fitting score)."""
+
+    name = "selected"
+
+    def __init__(self, threshold: float = 0.5, max_steps: int = 10, inner: bool = True) -> None:
+        self.threshold = threshold
+        self.max_steps = max_steps
+        self.inner = inner
+
+    def fit(self, X: TrainMaps | np.ndarray, y: np.ndarray | None = None) -> SelectedBlend:
+        """Select on the shared evaluator of X's folds (arrays X, y: one fold, no inner folds)."""
+        from stacking.selection import select
+
+        train = X if isinstance(X, TrainMaps) else as_train_maps(_check_members(X), y)
+        view = train.evaluator()
+        self.n_members_ = train.n_members
+        self.weights_, path, self.n_steps_ = select(view.folded, view.folds, self.threshold, self.max_steps,
+                                                    self.inner)
+        self.score_ = float(path.scores[self.n_steps_])
+        return self
+
+    def _blend(self, X: np.ndarray) -> np.ndarray:
+        return weighted_mean(X, self.weights_)
+
+
+def weighted_mean(X: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """(N, H, W) float32 sum of weights (M,) times the members' probabilities of X (N, M, H, W)."""
+    total = np.zeros(X.shape[:1] + X.shape[2:], dtype=np.float32)
+    for p, w in zip(_member_probabilities(X), weights):
+        if w:
             total += np.float32(w) * p
-        return total
+    return total
 
 
 def search_simplex_weights(evaluator: DiceEvaluator, threshold: float, initial_step: float = 0.5,
@@ -211,7 +246,7 @@ def _registry(classes: list[type[_Blender]]) -> dict[str, type[_Blender]]:
     return registry
 
 
-BLENDERS = _registry([MeanBlender, LogitMeanBlender, VoteBlender, WeightedMeanBlender])
+BLENDERS = _registry([MeanBlender, LogitMeanBlender, VoteBlender, WeightedMeanBlender, SelectedBlend])
 
 
 def make_blender(name: str, **params: object) -> _Blender:

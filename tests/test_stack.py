@@ -49,7 +49,7 @@ def test_leaderboard_has_every_kind_of_entry(stacked_run):
     path, rows = stacked_run
     kinds = {r["entry"]: r["kind"] for r in rows}
     assert kinds == {"avg_mask_128": "member", "simple_cnn_64": "member", "mean": "blend", "logit_mean": "blend",
-                     "vote": "blend", "weighted_mean": "blend", "lightgbm": "stacker", "logistic": "stacker",
+                     "vote": "blend", "weighted_mean": "blend", "selected": "blend", "lightgbm": "stacker", "logistic": "stacker",
                      "tuned": "tuned"}
     scores = [float(r["oof_mean_dice"]) for r in rows]
     assert scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)

@@ -63,7 +63,7 @@ class OofConfig:
 
 @dataclass(frozen=True)
 class StackConfig:
-    blends: tuple[str, ...] = ("mean", "logit_mean", "vote", "weighted_mean")
+    blends: tuple[str, ...] = ("mean", "logit_mean", "vote", "weighted_mean", "selected")
     stackers: tuple[str, ...] = ("lightgbm", "logistic")  # per-pixel level-2 models on the uncertain band
     max_pixels: int = 2_000_000  # band pixels sampled to fit each stacker (bounds memory and time)
     band: tuple[float, float] = (0.02, 0.98)  # stackers learn where not every member is <= lo or >= hi
