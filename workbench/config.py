@@ -68,6 +68,8 @@ class StackConfig:
     max_pixels: int = 2_000_000  # band pixels sampled to fit each stacker (bounds memory and time)
     band: tuple[float, float] = (0.02, 0.98)  # stackers learn where not every member is <= lo or >= hi
     max_band_share: float = 1.0  # stackers predict at most this share of an image's pixels (the most doubtful)
+    postprocess: tuple[str, ...] = ("largest", "fill_holes", "drop_blobs")  # on the best entry, kept if it helps
+    guard: bool = True  # stackers used only where inner folds say they beat the selected blend (stacking.robust)
     n_submissions: int = 3  # top entries also written to RUN/submissions/ for `workbench blend`
 
 

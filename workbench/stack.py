@@ -17,11 +17,13 @@ from carvana.errors import WorkbenchError
 from oof import Store
 from stacking.blenders import make_blender
 from stacking.crossfit import Entry, fit_predict
-from stacking.leaderboard import format_table, score_entries, write_leaderboard
+from stacking.leaderboard import EntryScore, format_table, score_entries, write_leaderboard
 from stacking.maps import TestMaps, TrainMaps
 from stacking.pixel_stacker import make_stacker
+from stacking.postprocess import OPERATIONS, postprocess_spec, postprocessed_name, write_postprocessed
+from stacking.robust import Guarded
 from workbench.config import ExperimentConfig
-from workbench.report import write_report
+from workbench.report import report_members, write_report
 from workbench.run import Run
 from workbench.submit import SUBMISSION, local_score, submit
 from workbench.tune import TUNED_ENTRY, complete_members, tuned_blend_factory
@@ -88,9 +90,10 @@ def entry_factories(config: ExperimentConfig) -> dict[str, tuple[str, Callable[[
         entries[name] = ("blend", lambda name=name: make_blender(name))
     lo, hi = config.stack.band
     for name in config.stack.stackers:
-        entries[name] = ("stacker", lambda name=name: make_stacker(
-            name, lo=lo, hi=hi, max_pixels=config.stack.max_pixels, random_state=config.seed,
-            max_band_share=config.stack.max_band_share))
+        params = {"lo": lo, "hi": hi, "max_pixels": config.stack.max_pixels, "random_state": config.seed,
+                  "max_band_share": config.stack.max_band_share}
+        entries[name] = ("stacker", lambda name=name, params=params: Guarded(stacker=name, params=params)
+                         if config.stack.guard else make_stacker(name, **params))
     return entries
 
 
@@ -110,10 +113,12 @@ def stack(config: ExperimentConfig, progress: bool = True) -> list[dict]:
     entries = [(stores.get(kind, run.entries_store), name, kind) for name, kind in kinds.items()]
     scores = score_entries(entries, run.data, run.folds, run.summary.size, progress=progress)
     scores[-1].extra["tuned_on_mean_dice"] = f"{tuned_on:.6f}"  # optimistic: tuned and scored on the same images
+    scores += stack_postprocessed(run, scores, progress)
     rows = write_leaderboard(config.run_dir / "leaderboard.csv", scores)
     print(f"\n{config.run_dir / 'leaderboard.csv'} (stack took {time.time() - start:.0f} s):")
     print(format_table(rows))
     print(f"report: {write_report(config.run_dir, run.data, rows, run.entries_store, run.members_store) / 'report.md'}")
+    print(f"member report: {report_members(config.run_dir, rows, train)}")
     write_submissions(run, rows, progress)
     return rows
 
@@ -126,6 +131,30 @@ def stack_tuned(run: Run, members: list[str], train: TrainMaps, test: TestMaps, 
     make = tuned_blend_factory(run, tuned_members, progress)
     model = run_entry(run, TUNED_ENTRY, make, train, test, progress)
     return (model or make().fit(train)).params_.value  # a skipped entry: its finished study answers at once
+
+
+def stack_postprocessed(run: Run, scores: list[EntryScore], progress: bool) -> list[EntryScore]:
+    """nnU-Net's rule: each of `stack.postprocess` applied to the best entry, kept only if it beats it on OOF."""
+    unknown = [op for op in run.config.stack.postprocess if op not in OPERATIONS]
+    if unknown:
+        raise WorkbenchError(f"{run.config.run_dir / 'config.yaml'}: unknown stack.postprocess {unknown}; valid: "
+                             f"{', '.join(OPERATIONS)} (fix the list in the experiment config)")
+    best = max(scores, key=lambda s: s.oof_mean_dice)
+    source, store = run.members_store if best.kind == "member" else run.entries_store, run.entries_store
+    candidates = []
+    for operation in run.config.stack.postprocess:
+        name, spec = postprocessed_name(best.entry, operation), postprocess_spec(source, best.entry, operation)
+        n_test = len(source.ids(best.entry, "test"))
+        if not entry_complete(store, name, spec, len(source.ids(best.entry, "train")), n_test):
+            reset = store.path.is_dir() and name in store.members()
+            with store.open_member(name, spec, run.folds.hash, run.resolution, reset=reset) as writer:
+                write_postprocessed(source, best.entry, operation, writer)
+        candidates.append((store, name, "postprocess"))
+    scored = score_entries(candidates, run.data, run.folds, run.summary.size, progress=progress)
+    for s in scored:
+        verdict = "kept" if s.oof_mean_dice > best.oof_mean_dice else "not kept"
+        print(f"{s.entry}: OOF mean Dice {s.oof_mean_dice:.6f} vs {best.entry} {best.oof_mean_dice:.6f}: {verdict}")
+    return [s for s in scored if s.oof_mean_dice > best.oof_mean_dice]
 
 
 def write_submissions(run: Run, rows: list[dict], progress: bool) -> None:
