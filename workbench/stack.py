@@ -30,6 +30,9 @@ from workbench.tune import TUNED_ENTRY, complete_members, tuned_blend_factory
 from zoo.runner import member_finished
 
 
+CNN_ENTRY = "cnn_stacker"
+
+
 def finished_members(run: Run) -> list[str]:
     """The config's members with every fold trained and test maps made (coverage- and resolution-checked);
     without a zoo in the config, every member of the store with all its maps (e.g. written by other tools)."""
@@ -94,7 +97,17 @@ def entry_factories(config: ExperimentConfig) -> dict[str, tuple[str, Callable[[
                   "max_band_share": config.stack.max_band_share}
         entries[name] = ("stacker", lambda name=name, params=params: Guarded(stacker=name, params=params)
                          if config.stack.guard else make_stacker(name, **params))
+    if config.stack.cnn_epochs:
+        entries[CNN_ENTRY] = ("cnn", lambda: cnn_stacker(config))
     return entries
+
+
+def cnn_stacker(config: ExperimentConfig) -> Entry:
+    from zoo.cnn_stacker import CnnStacker  # torch is imported only when the entry is fitted
+
+    width, height = config.stack.cnn_size
+    return CnnStacker(data=str(config.data), height=height, width=width, epochs=config.stack.cnn_epochs,
+                      seed=config.seed)
 
 
 def stack(config: ExperimentConfig, progress: bool = True) -> list[dict]:
