@@ -22,7 +22,8 @@ from torch import nn
 
 from carvana.dataset import CarvanaData
 from stacking.maps import MapBatch, TrainMaps
-from zoo.train_torch import bce_dice_loss, device_and_amp, seed_everything
+from zoo.torch_losses import soft_dice
+from zoo.train_torch import device_and_amp, seed_everything
 
 EPS = 1e-3  # member probabilities are clipped to [EPS, 1 - EPS] before the logit
 
@@ -101,7 +102,9 @@ class CnnStacker(BaseEstimator):
         for _ in range(self.epochs):
             for index in torch.randperm(len(inputs), generator=generator).split(self.batch_size):
                 logits = bases[index].to(device) + model(inputs[index].to(device))
-                loss = bce_dice_loss(logits, targets[index].to(device))
+                target = targets[index].to(device)
+                bce = nn.functional.binary_cross_entropy_with_logits(logits, target)
+                loss = bce + 1 - soft_dice(torch.sigmoid(logits), target).mean()  # the members' bce_dice
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
