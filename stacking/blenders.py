@@ -172,13 +172,16 @@ class WeightedMeanBlender(_Blender):
 
 class SelectedBlend(_Blender):
     """Ensemble selection (Caruana et al. 2004, `stacking.selection`): greedy forward selection of members
-    with replacement by exact mean per-image Dice at `threshold`, its length chosen by inner car-grouped
-    folds when `inner`; never worse than the best member on the folds it was fitted on.
-    Learned: `weights_` (M,) float64 (selection counts / their sum), `n_steps_`, `score_` (fitting score)."""
+    with replacement by exact mean per-image Dice at `threshold`, `max_steps` long, its length capped by inner
+    car-grouped folds when `inner` (off by default: on a run whose members collapse in single folds, capping
+    by 2-fold inner CV cost 0.016 honest OOF Dice, 0.9110 vs 0.9271); never worse than the best member on the
+    folds it was fitted on.
+    Learned: `weights_` (M,) float64 (selection counts / their sum), `n_steps_` (the step kept), `score_`
+    (its fitting score)."""
 
     name = "selected"
 
-    def __init__(self, threshold: float = 0.5, max_steps: int = 10, inner: bool = True) -> None:
+    def __init__(self, threshold: float = 0.5, max_steps: int = 20, inner: bool = False) -> None:
         self.threshold = threshold
         self.max_steps = max_steps
         self.inner = inner
