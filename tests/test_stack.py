@@ -28,6 +28,8 @@ zoo:
 stack:
   max_pixels: 5000
   n_submissions: 2
+  cnn_epochs: 1
+  cnn_size: [48, 32]
 tune:
   n_trials: 6
 """
@@ -51,8 +53,7 @@ def test_leaderboard_has_every_kind_of_entry(stacked_run):
     kinds = {r["entry"]: r["kind"] for r in rows if r["kind"] != "postprocess"}
     assert kinds == {"avg_mask_128": "member", "simple_cnn_64": "member", "mean": "blend", "logit_mean": "blend",
                      "vote": "blend", "weighted_mean": "blend", "selected": "blend", "lightgbm": "stacker",
-                     "logistic": "stacker",
-                     "tuned": "tuned"}
+                     "logistic": "stacker", "cnn_stacker": "cnn", "tuned": "tuned"}
     scores = [float(r["oof_mean_dice"]) for r in rows]
     assert scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)
     assert all(r["test_mean_dice"] for r in rows)  # the synthetic data knows its test truth

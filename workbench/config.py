@@ -69,7 +69,7 @@ class StackConfig:
     band: tuple[float, float] = (0.02, 0.98)  # stackers learn where not every member is <= lo or >= hi
     max_band_share: float = 1.0  # stackers predict at most this share of an image's pixels (the most doubtful)
     postprocess: tuple[str, ...] = ("largest", "fill_holes", "drop_blobs")  # on the best entry, kept if it helps
-    cnn_epochs: int = 8  # the CNN stacker (zoo.cnn_stacker) trains this many epochs per fit; 0 leaves it out
+    cnn_epochs: int = 0  # the CNN stacker (zoo.cnn_stacker) trains this many epochs per fit; 0 leaves it out
     cnn_size: tuple[int, int] = (96, 64)  # W x H at which it sees the photo and the members' maps
     guard: bool = True  # stackers used only where inner folds say they beat the selected blend (stacking.robust)
     n_submissions: int = 3  # top entries also written to RUN/submissions/ for `workbench blend`
