@@ -2,6 +2,8 @@
 something real from the photo and the maps on a tiny run's member maps."""
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 import pytest
 
@@ -14,7 +16,7 @@ from zoo.cnn_stacker import CnnStacker
 class SpyCnn(CnnStacker):
     """Records every image id it is fed while fitting and every id it is asked to predict."""
 
-    seen: list[tuple[str, tuple[str, ...]]] = []
+    seen: ClassVar[list[tuple[str, tuple[str, ...]]]] = []
 
     def _inputs(self, batch: MapBatch):
         SpyCnn.seen.append(("fit" if not hasattr(self, "model_") else "predict", batch.ids))

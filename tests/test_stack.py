@@ -49,7 +49,7 @@ def stacked_run(tiny_data_master, tmp_path_factory) -> tuple[Path, list[dict]]:
 
 
 def test_leaderboard_has_every_kind_of_entry(stacked_run):
-    path, rows = stacked_run
+    _, rows = stacked_run
     kinds = {r["entry"]: r["kind"] for r in rows if r["kind"] != "postprocess"}
     assert kinds == {"avg_mask_128": "member", "simple_cnn_64": "member", "mean": "blend", "logit_mean": "blend",
                      "vote": "blend", "weighted_mean": "blend", "selected": "blend", "lightgbm": "stacker",

@@ -29,7 +29,6 @@ from workbench.submit import SUBMISSION, local_score, submit
 from workbench.tune import TUNED_ENTRY, complete_members, tuned_blend_factory
 from zoo.runner import member_finished
 
-
 CNN_ENTRY = "cnn_stacker"
 
 

@@ -13,6 +13,8 @@ its maps to the stack store like every entry's.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import torch
@@ -43,7 +45,7 @@ class SmallUNet(nn.Module):
         self.dec2, self.dec1 = _block(4 * width, 2 * width), _block(2 * width, width)
         self.head = nn.Conv2d(width, 1, 1)
         nn.init.zeros_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
+        nn.init.zeros_(self.head.bias)  # type: ignore[arg-type]  # a Conv2d built with bias=True has one
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         d1 = self.down1(x)
@@ -76,7 +78,7 @@ class CnnStacker(BaseEstimator):
 
     def _inputs(self, batch: MapBatch) -> tuple[np.ndarray, np.ndarray]:
         """(n, 3 + M, h, w) float32 photo and maps in [0, 1] and (n, 1, h, w) float32 mean logit, reduced."""
-        data, size = CarvanaData(self.data), (self.width, self.height)
+        data, size = CarvanaData(Path(self.data)), (self.width, self.height)
         rows, bases = [], []
         for img, maps in zip(batch.ids, batch.maps):
             split = "train" if data.image_path(img, "train").exists() else "test"
@@ -92,7 +94,7 @@ class CnnStacker(BaseEstimator):
             raise ValueError(f"CnnStacker: height and width must be multiples of 4, got {self.height}x{self.width}")
         seed_everything(self.seed)
         parts = [(*self._inputs(b), np.stack([cv2.resize(t, (self.width, self.height), interpolation=cv2.INTER_AREA)
-                                              for t in b.truth.astype(np.float32)])[:, None]) for b in X.batches()]
+                                              for t in np.asarray(b.truth, np.float32)])[:, None]) for b in X.batches()]
         inputs, bases, targets = (torch.from_numpy(np.concatenate(p)) for p in zip(*parts))
         device, _ = device_and_amp()
         model = SmallUNet(inputs.shape[1]).to(device)
