@@ -71,7 +71,7 @@ class StackConfig:
     postprocess: tuple[str, ...] = ("largest", "fill_holes", "drop_blobs")  # on the best entry, kept if it helps
     cnn_epochs: int = 0  # the CNN stacker (zoo.cnn_stacker) trains this many epochs per fit; 0 leaves it out
     cnn_size: tuple[int, int] = (96, 64)  # W x H at which it sees the photo and the members' maps
-    guard: bool = True  # stackers used only where inner folds say they beat the selected blend (stacking.robust)
+    guard: bool = False  # True: stackers used only where inner folds say they beat the selected blend (~3x cost)
     n_submissions: int = 3  # top entries also written to RUN/submissions/ for `workbench blend`
 
 
