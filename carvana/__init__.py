@@ -2,6 +2,7 @@
 
 The Kaggle submission files live in `carvana.submission`, atomic writes and locks in `carvana.atomic`.
 """
+
 from carvana.dataset import KAGGLE_SIZE, N_ANGLES, CarvanaData, format_size, parse_size
 from carvana.errors import WorkbenchError
 from carvana.metric import dice, mean_dice

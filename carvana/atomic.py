@@ -9,6 +9,7 @@ so folder listings skip them, and end with the target's suffixes (`np.save` and 
 `file_lock(path)` holds an exclusive (or shared) `flock` on `path` for the duration of a block; with
 `wait=False` a busy lock raises LockHeld naming the holder instead of blocking.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -22,8 +23,18 @@ from pathlib import Path
 
 from carvana.errors import WorkbenchError
 
-__all__ = ["LockHeld", "atomic_path", "copy_atomic", "file_lock", "pid_alive", "read_marker", "temp_path",
-           "write_atomic", "write_json_atomic", "write_text_atomic"]
+__all__ = [
+    "LockHeld",
+    "atomic_path",
+    "copy_atomic",
+    "file_lock",
+    "pid_alive",
+    "read_marker",
+    "temp_path",
+    "write_atomic",
+    "write_json_atomic",
+    "write_text_atomic",
+]
 
 TEMP_MARK = ".tmp"  # every temp name holds it: `.<name>.<host>.<pid>.<hex>.tmp<suffixes>`
 _HOST = socket.gethostname().split(".")[0]

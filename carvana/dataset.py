@@ -3,6 +3,7 @@
 Image ids are `<car>_<NN>` (12 hex digits, angle 01..16) without the `.jpg`; the CSVs' `img`
 column carries the `.jpg` and is converted at the border.
 """
+
 from __future__ import annotations
 
 import csv

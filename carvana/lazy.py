@@ -6,6 +6,7 @@ load the package's frameworks (PyTorch, TensorFlow, Optuna).
     __all__ = public_names(_EXPORTS)
     __getattr__ = lazy_getattr(__name__, _EXPORTS)
 """
+
 from __future__ import annotations
 
 import importlib

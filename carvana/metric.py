@@ -1,4 +1,5 @@
 """The competition metric: mean over images of per-image Dice."""
+
 from __future__ import annotations
 
 from collections.abc import Iterable

@@ -4,6 +4,7 @@ tqdm redraws its bar with carriage returns, which a log file keeps frame by fram
 `progress_bar` writes one line when a stage starts, one every `LOG_INTERVAL_S` seconds, and one when
 it ends. Every progress bar of the workbench comes from here.
 """
+
 from __future__ import annotations
 
 import sys
@@ -74,8 +75,9 @@ def progress_bar(
     if disable or _is_terminal(stream):
         return tqdm(iterable, total=total, desc=desc, unit=unit, disable=disable, leave=leave, file=stream, **kwargs)
     settings = {"mininterval": LOG_INTERVAL_S, "bar_format": LOG_FORMAT, "ascii": True, **kwargs}
-    return _LogBar(iterable, total=total, desc=desc or "progress", unit=unit, leave=True, file=_LineWriter(stream),
-                   **settings)
+    return _LogBar(
+        iterable, total=total, desc=desc or "progress", unit=unit, leave=True, file=_LineWriter(stream), **settings
+    )
 
 
 def _is_terminal(stream: IO[str]) -> bool:

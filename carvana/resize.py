@@ -4,6 +4,7 @@ Only members whose size differs from the photos' come here: a member at the phot
 instead (`zoo.geometry`), so 1918 x 1280 is never stretched. Shrinking always uses area interpolation
 (bilinear aliases at a 2.7x shrink); enlarging is bilinear.
 """
+
 from __future__ import annotations
 
 import cv2

@@ -5,14 +5,23 @@ exclusive ends (pixel index = row * W + column): `parse_runs`, `runs_to_rle`, `r
 Submission files are scored and blended in run form, without building pixel arrays.
 Everything is vectorised numpy: no Python loop over pixels or runs.
 """
+
 from __future__ import annotations
 
 import warnings
 
 import numpy as np
 
-__all__ = ["Runs", "parse_ints", "parse_runs", "rle_decode", "rle_encode", "rle_problem", "runs_intersection",
-           "runs_to_rle"]
+__all__ = [
+    "Runs",
+    "parse_ints",
+    "parse_runs",
+    "rle_decode",
+    "rle_encode",
+    "rle_problem",
+    "runs_intersection",
+    "runs_to_rle",
+]
 
 Runs = tuple[np.ndarray, np.ndarray]  # (starts, ends): 0-indexed int64, ends exclusive, ascending, not overlapping
 

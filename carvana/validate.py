@@ -7,6 +7,7 @@ images. `deep=True` also decodes every image and mask and compares each GIF with
 (minutes at Kaggle scale, so only `check-data` does it; other verbs meet a bad file when they load
 it, with the same kind of message).
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -64,12 +65,14 @@ def check_data(root: Path, *, deep: bool = False, progress: bool = False) -> Dat
     """Validate the data folder `root`; raise WorkbenchError naming the first bad file and the fix."""
     root = Path(root)
     if not root.is_dir():
-        raise WorkbenchError(f"{root}: data folder not found; "
-                             f"run `workbench synth --out {root}` or download Kaggle's data there")
+        raise WorkbenchError(
+            f"{root}: data folder not found; run `workbench synth --out {root}` or download Kaggle's data there"
+        )
     for name in (TRAIN_DIR, MASK_DIR, TEST_DIR):
         if not (root / name).is_dir():
-            raise WorkbenchError(f"{root / name}: folder missing; "
-                                 "the Kaggle layout needs train/, train_masks/ and test/")
+            raise WorkbenchError(
+                f"{root / name}: folder missing; the Kaggle layout needs train/, train_masks/ and test/"
+            )
     data = CarvanaData(root)
     train_ids, test_ids = data.train_ids, data.test_ids
     _check_names(root / TRAIN_DIR, "*", ".jpg")
@@ -91,15 +94,24 @@ def check_data(root: Path, *, deep: bool = False, progress: bool = False) -> Dat
     makes = _check_metadata(root / METADATA_CSV, data, cars["train"] + cars["test"])
     if deep:
         _decode_everything(data, train_ids, test_ids, size, progress)
-    return DataSummary(root, len(cars["train"]), len(cars["test"]), len(train_ids), len(test_ids), size,
-                       makes, data.test_truth_path.exists())
+    return DataSummary(
+        root,
+        len(cars["train"]),
+        len(cars["test"]),
+        len(train_ids),
+        len(test_ids),
+        size,
+        makes,
+        data.test_truth_path.exists(),
+    )
 
 
 def _check_names(folder: Path, pattern: str, suffix: str) -> None:
     for path in folder.glob(pattern):
         if not path.name.endswith(suffix):
-            raise WorkbenchError(f"{path}: unexpected file in {folder.name}/ (expected only *{suffix}); "
-                                 "move it elsewhere")
+            raise WorkbenchError(
+                f"{path}: unexpected file in {folder.name}/ (expected only *{suffix}); move it elsewhere"
+            )
         try:
             parse_id(image_id(path.name))
         except ValueError as error:
@@ -110,21 +122,26 @@ def _check_pairs(root: Path, train_ids: list[str]) -> None:
     masks = {image_id(p.name) for p in (root / MASK_DIR).glob("*_mask.gif")}
     for img in train_ids:
         if img not in masks:
-            raise WorkbenchError(f"{root / TRAIN_DIR / (img + '.jpg')}: no mask {MASK_DIR}/{img}_mask.gif; "
-                                 "add it or remove the image")
+            raise WorkbenchError(
+                f"{root / TRAIN_DIR / (img + '.jpg')}: no mask {MASK_DIR}/{img}_mask.gif; add it or remove the image"
+            )
     for img in sorted(masks - set(train_ids)):
-        raise WorkbenchError(f"{root / MASK_DIR / (img + '_mask.gif')}: no image {TRAIN_DIR}/{img}.jpg for this mask; "
-                             "add it or remove the mask")
+        raise WorkbenchError(
+            f"{root / MASK_DIR / (img + '_mask.gif')}: no image {TRAIN_DIR}/{img}.jpg for this mask; "
+            "add it or remove the mask"
+        )
 
 
 def _check_csv_ids(path: Path, table: dict[str, str], ids: list[str], folder: str) -> None:
     listed, present = set(table), set(ids)
     for img in sorted(present - listed):
-        raise WorkbenchError(f"{path}: no row for {img}.jpg, which is in {folder}; "
-                             f"the CSV must list exactly the images in {folder}")
+        raise WorkbenchError(
+            f"{path}: no row for {img}.jpg, which is in {folder}; the CSV must list exactly the images in {folder}"
+        )
     for img in sorted(listed - present):
-        raise WorkbenchError(f"{path}: row {img}.jpg has no image in {folder}; "
-                             f"the CSV must list exactly the images in {folder}")
+        raise WorkbenchError(
+            f"{path}: row {img}.jpg has no image in {folder}; the CSV must list exactly the images in {folder}"
+        )
 
 
 def _check_sizes(data: CarvanaData, train_ids: list[str], test_ids: list[str]) -> tuple[int, int]:
@@ -141,8 +158,10 @@ def _check_sizes(data: CarvanaData, train_ids: list[str], test_ids: list[str]) -
     size = Counter(sizes).most_common(1)[0][0]
     for path, this in zip(paths, sizes):
         if this != size:
-            raise WorkbenchError(f"{path}: size {this[0]}x{this[1]} differs from the {size[0]}x{size[1]} of the "
-                                 "other images; every image and mask must have one size")
+            raise WorkbenchError(
+                f"{path}: size {this[0]}x{this[1]} differs from the {size[0]}x{size[1]} of the "
+                "other images; every image and mask must have one size"
+            )
     return size
 
 
@@ -170,8 +189,10 @@ def _decode_everything(data: CarvanaData, train_ids, test_ids, size, progress: b
         load_image(data.image_path(img, "train"))
         mask = load_mask(data.mask_path(img))
         if not np.array_equal(mask, rle_decode(data.train_rles[img], (height, width))):
-            raise WorkbenchError(f"{data.root / TRAIN_MASKS_CSV}: row {img}.jpg disagrees with {data.mask_path(img)}; "
-                                 "re-encode the CSV from the GIFs")
+            raise WorkbenchError(
+                f"{data.root / TRAIN_MASKS_CSV}: row {img}.jpg disagrees with {data.mask_path(img)}; "
+                "re-encode the CSV from the GIFs"
+            )
 
     def check_test(img: str) -> None:
         load_image(data.image_path(img, "test"))

@@ -4,6 +4,7 @@ Every photo of a car goes to the same fold (an image-level split leaks: the 16 p
 near duplicates). Cars are stratified by make or by bins of mean mask area, as the winners did, and
 dealt round-robin over the folds in a seeded order, so car counts per fold differ by at most one.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict

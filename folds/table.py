@@ -1,4 +1,5 @@
 """`folds.csv` (`img,car,fold`): written once, read by everyone, checked for leaks on every read."""
+
 from __future__ import annotations
 
 import csv
@@ -90,6 +91,5 @@ def _check_same_images(path: Path, fold_of: dict[str, int], train_ids: list[str]
     if missing or extra:
         what = f"no fold for train image {missing[0]}" if missing else f"image {extra[0]} is not in the data's train/"
         raise WorkbenchError(
-            f"{path}: does not match the data ({len(missing)} missing, {len(extra)} extra; {what}); "
-            f"{FOLDS_FIX}"
+            f"{path}: does not match the data ({len(missing)} missing, {len(extra)} extra; {what}); {FOLDS_FIX}"
         )

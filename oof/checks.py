@@ -4,6 +4,7 @@ An OOF map is honest only if the fold model that predicted it never saw the imag
 image i must come from fold `fold_of[i]` and from no other fold. Every refusal names the member,
 the store path, one offending image, how many more there are, and the fix.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
@@ -14,7 +15,6 @@ from oof.format import canonical_id, retrain_hint
 
 if TYPE_CHECKING:
     from oof.store import Store
-
 
 
 def check_coverage(store: Store, member: str, fold_of: Mapping[str, int], folds_hash: str) -> None:

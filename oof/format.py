@@ -9,6 +9,7 @@ Each file is a complete `.npy` stream compressed as one zstd frame, so `zstd -d 
 Image ids are canonical without extension: `<car>_<NN>` (12 lowercase hex digits, angle 01..16);
 `<car>_<NN>.jpg` is accepted everywhere and means the same image.
 """
+
 from __future__ import annotations
 
 import io

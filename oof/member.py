@@ -4,6 +4,7 @@ Several processes (one per fold job) open the same member at once, so every read
 member.json happens under an exclusive `flock` on `<member>/.lock` and lands by atomic replace: no
 process loses another's update. The maps themselves are separate files and need no lock.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -88,9 +89,16 @@ def open_meta(member_dir: Path, spec: dict, folds_hash: str, resolution: tuple[i
                 shutil.rmtree(member_dir / split, ignore_errors=True)
             stamp = now()
             meta = {
-                "member": member_dir.name, "format": FORMAT, "format_version": FORMAT_VERSION, "spec": spec,
-                "folds_hash": folds_hash, "resolution": size, "generation": uuid.uuid4().hex,
-                "created": stamp, "updated": stamp, "sessions": {},
+                "member": member_dir.name,
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "spec": spec,
+                "folds_hash": folds_hash,
+                "resolution": size,
+                "generation": uuid.uuid4().hex,
+                "created": stamp,
+                "updated": stamp,
+                "sessions": {},
             }
         write_json_atomic(member_dir / META_NAME, meta)
     return meta

@@ -10,6 +10,7 @@ Every map is (H, W) uint8 probability x 255 at the store's one resolution. The f
 OOF map is part of its path, so it lands atomically with the map and a fold job never touches
 another fold's files: member x fold jobs can write one member at the same time.
 """
+
 from __future__ import annotations
 
 import os
@@ -116,7 +117,12 @@ class Store:
 
     # ---- writing ---------------------------------------------------------------------------------
     def open_member(
-        self, member: str, spec: dict, folds_hash: str, resolution: tuple[int, int], reset: bool = False,
+        self,
+        member: str,
+        spec: dict,
+        folds_hash: str,
+        resolution: tuple[int, int],
+        reset: bool = False,
         session: str = "test",
     ) -> MemberWriter:
         """Create or reopen `member` and return a writer for it.

@@ -6,6 +6,7 @@ the swap itself is two renames in one folder (old aside, new in), and `recover` 
 under the run's lock) puts an old member back if a process died between them, and removes what dead
 builders left.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -6,6 +6,7 @@ Names are imported from their modules on first use, so `import stacking.leaderbo
 The registries (`stacking.blenders.BLENDERS`, `stacking.pixel_stacker.STACKERS`) and the tuning
 helpers live in their modules.
 """
+
 from carvana.lazy import lazy_getattr, public_names
 
 _EXPORTS = {

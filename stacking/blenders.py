@@ -7,6 +7,7 @@ X (N, M, H, W) uint8 levels (probability x 255) or floats in [0, 1], y (N, H, W)
 converted to float32 one at a time, so predicting on a batch costs the output plus one member, never a
 float copy of all of X.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -136,8 +137,15 @@ class WeightedMeanBlender(_Blender):
 
     name = "weighted_mean"
 
-    def __init__(self, *, threshold: float = 0.5, initial_step: float = 0.5, n_halvings: int = 4,
-                 max_passes: int = 10, random_state: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        threshold: float = 0.5,
+        initial_step: float = 0.5,
+        n_halvings: int = 4,
+        max_passes: int = 10,
+        random_state: int = 0,
+    ) -> None:
         self.threshold = threshold
         self.initial_step = initial_step
         self.n_halvings = n_halvings
@@ -164,19 +172,62 @@ class WeightedMeanBlender(_Blender):
         """Learn weights from a ready evaluator (e.g. one streamed from the OOF store)."""
         self.n_members_ = evaluator.n_members
         self.weights_, self.score_ = search_simplex_weights(
-            evaluator, self.threshold, self.initial_step, self.n_halvings, self.max_passes, self.random_state)
+            evaluator, self.threshold, self.initial_step, self.n_halvings, self.max_passes, self.random_state
+        )
         return self
 
     def _blend(self, X: np.ndarray) -> np.ndarray:
-        total = np.zeros(X.shape[:1] + X.shape[2:], dtype=np.float32)
-        for p, w in zip(_member_probabilities(X), self.weights_):
+        return weighted_mean(X, self.weights_)
+
+
+class SelectedBlend(_Blender):
+    """Ensemble selection (Caruana et al. 2004, `stacking.selection`): greedy forward selection of members
+    with replacement by exact mean per-image Dice at `threshold`, `max_steps` long, its length capped by inner
+    car-grouped folds when `inner` (off by default: on a run whose members collapse in single folds, capping
+    by 2-fold inner CV cost 0.016 honest OOF Dice, 0.9110 vs 0.9271); never worse than the best member on the
+    folds it was fitted on.
+    Learned: `weights_` (M,) float64 (selection counts / their sum), `n_steps_` (the step kept), `score_`
+    (its fitting score)."""
+
+    name = "selected"
+
+    def __init__(self, threshold: float = 0.5, max_steps: int = 20, inner: bool = False) -> None:
+        self.threshold = threshold
+        self.max_steps = max_steps
+        self.inner = inner
+
+    def fit(self, X: TrainMaps | np.ndarray, y: np.ndarray | None = None) -> SelectedBlend:
+        """Select on the shared evaluator of X's folds (arrays X, y: one fold, no inner folds)."""
+        from stacking.selection import select
+
+        train = X if isinstance(X, TrainMaps) else as_train_maps(_check_members(X), y)
+        view = train.evaluator()
+        self.n_members_ = train.n_members
+        self.weights_, path, self.n_steps_ = select(view.folded, view.folds, self.threshold, self.max_steps, self.inner)
+        self.score_ = float(path.scores[self.n_steps_])
+        return self
+
+    def _blend(self, X: np.ndarray) -> np.ndarray:
+        return weighted_mean(X, self.weights_)
+
+
+def weighted_mean(X: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """(N, H, W) float32 sum of weights (M,) times the members' probabilities of X (N, M, H, W)."""
+    total = np.zeros(X.shape[:1] + X.shape[2:], dtype=np.float32)
+    for p, w in zip(_member_probabilities(X), weights):
+        if w:
             total += np.float32(w) * p
-        return total
+    return total
 
 
-def search_simplex_weights(evaluator: DiceEvaluator | FoldsView, threshold: float, initial_step: float = 0.5,
-                           n_halvings: int = 4, max_passes: int = 10,
-                           random_state: int = 0) -> tuple[np.ndarray, float]:
+def search_simplex_weights(
+    evaluator: DiceEvaluator | FoldsView,
+    threshold: float,
+    initial_step: float = 0.5,
+    n_halvings: int = 4,
+    max_passes: int = 10,
+    random_state: int = 0,
+) -> tuple[np.ndarray, float]:
     """Coordinate search for weights (M,) float64 on the simplex; see `WeightedMeanBlender`."""
     n = evaluator.n_members
     moves = list(permutations(range(n), 2))
@@ -212,12 +263,14 @@ def _registry(classes: list[type[_Blender]]) -> dict[str, type[_Blender]]:
     return registry
 
 
-BLENDERS = _registry([MeanBlender, LogitMeanBlender, VoteBlender, WeightedMeanBlender])
+BLENDERS = _registry([MeanBlender, LogitMeanBlender, VoteBlender, WeightedMeanBlender, SelectedBlend])
 
 
 def make_blender(name: str, **params: object) -> _Blender:
     """A new blender by registry name; an unknown name raises WorkbenchError listing the valid ones."""
     if name not in BLENDERS:
-        raise WorkbenchError(f"unknown blender {name!r}; valid names: {', '.join(sorted(BLENDERS))} "
-                             "(fix the blender name in the experiment config)")
+        raise WorkbenchError(
+            f"unknown blender {name!r}; valid names: {', '.join(sorted(BLENDERS))} "
+            "(fix the blender name in the experiment config)"
+        )
     return BLENDERS[name](**params)

@@ -8,6 +8,7 @@ The test maps (100,064 photos at Kaggle's size: the slow part for a pixel stacke
 by `n_jobs` joblib workers, chunk by chunk, under whatever joblib backend the caller has set (loky
 processes, or Ray's backend: `workbench.compute.parallel_backend`); the caller alone writes them.
 """
+
 from __future__ import annotations
 
 import time
@@ -43,14 +44,26 @@ def cross_fit(make: Callable[[], EntryT], train: TrainMaps) -> Iterator[tuple[in
     yield None, make().fit(train)
 
 
-def fit_predict(make: Callable[[], EntryT], train: TrainMaps, test: TestMaps | None, writer: MapWriter, *,
-                progress: bool = False, desc: str = "entry", n_jobs: int = 1) -> EntryT:
+def fit_predict(
+    make: Callable[[], EntryT],
+    train: TrainMaps,
+    test: TestMaps | None,
+    writer: MapWriter,
+    *,
+    progress: bool = False,
+    desc: str = "entry",
+    n_jobs: int = 1,
+) -> EntryT:
     """Write the entry's honest OOF map of every train image (fold k's from the fit without fold k) and,
     when `test` is given, its test maps from the fit on every fold (predicted by `n_jobs` joblib workers);
     return that last fit. Prints the seconds spent on the train images (fits and OOF maps) and on the test
     maps (bench.scale reads the line)."""
-    bar = progress_bar(total=train.n_images + (len(test.ids) if test else 0), desc=f"{desc}: cross-fit",
-                       leave=False, disable=not progress)
+    bar = progress_bar(
+        total=train.n_images + (len(test.ids) if test else 0),
+        desc=f"{desc}: cross-fit",
+        leave=False,
+        disable=not progress,
+    )
     model, start, test_start = None, time.perf_counter(), None
     with bar:  # closed on an error too, so that the CLI's one-line message starts its own line
         for k, model in cross_fit(make, train):

@@ -20,6 +20,7 @@ trials, pixels where every member is 0 (never car for t > 0) or every member is 
 t <= 1) are counted once; only the remaining "uncertain" pixels are stored, as uint8 member values
 grouped by truth, angle and image, and each trial blends only those.
 """
+
 from __future__ import annotations
 
 import math
@@ -92,7 +93,7 @@ class _Uncertain:
         for a in range(N_ANGLES):
             for start in range(bounds[a], bounds[a + 1], CHUNK):
                 stop = min(start + CHUNK, bounds[a + 1])
-                acc, tmp = blend[:stop - start], term[:stop - start]
+                acc, tmp = blend[: stop - start], term[: stop - start]
                 np.multiply(active[0][0][start:stop], active[0][1], out=acc)
                 for values, w in active[1:]:
                     acc += np.multiply(values[start:stop], w, out=tmp)
@@ -131,8 +132,9 @@ class DiceEvaluator:
         self._packed: tuple | None = None
 
     @classmethod
-    def from_arrays(cls, maps: Sequence[np.ndarray] | np.ndarray, truths: np.ndarray,
-                    angles: Sequence[int] | np.ndarray) -> DiceEvaluator:
+    def from_arrays(
+        cls, maps: Sequence[np.ndarray] | np.ndarray, truths: np.ndarray, angles: Sequence[int] | np.ndarray
+    ) -> DiceEvaluator:
         """Build from per-member maps (M of (N, H, W) uint8), truths (N, H, W) 0/1 and angles (N,) 1..16."""
         evaluator = cls(len(maps))
         for i, (truth, angle) in enumerate(zip(truths, angles, strict=True)):
@@ -166,8 +168,7 @@ class DiceEvaluator:
         level_sum = flat.sum(axis=0, dtype=np.uint16)
         bins = level_sum.astype(np.int32)
         bins[car] += self._max_sum + 1
-        self._hists.append(np.bincount(bins, minlength=2 * (self._max_sum + 1))
-                           .astype(np.int32).reshape(2, -1))
+        self._hists.append(np.bincount(bins, minlength=2 * (self._max_sum + 1)).astype(np.int32).reshape(2, -1))
         sure_car = flat.min(axis=0) >= self._max_background
         uncertain = (flat.max(axis=0) > self._min_car) & ~sure_car
         n_sure_car = int(np.count_nonzero(sure_car & car))
@@ -196,8 +197,9 @@ class DiceEvaluator:
         suffix, parts, *_ = self._pack()
         return suffix.nbytes + sum(p.values.nbytes + p.offsets.nbytes for p in parts)
 
-    def per_image(self, threshold: float | Sequence[float] | np.ndarray,
-                  weights: np.ndarray | Sequence[float] | None = None) -> np.ndarray:
+    def per_image(
+        self, threshold: float | Sequence[float] | np.ndarray, weights: np.ndarray | Sequence[float] | None = None
+    ) -> np.ndarray:
         """Dice of each image, (N,) float64 in the order the images were added."""
         suffix, parts, order, angles = self._pack()
         w = quantize_weights(weights, self.n_members)
@@ -222,11 +224,13 @@ class DiceEvaluator:
         t = np.asarray(threshold, dtype=np.float64)
         lo, hi = self.threshold_range
         if np.any(t < lo) or np.any(t > hi):
-            raise ValueError(f"this evaluator answers weighted trials for thresholds in {self.threshold_range}, "
-                             f"got {threshold!r}")
+            raise ValueError(
+                f"this evaluator answers weighted trials for thresholds in {self.threshold_range}, got {threshold!r}"
+            )
 
-    def score(self, threshold: float | Sequence[float] | np.ndarray,
-              weights: np.ndarray | Sequence[float] | None = None) -> float:
+    def score(
+        self, threshold: float | Sequence[float] | np.ndarray, weights: np.ndarray | Sequence[float] | None = None
+    ) -> float:
         """Mean per-image Dice of the trial (see the module docstring for the rule)."""
         return float(self.per_image(threshold, weights).mean())
 
@@ -252,7 +256,7 @@ class DiceEvaluator:
         offsets = np.concatenate([[0], np.cumsum(sizes)])
         values = np.empty((self.n_members, int(offsets[-1])), dtype=np.uint8)
         for rank, i in enumerate(order):
-            values[:, offsets[rank]:offsets[rank + 1]] = self._chunks[i][cls_index]
+            values[:, offsets[rank] : offsets[rank + 1]] = self._chunks[i][cls_index]
             self._chunks[i][cls_index] = None  # keeps the peak near one copy of the uncertain pixels
         first_image_of_angle = np.searchsorted(angles[order], np.arange(1, N_ANGLES + 2))
         return _Uncertain(values, offsets, offsets[first_image_of_angle])
@@ -265,7 +269,7 @@ class DiceEvaluator:
         chunks: list[list[np.ndarray | None]] = [[None, None] for _ in order]
         for cls_index, part in enumerate(parts):
             for rank, i in enumerate(order):
-                chunks[i][cls_index] = part.values[:, part.offsets[rank]:part.offsets[rank + 1]]
+                chunks[i][cls_index] = part.values[:, part.offsets[rank] : part.offsets[rank + 1]]
         self._chunks = chunks
         self._packed = None
 
@@ -312,9 +316,13 @@ class FoldsView:
         return self.folded.score(threshold, weights, self.folds)
 
 
-def brute_force_per_image(maps: Sequence[np.ndarray] | np.ndarray, truths: np.ndarray,
-                          angles: Sequence[int] | np.ndarray, threshold: float | Sequence[float] | np.ndarray,
-                          weights: np.ndarray | Sequence[float] | None = None) -> np.ndarray:
+def brute_force_per_image(
+    maps: Sequence[np.ndarray] | np.ndarray,
+    truths: np.ndarray,
+    angles: Sequence[int] | np.ndarray,
+    threshold: float | Sequence[float] | np.ndarray,
+    weights: np.ndarray | Sequence[float] | None = None,
+) -> np.ndarray:
     """Slow obvious reference: blend every pixel of each image, threshold, `carvana.metric.dice`.
 
     maps: M of (N, H, W) uint8; truths (N, H, W); angles (N,) 1..16. Returns (N,) float64.
@@ -328,8 +336,12 @@ def brute_force_per_image(maps: Sequence[np.ndarray] | np.ndarray, truths: np.nd
     return np.array(scores)
 
 
-def brute_force_mean_dice(maps: Sequence[np.ndarray] | np.ndarray, truths: np.ndarray,
-                          angles: Sequence[int] | np.ndarray, threshold: float | Sequence[float] | np.ndarray,
-                          weights: np.ndarray | Sequence[float] | None = None) -> float:
+def brute_force_mean_dice(
+    maps: Sequence[np.ndarray] | np.ndarray,
+    truths: np.ndarray,
+    angles: Sequence[int] | np.ndarray,
+    threshold: float | Sequence[float] | np.ndarray,
+    weights: np.ndarray | Sequence[float] | None = None,
+) -> float:
     """Mean of `brute_force_per_image`: the reference `DiceEvaluator.score` must equal."""
     return float(np.mean(brute_force_per_image(maps, truths, angles, threshold, weights)))

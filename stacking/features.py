@@ -21,6 +21,7 @@ The uncertain band (`band_mask`): a pixel is decided by consensus when every mem
 <= lo or every member's is >= hi, compared exactly on levels (level <= lo x 255, level >= hi x 255 in
 rationals); every other pixel is in the band, the only pixels a stacker learns from and predicts.
 """
+
 from __future__ import annotations
 
 import math
@@ -43,8 +44,11 @@ LOGIT_OF_LEVEL = np.log(_CLIPPED / (1 - _CLIPPED)).astype(np.float32)
 
 def feature_names(n_members: int) -> list[str]:
     """The F = 2M + 9 column names, in `pixel_features` order."""
-    return ([f"p_{m}" for m in range(n_members)] + [f"logit_{m}" for m in range(n_members)]
-            + ["mean", "std", "min", "max", "context_small", "context_large", "y", "x", "angle"])
+    return (
+        [f"p_{m}" for m in range(n_members)]
+        + [f"logit_{m}" for m in range(n_members)]
+        + ["mean", "std", "min", "max", "context_small", "context_large", "y", "x", "angle"]
+    )
 
 
 def window_sides(height: int) -> tuple[int, int]:
@@ -53,6 +57,7 @@ def window_sides(height: int) -> tuple[int, int]:
     5 and 17 px at 640 px, scaled; small >= 3 and large >= 3 x small, so tiny test images still see
     two distinct scales.
     """
+
     def odd(x: float) -> int:
         return 2 * int(x // 2) + 1
 
@@ -88,8 +93,7 @@ def check_image(maps: np.ndarray, angle: int, n_members: int | None = None) -> N
         raise ValueError(f"angle must be in 1..{N_ANGLES}, got {angle}")
 
 
-def pixel_features(maps: np.ndarray, angle: int, index: np.ndarray,
-                   mean: np.ndarray | None = None) -> np.ndarray:
+def pixel_features(maps: np.ndarray, angle: int, index: np.ndarray, mean: np.ndarray | None = None) -> np.ndarray:
     """(K, F) float32 features of the pixels at flat indices `index` (K,) of one image.
 
     maps: (M, H, W) uint8; mean: the image's `member_mean` if already computed (it is blurred whole).
@@ -100,7 +104,7 @@ def pixel_features(maps: np.ndarray, angle: int, index: np.ndarray,
     out = np.empty((2 * n_members + 9, index.size), dtype=np.float32)  # filled row by row, returned .T
     probabilities = out[:n_members]
     np.take(PROBABILITY_OF_LEVEL, values, out=probabilities)
-    np.take(LOGIT_OF_LEVEL, values, out=out[n_members:2 * n_members])
+    np.take(LOGIT_OF_LEVEL, values, out=out[n_members : 2 * n_members])
     c = 2 * n_members
     out[c] = mean.reshape(-1)[index]
     out[c + 1] = probabilities.std(axis=0)
@@ -137,8 +141,14 @@ class BandSample:
     random_state: int
 
 
-def sample_band_features(images: Iterable[tuple[np.ndarray, np.ndarray, int]], lo_level: int, hi_level: int,
-                         max_pixels: int, random_state: int = 0, n_images: int | None = None) -> BandSample:
+def sample_band_features(
+    images: Iterable[tuple[np.ndarray, np.ndarray, int]],
+    lo_level: int,
+    hi_level: int,
+    max_pixels: int,
+    random_state: int = 0,
+    n_images: int | None = None,
+) -> BandSample:
     """Features of at most `max_pixels` band pixels, spread evenly over the streamed images.
 
     images: (maps (M, H, W) uint8, truth (H, W) non-zero = car, angle 1..16), one at a time.
@@ -174,8 +184,19 @@ def sample_band_features(images: Iterable[tuple[np.ndarray, np.ndarray, int]], l
         raise ValueError("no images to fit on")
     _cut(chunks, quota)
     features, labels = _pack(chunks)
-    return BandSample(features, labels, len(chunks), n_members, n_pixels, n_band, max_held,
-                      lo_level, hi_level, max_pixels, random_state)
+    return BandSample(
+        features,
+        labels,
+        len(chunks),
+        n_members,
+        n_pixels,
+        n_band,
+        max_held,
+        lo_level,
+        hi_level,
+        max_pixels,
+        random_state,
+    )
 
 
 def _cut(chunks: list[tuple[np.ndarray, np.ndarray]], quota: int) -> int:
@@ -194,8 +215,8 @@ def _pack(chunks: list) -> tuple[np.ndarray, np.ndarray]:
     start = 0
     for i in range(len(chunks)):
         features, chunk_labels = chunks[i]
-        columns[:, start:start + chunk_labels.size] = features.T
-        labels[start:start + chunk_labels.size] = chunk_labels
+        columns[:, start : start + chunk_labels.size] = features.T
+        labels[start : start + chunk_labels.size] = chunk_labels
         start += chunk_labels.size
         chunks[i] = None  # keeps the peak near one copy of the sample
     return columns.T, labels

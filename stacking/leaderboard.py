@@ -3,6 +3,7 @@
 Scores are computed at the data's original size (maps are upsampled bilinearly, then thresholded),
 so they are the competition's metric, not an approximation at the store's resolution.
 """
+
 from __future__ import annotations
 
 import csv
@@ -40,8 +41,12 @@ class EntryScore:
         return float(np.mean(list(self.oof_per_image.values())))
 
     def row(self) -> dict[str, object]:
-        row: dict[str, object] = {"entry": self.entry, "kind": self.kind, "oof_mean_dice": f"{self.oof_mean_dice:.6f}",
-                                  "threshold": f"{self.threshold:g}"}
+        row: dict[str, object] = {
+            "entry": self.entry,
+            "kind": self.kind,
+            "oof_mean_dice": f"{self.oof_mean_dice:.6f}",
+            "threshold": f"{self.threshold:g}",
+        }
         for k in range(self.folds.n_folds):
             row[f"fold{k}"] = f"{np.mean([d for i, d in self.oof_per_image.items() if self.folds.fold_of[i] == k]):.6f}"
         for angle in range(1, 17):
@@ -65,14 +70,20 @@ def test_truth(data: CarvanaData) -> dict[str, str] | None:
     return read_rle_csv(data.test_truth_path) if data.test_truth_path.exists() else None
 
 
-def score_entry(store: Store, entry: str, kind: str, data: CarvanaData, folds: Folds,
-                size: tuple[int, int]) -> EntryScore:
+def score_entry(
+    store: Store, entry: str, kind: str, data: CarvanaData, folds: Folds, size: tuple[int, int]
+) -> EntryScore:
     """`score_entries` for one entry."""
     return score_entries([(store, entry, kind)], data, folds, size)[0]
 
 
-def score_entries(entries: Sequence[tuple[Store, str, str]], data: CarvanaData, folds: Folds,
-                  size: tuple[int, int], progress: bool = False) -> list[EntryScore]:
+def score_entries(
+    entries: Sequence[tuple[Store, str, str]],
+    data: CarvanaData,
+    folds: Folds,
+    size: tuple[int, int],
+    progress: bool = False,
+) -> list[EntryScore]:
     """OOF (and, with test truth, test) per-image Dice at threshold 0.5 of each (store, entry, kind)'s maps
     (a member in the OOF store, or a blend / stacker in the stack store); `size` is the photos' (W, H).
 
@@ -85,15 +96,19 @@ def score_entries(entries: Sequence[tuple[Store, str, str]], data: CarvanaData, 
         scorable = [i for i, (store, entry, _) in enumerate(entries) if set(store.ids(entry, "test")) == set(truth)]
         for i, scores in zip(scorable, _score_split([entries[i] for i in scorable], "test", truth, shape, progress)):
             test[i] = scores
-    return [EntryScore(entry, kind, 0.5, scores, folds, test_scores)
-            for (_, entry, kind), scores, test_scores in zip(entries, oof, test)]
+    return [
+        EntryScore(entry, kind, 0.5, scores, folds, test_scores)
+        for (_, entry, kind), scores, test_scores in zip(entries, oof, test)
+    ]
 
 
-def _score_split(entries: Sequence[tuple[Store, str, str]], split: str, rles: dict[str, str],
-                 shape: tuple[int, int], progress: bool) -> list[dict[str, float]]:
+def _score_split(
+    entries: Sequence[tuple[Store, str, str]], split: str, rles: dict[str, str], shape: tuple[int, int], progress: bool
+) -> list[dict[str, float]]:
     scores: list[dict[str, float]] = [{} for _ in entries]
-    bar = progress_bar(rles.items(), total=len(rles), desc=f"scoring {split}", disable=not progress or not entries,
-                       leave=False)
+    bar = progress_bar(
+        rles.items(), total=len(rles), desc=f"scoring {split}", disable=not progress or not entries, leave=False
+    )
     for img, rle in bar:
         truth = rle_decode(rle, shape)
         for i, (store, entry, _) in enumerate(entries):
@@ -101,14 +116,17 @@ def _score_split(entries: Sequence[tuple[Store, str, str]], split: str, rles: di
     return scores
 
 
-def write_leaderboard(path: Path, entries: list[EntryScore],
-                      keep: Callable[[dict], bool] = lambda row: False) -> list[dict]:
+def write_leaderboard(
+    path: Path, entries: list[EntryScore], keep: Callable[[dict], bool] = lambda row: False
+) -> list[dict]:
     """Write `entries` plus the existing rows that `keep` accepts (default none), best OOF score first."""
     rows: dict[str, dict] = {row["entry"]: row for row in read_leaderboard(path) if keep(row)}
     rows.update({e.entry: e.row() for e in entries})
     ordered = sorted(rows.values(), key=lambda r: -float(r["oof_mean_dice"]))
-    columns = LEADING_COLUMNS + sorted({c for r in ordered for c in r} - set(LEADING_COLUMNS),
-                                       key=lambda c: (c != "test_mean_dice", not c.startswith("fold"), c))
+    columns = LEADING_COLUMNS + sorted(
+        {c for r in ordered for c in r} - set(LEADING_COLUMNS),
+        key=lambda c: (c != "test_mean_dice", not c.startswith("fold"), c),
+    )
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=columns, restval="")
     writer.writeheader()

@@ -11,6 +11,7 @@
 Memory: a pass holds one chunk (chunk x M x H x W bytes, plus its truths) at a time; the evaluator
 holds only the pixels whose decision can change (see `stacking.evaluate`).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -72,8 +73,10 @@ class MapBatch:
         if self.maps.ndim != 4 or self.maps.dtype != np.uint8:
             raise ValueError(f"maps must be (n, M, H, W) uint8 levels, got {self.maps.shape} {self.maps.dtype}")
         if len(self.ids) != self.maps.shape[0] or np.shape(self.angles) != (len(self.ids),):
-            raise ValueError(f"{self.maps.shape[0]} maps need as many ids and angles, got {len(self.ids)} and "
-                             f"{np.shape(self.angles)}")
+            raise ValueError(
+                f"{self.maps.shape[0]} maps need as many ids and angles, got {len(self.ids)} and "
+                f"{np.shape(self.angles)}"
+            )
         if self.truth is not None and self.truth.shape != self.maps.shape[:1] + self.maps.shape[2:]:
             raise ValueError(f"truth must be {self.maps.shape[:1] + self.maps.shape[2:]}, got {self.truth.shape}")
 
@@ -85,8 +88,13 @@ class MapBatch:
         return int(self.maps.shape[1])
 
     @classmethod
-    def of(cls, maps: np.ndarray, ids: Sequence[str] | None = None, angles: Sequence[int] | None = None,
-           truth: np.ndarray | None = None) -> MapBatch:
+    def of(
+        cls,
+        maps: np.ndarray,
+        ids: Sequence[str] | None = None,
+        angles: Sequence[int] | None = None,
+        truth: np.ndarray | None = None,
+    ) -> MapBatch:
         """A batch from arrays; floats in [0, 1] are rounded to levels, ids default to their positions and
         angles to 1 (for entries that ignore them)."""
         maps = np.asarray(maps)
@@ -152,15 +160,23 @@ class TrainMaps:
         unknown = set(ks) - set(self.all_folds)
         if unknown:
             raise ValueError(f"folds {sorted(unknown)} are not among the run's folds {list(self.all_folds)}")
-        return TrainMaps(self.read, self.truth, self.fold_of, self.members, self.chunk, tuple(sorted(ks)),
-                         self.threshold_range, self.shared)
+        return TrainMaps(
+            self.read,
+            self.truth,
+            self.fold_of,
+            self.members,
+            self.chunk,
+            tuple(sorted(ks)),
+            self.threshold_range,
+            self.shared,
+        )
 
     def batches(self, with_truth: bool = True) -> Iterator[MapBatch]:
         """The images in id order, `chunk` at a time; truths decoded once per pass."""
         ids = self.ids
         self.shared.n_passes += 1
         for start in range(0, len(ids), self.chunk):
-            part = ids[start:start + self.chunk]
+            part = ids[start : start + self.chunk]
             truth = np.stack([self.truth(img) for img in part]) if with_truth else None
             yield MapBatch(self.read(part), tuple(part), np.array([angle_of(i) for i in part]), truth)
 
@@ -175,8 +191,9 @@ class TrainMaps:
         """The exact Dice evaluator of this source's images: one DiceEvaluator per fold of the run, built
         in one streamed pass on first use and shared by every fold subset and entry."""
         if self.shared.evaluator is None:
-            root = TrainMaps(self.read, self.truth, self.fold_of, self.members, self.chunk, None,
-                             self.threshold_range, self.shared)
+            root = TrainMaps(
+                self.read, self.truth, self.fold_of, self.members, self.chunk, None, self.threshold_range, self.shared
+            )
             evaluators = {k: DiceEvaluator(self.n_members, self.threshold_range) for k in self.all_folds}
             ids: dict[int, list[str]] = {k: [] for k in self.all_folds}
             for batch in root.batches():
@@ -191,6 +208,7 @@ class TrainMaps:
     def from_evaluator(cls, evaluator: FoldedEvaluator, members: Sequence[str]) -> TrainMaps:
         """A source that holds only a ready FoldedEvaluator (its `ids` give the images): for entries that fit
         from the evaluator alone (the tuned blend); reading maps from it is an error."""
+
         def no_maps(_: object) -> np.ndarray:
             raise ValueError("this TrainMaps holds only an evaluator, no maps")
 
@@ -200,9 +218,15 @@ class TrainMaps:
         return cls(no_maps, no_maps, fold_of, tuple(members), shared=_Shared(evaluator))
 
     @classmethod
-    def from_arrays(cls, maps: np.ndarray, truth: np.ndarray | None, ids: Sequence[str] | None = None,
-                    fold: Sequence[int] | None = None, chunk: int = CHUNK,
-                    threshold_range: tuple[float, float] = (0.2, 0.8)) -> TrainMaps:
+    def from_arrays(
+        cls,
+        maps: np.ndarray,
+        truth: np.ndarray | None,
+        ids: Sequence[str] | None = None,
+        fold: Sequence[int] | None = None,
+        chunk: int = CHUNK,
+        threshold_range: tuple[float, float] = (0.2, 0.8),
+    ) -> TrainMaps:
         """In-memory source: maps (N, M, H, W) uint8 (or floats in [0, 1]), truth (N, H, W) 0/1.
 
         ids default to `<12 hex>_<NN>`-like names whose angle cycles 1..16; fold defaults to 0 for all."""
@@ -219,8 +243,15 @@ class TrainMaps:
                 raise ValueError("this entry needs the truth y (N, H, W) to fit")
             return truth[position[img]]
 
-        return cls(lambda part: batch.maps[[position[i] for i in part]], read_truth, fold_of, members, chunk,
-                   None, threshold_range)
+        return cls(
+            lambda part: batch.maps[[position[i] for i in part]],
+            read_truth,
+            fold_of,
+            members,
+            chunk,
+            None,
+            threshold_range,
+        )
 
 
 @dataclass(frozen=True)
@@ -237,7 +268,7 @@ class TestMaps:
 
     def chunks(self) -> list[tuple[str, ...]]:
         """The ids of each batch, in order."""
-        return [tuple(self.ids[start:start + self.chunk]) for start in range(0, len(self.ids), self.chunk)]
+        return [tuple(self.ids[start : start + self.chunk]) for start in range(0, len(self.ids), self.chunk)]
 
 
 def read_batch(read: ReadMaps, ids: tuple[str, ...]) -> MapBatch:

@@ -12,6 +12,7 @@ and "logistic" (logistic regression on standardised features, the angle one-hot)
 If the sampled band pixels are all one class (or there are none) there is nothing to learn:
 `model_` is None and band pixels get the members' mean too.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
@@ -48,8 +49,17 @@ def _lightgbm(random_state: int, params: dict | None) -> Any:
     )
 
     # One thread: on the team's busy 2-core boxes 2 OpenMP threads fitted 5x slower (bench_stacker).
-    defaults = dict(n_estimators=200, num_leaves=31, learning_rate=0.05, min_child_samples=50, n_jobs=1,
-                    verbose=-1, deterministic=True, force_col_wise=True, random_state=random_state)
+    defaults = dict(
+        n_estimators=200,
+        num_leaves=31,
+        learning_rate=0.05,
+        min_child_samples=50,
+        n_jobs=1,
+        verbose=-1,
+        deterministic=True,
+        force_col_wise=True,
+        random_state=random_state,
+    )
     return LGBMClassifier(**{**defaults, **(params or {})})
 
 
@@ -62,10 +72,12 @@ def _logistic(random_state: int, params: dict | None) -> Any:
     if params:
         raise ValueError(f"lgbm_params apply to model='lightgbm' only, got {params!r} for model='logistic'")
     angle_categories = [np.arange(1, N_ANGLES + 1, dtype=np.float32)]
-    encode = ColumnTransformer([("angle", OneHotEncoder(categories=angle_categories, sparse_output=False), [-1])],
-                               remainder=StandardScaler())
-    return Pipeline([("encode", encode),
-                     ("logistic", LogisticRegression(C=1.0, max_iter=300, random_state=random_state))])
+    encode = ColumnTransformer(
+        [("angle", OneHotEncoder(categories=angle_categories, sparse_output=False), [-1])], remainder=StandardScaler()
+    )
+    return Pipeline(
+        [("encode", encode), ("logistic", LogisticRegression(C=1.0, max_iter=300, random_state=random_state))]
+    )
 
 
 @dataclass(frozen=True)
@@ -86,16 +98,20 @@ def _registry(models: list[Level2Model]) -> dict[str, Level2Model]:
     return registry
 
 
-STACKERS = _registry([
-    Level2Model("lightgbm", _lightgbm, lambda n_features: {"categorical_feature": [n_features - 1]}),
-    Level2Model("logistic", _logistic, lambda n_features: {}),
-])
+STACKERS = _registry(
+    [
+        Level2Model("lightgbm", _lightgbm, lambda n_features: {"categorical_feature": [n_features - 1]}),
+        Level2Model("logistic", _logistic, lambda n_features: {}),
+    ]
+)
 
 
 def _level2(name: str) -> Level2Model:
     if name not in STACKERS:
-        raise WorkbenchError(f"unknown stacker {name!r}; valid names: {', '.join(sorted(STACKERS))} "
-                             "(fix the stacker name in the experiment config)")
+        raise WorkbenchError(
+            f"unknown stacker {name!r}; valid names: {', '.join(sorted(STACKERS))} "
+            "(fix the stacker name in the experiment config)"
+        )
     return STACKERS[name]
 
 
@@ -108,8 +124,17 @@ class PixelStacker(BaseEstimator):
     <= max_pixels), `n_images_`.
     """
 
-    def __init__(self, *, model: str = "lightgbm", lo: float = 0.02, hi: float = 0.98, max_pixels: int = 2_000_000,
-                 random_state: int = 0, lgbm_params: dict | None = None, max_band_share: float = 1.0) -> None:
+    def __init__(
+        self,
+        *,
+        model: str = "lightgbm",
+        lo: float = 0.02,
+        hi: float = 0.98,
+        max_pixels: int = 2_000_000,
+        random_state: int = 0,
+        lgbm_params: dict | None = None,
+        max_band_share: float = 1.0,
+    ) -> None:
         self.model = model
         self.lo = lo
         self.hi = hi
@@ -118,8 +143,13 @@ class PixelStacker(BaseEstimator):
         self.lgbm_params = lgbm_params
         self.max_band_share = max_band_share
 
-    def fit(self, X: TrainMaps | np.ndarray | Images, y: np.ndarray | None = None, angles: np.ndarray | None = None,
-            n_images: int | None = None) -> PixelStacker:
+    def fit(
+        self,
+        X: TrainMaps | np.ndarray | Images,
+        y: np.ndarray | None = None,
+        angles: np.ndarray | None = None,
+        n_images: int | None = None,
+    ) -> PixelStacker:
         """Fit on a TrainMaps (streamed batches), on arrays X (N, M, H, W) uint8 (or floats in [0, 1]),
         y (N, H, W) 0/1, angles (N,) 1..16, or on an iterable X of (maps (M, H, W) uint8, truth (H, W), angle)
         streamed one image at a time (then y and angles are None; `n_images`, if known, saves featurising
@@ -128,8 +158,9 @@ class PixelStacker(BaseEstimator):
         _level2(self.model)
         lo_level, hi_level = band_levels(self.lo, self.hi)
         images, n_images = self._fit_images(X, y, angles, n_images)
-        return self.fit_sample(sample_band_features(images, lo_level, hi_level, self.max_pixels,
-                                                    self.random_state, n_images))
+        return self.fit_sample(
+            sample_band_features(images, lo_level, hi_level, self.max_pixels, self.random_state, n_images)
+        )
 
     def fit_sample(self, sample: BandSample) -> PixelStacker:
         """Fit on a ready `sample_band_features` sample drawn with this stacker's lo, hi, max_pixels and
@@ -137,8 +168,10 @@ class PixelStacker(BaseEstimator):
         spec = _level2(self.model)
         drawn = (sample.lo_level, sample.hi_level, sample.max_pixels, sample.random_state)
         if drawn != (*band_levels(self.lo, self.hi), self.max_pixels, self.random_state):
-            raise ValueError(f"the sample was drawn with (lo_level, hi_level, max_pixels, random_state) = {drawn}, "
-                             "not this stacker's settings")
+            raise ValueError(
+                f"the sample was drawn with (lo_level, hi_level, max_pixels, random_state) = {drawn}, "
+                "not this stacker's settings"
+            )
         self.n_members_, self.n_images_ = sample.n_members, sample.n_images
         self.feature_names_ = feature_names(sample.n_members)
         self.band_share_ = sample.n_band / max(sample.n_pixels, 1)
@@ -175,7 +208,7 @@ class PixelStacker(BaseEstimator):
         band = self._capped(np.flatnonzero(band_mask(maps, *band_levels(self.lo, self.hi))), out)
         flat = out.reshape(-1)
         for start in range(0, band.size, PREDICT_CHUNK):
-            index = band[start:start + PREDICT_CHUNK]
+            index = band[start : start + PREDICT_CHUNK]
             features = pixel_features(maps, angle, index, mean=out)
             flat[index] = self.model_.predict_proba(features)[:, 1]
         return out
@@ -203,8 +236,10 @@ class PixelStacker(BaseEstimator):
                 raise ValueError("fit on arrays needs the truth y (N, H, W) and angles (N,)")
             y, angles = np.asarray(y), np.asarray(angles)
             if y.shape != X.shape[:1] + X.shape[2:] or angles.shape != X.shape[:1]:
-                raise ValueError(f"y must be (N, H, W) = {X.shape[:1] + X.shape[2:]} and angles (N,), "
-                                 f"got {y.shape} and {angles.shape}")
+                raise ValueError(
+                    f"y must be (N, H, W) = {X.shape[:1] + X.shape[2:]} and angles (N,), "
+                    f"got {y.shape} and {angles.shape}"
+                )
             return ((_levels(X[i]), y[i], int(angles[i])) for i in range(X.shape[0])), X.shape[0]
         if y is not None or angles is not None:
             raise ValueError("fit on a stream of (maps, truth, angle) takes no separate y or angles")

@@ -3,6 +3,7 @@
 A run folder may be named anything: unescaped, `?` would start URL options (the database landing outside
 the run), `#` a fragment, and `%20` would read as a space. SQLAlchemy's URL escapes and unescapes them.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

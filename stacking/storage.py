@@ -8,6 +8,7 @@ database (postgresql://...). Optuna heartbeats are RDB-only, and on a journal th
 only the trials of dead processes on its own host; a trial lasts milliseconds here, so one still RUNNING
 long after it started has lost its worker, on this host or another.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -22,8 +23,25 @@ from stacking.sqlite_url import sqlite_path
 
 __all__ = ["NETWORK_FS_TYPES", "SILENT_TRIAL_GRACE_S", "check_storage", "fail_silent_trials", "on_network_fs"]
 
-NETWORK_FS_TYPES = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "ceph", "glusterfs", "beegfs",
-                    "fuse.sshfs", "fuse.gcsfuse", "fuse.s3fs", "fuse.mountpoint-s3", "fuse.juicefs", "9p", "afs")
+NETWORK_FS_TYPES = (
+    "nfs",
+    "nfs4",
+    "cifs",
+    "smb3",
+    "smbfs",
+    "lustre",
+    "gpfs",
+    "ceph",
+    "glusterfs",
+    "beegfs",
+    "fuse.sshfs",
+    "fuse.gcsfuse",
+    "fuse.s3fs",
+    "fuse.mountpoint-s3",
+    "fuse.juicefs",
+    "9p",
+    "afs",
+)
 SILENT_TRIAL_GRACE_S = 300.0  # a RUNNING trial this old (trials take ms to s) has lost its worker
 
 
@@ -56,20 +74,27 @@ def check_storage(url: str, engine: str, mounts: str | None = None) -> str:
     path = sqlite_path(url)
     if path is None:  # not SQLite, or an in-memory database
         return url
-    fix = (f"set `tune.storage: journal:{path.with_suffix('.journal')}` (a journal file on the shared folder) "
-           "or a PostgreSQL URL (postgresql://user@host/db) in the config")
+    fix = (
+        f"set `tune.storage: journal:{path.with_suffix('.journal')}` (a journal file on the shared folder) "
+        "or a PostgreSQL URL (postgresql://user@host/db) in the config"
+    )
     if engine != "local":
-        raise WorkbenchError(f"tune.storage {url}: SQLite cannot be shared by workers on several hosts "
-                             f"(compute.engine is {engine}); {fix}")
+        raise WorkbenchError(
+            f"tune.storage {url}: SQLite cannot be shared by workers on several hosts "
+            f"(compute.engine is {engine}); {fix}"
+        )
     kind = filesystem_type(path.parent, mounts)
     if kind in NETWORK_FS_TYPES:
-        raise WorkbenchError(f"tune.storage {url}: {path.parent} is on a network file system ({kind}), where "
-                             f"SQLite's locks are not safe; {fix}")
+        raise WorkbenchError(
+            f"tune.storage {url}: {path.parent} is on a network file system ({kind}), where "
+            f"SQLite's locks are not safe; {fix}"
+        )
     return url
 
 
-def fail_silent_trials(study: optuna.Study, grace_s: float = SILENT_TRIAL_GRACE_S,
-                       now: dt.datetime | None = None) -> int:
+def fail_silent_trials(
+    study: optuna.Study, grace_s: float = SILENT_TRIAL_GRACE_S, now: dt.datetime | None = None
+) -> int:
     """On a journal storage, fail the RUNNING trials started more than `grace_s` ago; return how many."""
     if not isinstance(study._storage, optuna.storages.JournalStorage):  # Study has no public storage accessor
         return 0

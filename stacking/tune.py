@@ -14,6 +14,7 @@ images of some folds. The search space (`TuneSpace`) has these parameters:
 never scored a fold-k image; the full study (all folds) gives the params for the test set.
 Studies live in any Optuna storage; several processes may work on one study at once.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -53,8 +54,9 @@ COMPLETE, RUNNING = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RU
 _ALIVE = (COMPLETE, RUNNING, optuna.trial.TrialState.WAITING)  # trials that will end COMPLETE unless they fail
 
 
-def build_folded_evaluator(store: Store, members: Sequence[str], fold_of: Mapping[str, int],
-                           truths: Callable[[str], np.ndarray]) -> FoldedEvaluator:
+def build_folded_evaluator(
+    store: Store, members: Sequence[str], fold_of: Mapping[str, int], truths: Callable[[str], np.ndarray]
+) -> FoldedEvaluator:
     """One DiceEvaluator per fold of `fold_of` ({img: fold}), streamed from the store in one pass.
 
     `truths(img)` must give the (H, W) 0/1 truth at the store's resolution."""
@@ -91,8 +93,9 @@ class TuneSpace:
 
     def baseline(self, members: Sequence[str]) -> dict[str, float]:
         """The plain blend's params: threshold 0.5 for every angle, equal weights."""
-        return {name: 0.5 if name == "threshold" else 0.0 if name[0] == "t" else 1.0
-                for name in self.distributions(members)}
+        return {
+            name: 0.5 if name == "threshold" else 0.0 if name[0] == "t" else 1.0 for name in self.distributions(members)
+        }
 
     def suggest(self, trial: optuna.Trial, members: Sequence[str]) -> dict[str, float]:
         return {name: trial.suggest_float(name, d.low, d.high) for name, d in self.distributions(members).items()}
@@ -119,14 +122,25 @@ class TunedParams:
     params: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"threshold": self.threshold.tolist(), "weights": dict(zip(self.members, self.weights.tolist())),
-                "value": self.value, "n_trials": self.n_trials, "params": self.params}
+        return {
+            "threshold": self.threshold.tolist(),
+            "weights": dict(zip(self.members, self.weights.tolist())),
+            "value": self.value,
+            "n_trials": self.n_trials,
+            "params": self.params,
+        }
 
     @classmethod
     def from_dict(cls, saved: Mapping) -> TunedParams:
         """Read back `to_dict` (e.g. RUN/tune.json's "params")."""
-        return cls(np.array(saved["threshold"], dtype=np.float64), np.array(list(saved["weights"].values())),
-                   float(saved["value"]), int(saved["n_trials"]), tuple(saved["weights"]), dict(saved["params"]))
+        return cls(
+            np.array(saved["threshold"], dtype=np.float64),
+            np.array(list(saved["weights"].values())),
+            float(saved["value"]),
+            int(saved["n_trials"]),
+            tuple(saved["weights"]),
+            dict(saved["params"]),
+        )
 
 
 def open_storage(url: str) -> optuna.storages.BaseStorage:
@@ -193,10 +207,19 @@ def _quiet_experimental() -> Iterator[None]:
         yield
 
 
-def tune_study(evaluator: FoldedEvaluator, folds: Sequence[int], members: Sequence[str], space: TuneSpace,
-               storage: str | optuna.storages.BaseStorage, study_name: str, n_trials: int, seed: int,
-               context: Mapping[str, object] | None = None, progress: bool = False,
-               user_attrs: Mapping[str, object] | None = None) -> TunedParams:
+def tune_study(
+    evaluator: FoldedEvaluator,
+    folds: Sequence[int],
+    members: Sequence[str],
+    space: TuneSpace,
+    storage: str | optuna.storages.BaseStorage,
+    study_name: str,
+    n_trials: int,
+    seed: int,
+    context: Mapping[str, object] | None = None,
+    progress: bool = False,
+    user_attrs: Mapping[str, object] | None = None,
+) -> TunedParams:
     """Run trials until the study has `n_trials` COMPLETE trials in total; return its best.
 
     A new study starts with the baseline (threshold 0.5, equal weights) as trial 0. Re-running continues
@@ -210,15 +233,20 @@ def tune_study(evaluator: FoldedEvaluator, folds: Sequence[int], members: Sequen
     if n_trials < 1:
         raise ValueError(f"n_trials must be >= 1, got {n_trials}")
     storage = open_storage(storage) if isinstance(storage, str) else storage
-    attrs = {"members": list(members), "folds": [int(k) for k in folds], "space": _jsonable(asdict(space)),
-             "context": _jsonable(dict(context or {}))}
+    attrs = {
+        "members": list(members),
+        "folds": [int(k) for k in folds],
+        "space": _jsonable(asdict(space)),
+        "context": _jsonable(dict(context or {})),
+    }
     baseline = space.baseline(members)
 
     def baseline_trial() -> optuna.trial.FrozenTrial:
         value = evaluator.score(*space.decode(baseline, members), folds)
         distributions: dict[str, optuna.distributions.BaseDistribution] = {**space.distributions(members)}
-        return optuna.trial.create_trial(params=baseline, distributions=distributions, value=value,
-                                         user_attrs={"worker": WORKER, "baseline": True})
+        return optuna.trial.create_trial(
+            params=baseline, distributions=distributions, value=value, user_attrs={"worker": WORKER, "baseline": True}
+        )
 
     study = _open_study(storage, study_name, attrs, baseline_trial, user_attrs or {})
     study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.get_trials(deepcopy=False)))
@@ -275,9 +303,13 @@ def _count_trials(study: optuna.Study) -> tuple[int, int]:
     return sum(t.state == COMPLETE for t in trials), n_running
 
 
-
-def _open_study(storage: optuna.storages.BaseStorage, name: str, attrs: dict,
-                baseline_trial: Callable[[], optuna.trial.FrozenTrial], labels: Mapping[str, object]) -> optuna.Study:
+def _open_study(
+    storage: optuna.storages.BaseStorage,
+    name: str,
+    attrs: dict,
+    baseline_trial: Callable[[], optuna.trial.FrozenTrial],
+    labels: Mapping[str, object],
+) -> optuna.Study:
     """Create the study with the baseline as a finished trial, or load it and refuse a mismatched reuse.
 
     Not enqueue_trial: on SQLite two workers can both pop the same WAITING trial (no row locks there).
@@ -336,14 +368,28 @@ class NestedResult:
     outer: dict[int, TunedParams]
 
     def to_dict(self) -> dict:
-        return {"honest_mean": self.honest_mean, "tuned_on": self.tuned_on, "baseline": self.baseline,
-                "params": self.params.to_dict(), "outer": {str(k): p.to_dict() for k, p in self.outer.items()}}
+        return {
+            "honest_mean": self.honest_mean,
+            "tuned_on": self.tuned_on,
+            "baseline": self.baseline,
+            "params": self.params.to_dict(),
+            "outer": {str(k): p.to_dict() for k, p in self.outer.items()},
+        }
 
 
-def nested_tune(evaluator: FoldedEvaluator, n_folds: int, members: Sequence[str], space: TuneSpace,
-                storage: str | optuna.storages.BaseStorage, name: str, n_trials: int, seed: int,
-                context: Mapping[str, object] | None = None, progress: bool = False,
-                user_attrs: Mapping[str, object] | None = None) -> NestedResult:
+def nested_tune(
+    evaluator: FoldedEvaluator,
+    n_folds: int,
+    members: Sequence[str],
+    space: TuneSpace,
+    storage: str | optuna.storages.BaseStorage,
+    name: str,
+    n_trials: int,
+    seed: int,
+    context: Mapping[str, object] | None = None,
+    progress: bool = False,
+    user_attrs: Mapping[str, object] | None = None,
+) -> NestedResult:
     """Study `{name}-outer{k}` on folds != k for each k (scored on fold k), then study `name` on all folds,
     through the one cross-fit loop (`stacking.crossfit`) with the tuned blend as its entry.
 
@@ -359,8 +405,16 @@ def nested_tune(evaluator: FoldedEvaluator, n_folds: int, members: Sequence[str]
     train = TrainMaps.from_evaluator(evaluator, members)
 
     def make() -> TunedBlend:
-        return TunedBlend(storage=storage, study=name, n_trials=n_trials, seed=seed, space=space, context=context,
-                          user_attrs=user_attrs, progress=progress)
+        return TunedBlend(
+            storage=storage,
+            study=name,
+            n_trials=n_trials,
+            seed=seed,
+            space=space,
+            context=context,
+            user_attrs=user_attrs,
+            progress=progress,
+        )
 
     outer: dict[int, TunedParams] = {}
     honest: dict[str, float] = {}
@@ -372,8 +426,9 @@ def nested_tune(evaluator: FoldedEvaluator, n_folds: int, members: Sequence[str]
         scores = evaluator.per_image(outer[k].threshold, outer[k].weights, [k])
         ids = evaluator.ids.get(k) or [f"fold{k}/{i}" for i in range(scores.size)]
         honest.update(zip(ids, scores.tolist(), strict=True))
-    return NestedResult(honest, float(np.mean(list(honest.values()))), full.value,
-                        evaluator.score(0.5, None, all_folds), full, outer)
+    return NestedResult(
+        honest, float(np.mean(list(honest.values()))), full.value, evaluator.score(0.5, None, all_folds), full, outer
+    )
 
 
 def blend_proba(maps: np.ndarray, params: TunedParams) -> np.ndarray:

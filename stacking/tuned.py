@@ -6,6 +6,7 @@ processes and `workbench stack` share the same studies. Its maps are stored so t
 0.5 gives exactly the tuned decision: the blend is remapped piecewise-linearly so that its angle's
 threshold lands on 0.5.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -40,9 +41,18 @@ def tuned_map(maps: np.ndarray, angle: int, params: TunedParams) -> np.ndarray:
 class TunedBlend(BaseEstimator):
     """Blend with Optuna-tuned thresholds and weights. Learned: `params_` (TunedParams), `study_`, `n_members_`."""
 
-    def __init__(self, *, storage: Any, study: str = "blend", n_trials: int = 100, seed: int = 0,
-                 space: TuneSpace | None = None, context: Mapping[str, object] | None = None,
-                 user_attrs: Mapping[str, object] | None = None, progress: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        storage: Any,
+        study: str = "blend",
+        n_trials: int = 100,
+        seed: int = 0,
+        space: TuneSpace | None = None,
+        context: Mapping[str, object] | None = None,
+        user_attrs: Mapping[str, object] | None = None,
+        progress: bool = False,
+    ) -> None:
         self.storage = storage
         self.study = study
         self.n_trials = n_trials
@@ -56,9 +66,19 @@ class TunedBlend(BaseEstimator):
         """Tune on the folds of X (its shared evaluator); the study is named after the folds left out."""
         self.study_ = study_for(self.study, X.held_out)
         attrs = {**(self.user_attrs or {}), "outer_fold": X.held_out[0] if len(X.held_out) == 1 else "all"}
-        self.params_ = tune_study(X.evaluator().folded, list(X.fold_set), list(X.members), self.space or TuneSpace(),
-                                  self.storage, self.study_, self.n_trials, self.seed, context=self.context,
-                                  progress=self.progress, user_attrs=attrs)
+        self.params_ = tune_study(
+            X.evaluator().folded,
+            list(X.fold_set),
+            list(X.members),
+            self.space or TuneSpace(),
+            self.storage,
+            self.study_,
+            self.n_trials,
+            self.seed,
+            context=self.context,
+            progress=self.progress,
+            user_attrs=attrs,
+        )
         self.n_members_ = X.n_members
         return self
 

@@ -102,9 +102,9 @@ def test_estimator_contract_and_input_checks():
 
 
 def test_registry_names_and_errors():
-    assert set(BLENDERS) == {"mean", "logit_mean", "vote", "weighted_mean"}
+    assert set(BLENDERS) == {"mean", "logit_mean", "vote", "weighted_mean", "selected"}
     assert isinstance(make_blender("vote", threshold=0.4), VoteBlender)
-    with pytest.raises(WorkbenchError, match="logit_mean, mean, vote, weighted_mean"):
+    with pytest.raises(WorkbenchError, match="logit_mean, mean, selected, vote, weighted_mean"):
         make_blender("median")
     with pytest.raises(ValueError, match="duplicate"):
         _registry([MeanBlender, MeanBlender])

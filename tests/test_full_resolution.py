@@ -25,7 +25,7 @@ def test_a_full_resolution_run_keeps_maps_at_full_resolution(tmp_path):
                     "zoo:\n  train: {epochs: 1, batch_size: 8}\n  members:\n    - avg_mask_128\n"
                     "    - {name: simple_cnn_64, arch: simple_cnn, height: 64, width: 96}\n"
                     "stack: {blends: [mean, weighted_mean], stackers: [logistic], max_pixels: 20000,"
-                    " n_submissions: 1}\n"
+                    " n_submissions: 1, postprocess: [], guard: false}\n"
                     "tune: {n_trials: 2}\n")
     config = load_config(path)
     fold_train(config, progress=False)

@@ -13,6 +13,7 @@ from carvana.dataset import CarvanaData
 from carvana.submission import read_sample_ids, validate_submission
 from folds import read_folds
 from oof import Store
+from stacking.leaderboard import score_entry
 from tests.conftest import run_cli
 from workbench.config import load_config
 from workbench.fold_train import fold_train
@@ -27,6 +28,8 @@ zoo:
 stack:
   max_pixels: 5000
   n_submissions: 2
+  cnn_epochs: 1
+  cnn_size: [48, 32]
 tune:
   n_trials: 6
 """
@@ -46,11 +49,11 @@ def stacked_run(tiny_data_master, tmp_path_factory) -> tuple[Path, list[dict]]:
 
 
 def test_leaderboard_has_every_kind_of_entry(stacked_run):
-    path, rows = stacked_run
-    kinds = {r["entry"]: r["kind"] for r in rows}
+    _, rows = stacked_run
+    kinds = {r["entry"]: r["kind"] for r in rows if r["kind"] != "postprocess"}
     assert kinds == {"avg_mask_128": "member", "simple_cnn_64": "member", "mean": "blend", "logit_mean": "blend",
-                     "vote": "blend", "weighted_mean": "blend", "lightgbm": "stacker", "logistic": "stacker",
-                     "tuned": "tuned"}
+                     "vote": "blend", "weighted_mean": "blend", "selected": "blend", "lightgbm": "stacker",
+                     "logistic": "stacker", "cnn_stacker": "cnn", "tuned": "tuned"}
     scores = [float(r["oof_mean_dice"]) for r in rows]
     assert scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)
     assert all(r["test_mean_dice"] for r in rows)  # the synthetic data knows its test truth
@@ -112,6 +115,27 @@ def test_submission_report_and_per_entry_files(stacked_run):
         [f"{r['entry']}.csv.gz" for r in rows[:2]] + [f"{r['entry']}.json" for r in rows[:2]])
     for name in ("report.md", "dice_by_entry.png", "dice_by_angle.png", "dice_by_fold.png", "worst.png"):
         assert (config.run_dir / "report" / name).stat().st_size > 0
+
+
+def test_postprocessing_is_kept_only_when_it_beats_the_best_entry_on_oof(stacked_run):
+    path, rows = stacked_run
+    config = load_config(path)
+    best = next(r for r in rows if r["kind"] != "postprocess")
+    entries, data = Store(config.run_dir / "stack"), CarvanaData(config.data)
+    folds = read_folds(config.run_dir / "folds.csv")
+    store = Store(config.run_dir / ("oof" if best["kind"] == "member" else "stack"))
+    best_oof = score_entry(store, best["entry"], best["kind"], data, folds, (96, 64)).oof_mean_dice
+    for operation in config.stack.postprocess:
+        name = f"{best['entry']}.{operation}"
+        oof = score_entry(entries, name, "postprocess", data, folds, (96, 64)).oof_mean_dice
+        assert (name in {r["entry"] for r in rows}) == (oof > best_oof)
+
+
+def test_member_report_is_written(stacked_run):
+    path, _ = stacked_run
+    text = (load_config(path).run_dir / "report" / "members.md").read_text()
+    for part in ("Dice by fold", "error correlation", "selection weight", "avg_mask_128", "simple_cnn_64"):
+        assert part in text
 
 
 def test_rerun_resumes_without_refitting(stacked_run, capsys):

@@ -2,6 +2,7 @@
 
 Names are imported from their modules on first use, so `workbench --help` starts fast.
 """
+
 from carvana.lazy import lazy_getattr, public_names
 
 _EXPORTS = {

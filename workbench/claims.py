@@ -8,6 +8,7 @@ this host, or when its heartbeat is older than the grace period (an owner on ano
 Taking over renames the stale file to a unique name first: of two processes reclaiming at once, one
 rename succeeds and the other sees the file gone and tries again.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -65,7 +66,6 @@ def is_stale(path: Path, owner: dict, grace_s: float, task_id: str | None = None
     except FileNotFoundError:
         return True
     return age > grace_s
-
 
 
 def try_claim(path: Path, grace_s: float, task_id: str | None = None) -> bool:

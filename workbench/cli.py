@@ -1,4 +1,5 @@
 """The `workbench` command: thin verbs that parse arguments and call one library function each."""
+
 from __future__ import annotations
 
 import argparse
@@ -69,8 +70,7 @@ def cmd_fold_train(args: argparse.Namespace) -> None:
     config = _config(args)
     for name in args.retrain or ():
         config.member(name)  # an unknown name is refused (listing the zoo's), not ignored
-    fold_train(config, member=args.member, fold=args.fold, retrain=tuple(args.retrain or ()),
-               job_index=args.job_index)
+    fold_train(config, member=args.member, fold=args.fold, retrain=tuple(args.retrain or ()), job_index=args.job_index)
 
 
 def cmd_jobs(args: argparse.Namespace) -> None:
@@ -152,10 +152,18 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--test-cars", type=int, default=8, help="test cars")
     synth.add_argument("--size", type=_size, default=(480, 320), help=f"image size WxH (up to {KAGGLE_SIZE_TEXT})")
     synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--variant", default="default", help="studio variant: car size in the frame, paint mix, "
-                       "annotation habits (the names are in carvana/synth/variants.py)")
-    synth.add_argument("--preview", type=Path, help="also save a grid PNG of cars x 16 angles here "
-                       "(when --out already holds a dataset, only the preview is made)")
+    synth.add_argument(
+        "--variant",
+        default="default",
+        help="studio variant: car size in the frame, paint mix, "
+        "annotation habits (the names are in carvana/synth/variants.py)",
+    )
+    synth.add_argument(
+        "--preview",
+        type=Path,
+        help="also save a grid PNG of cars x 16 angles here "
+        "(when --out already holds a dataset, only the preview is made)",
+    )
     synth.set_defaults(func=cmd_synth)
 
     check = verbs.add_parser("check-data", help="validate a data folder in the Kaggle layout")
@@ -168,8 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     blend.add_argument("--out", type=Path, required=True, help="output file (.csv.gz)")
     blend.add_argument("--weights", type=float, nargs="+", help="one weight per file (default: equal)")
     blend.add_argument("--min-votes", type=float, help="weighted votes a pixel needs (default: strict majority)")
-    blend.add_argument("--size", type=_size,
-                       help=f"image size WxH (default: the config's data, else {KAGGLE_SIZE_TEXT})")
+    blend.add_argument(
+        "--size", type=_size, help=f"image size WxH (default: the config's data, else {KAGGLE_SIZE_TEXT})"
+    )
     blend.add_argument("--config", type=Path, help="experiment YAML, for the image size of its data")
     blend.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     blend.add_argument("--run-dir", type=Path, help=argparse.SUPPRESS)
@@ -202,8 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
             verb.add_argument("--member", help="train only this member (one job of a fan-out)")
             verb.add_argument("--fold", type=int, help="train only this fold")
             verb.add_argument("--job-index", type=int, help="run only job I of `workbench jobs` (a SLURM array index)")
-            verb.add_argument("--retrain", nargs="+", metavar="MEMBER",
-                              help="discard these members' results (e.g. after changing their spec)")
+            verb.add_argument(
+                "--retrain",
+                nargs="+",
+                metavar="MEMBER",
+                help="discard these members' results (e.g. after changing their spec)",
+            )
         if name == "submit":
             verb.add_argument("--entry", help="leaderboard entry (default: the best by honest OOF mean Dice)")
             verb.add_argument("--out", type=Path, help="output path (default RUN/submission.csv.gz)")

@@ -6,6 +6,7 @@ Both answer the same three calls: `submit(job)`, `wait() -> Outcome` (the next j
 process that dies (killed, OOM, node lost) is retried by Ray up to `max_retries` times; a Python
 exception is not retried but handed back in the outcome, so the driver can finish the other jobs.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -86,8 +87,10 @@ class RayEngine:
             try:
                 _start_ray(compute.address)
             except ConnectionError as error:
-                raise WorkbenchError(f"compute.address {compute.address!r}: no Ray cluster there ({error}); "
-                                     "start one with `ray start --head`, or leave address empty") from None
+                raise WorkbenchError(
+                    f"compute.address {compute.address!r}: no Ray cluster there ({error}); "
+                    "start one with `ray start --head`, or leave address empty"
+                ) from None
         self.remote_cpu = ray.remote(_run_body)
         # One job per process for GPU jobs: TF and torch give GPU memory back only when the process exits.
         self.remote_gpu = ray.remote(max_calls=1)(_run_body)
@@ -102,8 +105,13 @@ class RayEngine:
         return int(self.ray.cluster_resources().get("CPU", 1))
 
     def submit(self, job: Any, gpus: int = 0, cpus: int = 1) -> None:
-        options = {"num_gpus": gpus, "num_cpus": cpus, "max_retries": self.compute.max_retries,
-                   "retry_exceptions": False, "name": str(job)}
+        options = {
+            "num_gpus": gpus,
+            "num_cpus": cpus,
+            "max_retries": self.compute.max_retries,
+            "retry_exceptions": False,
+            "name": str(job),
+        }
         if self.runtime_env:
             options["runtime_env"] = self.runtime_env
         remote = self.remote_gpu if gpus else self.remote_cpu

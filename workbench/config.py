@@ -3,6 +3,7 @@
 Unknown keys are rejected with their dotted name and the valid ones; relative paths are relative to
 the directory the command runs in (the repository root for `make` targets).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -64,11 +65,15 @@ class OofConfig:
 
 @dataclass(frozen=True)
 class StackConfig:
-    blends: tuple[str, ...] = ("mean", "logit_mean", "vote", "weighted_mean")
+    blends: tuple[str, ...] = ("mean", "logit_mean", "vote", "weighted_mean", "selected")
     stackers: tuple[str, ...] = ("lightgbm", "logistic")  # per-pixel level-2 models on the uncertain band
     max_pixels: int = 2_000_000  # band pixels sampled to fit each stacker (bounds memory and time)
     band: tuple[float, float] = (0.02, 0.98)  # stackers learn where not every member is <= lo or >= hi
     max_band_share: float = 1.0  # stackers predict at most this share of an image's pixels (the most doubtful)
+    postprocess: tuple[str, ...] = ("largest", "fill_holes", "drop_blobs")  # on the best entry, kept if it helps
+    cnn_epochs: int = 0  # the CNN stacker (zoo.cnn_stacker) trains this many epochs per fit; 0 leaves it out
+    cnn_size: tuple[int, int] = (96, 64)  # W x H at which it sees the photo and the members' maps
+    guard: bool = False  # True: stackers used only where inner folds say they beat the selected blend (~3x cost)
     n_submissions: int = 3  # top entries also written to RUN/submissions/ for `workbench blend`
 
     def __post_init__(self) -> None:
@@ -118,8 +123,9 @@ class TuneConfig:
         low, high = self.threshold_range
         if not 0 < low <= 0.5 <= high <= 1:
             raise ValueError(f"tune.threshold_range is {list(self.threshold_range)}; need 0 < low <= 0.5 <= high <= 1")
-        if self.members is not None and (not isinstance(self.members, list) or not self.members
-                                         or not all(isinstance(m, str) for m in self.members)):
+        if self.members is not None and (
+            not isinstance(self.members, list) or not self.members or not all(isinstance(m, str) for m in self.members)
+        ):
             raise ValueError(f"tune.members must be a non-empty list of member names, got {self.members!r}")
 
 
@@ -176,8 +182,9 @@ class ExperimentConfig:
         raise WorkbenchError(f"no member {name!r} in this config's zoo; valid: {', '.join(s.name for s in self.zoo)}")
 
 
-def load_config(path: Path, *, data: Path | None = None, run_dir: Path | None = None,
-                compute: dict | None = None) -> ExperimentConfig:
+def load_config(
+    path: Path, *, data: Path | None = None, run_dir: Path | None = None, compute: dict | None = None
+) -> ExperimentConfig:
     """Load `path`; `data` and `run_dir` override the config's folders (the CLI's --data, --run-dir),
     `compute` ({key: value}, None values ignored) the keys of its `compute:` section (--engine ...)."""
     path = Path(path)
@@ -197,8 +204,10 @@ def load_config(path: Path, *, data: Path | None = None, run_dir: Path | None = 
     if "data" not in raw:
         raise WorkbenchError(f"{path}: no `data:` folder given; add `data: data/synthetic` or pass --data DIR")
     if isinstance(raw.get("stack"), dict) and "resolution" in raw["stack"]:
-        raise WorkbenchError(f"{path}: `stack.resolution` is now `oof.resolution` (W x H of the stored maps; "
-                             "omit it to keep the photos' own size): move the key")
+        raise WorkbenchError(
+            f"{path}: `stack.resolution` is now `oof.resolution` (W x H of the stored maps; "
+            "omit it to keep the photos' own size): move the key"
+        )
     try:
         raw["zoo"] = _zoo_members(raw.get("zoo"))
         config = _build(ExperimentConfig, raw, "")
@@ -217,9 +226,9 @@ class _Loader(yaml.SafeLoader):
 
 _Loader.yaml_implicit_resolvers = {
     first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:int"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
-_Loader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^[-+]?(0|[1-9][0-9_]*)$"),
-                              list("-+0123456789"))
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^[-+]?(0|[1-9][0-9_]*)$"), list("-+0123456789"))
 
 
 def read_yaml(path: Path) -> dict:
@@ -308,6 +317,7 @@ def _convert_tuple(hint: object, value: object, name: str) -> tuple:
 
 def config_to_dict(config: typing.Any) -> dict:
     """A plain dict of a config dataclass, paths as strings, for saving as YAML."""
+
     def plain(value: typing.Any) -> typing.Any:
         if isinstance(value, Path):
             return str(value)
@@ -316,6 +326,7 @@ def config_to_dict(config: typing.Any) -> dict:
         if isinstance(value, dict):
             return {k: plain(v) for k, v in value.items()}
         return value
+
     return plain(dataclasses.asdict(config))
 
 

@@ -1,4 +1,5 @@
 """`workbench dashboard`: optuna-dashboard on the run's tuning storage (RUN/optuna.db or `tune.storage`)."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,5 +1,6 @@
 """`workbench demo` / `make demo`: the whole pipeline on the config's data (synthetic when missing):
 data, folds, fold-train, stack (blends, stackers, tuning, report, submission), local score, summary."""
+
 from __future__ import annotations
 
 import time

@@ -6,6 +6,7 @@ damaged Optuna database: libraries report these in their own words (torch: "file
 sentence naming the path and the fix, or returns None for an error it does not know (a real bug keeps
 its traceback).
 """
+
 from __future__ import annotations
 
 import errno
@@ -16,8 +17,15 @@ from pathlib import Path
 
 __all__ = ["explain", "free_space_needed"]
 
-DISK_FULL_WORDS = ("no space left", "disk is full", "disk full", "quota exceeded", "file write failed",
-                   "unexpected pos", "pytorchstreamwriter")  # the last three: torch.save on a full disk
+DISK_FULL_WORDS = (
+    "no space left",
+    "disk is full",
+    "disk full",
+    "quota exceeded",
+    "file write failed",
+    "unexpected pos",
+    "pytorchstreamwriter",
+)  # the last three: torch.save on a full disk
 LOW_FREE_BYTES = 16 << 20  # below this, a library's vague write failure is taken for a full disk
 
 
@@ -38,8 +46,13 @@ def _folder_size(folder: Path) -> int:
 
 def free_space_needed(run_dir: Path) -> int:
     """Bytes one more member or entry needs, estimated as the largest one the run already holds (its maps)."""
-    sizes = [_folder_size(d) for store in ("oof", "stack", "members") if (run_dir / store).is_dir()
-             for d in (run_dir / store).iterdir() if d.is_dir()]
+    sizes = [
+        _folder_size(d)
+        for store in ("oof", "stack", "members")
+        if (run_dir / store).is_dir()
+        for d in (run_dir / store).iterdir()
+        if d.is_dir()
+    ]
     return max(sizes, default=0)
 
 
@@ -55,8 +68,10 @@ def _disk_full(where: Path, run_dir: Path | None) -> str:
     free = shutil.disk_usage(folder).free
     need = free_space_needed(run_dir) if run_dir is not None and run_dir.is_dir() else 0
     need_text = f"about {_mb(need)} more (the size of the run's largest member or entry)" if need else "more space"
-    return (f"{folder}: the disk is full ({_mb(free)} free); free up {need_text} on that file system, then re-run "
-            "the same command (finished work is kept)")
+    return (
+        f"{folder}: the disk is full ({_mb(free)} free); free up {need_text} on that file system, then re-run "
+        "the same command (finished work is kept)"
+    )
 
 
 def _os_error(error: OSError, run_dir: Path | None) -> str | None:
@@ -86,8 +101,10 @@ def _database_error(error: Exception, storage: str | None) -> str | None:
         from stacking.sqlite_url import sqlite_path
 
         path = (sqlite_path(storage) if storage else None) or storage
-        return (f"{path}: damaged Optuna database ({str(error).splitlines()[0][:120]}); move it aside "
-                f"(`mv {path} {path}.damaged`) and re-run: the tuning studies start over")
+        return (
+            f"{path}: damaged Optuna database ({str(error).splitlines()[0][:120]}); move it aside "
+            f"(`mv {path} {path}.damaged`) and re-run: the tuning studies start over"
+        )
     return None
 
 

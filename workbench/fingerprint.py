@@ -6,6 +6,7 @@ same ids re-rendered at another size, or re-annotated, must not be scored with t
 verb to make folds records the fingerprint; every later verb compares it and refuses other data in one
 line naming what differs. A moved copy of the same data is the same data (the path is not compared).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -40,8 +41,9 @@ def _sample(ids: list[str], n: int) -> list[str]:
 def data_fingerprint(data: CarvanaData, summary: DataSummary) -> dict:
     """{train_ids, test_ids: {n, sha256}, size: WxH, masks_sha256, photos_sha256, data: path (not compared)}."""
     ids = {split: data.ids(split) for split in ("train", "test")}
-    photos = [data.image_path(img, split).read_bytes()
-              for split, n in N_SAMPLE.items() for img in _sample(ids[split], n)]
+    photos = [
+        data.image_path(img, split).read_bytes() for split, n in N_SAMPLE.items() for img in _sample(ids[split], n)
+    ]
     return {
         **{f"{split}_ids": {"n": len(v), "sha256": _sha256([i.encode() for i in v])} for split, v in ids.items()},
         "size": format_size(summary.size),
@@ -85,7 +87,8 @@ def check_fingerprint(run_dir: Path, data: CarvanaData, summary: DataSummary, *,
             raise WorkbenchError(
                 f"{path}: this run was built on other data than {data.root} ({'; '.join(differs)}); its folds, "
                 f"maps and scores belong to that data: use another --run-dir for this data, or pass "
-                f"--data {recorded.get('data', 'DIR')} (the data it was built on)")
+                f"--data {recorded.get('data', 'DIR')} (the data it was built on)"
+            )
         return recorded
     if record:
         write_json_atomic(path, found)

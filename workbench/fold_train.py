@@ -6,6 +6,7 @@ Finished work is skipped (a fold's `done.json`, a shard's marker, a member's `te
 the same command after any kill resumes the rest. Claims keep parallel processes (a second driver, a
 manual or SLURM fan-out) from running one job twice.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -50,8 +51,14 @@ def describe_jobs(config: ExperimentConfig) -> str:
     return "\n".join(["index\tmember\tfold\tstate", *lines])
 
 
-def fold_train(config: ExperimentConfig, member: str | None = None, fold: int | None = None,
-               retrain: tuple[str, ...] = (), progress: bool = True, job_index: int | None = None) -> None:
+def fold_train(
+    config: ExperimentConfig,
+    member: str | None = None,
+    fold: int | None = None,
+    retrain: tuple[str, ...] = (),
+    progress: bool = True,
+    job_index: int | None = None,
+) -> None:
     """Train what is not finished; `member` / `fold` / `job_index` restrict the work to one job of a fan-out."""
     if not config.zoo:  # before make_folds writes anything
         raise WorkbenchError("the config has no `zoo: members:`; add members (see configs/demo.yaml)")
@@ -66,19 +73,23 @@ def fold_train(config: ExperimentConfig, member: str | None = None, fold: int | 
     failures = _drive(config, selected, folds.n_folds, progress)
     _write_member_rows(run, folds, start)
     if failures:
-        raise WorkbenchError(f"{len(failures)} job(s) failed ({', '.join(failures)}); the others finished: "
-                             "fix the cause and re-run the same command (finished work is skipped)")
+        raise WorkbenchError(
+            f"{len(failures)} job(s) failed ({', '.join(failures)}); the others finished: "
+            "fix the cause and re-run the same command (finished work is skipped)"
+        )
 
 
-def _select(config: ExperimentConfig, n_folds: int, member: str | None, fold: int | None,
-            job_index: int | None) -> list[tuple[MemberSpec, int]]:
+def _select(
+    config: ExperimentConfig, n_folds: int, member: str | None, fold: int | None, job_index: int | None
+) -> list[tuple[MemberSpec, int]]:
     jobs = all_jobs(config, n_folds)
     if job_index is not None:
         if member is not None or fold is not None:
             raise WorkbenchError("--job-index names one member x fold already; drop --member and --fold")
         if not 0 <= job_index < len(jobs):
-            raise WorkbenchError(f"--job-index {job_index}: this run has jobs 0..{len(jobs) - 1} "
-                                 "(see `workbench jobs --config ...`)")
+            raise WorkbenchError(
+                f"--job-index {job_index}: this run has jobs 0..{len(jobs) - 1} (see `workbench jobs --config ...`)"
+            )
         return [jobs[job_index]]
     if fold is not None and not 0 <= fold < n_folds:
         raise WorkbenchError(f"--fold {fold}: this run has folds 0..{n_folds - 1}")
@@ -87,8 +98,7 @@ def _select(config: ExperimentConfig, n_folds: int, member: str | None, fold: in
     return [(s, k) for s, k in jobs if member in (None, s.name) and fold in (None, k)]
 
 
-def _drive(config: ExperimentConfig, selected: list[tuple[MemberSpec, int]], n_folds: int,
-           progress: bool) -> list[str]:
+def _drive(config: ExperimentConfig, selected: list[tuple[MemberSpec, int]], n_folds: int, progress: bool) -> list[str]:
     """Run the selected fold jobs and the test shards they complete; return the failed jobs' names."""
     engine = make_engine(config.compute, run_job)
     with contextlib.ExitStack() as held:
@@ -155,8 +165,9 @@ class _Driver:
             self.submit_test(spec)
             return
         self.shards_left[spec.name] -= 1
-        if self.shards_left[spec.name] == 0 and finish_member_test(self.config.run_dir, spec, self.n_folds,
-                                                                   self.n_shards):
+        if self.shards_left[spec.name] == 0 and finish_member_test(
+            self.config.run_dir, spec, self.n_folds, self.n_shards
+        ):
             print(f"{spec.name}: test maps complete")
 
 
@@ -174,8 +185,9 @@ def _report(outcome: Outcome) -> bool:
         print(f"{job}: claimed by {owner.get('host')} pid {owner.get('pid')} (another process runs it), skipped")
         return False
     where = f" on {result['host']} (GPUs {result.get('cuda_visible_devices')})" if result.get("engine") == "ray" else ""
-    what = {"trained": "trained, OOF maps written", "predicted": "test maps written",
-            "done": "done, skipped"}.get(status, status)
+    what = {"trained": "trained, OOF maps written", "predicted": "test maps written", "done": "done, skipped"}.get(
+        status, status
+    )
     print(f"{job}: {what}{where}")
     return False
 
@@ -187,8 +199,10 @@ def _resolve(config: ExperimentConfig, engine: LocalEngine | RayEngine) -> Exper
     n_gpus, n_cpus = engine.n_gpus(), engine.n_cpus()
     gpus = compute.gpus_per_job if compute.gpus_per_job is not None else (1 if n_gpus else 0)
     if compute.engine == "ray" and gpus > n_gpus:
-        raise WorkbenchError(f"compute.gpus_per_job is {gpus} but the Ray cluster has {n_gpus} GPU(s); "
-                             "lower --gpus-per-job (0 trains on CPUs) or add GPU nodes")
+        raise WorkbenchError(
+            f"compute.gpus_per_job is {gpus} but the Ray cluster has {n_gpus} GPU(s); "
+            "lower --gpus-per-job (0 trains on CPUs) or add GPU nodes"
+        )
     workers = max((spec.train.num_workers for spec in config.zoo), default=0)
     cpus = compute.cpus_per_job or min(workers + 1, n_cpus)
     if compute.engine == "ray" and cpus > n_cpus:
@@ -196,8 +210,13 @@ def _resolve(config: ExperimentConfig, engine: LocalEngine | RayEngine) -> Exper
     slots = (n_gpus // gpus if gpus else n_cpus // cpus) if compute.engine == "ray" else 0
     default_shards = max(1, 2 * slots)  # two per job slot: a slow shard does not hold up the others
     cache_dir = compute.cache_dir.resolve() if compute.cache_dir else None
-    resolved = dataclasses.replace(compute, gpus_per_job=gpus, cpus_per_job=cpus, cache_dir=cache_dir,
-                                   test_shards=compute.test_shards or default_shards)
+    resolved = dataclasses.replace(
+        compute,
+        gpus_per_job=gpus,
+        cpus_per_job=cpus,
+        cache_dir=cache_dir,
+        test_shards=compute.test_shards or default_shards,
+    )
     return dataclasses.replace(config, data=config.data.resolve(), run_dir=config.run_dir.resolve(), compute=resolved)
 
 

@@ -4,6 +4,7 @@
 Every job claims its work first (`workbench.claims`), so two processes never train one member x fold
 or predict one test shard; the job then records where it ran in the fold's `done.json`.
 """
+
 from __future__ import annotations
 
 import json
@@ -66,11 +67,22 @@ def _run_claimed(job: Job, task_id: str | None) -> dict:
     data, folds, store, resolution = run.data, run.folds, run.members_store, run.resolution
     where = provenance(job, task_id)
     if job.kind == FOLD:
-        run_member_fold(spec, job.index, data, folds, config.run_dir, store, resolution, job.progress,
-                        cache_dir=config.compute.cache_dir, provenance=where)
+        run_member_fold(
+            spec,
+            job.index,
+            data,
+            folds,
+            config.run_dir,
+            store,
+            resolution,
+            job.progress,
+            cache_dir=config.compute.cache_dir,
+            provenance=where,
+        )
         return {"status": "trained", **where}
-    predicted = predict_member_test(spec, folds, data, config.run_dir, store, resolution, job.progress,
-                                    shard=(job.index, job.n_shards))
+    predicted = predict_member_test(
+        spec, folds, data, config.run_dir, store, resolution, job.progress, shard=(job.index, job.n_shards)
+    )
     return {"status": "predicted" if predicted else "done", **where}
 
 
@@ -79,9 +91,15 @@ def provenance(job: Job, task_id: str | None) -> dict:
     log_path = job.claim_path().with_name(job.claim_path().name + ".attempts")
     earlier = log_path.read_text().splitlines() if log_path.exists() else []
     attempt = 1 + sum(1 for line in earlier if task_id and json.loads(line).get("task_id") == task_id)
-    record = {"host": socket.gethostname(), "pid": os.getpid(), "engine": os.environ.get("WORKBENCH_ENGINE", "local"),
-              "task_id": task_id, "attempt": attempt, "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-              "started": time.time()}
+    record = {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "engine": os.environ.get("WORKBENCH_ENGINE", "local"),
+        "task_id": task_id,
+        "attempt": attempt,
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "started": time.time(),
+    }
     with open(log_path, "a") as f:  # appended under the job's claim: one writer at a time
         f.write(json.dumps(record) + "\n")
     return record

@@ -4,8 +4,11 @@
 - `dice_by_entry.png`, `dice_by_angle.png`, `dice_by_fold.png`: the same as charts;
 - `worst.png`: the best entry's worst OOF images, photo with its errors overlaid
   (red: predicted car that is background, blue: missed car);
-- `test_overlays.png`: a few test photos with the best entry's predicted mask.
+- `test_overlays.png`: a few test photos with the best entry's predicted mask;
+- `members.md`: per-fold member Dice with collapsed folds flagged, pairwise error correlation of the
+  members' OOF maps, the selection weights and each member's leave-one-out effect on the selected blend.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,6 +21,8 @@ from carvana.dataset import CarvanaData
 from carvana.rle import rle_decode
 from oof import Store
 from stacking.leaderboard import upsampled_dice
+from stacking.maps import TrainMaps
+from stacking.member_report import collapsed_folds, error_correlation, leave_one_out
 
 N_TOP = 6  # entries shown in the by-angle and by-fold views
 N_WORST = 6
@@ -43,8 +48,10 @@ def write_report(run_dir: Path, data: CarvanaData, rows: list[dict], entry_store
     cv2.imwrite(str(folder / "worst.png"), cv2.cvtColor(worst_grid, cv2.COLOR_RGB2BGR))
     # Four cars (as far as the test set has them) at four different angles.
     test_ids = [data.test_ids[(16 * i + a) % len(data.test_ids)] for i, a in enumerate((2, 4, 10, 13))]
-    cv2.imwrite(str(folder / "test_overlays.png"), cv2.cvtColor(_test_grid(data, store, best["entry"], test_ids),
-                                                                cv2.COLOR_RGB2BGR))
+    cv2.imwrite(
+        str(folder / "test_overlays.png"),
+        cv2.cvtColor(_test_grid(data, store, best["entry"], test_ids), cv2.COLOR_RGB2BGR),
+    )
     text = _markdown(rows, top, angles, fold_columns, best["entry"], worst)
     write_text_atomic(folder / "report.md", text)
     return folder
@@ -53,8 +60,10 @@ def write_report(run_dir: Path, data: CarvanaData, rows: list[dict], entry_store
 def _worst_images(store: Store, entry: str, data: CarvanaData) -> list[tuple[str, float]]:
     """The entry's N_WORST train images by OOF Dice at the photos' size: [(img, dice)], worst first."""
     height, width = data.load_mask(data.train_ids[0]).shape
-    scores = [(img, upsampled_dice(store.read(entry, "train", img), rle_decode(rle, (height, width))))
-              for img, rle in data.train_rles.items()]
+    scores = [
+        (img, upsampled_dice(store.read(entry, "train", img), rle_decode(rle, (height, width))))
+        for img, rle in data.train_rles.items()
+    ]
     return sorted(scores, key=lambda s: s[1])[:N_WORST]
 
 
@@ -73,7 +82,7 @@ def _overlay_grid(data: CarvanaData, store: Store, entry: str, worst: list[tuple
         tiles.append(tile)
     while len(tiles) % 3:
         tiles.append(np.full_like(tiles[0], 255))
-    rows = [np.concatenate(tiles[i:i + 3], axis=1) for i in range(0, len(tiles), 3)]
+    rows = [np.concatenate(tiles[i : i + 3], axis=1) for i in range(0, len(tiles), 3)]
     return np.concatenate(rows, axis=0)
 
 
@@ -131,13 +140,87 @@ def _markdown(rows, top, angles, fold_columns, best: str, worst: list[tuple[str,
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         return "\n".join(lines + ["| " + " | ".join(str(c) for c in r) + " |" for r in body])
 
-    board = table(["entry", "kind", "honest OOF mean Dice", "test mean Dice"],
-                  [[r["entry"], r["kind"], r["oof_mean_dice"], r.get("test_mean_dice", "")] for r in rows])
+    board = table(
+        ["entry", "kind", "honest OOF mean Dice", "test mean Dice"],
+        [[r["entry"], r["kind"], r["oof_mean_dice"], r.get("test_mean_dice", "")] for r in rows],
+    )
     by_angle = table(["angle"] + [r["entry"] for r in top], [[a[-2:]] + [r.get(a, "") for r in top] for a in angles])
     by_fold = table(["fold"] + [r["entry"] for r in top], [[c[4:]] + [r[c] for r in top] for c in fold_columns])
     worst_text = "\n".join(f"- {img}: {score:.4f}" for img, score in worst)
-    return (f"# Run report\n\nBest entry by honest OOF mean Dice: **{best}**.\n\n## Leaderboard\n\n{board}\n\n"
-            f"![](dice_by_entry.png)\n\n## Dice by angle\n\n{by_angle}\n\n![](dice_by_angle.png)\n\n"
-            f"## Dice by fold\n\n{by_fold}\n\n![](dice_by_fold.png)\n\n"
-            f"## Worst OOF images of {best}\n\nRed: predicted car on background; blue: missed car.\n\n"
-            f"{worst_text}\n\n![](worst.png)\n")
+    return (
+        f"# Run report\n\nBest entry by honest OOF mean Dice: **{best}**.\n\n## Leaderboard\n\n{board}\n\n"
+        f"![](dice_by_entry.png)\n\n## Dice by angle\n\n{by_angle}\n\n![](dice_by_angle.png)\n\n"
+        f"## Dice by fold\n\n{by_fold}\n\n![](dice_by_fold.png)\n\n"
+        f"## Worst OOF images of {best}\n\nRed: predicted car on background; blue: missed car.\n\n"
+        f"{worst_text}\n\n![](worst.png)\n"
+    )
+
+
+def report_members(run_dir: Path, rows: list[dict], train: TrainMaps) -> Path:
+    """The member report of leaderboard `rows` for the members of `train`; prints a warning per collapsed fold."""
+    from stacking.blenders import SelectedBlend
+
+    members = list(train.members)
+    by_entry = {r["entry"]: r for r in rows}
+    fold_columns = [c for c in rows[0] if c.startswith("fold")]
+    collapsed = collapsed_folds({m: [float(by_entry[m][c]) for c in fold_columns] for m in members})
+    for member, k in collapsed:
+        others = ", ".join(by_entry[member][c] for c in fold_columns if c != f"fold{k}")
+        print(
+            f"WARNING: member {member} collapsed in fold {k}: OOF mean Dice {by_entry[member][f'fold{k}']} "
+            f"there vs {others} in the other folds (its fold-{k} model failed; see report/members.md)"
+        )
+    weights = SelectedBlend().fit(train).weights_
+    return write_member_report(
+        run_dir, rows, members, error_correlation(train), weights, leave_one_out(train.evaluator(), weights), collapsed
+    )
+
+
+def write_member_report(
+    run_dir: Path,
+    rows: list[dict],
+    members: list[str],
+    correlation: np.ndarray,
+    weights: np.ndarray,
+    loo: np.ndarray,
+    collapsed: list[tuple[str, int]],
+) -> Path:
+    """`RUN/report/members.md`: per-fold member Dice (collapsed folds in bold), pairwise error correlation of
+    the OOF maps, the selection weights and each member's leave-one-out effect on the selected blend."""
+    by_entry = {r["entry"]: r for r in rows}
+    fold_columns = [c for c in rows[0] if c.startswith("fold")]
+    bad = set(collapsed)
+
+    def fold_cell(member: str, k: int) -> str:
+        value = by_entry[member][fold_columns[k]]
+        return f"**{value}** (collapsed)" if (member, k) in bad else str(value)
+
+    per_fold = _table(
+        ["member", *fold_columns, "OOF"],
+        [[m, *(fold_cell(m, k) for k in range(len(fold_columns))), by_entry[m]["oof_mean_dice"]] for m in members],
+    )
+    errors = _table(
+        ["", *members], [[a, *(f"{correlation[i, j]:.3f}" for j in range(len(members)))] for i, a in enumerate(members)]
+    )
+    selection = _table(
+        ["member", "selection weight", "leave-one-out effect on the selected blend"],
+        [[m, f"{w:.3f}", f"{e:+.6f}"] for m, w, e in zip(members, weights, loo)],
+    )
+    warnings = "".join(f"- WARNING: {m} collapsed in fold {k}\n" for m, k in collapsed) or "- no collapsed fold\n"
+    text = (
+        f"# Members\n\n## Dice by fold\n\nA fold more than 0.03 below the member's worst other fold is "
+        f"flagged as collapsed.\n\n{warnings}\n{per_fold}\n\n## Pairwise error correlation of the OOF maps\n\n"
+        f"Pearson correlation of the members' per-pixel errors (map >= 0.5 vs truth): low values are what "
+        f"blending can use.\n\n{errors}\n\n## Ensemble selection on all folds\n\nWeights of `selected` "
+        f"fitted on every fold; the leave-one-out effect is its mean Dice on those same images minus the "
+        f"Dice without the member (in-sample, for orientation only).\n\n{selection}\n"
+    )
+    folder = run_dir / "report"
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(folder / "members.md", text)
+    return folder / "members.md"
+
+
+def _table(header: list[str], body: list[list[object]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(str(c) for c in r) + " |" for r in body])

@@ -4,6 +4,7 @@ Every verb opens a Run first (`Run.open(config)`): that is the one place the dat
 every step after it takes the Run instead of re-reading the data. Sizes inside the workbench are
 (H, W); (W, H) appears only in YAML and CLI text.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -79,7 +80,8 @@ class Run:
                 raise WorkbenchError(
                     f"{self.members_store.path / member}: maps are {found[1]}x{found[0]}, the config's store "
                     f"resolution is {width}x{height}; run `workbench fold-train --retrain {member}`, or set "
-                    f"`oof.resolution: {found[1]}x{found[0]}` in the config")
+                    f"`oof.resolution: {found[1]}x{found[0]}` in the config"
+                )
 
     def truth(self, img: str):
         """(H, W) uint8 0/1 truth of a train image at the store's resolution."""
@@ -88,8 +90,14 @@ class Run:
     def train_maps(self, members: Sequence[str], chunk: int = CHUNK) -> TrainMaps:
         """The members' OOF maps of every train image with their truths, streamed from the store."""
         members = tuple(members)
-        return TrainMaps(StoreReader(self.members_store, members, "train"), self.truth, self.folds.fold_of,
-                         members, chunk, threshold_range=self.config.tune.threshold_range)
+        return TrainMaps(
+            StoreReader(self.members_store, members, "train"),
+            self.truth,
+            self.folds.fold_of,
+            members,
+            chunk,
+            threshold_range=self.config.tune.threshold_range,
+        )
 
     def test_maps(self, members: Sequence[str], chunk: int = CHUNK) -> TestMaps:
         return TestMaps(StoreReader(self.members_store, tuple(members), "test"), tuple(self.data.test_ids), chunk)

@@ -6,6 +6,7 @@ holder dies, so the lock of a killed process is simply taken over). The holder w
 pid into the file; a second process refuses at once, in one line naming that holder. Taking the lock
 also cleans the temp files that dead processes left in the run folder (see `clean_stale_temps`).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -30,8 +31,9 @@ _held: dict[Path, int] = {}  # lock paths this process holds, with a depth: the 
 
 
 def _holder(verb: str) -> str:
-    return json.dumps({"verb": verb, "host": socket.gethostname(), "pid": os.getpid(),
-                       "since": time.strftime("%Y-%m-%d %H:%M:%S")})
+    return json.dumps(
+        {"verb": verb, "host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    )
 
 
 def _describe(text: str) -> str:
@@ -65,7 +67,8 @@ def run_lock(run_dir: Path, verb: str, *, shared: bool = False) -> Iterator[None
     except LockHeld as held:
         raise WorkbenchError(
             f"{run_dir}: {_describe(held.holder)} is writing this run folder; wait for it to finish and "
-            f"re-run `workbench {verb}`, or use another --run-dir") from None
+            f"re-run `workbench {verb}`, or use another --run-dir"
+        ) from None
 
 
 def clean_stale_temps(run_dir: Path, min_age_s: float = STALE_TEMP_S) -> list[Path]:
@@ -84,4 +87,3 @@ def clean_stale_temps(run_dir: Path, min_age_s: float = STALE_TEMP_S) -> list[Pa
                     path.unlink()
                     removed.append(path)
     return removed
-

@@ -7,6 +7,7 @@ The verb opens the Run (data checked once), streams the members' maps through th
 `RUN/stack/`, beside the members' `RUN/oof/`; a re-run skips entries already complete for the same
 members and settings.
 """
+
 from __future__ import annotations
 
 import functools
@@ -18,17 +19,21 @@ from carvana.errors import WorkbenchError
 from oof import Store, rebuild, recover
 from stacking.blenders import make_blender
 from stacking.crossfit import Entry, EntryT, fit_predict
-from stacking.leaderboard import format_table, score_entries, write_leaderboard
+from stacking.leaderboard import EntryScore, format_table, score_entries, write_leaderboard
 from stacking.maps import TestMaps, TrainMaps
 from stacking.pixel_stacker import make_stacker
+from stacking.postprocess import OPERATIONS, postprocess_spec, postprocessed_name, write_postprocessed
+from stacking.robust import Guarded
 from workbench.compute import parallel_backend
 from workbench.config import ExperimentConfig
-from workbench.report import write_report
+from workbench.report import report_members, write_report
 from workbench.run import Run
 from workbench.runlock import run_lock
 from workbench.submit import SUBMISSION, local_score, submit
 from workbench.tune import TUNED_ENTRY, complete_members, tuned_blend_factory
 from zoo.runner import member_finished
+
+CNN_ENTRY = "cnn_stacker"
 
 
 def finished_members(run: Run) -> list[str]:
@@ -44,11 +49,15 @@ def finished_members(run: Run) -> list[str]:
     if unfinished:
         print(f"not stacked (not finished; run `workbench fold-train`): {', '.join(unfinished)}")
     if len(names) < 2:
-        raise WorkbenchError(f"{store.path}: stacking needs at least 2 finished members, found {names}; "
-                             "run `workbench fold-train --config ...` first")
+        raise WorkbenchError(
+            f"{store.path}: stacking needs at least 2 finished members, found {names}; "
+            "run `workbench fold-train --config ...` first"
+        )
     if config.tune.members and not set(config.tune.members) <= set(names):
-        raise WorkbenchError(f"tune.members {list(config.tune.members)} must be finished members of the zoo; "
-                             f"finished: {', '.join(names)}")
+        raise WorkbenchError(
+            f"tune.members {list(config.tune.members)} must be finished members of the zoo; "
+            f"finished: {', '.join(names)}"
+        )
     run.check_resolution(names)
     for name in names:
         store.check_coverage(name, folds.fold_of, folds.hash)
@@ -59,8 +68,13 @@ def finished_members(run: Run) -> list[str]:
 def entry_spec(name: str, model: Entry, members: list[str], member_store: Store, data: dict) -> dict:
     """What an entry's maps depend on: its settings, the exact member maps it was fitted on and the data."""
     params = {k: repr(v) for k, v in model.get_params().items() if k != "progress"}
-    return {"entry": name, "params": params, "members": members, "data": data,
-            "member_generations": [member_store.metadata(m)["generation"] for m in members]}
+    return {
+        "entry": name,
+        "params": params,
+        "members": members,
+        "data": data,
+        "member_generations": [member_store.metadata(m)["generation"] for m in members],
+    }
 
 
 def entry_complete(store: Store, name: str, spec: dict, n_train: int, n_test: int) -> bool:
@@ -70,21 +84,25 @@ def entry_complete(store: Store, name: str, spec: dict, n_train: int, n_test: in
         meta = store.metadata(name)
     except WorkbenchError:  # a damaged member.json: the entry is rebuilt (beside it, swapped in when complete)
         return False
-    return (meta["spec"] == spec and len(store.ids(name, "train")) == n_train
-            and len(store.ids(name, "test")) == n_test)
+    return meta["spec"] == spec and len(store.ids(name, "train")) == n_train and len(store.ids(name, "test")) == n_test
 
 
-def run_entry(run: Run, name: str, make: Callable[[], EntryT], train: TrainMaps, test: TestMaps,
-              progress: bool) -> EntryT | None:
+def run_entry(
+    run: Run, name: str, make: Callable[[], EntryT], train: TrainMaps, test: TestMaps, progress: bool
+) -> EntryT | None:
     """The entry's honest OOF maps and test maps in RUN/stack (skipped when complete); the fit on all folds."""
     store = run.entries_store
-    spec = entry_spec(name, make(), list(train.members), run.members_store,
-                      {k: v for k, v in run.fingerprint.items() if k != "data"})
+    spec = entry_spec(
+        name, make(), list(train.members), run.members_store, {k: v for k, v in run.fingerprint.items() if k != "data"}
+    )
     if entry_complete(store, name, spec, train.n_images, len(test.ids)):
         print(f"{name}: complete, skipped")
         return None
-    with rebuild(store, name) as beside, beside.open_member(name, spec, run.folds.hash, run.resolution) as writer, \
-            parallel_backend(run.config.compute) as n_jobs:
+    with (
+        rebuild(store, name) as beside,
+        beside.open_member(name, spec, run.folds.hash, run.resolution) as writer,
+        parallel_backend(run.config.compute) as n_jobs,
+    ):
         return fit_predict(make, train, test, writer, progress=progress, desc=name, n_jobs=n_jobs)
 
 
@@ -95,10 +113,31 @@ def entry_factories(config: ExperimentConfig) -> dict[str, tuple[str, Callable[[
         entries[name] = ("blend", functools.partial(make_blender, name))
     lo, hi = config.stack.band
     for name in config.stack.stackers:
-        entries[name] = ("stacker", functools.partial(
-            make_stacker, name, lo=lo, hi=hi, max_pixels=config.stack.max_pixels, random_state=config.seed,
-            max_band_share=config.stack.max_band_share))
+        params = {
+            "lo": lo,
+            "hi": hi,
+            "max_pixels": config.stack.max_pixels,
+            "random_state": config.seed,
+            "max_band_share": config.stack.max_band_share,
+        }
+        make: Callable[[], Entry]
+        if config.stack.guard:
+            make = functools.partial(Guarded, stacker=name, params=params)
+        else:
+            make = functools.partial(make_stacker, name, **params)
+        entries[name] = ("stacker", make)
+    if config.stack.cnn_epochs:
+        entries[CNN_ENTRY] = ("cnn", lambda: cnn_stacker(config))
     return entries
+
+
+def cnn_stacker(config: ExperimentConfig) -> Entry:
+    from zoo.cnn_stacker import CnnStacker  # torch is imported only when the entry is fitted
+
+    width, height = config.stack.cnn_size
+    return CnnStacker(
+        data=str(config.data), height=height, width=width, epochs=config.stack.cnn_epochs, seed=config.seed
+    )
 
 
 def stack(config: ExperimentConfig, progress: bool = True) -> list[dict]:
@@ -126,10 +165,12 @@ def _stack(run: Run, start: float, progress: bool) -> list[dict]:
     entries = [(stores.get(kind, run.entries_store), name, kind) for name, kind in kinds.items()]
     scores = score_entries(entries, run.data, run.folds, run.summary.size, progress=progress)
     scores[-1].extra["tuned_on_mean_dice"] = f"{tuned_on:.6f}"  # optimistic: tuned and scored on the same images
+    scores += stack_postprocessed(run, scores, progress)
     rows = write_leaderboard(config.run_dir / "leaderboard.csv", scores)
     print(f"\n{config.run_dir / 'leaderboard.csv'} (stack took {time.time() - start:.0f} s):")
     print(format_table(rows))
     print(f"report: {write_report(config.run_dir, run.data, rows, run.entries_store, run.members_store) / 'report.md'}")
+    print(f"member report: {report_members(config.run_dir, rows, train)}")
     write_submissions(run, rows, progress)
     return rows
 
@@ -144,12 +185,38 @@ def stack_tuned(run: Run, members: list[str], train: TrainMaps, test: TestMaps, 
     return (model or make().fit(train)).params_.value  # a skipped entry: its finished study answers at once
 
 
+def stack_postprocessed(run: Run, scores: list[EntryScore], progress: bool) -> list[EntryScore]:
+    """nnU-Net's rule: each of `stack.postprocess` applied to the best entry, kept only if it beats it on OOF."""
+    unknown = [op for op in run.config.stack.postprocess if op not in OPERATIONS]
+    if unknown:
+        raise WorkbenchError(
+            f"{run.config.run_dir / 'config.yaml'}: unknown stack.postprocess {unknown}; valid: "
+            f"{', '.join(OPERATIONS)} (fix the list in the experiment config)"
+        )
+    best = max(scores, key=lambda s: s.oof_mean_dice)
+    source, store = run.members_store if best.kind == "member" else run.entries_store, run.entries_store
+    candidates = []
+    for operation in run.config.stack.postprocess:
+        name, spec = postprocessed_name(best.entry, operation), postprocess_spec(source, best.entry, operation)
+        n_test = len(source.ids(best.entry, "test"))
+        if not entry_complete(store, name, spec, len(source.ids(best.entry, "train")), n_test):
+            reset = store.path.is_dir() and name in store.members()
+            with store.open_member(name, spec, run.folds.hash, run.resolution, reset=reset) as writer:
+                write_postprocessed(source, best.entry, operation, writer)
+        candidates.append((store, name, "postprocess"))
+    scored = score_entries(candidates, run.data, run.folds, run.summary.size, progress=progress)
+    for s in scored:
+        verdict = "kept" if s.oof_mean_dice > best.oof_mean_dice else "not kept"
+        print(f"{s.entry}: OOF mean Dice {s.oof_mean_dice:.6f} vs {best.entry} {best.oof_mean_dice:.6f}: {verdict}")
+    return [s for s in scored if s.oof_mean_dice > best.oof_mean_dice]
+
+
 def write_submissions(run: Run, rows: list[dict], progress: bool) -> None:
     """One submission per top entry in RUN/submissions/ (for `workbench blend`), and the best entry's
     (by honest OOF score) as RUN/submission.csv.gz."""
     config = run.config
     folder = config.run_dir / "submissions"
-    for row in rows[:max(1, config.stack.n_submissions)]:
+    for row in rows[: max(1, config.stack.n_submissions)]:
         submit(config, entry=row["entry"], out_path=folder / f"{row['entry']}.csv.gz", progress=progress, run=run)
     best = rows[0]["entry"]
     path = config.run_dir / SUBMISSION

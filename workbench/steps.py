@@ -1,4 +1,5 @@
 """The steps of a run, each a plain function of the config: data, folds (and later zoo, stack)."""
+
 from __future__ import annotations
 
 from carvana.dataset import CarvanaData, car_of
@@ -17,8 +18,10 @@ def ensure_data(config: ExperimentConfig) -> DataSummary:
         from carvana.synth import generate
 
         synth = config.synth
-        print(f"generating the synthetic studio in {config.data} ({synth.cars} + {synth.test_cars} cars, "
-              f"{synth.size[0]}x{synth.size[1]})")
+        print(
+            f"generating the synthetic studio in {config.data} ({synth.cars} + {synth.test_cars} cars, "
+            f"{synth.size[0]}x{synth.size[1]})"
+        )
         generate(config.data, synth.cars, synth.test_cars, size=synth.size, seed=synth.seed, variant=synth.variant)
     return check_data(config.data)
 

@@ -1,4 +1,5 @@
 """Submissions: write one from a leaderboard entry's test maps, blend files, score against truth."""
+
 from __future__ import annotations
 
 import time
@@ -50,8 +51,14 @@ def best_entry(config: ExperimentConfig) -> dict[str, str]:
     return max(rows, key=lambda r: float(r["oof_mean_dice"]))
 
 
-def submit(config: ExperimentConfig, *, entry: str | None = None, out_path: Path | None = None,
-           progress: bool = True, run: Run | None = None) -> Path:
+def submit(
+    config: ExperimentConfig,
+    *,
+    entry: str | None = None,
+    out_path: Path | None = None,
+    progress: bool = True,
+    run: Run | None = None,
+) -> Path:
     """Write `RUN/submission.csv.gz` (or `out_path`) from `entry`'s test maps (default: the best entry);
     `run`, when the caller has opened it, saves checking the data again."""
     run = run or Run.open(config)
@@ -60,8 +67,9 @@ def submit(config: ExperimentConfig, *, entry: str | None = None, out_path: Path
         return _submit(config, entry, out_path, progress, run.summary)
 
 
-def _submit(config: ExperimentConfig, entry: str | None, out_path: Path | None, progress: bool,
-            summary: DataSummary) -> Path:
+def _submit(
+    config: ExperimentConfig, entry: str | None, out_path: Path | None, progress: bool, summary: DataSummary
+) -> Path:
     rows = {r["entry"]: r for r in read_leaderboard(config.run_dir / "leaderboard.csv")}
     row = best_entry(config) if entry is None else rows.get(entry)
     if row is None:
@@ -71,11 +79,22 @@ def _submit(config: ExperimentConfig, entry: str | None, out_path: Path | None, 
     out_path = Path(out_path or config.run_dir / SUBMISSION)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     start = time.time()
-    write_submission(ids, TestMapReader(store.path, row["entry"]), out_path, image_size=summary.size,
-                     threshold=float(row["threshold"]) if row["threshold"] != "per-angle" else 0.5, progress=progress)
-    record = {"entry": row["entry"], "kind": row["kind"], "oof_mean_dice": float(row["oof_mean_dice"]),
-              "n_rows": len(ids), "seconds": round(time.time() - start, 1),
-              "written": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    write_submission(
+        ids,
+        TestMapReader(store.path, row["entry"]),
+        out_path,
+        image_size=summary.size,
+        threshold=float(row["threshold"]) if row["threshold"] != "per-angle" else 0.5,
+        progress=progress,
+    )
+    record = {
+        "entry": row["entry"],
+        "kind": row["kind"],
+        "oof_mean_dice": float(row["oof_mean_dice"]),
+        "n_rows": len(ids),
+        "seconds": round(time.time() - start, 1),
+        "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
     write_json_atomic(out_path.with_name(out_path.name.removesuffix(".gz").removesuffix(".csv") + ".json"), record)
     return out_path
 

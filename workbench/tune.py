@@ -4,6 +4,7 @@ Reads RUN/folds.csv and the OOF store, scores trials with the exact fast Dice ev
 resolution, and writes RUN/tune.json (honest and tuned-on scores, the params for the test set). Several
 `workbench tune` processes on one storage share the work; see stacking/tune.py.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -41,7 +42,6 @@ def storage_url(config: ExperimentConfig) -> str:
     return check_storage(url, config.compute.engine)
 
 
-
 def complete_members(store: Store, fold_of: dict[str, int]) -> list[str]:
     """Members that have an OOF map of every image in folds.csv (unfinished ones are skipped)."""
     return [m for m in store.members() if set(fold_of) <= set(store.train_folds(m))]
@@ -55,11 +55,14 @@ def tune_members(config: ExperimentConfig, store: Store, folds: Folds) -> list[s
     members = list(config.tune.members or [m for m in complete if m in allowed])
     for member in members:
         if member not in allowed:
-            raise WorkbenchError(f"tune.members names {member!r}, which is not in this config's zoo; "
-                                 f"valid: {', '.join(sorted(allowed))}")
+            raise WorkbenchError(
+                f"tune.members names {member!r}, which is not in this config's zoo; valid: {', '.join(sorted(allowed))}"
+            )
     if not members:
-        raise WorkbenchError(f"{store.path}: no member has OOF maps of every train image yet; "
-                             "run `workbench fold-train --config ...` first")
+        raise WorkbenchError(
+            f"{store.path}: no member has OOF maps of every train image yet; "
+            "run `workbench fold-train --config ...` first"
+        )
     for member in members:
         store.check_coverage(member, folds.fold_of, folds.hash)
     return members
@@ -91,9 +94,16 @@ def tuned_blend_factory(run: Run, members: list[str], progress: bool) -> Callabl
     context = {"folds_hash": run.folds.hash, "generations": {m: store.metadata(m)["generation"] for m in members}}
     name = study_name(config, context, members)
     labels = {"run": str(config.run_dir), "entry": TUNED_ENTRY, "members": ", ".join(members)}
-    return lambda: TunedBlend(storage=storage_url(config), study=name, n_trials=config.tune.n_trials,
-                              seed=config.tune.seed, space=tune_space(config), context=context, user_attrs=labels,
-                              progress=progress)
+    return lambda: TunedBlend(
+        storage=storage_url(config),
+        study=name,
+        n_trials=config.tune.n_trials,
+        seed=config.tune.seed,
+        space=tune_space(config),
+        context=context,
+        user_attrs=labels,
+        progress=progress,
+    )
 
 
 def tune_run(config: ExperimentConfig, progress: bool = True) -> NestedResult:
@@ -116,12 +126,30 @@ def _tune_run(run: Run, progress: bool) -> NestedResult:
     evaluator = run.train_maps(members).evaluator().folded
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial would bury the summary
     assert blend.space is not None  # tuned_blend_factory always sets it
-    result = nested_tune(evaluator, folds.n_folds, members, blend.space, blend.storage, blend.study,
-                         blend.n_trials, blend.seed, context=blend.context, progress=progress,
-                         user_attrs=blend.user_attrs)
+    result = nested_tune(
+        evaluator,
+        folds.n_folds,
+        members,
+        blend.space,
+        blend.storage,
+        blend.study,
+        blend.n_trials,
+        blend.seed,
+        context=blend.context,
+        progress=progress,
+        user_attrs=blend.user_attrs,
+    )
     path = config.run_dir / TUNE_JSON
-    write_json_atomic(path, {"storage": blend.storage, "study": blend.study, "members": members,
-                             **result.to_dict(), "honest_per_image": result.honest_per_image})
+    write_json_atomic(
+        path,
+        {
+            "storage": blend.storage,
+            "study": blend.study,
+            "members": members,
+            **result.to_dict(),
+            "honest_per_image": result.honest_per_image,
+        },
+    )
     print(summary(result, folds, blend.study, blend.storage))
     print(f"wrote {path}")
     return result
@@ -132,15 +160,21 @@ def summary(result: NestedResult, folds: Folds, study: str, url: str) -> str:
     params = result.params
     per_fold = "  ".join(
         f"fold{k} {np.mean([d for img, d in result.honest_per_image.items() if folds.fold_of[img] == k]):.6f}"
-        for k in range(folds.n_folds))
+        for k in range(folds.n_folds)
+    )
     weights = ", ".join(f"{m} {w:.3f}" for m, w in zip(params.members, params.weights))
-    thresholds = (f"{params.threshold[0]:.4f}" if np.all(params.threshold == params.threshold[0])
-                  else f"{params.threshold.min():.4f}..{params.threshold.max():.4f} by angle")
-    return "\n".join([
-        f"tuned blend: study {study!r} and {folds.n_folds} outer studies, {params.n_trials} trials in the full one",
-        f"  storage {url}",
-        f"  baseline (threshold 0.5, equal weights)   {result.baseline:.6f}",
-        f"  tuned-on (tuned and scored on all folds) {result.tuned_on:.6f}",
-        f"  honest (fold k scored with params tuned without it) {result.honest_mean:.6f}   {per_fold}",
-        f"  test-set params: threshold {thresholds}; weights {weights}",
-    ])
+    thresholds = (
+        f"{params.threshold[0]:.4f}"
+        if np.all(params.threshold == params.threshold[0])
+        else f"{params.threshold.min():.4f}..{params.threshold.max():.4f} by angle"
+    )
+    return "\n".join(
+        [
+            f"tuned blend: study {study!r} and {folds.n_folds} outer studies, {params.n_trials} trials in the full one",
+            f"  storage {url}",
+            f"  baseline (threshold 0.5, equal weights)   {result.baseline:.6f}",
+            f"  tuned-on (tuned and scored on all folds) {result.tuned_on:.6f}",
+            f"  honest (fold k scored with params tuned without it) {result.honest_mean:.6f}   {per_fold}",
+            f"  test-set params: threshold {thresholds}; weights {weights}",
+        ]
+    )

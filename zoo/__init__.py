@@ -2,6 +2,7 @@
 
 Names are imported from their modules on first use, so `import zoo.spec` loads no framework.
 """
+
 from carvana.lazy import lazy_getattr, public_names
 
 _EXPORTS = {

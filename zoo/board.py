@@ -4,6 +4,7 @@ validation mean Dice, learning rate, throughput) and a few validation overlays.
 
 `make tensorboard` serves `RUN/tensorboard/`; each member x fold is one run, `<member>/fold<k>`.
 """
+
 from __future__ import annotations
 
 import time

@@ -1,6 +1,7 @@
 """Decode-and-resize once: every image (and mask) of a split at one resolution, in a .npy file that
 every later epoch and member memory-maps (decoding 1918x1280 JPEGs every epoch starves a GPU).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -17,8 +18,9 @@ from carvana.progress import progress_bar
 from carvana.resize import resize_image, resize_mask
 
 
-def cached_split(data: CarvanaData, split: str, height: int, width: int, cache_dir: Path,
-                 with_masks: bool = True) -> tuple[list[str], np.ndarray, np.ndarray | None]:
+def cached_split(
+    data: CarvanaData, split: str, height: int, width: int, cache_dir: Path, with_masks: bool = True
+) -> tuple[list[str], np.ndarray, np.ndarray | None]:
     """(ids, images (N, h, w, 3) uint8 memmap, masks (N, h, w) uint8 memmap or None) for a split.
 
     Built on first use (atomically, in parallel threads) and reused while the image list is the same.
@@ -40,8 +42,9 @@ def cached_split(data: CarvanaData, split: str, height: int, width: int, cache_d
     return ids, images, masks
 
 
-def _build(data: CarvanaData, split: str, ids: list[str], height: int, width: int,
-           images_path: Path, masks_path: Path | None) -> None:
+def _build(
+    data: CarvanaData, split: str, ids: list[str], height: int, width: int, images_path: Path, masks_path: Path | None
+) -> None:
     tmp_images = temp_path(images_path)  # host, pid and uuid: unique even when hosts share the folder
     tmp_masks = temp_path(masks_path) if masks_path else None
     images = open_memmap(tmp_images, mode="w+", dtype=np.uint8, shape=(len(ids), height, width, 3))
@@ -53,8 +56,15 @@ def _build(data: CarvanaData, split: str, ids: list[str], height: int, width: in
             masks[index] = resize_mask(data.load_mask(ids[index]), height, width)
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        list(progress_bar(pool.map(load, range(len(ids))), total=len(ids), unit="img", leave=False,
-                  desc=f"caching {split} at {height}x{width}"))
+        list(
+            progress_bar(
+                pool.map(load, range(len(ids))),
+                total=len(ids),
+                unit="img",
+                leave=False,
+                desc=f"caching {split} at {height}x{width}",
+            )
+        )
     # Masks land first: a cache whose images file exists is complete (cached_split checks both).
     if masks is not None:
         assert tmp_masks is not None and masks_path is not None

@@ -2,6 +2,7 @@
 with `os._exit(1)` (as an OOM kill or a lost node would: no cleanup, no exception) when the code passes
 `die_for_tests(POINT, value)`. Points: AFTER_EPOCH (epoch N's checkpoint and log row are on disk) and
 IN_TEST_SHARD (shard S has written its first chunk of test maps, not its marker)."""
+
 from __future__ import annotations
 
 import os

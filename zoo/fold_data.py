@@ -5,6 +5,7 @@
   best checkpoint (the OOF fold is never used to select anything, so OOF scores stay honest);
 - `oof_idx`: the held-out fold, predicted once at the end.
 """
+
 from __future__ import annotations
 
 import math

@@ -4,6 +4,7 @@ its smooth blending window (after albu's `pad_image`, 4th place's pad/unpad and 
 
 Framework-free (NumPy only), so the Keras and PyTorch members use the same rules.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -38,20 +39,22 @@ def pad(arrays: np.ndarray, multiple: int, image_axes: tuple[int, int] = (1, 2))
 def crop_back(maps: np.ndarray, height: int, width: int, multiple: int) -> np.ndarray:
     """(N, H', W') maps of padded photos -> (N, height, width): the inverse of `pad`."""
     top, _, left, _ = pad_box(height, width, multiple)
-    return maps[:, top:top + height, left:left + width]
+    return maps[:, top : top + height, left : left + width]
 
 
-def random_crop(image: np.ndarray, mask: np.ndarray, crop: tuple[int, int],
-                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def random_crop(
+    image: np.ndarray, mask: np.ndarray, crop: tuple[int, int], rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """The same random (h, w) window of an (H, W, 3) image and its (H, W) mask."""
     crop_h, crop_w = crop
     top = int(rng.integers(0, image.shape[0] - crop_h + 1))
     left = int(rng.integers(0, image.shape[1] - crop_w + 1))
-    return image[top:top + crop_h, left:left + crop_w], mask[top:top + crop_h, left:left + crop_w]
+    return image[top : top + crop_h, left : left + crop_w], mask[top : top + crop_h, left : left + crop_w]
 
 
-def training_pair(image: np.ndarray, mask: np.ndarray, multiple: int, crop: tuple[int, int] | None,
-                  augment, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def training_pair(
+    image: np.ndarray, mask: np.ndarray, multiple: int, crop: tuple[int, int] | None, augment, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """One training sample: augmented at the photo's size, padded (image and mask mirrored alike),
     then a random crop when `crop` is set. (H, W, 3) uint8, (H, W) uint8 -> padded or cropped."""
     if augment is not None:
@@ -76,12 +79,13 @@ def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
 def blend_window(tile_h: int, tile_w: int, overlap: int) -> np.ndarray:
     """(tile_h, tile_w) float32 weights: 1 inside, a raised-cosine ramp over `overlap` px at each
     edge (never 0), so a tile's border pixels, where the network sees least context, count least."""
+
     def ramp(length: int) -> np.ndarray:
         weights = np.ones(length, np.float32)
         n = min(overlap, length // 2)
         if n > 0:
             edge = (0.5 - 0.5 * np.cos(np.pi * (np.arange(n) + 0.5) / n)).astype(np.float32)
-            weights[:n], weights[length - n:] = edge, edge[::-1]
+            weights[:n], weights[length - n :] = edge, edge[::-1]
         return weights
 
     return np.outer(ramp(tile_h), ramp(tile_w))
@@ -97,11 +101,11 @@ def predict_tiled(net, images: np.ndarray, tile: tuple[int, int], overlap: int, 
     total = np.zeros((n, height, width), np.float32)
     weight = np.zeros((height, width), np.float32)
     for y, x in corners:
-        weight[y:y + tile_h, x:x + tile_w] += window
+        weight[y : y + tile_h, x : x + tile_w] += window
     jobs = [(i, y, x) for i in range(n) for y, x in corners]
     for start in range(0, len(jobs), batch_size):
-        chunk = jobs[start:start + batch_size]
-        probas = net(np.stack([images[i, y:y + tile_h, x:x + tile_w] for i, y, x in chunk]))
+        chunk = jobs[start : start + batch_size]
+        probas = net(np.stack([images[i, y : y + tile_h, x : x + tile_w] for i, y, x in chunk]))
         for (i, y, x), proba in zip(chunk, probas):
-            total[i, y:y + tile_h, x:x + tile_w] += proba * window
+            total[i, y : y + tile_h, x : x + tile_w] += proba * window
     return total / weight

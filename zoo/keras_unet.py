@@ -13,6 +13,7 @@ in prediction), as the PyTorch members do.
 Resume: after every epoch `last.npz` (weights, optimizer variables, state as JSON) is replaced
 atomically in one file, so a kill at any moment leaves either the previous or the new epoch.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -124,17 +125,21 @@ def segmentation_loss(logits, target, cfg: TrainConfig, band_px: int):
         weights = 1 + (cfg.border_weight - 1) * band
     bce_map = tf.nn.sigmoid_cross_entropy_with_logits(labels=target, logits=logits)
     bce = tf.reduce_sum(weights * bce_map) / tf.reduce_sum(weights)
+
     def flat(t):  # (N, H, W, 1) -> (N, H * W)
         return tf.reshape(t, [tf.shape(t)[0], -1])
 
     proba, target, weights = flat(tf.sigmoid(logits)), flat(target), flat(weights)
-    soft_dice = tf.reduce_mean((2 * tf.reduce_sum(weights * proba * target, 1) + 1)
-                               / (tf.reduce_sum(weights * proba, 1) + tf.reduce_sum(weights * target, 1) + 1))
+    soft_dice = tf.reduce_mean(
+        (2 * tf.reduce_sum(weights * proba * target, 1) + 1)
+        / (tf.reduce_sum(weights * proba, 1) + tf.reduce_sum(weights * target, 1) + 1)
+    )
     return bce - tf.math.log(soft_dice) if cfg.loss == "bce_logdice" else bce + (1 - soft_dice)
 
 
-def train_keras_fold(spec: MemberSpec, data: FoldData, work_dir: Path, progress: bool = True,
-                     board_dir: Path | None = None) -> Path:
+def train_keras_fold(
+    spec: MemberSpec, data: FoldData, work_dir: Path, progress: bool = True, board_dir: Path | None = None
+) -> Path:
     """Train `spec` on `data.train_idx`, validate on `data.val_idx`; return `work_dir/best.weights.h5`.
 
     `work_dir/last.npz` holds everything to resume (weights, optimizer variables, epoch, best score,
@@ -164,9 +169,14 @@ def train_keras_fold(spec: MemberSpec, data: FoldData, work_dir: Path, progress:
         seed = epoch_seed(cfg, data.fold, epoch)
         order = np.random.default_rng(seed).permutation(len(data.train_idx))
         batches = _batches(spec, data, order, seed, build_augment(seed) if cfg.augment else None)
-        loss, seconds, wait = _train_epoch(step, batches, cfg.accumulate, -(-len(order) // cfg.batch_size),
-                                           desc=f"{spec.name} fold {data.fold} epoch {epoch}/{cfg.epochs}",
-                                           progress=progress)
+        loss, seconds, wait = _train_epoch(
+            step,
+            batches,
+            cfg.accumulate,
+            -(-len(order) // cfg.batch_size),
+            desc=f"{spec.name} fold {data.fold} epoch {epoch}/{cfg.epochs}",
+            progress=progress,
+        )
         val_dice = evaluate(net, data.images, data.masks, data.val_idx, spec, cfg.batch_size)
         if end_epoch(cfg, state, epoch, lr, loss, val_dice, seconds, len(order), wait):
             _save_best(model, best_path)
@@ -221,8 +231,10 @@ def _train_step(tf, model, optimizer, cfg: TrainConfig, band_px: int):
         return loss
 
     # One trace each, whatever the batch size (the last batch is smaller).
-    compiled = {apply: tf.function(fn, input_signature=signature, autograph=False)
-                for apply, fn in ((False, accumulate_gradient), (True, accumulate_and_apply))}
+    compiled = {
+        apply: tf.function(fn, input_signature=signature, autograph=False)
+        for apply, fn in ((False, accumulate_gradient), (True, accumulate_and_apply))
+    }
     return lambda images, masks, apply: compiled[apply](images, masks)
 
 
@@ -230,9 +242,17 @@ def _batches(spec: MemberSpec, data: FoldData, order: np.ndarray, seed: int, aug
     """Yield (images (B, h, w, 3) uint8, masks (B, h, w) uint8): training sample `order[j]` (a
     position in `data.train_idx`) prepared as the PyTorch loop prepares it, crops seeded alike."""
     for start in range(0, len(order), spec.train.batch_size):
-        pairs = [training_pair(np.asarray(data.images[data.train_idx[i]]), np.asarray(data.masks[data.train_idx[i]]),
-                               spec.multiple, spec.train.crop, augment, np.random.default_rng([seed, int(i)]))
-                 for i in order[start:start + spec.train.batch_size]]
+        pairs = [
+            training_pair(
+                np.asarray(data.images[data.train_idx[i]]),
+                np.asarray(data.masks[data.train_idx[i]]),
+                spec.multiple,
+                spec.train.crop,
+                augment,
+                np.random.default_rng([seed, int(i)]),
+            )
+            for i in order[start : start + spec.train.batch_size]
+        ]
         yield np.stack([im for im, _ in pairs]), np.stack([m for _, m in pairs])
 
 
@@ -335,8 +355,9 @@ def _load_model(spec: MemberSpec, path: Path):
             raised.append(str(error))
     problems = raised + [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
     if problems:
-        raise WorkbenchError(f"{path} does not fit member {spec.name} ({problems[0].splitlines()[0]}); "
-                             "retrain that fold")
+        raise WorkbenchError(
+            f"{path} does not fit member {spec.name} ({problems[0].splitlines()[0]}); retrain that fold"
+        )
     return model
 
 

@@ -4,6 +4,7 @@
 Several checkpoints (one per fold model) make one member whose maps are their average: that is how
 the test set is predicted.
 """
+
 from __future__ import annotations
 
 import dataclasses

@@ -5,6 +5,7 @@ whole or by tiles under each TTA view, undo the view, average, crop back.
 A member whose `height` x `width` is the photos' size never resizes: 1918 is padded to 1920, not
 stretched. `net` is the framework's part: (B, h, w, 3) uint8 -> (B, h, w) float32 probabilities.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -50,4 +51,4 @@ def predict_photos(net: Net, images: np.ndarray, spec: MemberSpec, batch_size: i
 def _predict_view(net: Net, images: np.ndarray, spec: MemberSpec, batch_size: int) -> np.ndarray:
     if spec.predict.tile is not None:
         return predict_tiled(net, images, spec.predict.tile, spec.predict.overlap, batch_size)
-    return np.concatenate([net(images[start:start + batch_size]) for start in range(0, len(images), batch_size)])
+    return np.concatenate([net(images[start : start + batch_size]) for start in range(0, len(images), batch_size)])

@@ -5,6 +5,7 @@ checkpoint by validation mean Dice computed on whole (padded) photos, and the ep
 The state is a plain JSON-able dict, saved with every epoch's checkpoint, so a resumed run
 continues exactly where the killed one stopped.
 """
+
 from __future__ import annotations
 
 import math
@@ -29,8 +30,15 @@ def epoch_seed(cfg: TrainConfig, fold: int, epoch: int) -> int:
 
 def new_state(cfg: TrainConfig) -> dict:
     """The recipe's state before epoch 1."""
-    return {"epoch": 0, "best": -1.0, "bad_epochs": 0, "lr": cfg.lr, "plateau_best": float("-inf"),
-            "plateau_bad": 0, "history": []}
+    return {
+        "epoch": 0,
+        "best": -1.0,
+        "bad_epochs": 0,
+        "lr": cfg.lr,
+        "plateau_best": float("-inf"),
+        "plateau_bad": 0,
+        "history": [],
+    }
 
 
 def keep_training(cfg: TrainConfig, state: dict) -> bool:
@@ -62,26 +70,45 @@ def plateau_step(state: dict, score: float, factor: float, patience: int) -> flo
     return state["lr"]
 
 
-def end_epoch(cfg: TrainConfig, state: dict, epoch: int, lr: float, loss: float, val_dice: float,
-              seconds: float, n_images: int, wait: float) -> bool:
+def end_epoch(
+    cfg: TrainConfig,
+    state: dict,
+    epoch: int,
+    lr: float,
+    loss: float,
+    val_dice: float,
+    seconds: float,
+    n_images: int,
+    wait: float,
+) -> bool:
     """Record a finished epoch in `state` (plateau, best, early stopping, log row); True if it is the
     best so far, so the caller saves its weights as the best checkpoint."""
     if cfg.schedule == "plateau" and epoch > cfg.warmup_epochs:
         state["lr"] = plateau_step(state, val_dice, cfg.plateau_factor, cfg.plateau_patience)
     improved = val_dice > state["best"]
     state.update(epoch=epoch, best=max(val_dice, state["best"]), bad_epochs=0 if improved else state["bad_epochs"] + 1)
-    state["history"].append([epoch, round(loss, 5), round(val_dice, 5), lr, round(seconds, 2),
-                             round(n_images / max(seconds, 1e-9), 2), round(wait / max(seconds, 1e-9), 4)])
+    state["history"].append(
+        [
+            epoch,
+            round(loss, 5),
+            round(val_dice, 5),
+            lr,
+            round(seconds, 2),
+            round(n_images / max(seconds, 1e-9), 2),
+            round(wait / max(seconds, 1e-9), 4),
+        ]
+    )
     return improved
 
 
-def evaluate(net, images: np.ndarray, masks: np.ndarray, indices: np.ndarray, spec: MemberSpec,
-             batch_size: int) -> float:
+def evaluate(
+    net, images: np.ndarray, masks: np.ndarray, indices: np.ndarray, spec: MemberSpec, batch_size: int
+) -> float:
     """Mean per-image Dice at 0.5 of `net` ((B, h, w, 3) uint8 -> (B, h, w) probabilities) over the
     whole photos at `indices`, padded as in prediction and cropped back (1.0 where both are empty)."""
     scores = []
     for start in range(0, len(indices), batch_size):
-        batch = np.sort(indices[start:start + batch_size])
+        batch = np.sort(indices[start : start + batch_size])
         photos = np.asarray(images[batch])
         height, width = photos.shape[1:3]
         proba = crop_back(net(pad(photos, spec.multiple)), height, width, spec.multiple)
@@ -89,8 +116,9 @@ def evaluate(net, images: np.ndarray, masks: np.ndarray, indices: np.ndarray, sp
     return float(np.mean(scores)) if scores else 0.0
 
 
-def overlay_maps(net, images: np.ndarray, indices: np.ndarray, spec: MemberSpec,
-                 n: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+def overlay_maps(
+    net, images: np.ndarray, indices: np.ndarray, spec: MemberSpec, n: int
+) -> tuple[np.ndarray | None, np.ndarray | None]:
     """The first `n` photos at `indices` (sorted) and their predicted maps, for TensorBoard overlays;
     (None, None) when there are none."""
     if not len(indices):

@@ -4,6 +4,7 @@ member's test predictions (its fold models averaged, streamed image batch by bat
 Both are idempotent and resumable: a finished member x fold leaves `done.json` and is skipped; an
 interrupted one resumes from its last epoch; test maps already in the store are not predicted again.
 """
+
 from __future__ import annotations
 
 import json
@@ -61,9 +62,18 @@ def fold_done(run_dir: Path, spec: MemberSpec, fold: int) -> bool:
     return read_marker(member_dir(run_dir, spec) / f"fold{fold}" / "done.json") is not None  # damaged: redo
 
 
-def run_member_fold(spec: MemberSpec, fold: int, data: CarvanaData, folds: Folds, run_dir: Path,
-                    store: Store, resolution: tuple[int, int], progress: bool = True,
-                    cache_dir: Path | None = None, provenance: dict | None = None) -> None:
+def run_member_fold(
+    spec: MemberSpec,
+    fold: int,
+    data: CarvanaData,
+    folds: Folds,
+    run_dir: Path,
+    store: Store,
+    resolution: tuple[int, int],
+    progress: bool = True,
+    cache_dir: Path | None = None,
+    provenance: dict | None = None,
+) -> None:
     """Train `spec` without fold `fold`'s cars, then write their OOF maps to `store` at `resolution`.
 
     `cache_dir` (default RUN/cache) holds the decoded photos; `provenance` (host, engine, task id...)
@@ -81,9 +91,17 @@ def run_member_fold(spec: MemberSpec, fold: int, data: CarvanaData, folds: Folds
     with store.open_member(spec.name, spec.to_dict(), folds.hash, resolution) as writer:
         for chunk in _chunks(list(oof_idx), desc=f"{spec.name} fold {fold}: OOF maps", progress=progress):
             _write_maps(writer, member, images[np.array(chunk)], [ids[i] for i in chunk], "train", resolution, fold)
-    write_json_atomic(work_dir / "done.json", {"checkpoint": checkpoint.name, "n_oof": len(oof_ids),
-                                               "seconds": round(time.time() - start, 1), "spec_hash": spec.hash,
-                                               "finished": time.time(), **(provenance or {})})
+    write_json_atomic(
+        work_dir / "done.json",
+        {
+            "checkpoint": checkpoint.name,
+            "n_oof": len(oof_ids),
+            "seconds": round(time.time() - start, 1),
+            "spec_hash": spec.hash,
+            "finished": time.time(),
+            **(provenance or {}),
+        },
+    )
 
 
 def fit(spec: MemberSpec, data: FoldData, work_dir: Path, progress: bool, board: Path | None = None) -> Path:
@@ -103,8 +121,16 @@ def fit(spec: MemberSpec, data: FoldData, work_dir: Path, progress: bool, board:
     return train_fold(spec, data, work_dir, progress, board)
 
 
-def predict_member_test(spec: MemberSpec, folds: Folds, data: CarvanaData, run_dir: Path, store: Store,
-                        resolution: tuple[int, int], progress: bool = True, shard: tuple[int, int] = (0, 1)) -> bool:
+def predict_member_test(
+    spec: MemberSpec,
+    folds: Folds,
+    data: CarvanaData,
+    run_dir: Path,
+    store: Store,
+    resolution: tuple[int, int],
+    progress: bool = True,
+    shard: tuple[int, int] = (0, 1),
+) -> bool:
     """Average the member's fold models over shard `s` of `n` (`shard`: a contiguous range of the sorted
     test ids), chunk by chunk; the shard's marker says it is complete. A shard whose marker is not
     current (killed, or made by other fold models) is predicted again whole. False when it was current."""
@@ -116,6 +142,7 @@ def predict_member_test(spec: MemberSpec, folds: Folds, data: CarvanaData, run_d
     todo = shard_ids(sorted(data.test_ids), index, n_shards)
     folder = member_dir(run_dir, spec)
     member = load_member(spec, [folder / f"fold{k}" / d["checkpoint"] for k, d in enumerate(done)])
+
     # Test photos are decoded on the fly, not cached: each is read once per member (100,064 photos
     # at full size would need ~740 GB of cache).
     def load(img: str) -> np.ndarray:
@@ -123,8 +150,10 @@ def predict_member_test(spec: MemberSpec, folds: Folds, data: CarvanaData, run_d
 
     session = "test" if n_shards == 1 else f"test/shard{index}-of-{n_shards}"
     desc = f"{spec.name}: test maps{'' if n_shards == 1 else f' shard {index + 1}/{n_shards}'}"
-    with store.open_member(spec.name, spec.to_dict(), folds.hash, resolution, session=session) as writer, \
-            ThreadPoolExecutor(os.cpu_count() or 2) as pool:
+    with (
+        store.open_member(spec.name, spec.to_dict(), folds.hash, resolution, session=session) as writer,
+        ThreadPoolExecutor(os.cpu_count() or 2) as pool,
+    ):
         for chunk in _chunks(todo, desc=f"{desc} ({folds.n_folds} folds averaged)", progress=progress):
             _write_maps(writer, member, np.stack(list(pool.map(load, chunk))), chunk, "test", resolution, None)
             die_for_tests("IN_TEST_SHARD", index)
@@ -157,7 +186,7 @@ def shard_ids(ids: list[str], index: int, n_shards: int) -> list[str]:
     """The `index`-th of `n_shards` contiguous, near-equal ranges of `ids`."""
     if not 0 <= index < n_shards:
         raise ValueError(f"shard {index} of {n_shards}: need 0 <= shard < n_shards")
-    return ids[len(ids) * index // n_shards: len(ids) * (index + 1) // n_shards]
+    return ids[len(ids) * index // n_shards : len(ids) * (index + 1) // n_shards]
 
 
 def member_finished(run_dir: Path, spec: MemberSpec, n_folds: int) -> bool:
@@ -168,8 +197,9 @@ def member_finished(run_dir: Path, spec: MemberSpec, n_folds: int) -> bool:
     return read_marker(folder / "test.json") == {"folds": fold_records(run_dir, spec, n_folds)}
 
 
-def _write_maps(writer, member, batch: np.ndarray, chunk: list[str], split: str,
-                resolution: tuple[int, int], fold: int | None) -> None:
+def _write_maps(
+    writer, member, batch: np.ndarray, chunk: list[str], split: str, resolution: tuple[int, int], fold: int | None
+) -> None:
     """Predict `batch` ((n, h, w, 3) uint8 at the member's size), resize to the store's, write."""
     angles = np.array([angle_of(img) for img in chunk])
     for img, proba in zip(chunk, member.predict_proba(batch, angles=angles)):
@@ -179,4 +209,4 @@ def _write_maps(writer, member, batch: np.ndarray, chunk: list[str], split: str,
 def _chunks(items: list, desc: str, progress: bool):
     starts = range(0, len(items), PREDICT_CHUNK)
     for start in progress_bar(starts, desc=desc, leave=False, disable=not progress, unit="chunk"):
-        yield items[start:start + PREDICT_CHUNK]
+        yield items[start : start + PREDICT_CHUNK]

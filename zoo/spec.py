@@ -3,6 +3,7 @@
 A spec is a frozen dataclass; `spec_hash` identifies it so that a changed spec never silently
 reuses results trained under the old one.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -118,8 +119,11 @@ def _size_pair(value: object, key: str) -> tuple[int, int] | None:
     """A YAML `[h, w]` as a tuple of two positive ints (None stays None)."""
     if value is None:
         return None
-    if (not isinstance(value, (list, tuple)) or len(value) != 2
-            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
+    if (
+        not isinstance(value, (list, tuple))
+        or len(value) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+    ):
         raise ValueError(f"`{key}` must be [height, width] in px, got {value!r}")
     return int(value[0]), int(value[1])
 
@@ -169,11 +173,15 @@ class MemberSpec:
             raise ValueError(f"member {self.name}: `{key}` does not apply to arch {self.arch}; remove it")
         padded_h, padded_w = padded_size(self.height, self.width, self.multiple)
         if window[0] > padded_h or window[1] > padded_w:
-            raise ValueError(f"member {self.name}: `{key}` {list(window)} is larger than the padded photo "
-                             f"{padded_h}x{padded_w}; use at most [{padded_h}, {padded_w}]")
+            raise ValueError(
+                f"member {self.name}: `{key}` {list(window)} is larger than the padded photo "
+                f"{padded_h}x{padded_w}; use at most [{padded_h}, {padded_w}]"
+            )
         if window[0] % self.multiple or window[1] % self.multiple:
-            raise ValueError(f"member {self.name}: `{key}` {list(window)} must have sides divisible by "
-                             f"{self.multiple} (the network's down-sampling)")
+            raise ValueError(
+                f"member {self.name}: `{key}` {list(window)} must have sides divisible by "
+                f"{self.multiple} (the network's down-sampling)"
+            )
 
     @property
     def multiple(self) -> int:

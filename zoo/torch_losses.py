@@ -5,6 +5,7 @@
 `train.border_weight` W weighs pixels within `border_px` of the mask boundary W times in BCE and
 Dice (asanakoy's `CombinedLoss`, 4th place's `bce_dice_loss_border`).
 """
+
 from __future__ import annotations
 
 import torch
@@ -48,4 +49,3 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, cfg: TrainConf
     bce = bce / (weights.sum() if weights is not None else target.numel())
     dice = soft_dice(torch.sigmoid(logits), target, weights).mean()
     return bce - torch.log(dice) if cfg.loss == "bce_logdice" else bce + (1 - dice)
-

@@ -1,4 +1,5 @@
 """PyTorch members: R2's 3-layer CNN and segmentation-models-pytorch decoders with any encoder."""
+
 from __future__ import annotations
 
 import typing
@@ -17,8 +18,10 @@ class SimpleCNN(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.layers = nn.Sequential(
-            nn.Conv2d(3, 16, 5, padding=2), nn.ReLU(inplace=True),
-            nn.Conv2d(16, 32, 5, padding=2), nn.ReLU(inplace=True),
+            nn.Conv2d(3, 16, 5, padding=2),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(16, 32, 5, padding=2),
+            nn.ReLU(inplace=True),
             nn.Conv2d(32, 1, 5, padding=2),
         )
 
@@ -40,8 +43,9 @@ def build_torch_model(spec: MemberSpec) -> nn.Module:
     try:
         model = kinds[spec.arch](spec.encoder, encoder_weights=None, classes=1, **kwargs)
     except (KeyError, ValueError, RuntimeError) as error:
-        raise WorkbenchError(f"member {spec.name}: cannot build {spec.arch} "
-                             f"with encoder {spec.encoder!r} ({error})") from None
+        raise WorkbenchError(
+            f"member {spec.name}: cannot build {spec.arch} with encoder {spec.encoder!r} ({error})"
+        ) from None
     if spec.encoder_weights:
         _load_encoder_weights(model, Path(spec.encoder_weights), spec.name)
     return model
@@ -86,12 +90,16 @@ def _load_encoder_weights(model: nn.Module, path: Path, name: str) -> None:
         missing += sorted(k for k in set(state) - expected if not k.startswith(CLASSIFIER_HEADS))  # another depth
         encoder.load_state_dict(dict(state), strict=False)
     except (RuntimeError, TypeError, ValueError, OSError, EOFError) as error:
-        raise WorkbenchError(f"member {name}: `encoder_weights` {path} does not fit encoder "
-                             f"{encoder.__class__.__name__} ({_first_problem(error)}); {fix}") from None
+        raise WorkbenchError(
+            f"member {name}: `encoder_weights` {path} does not fit encoder "
+            f"{encoder.__class__.__name__} ({_first_problem(error)}); {fix}"
+        ) from None
     if missing:  # an ImageNet file's classifier head is fine; a half-filled or deeper encoder is not
-        raise WorkbenchError(f"member {name}: `encoder_weights` {path} does not fit encoder "
-                             f"{encoder.__class__.__name__} ({len(missing)} weights missing or extra, "
-                             f"e.g. {missing[0]}); {fix}")
+        raise WorkbenchError(
+            f"member {name}: `encoder_weights` {path} does not fit encoder "
+            f"{encoder.__class__.__name__} ({len(missing)} weights missing or extra, "
+            f"e.g. {missing[0]}); {fix}"
+        )
 
 
 def _first_problem(error: Exception) -> str:

@@ -1,5 +1,6 @@
 """The per-epoch training log both training loops write (framework-free, so importing it loads
 neither PyTorch nor TensorFlow)."""
+
 from __future__ import annotations
 
 import csv

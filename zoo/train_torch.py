@@ -8,6 +8,7 @@ normalised with the encoder's statistics when it has pretrained weights, a CSV l
 events per epoch, a progress bar, CUDA with mixed precision when present.
 Validation uses cars held out *of the training folds*, never the OOF fold it will predict.
 """
+
 from __future__ import annotations
 
 import random
@@ -57,9 +58,14 @@ class CropsDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         index = self.data.train_idx[i]
-        image, mask = training_pair(np.asarray(self.data.images[index]), np.asarray(self.data.masks[index]),
-                                    self.spec.multiple, self.spec.train.crop, self.augment,
-                                    np.random.default_rng([self.seed, i]))
+        image, mask = training_pair(
+            np.asarray(self.data.images[index]),
+            np.asarray(self.data.masks[index]),
+            self.spec.multiple,
+            self.spec.train.crop,
+            self.augment,
+            np.random.default_rng([self.seed, i]),
+        )
         return to_tensor(image, self.stats), torch.from_numpy(mask.astype(np.float32))[None]
 
 
@@ -73,6 +79,7 @@ def to_tensor(images: np.ndarray, stats: Stats = None) -> torch.Tensor:
 
 def torch_net(models: list, device: torch.device, amp: bool, stats: Stats):
     """`net((B, h, w, 3) uint8) -> (B, h, w) float32`: the models' mean sigmoid, in eval mode."""
+
     def net(batch: np.ndarray) -> np.ndarray:
         x = to_tensor(batch, stats).to(device)
         with torch.no_grad(), torch.autocast(device.type, enabled=amp):
@@ -95,8 +102,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def train_fold(spec: MemberSpec, data: FoldData, work_dir: Path, progress: bool = True,
-               board_dir: Path | None = None) -> Path:
+def train_fold(
+    spec: MemberSpec, data: FoldData, work_dir: Path, progress: bool = True, board_dir: Path | None = None
+) -> Path:
     """Train `spec` on `data.train_idx`, validate on `data.val_idx`; return the best checkpoint.
 
     `work_dir/last.pt` holds everything to resume (model, optimizer, EMA and SWA averages, RNG state,
@@ -123,9 +131,18 @@ def train_fold(spec: MemberSpec, data: FoldData, work_dir: Path, progress: bool 
         for group in optimizer.param_groups:
             group["lr"] = lr
         loader = _loader(spec, data, epoch, device)
-        loss, seconds, wait = _train_epoch(model, loader, optimizer, scaler, spec, device, amp, ema,
-                                           desc=f"{spec.name} fold {data.fold} epoch {epoch}/{cfg.epochs}",
-                                           progress=progress)
+        loss, seconds, wait = _train_epoch(
+            model,
+            loader,
+            optimizer,
+            scaler,
+            spec,
+            device,
+            amp,
+            ema,
+            desc=f"{spec.name} fold {data.fold} epoch {epoch}/{cfg.epochs}",
+            progress=progress,
+        )
         if swa is not None and epoch > cfg.epochs - cfg.swa_epochs:
             swa.update_parameters(model)
         judged = ema.module if ema is not None else model
@@ -147,18 +164,32 @@ def _loader(spec: MemberSpec, data: FoldData, epoch: int, device: torch.device) 
     cfg = spec.train
     seed = epoch_seed(cfg, data.fold, epoch)
     dataset = CropsDataset(spec, data, seed, build_augment(seed) if cfg.augment else None)
-    return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed),
-                      num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
+    return DataLoader(
+        dataset,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
+        num_workers=cfg.num_workers,
+        pin_memory=device.type == "cuda",
+    )
 
 
-def _finish_swa(spec: MemberSpec, data: FoldData, swa: AveragedModel, device, amp, stats, state: dict,
-                best_path: Path) -> None:
+def _finish_swa(
+    spec: MemberSpec, data: FoldData, swa: AveragedModel, device, amp, stats, state: dict, best_path: Path
+) -> None:
     """Recompute the SWA average's BatchNorm statistics on the training crops; it becomes the member."""
     update_bn(_loader(spec, data, 0, device), swa, device)
     net = torch_net([swa.module], device, amp, stats)
     state["swa_val_dice"] = evaluate(net, data.images, data.masks, data.val_idx, spec, spec.train.batch_size)
-    _atomic_save({"model": swa.module.state_dict(), "epoch": state["epoch"], "val_mean_dice": state["swa_val_dice"],
-                  "swa_n_averaged": int(swa.n_averaged.item())}, best_path)
+    _atomic_save(
+        {
+            "model": swa.module.state_dict(),
+            "epoch": state["epoch"],
+            "val_mean_dice": state["swa_val_dice"],
+            "swa_n_averaged": int(swa.n_averaged.item()),
+        },
+        best_path,
+    )
 
 
 def _train_epoch(model, loader, optimizer, scaler, spec, device, amp, ema, desc, progress):
@@ -207,8 +238,17 @@ def _resume(path: Path, model, optimizer, scaler, ema, swa) -> dict:
 def _save_last(path: Path, state: dict, model, optimizer, scaler, ema, swa) -> None:
     rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
     averages = {name: avg.state_dict() for name, avg in (("ema", ema), ("swa", swa)) if avg is not None}
-    _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                  "rng": rng, "state": state, **averages}, path)
+    _atomic_save(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
+            "rng": rng,
+            "state": state,
+            **averages,
+        },
+        path,
+    )
 
 
 def _atomic_save(obj: dict, path: Path) -> None:

@@ -3,6 +3,7 @@
 Every function streams row by row, in run form where it can (`carvana.rle.parse_runs`), so a real
 submission (100,064 rows of 1918x1280 masks) never sits in memory.
 """
+
 from carvana.submission.blend import blend_submissions, vote_runs
 from carvana.submission.files import HEADER, iter_rows, open_text, read_sample_ids, validate_submission
 from carvana.submission.score import ScoreResult, runs_dice, score_submission

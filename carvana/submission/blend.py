@@ -6,6 +6,7 @@ gives, for each stretch between boundaries, exactly which files cover it. The vo
 sum of its files' weights, added in file order, so it equals a per-pixel `sum(w_i * mask_i)` bit for
 bit (ties included). Files are read in lockstep, one row at a time.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -116,7 +117,11 @@ def _check_weights(paths: Sequence[Path], weights: Sequence[float] | None) -> li
 
 
 def _blended_rows(
-    paths: Sequence[Path], weights: list[float], needed: float, table: np.ndarray | None, n_pixels: int,
+    paths: Sequence[Path],
+    weights: list[float],
+    needed: float,
+    table: np.ndarray | None,
+    n_pixels: int,
     size_text: str,
 ) -> Iterator[tuple[str, str]]:
     """(img, blended RLE) per row, reading every file in lockstep; refuses differing ids and bad RLE."""
@@ -131,19 +136,24 @@ def _blended_rows(
         if len(present) < len(rows):
             ended = next(p for p, r in zip(paths, rows) if r is None)
             going = next(p for p, r in zip(paths, rows) if r is not None)
-            raise WorkbenchError(f"{ended}: ends before row {row}, where {going} goes on; "
-                                 "fix: blend submissions of the same ids")
+            raise WorkbenchError(
+                f"{ended}: ends before row {row}, where {going} goes on; fix: blend submissions of the same ids"
+            )
         img = present[0][1]
         runs = []
         for path, (_, other, rle) in zip(paths, present):
             if other != img:
-                raise WorkbenchError(f"{path}: row {row} has id {other} where {paths[0]} has {img}; "
-                                     "fix: blend submissions written for the same sample_submission.csv")
+                raise WorkbenchError(
+                    f"{path}: row {row} has id {other} where {paths[0]} has {img}; "
+                    "fix: blend submissions written for the same sample_submission.csv"
+                )
             try:
                 runs.append(parse_runs(rle, n_pixels))
             except ValueError as error:
-                raise WorkbenchError(f"{path}: row {row} ({img}): RLE {error}; fix: check the image size "
-                                     f"({size_text}) or re-write the file with carvana.rle_encode") from None
+                raise WorkbenchError(
+                    f"{path}: row {row} ({img}): RLE {error}; fix: check the image size "
+                    f"({size_text}) or re-write the file with carvana.rle_encode"
+                ) from None
         yield img, runs_to_rle(*vote_runs(runs, weights, needed, table=table))
 
 
@@ -163,14 +173,18 @@ def _check_paths(paths: list[Path], out_path: Path) -> None:
     for path in paths:
         key = path.resolve()
         if key in seen:
-            raise WorkbenchError(f"{path}: listed twice (as {seen[key]} too), it would vote twice; list each file "
-                                 "once (use --weights to give a file more say)")
+            raise WorkbenchError(
+                f"{path}: listed twice (as {seen[key]} too), it would vote twice; list each file "
+                "once (use --weights to give a file more say)"
+            )
         seen[key] = path
     out = out_path.resolve()
     records = {key.with_name(key.name + ".json") for key in seen}
     if out in seen or out in records or out.with_name(out.name + ".json") in seen:
-        raise WorkbenchError(f"--out {out_path}: is one of the inputs (or its record); the blend would overwrite "
-                             "it: choose another --out, e.g. blend.csv.gz")
+        raise WorkbenchError(
+            f"--out {out_path}: is one of the inputs (or its record); the blend would overwrite "
+            "it: choose another --out, e.g. blend.csv.gz"
+        )
     if out_path.is_dir():
         raise WorkbenchError(f"--out {out_path}: is a folder; give a file path, e.g. {out_path / 'blend.csv.gz'}")
 

@@ -4,6 +4,7 @@ Rows are numbered from 1 at the first data row (the header is line 1, so row N i
 Everything streams: no function here holds more than a row of masks in memory, whatever the number
 of rows (a real submission has 100,064 rows of ~10-20 kB of RLE text each).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -94,9 +95,7 @@ def describe_id_mismatch(
     return f"row {row} has {got} where {want} is expected: the ids are out of order"
 
 
-def validate_submission(
-    path: Path, expected_ids: Sequence[str], *, image_size: tuple[int, int] = KAGGLE_SIZE
-) -> None:
+def validate_submission(path: Path, expected_ids: Sequence[str], *, image_size: tuple[int, int] = KAGGLE_SIZE) -> None:
     """Check header, ids (same set and order as `expected_ids`) and every RLE; raise WorkbenchError.
 
     `image_size` is (W, H). Reads .csv and .csv.gz in one streaming pass.
@@ -130,5 +129,3 @@ def open_compressed(raw: IO[bytes], out_path: Path) -> contextlib.AbstractContex
     if out_path.name.endswith(".gz"):
         return cast(IO[bytes], gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=GZIP_LEVEL, mtime=0))
     return contextlib.nullcontext(raw)
-
-

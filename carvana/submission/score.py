@@ -5,6 +5,7 @@ Dice is computed from the runs directly (`carvana.rle.runs_intersection`, exact 
 result equals `carvana.mean_dice` on the decoded masks, in the submission's order, bit for bit,
 without ever building a pixel array.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -69,9 +70,10 @@ class _RowsParser:
         try:
             return parse_runs(rle, self.n_pixels)
         except ValueError as error:
-            raise WorkbenchError(f"{self.path}: row {row} ({img}): RLE {error}; "
-                                 f"fix: pass the masks' image size (--size, now {format_size(self.image_size)})"
-                                 ) from None
+            raise WorkbenchError(
+                f"{self.path}: row {row} ({img}): RLE {error}; "
+                f"fix: pass the masks' image size (--size, now {format_size(self.image_size)})"
+            ) from None
 
 
 class _TruthLookup:
@@ -124,8 +126,10 @@ def score_submission(
         scores.append(runs_dice(submission.parse(row, img, rle), truth_runs))
     missing = truth.unmatched()
     if missing or extra:
-        raise WorkbenchError(f"{submission_path}: ids differ from {truth_path}: {_id_difference(missing, extra)}; "
-                             "fix: score a submission of exactly the truth's ids (any order)")
+        raise WorkbenchError(
+            f"{submission_path}: ids differ from {truth_path}: {_id_difference(missing, extra)}; "
+            "fix: score a submission of exactly the truth's ids (any order)"
+        )
     if not scores:
         raise WorkbenchError(f"{submission_path}: no rows to score; fix: pass a submission with rows")
     return _summarise(ids, scores)

@@ -2,6 +2,7 @@
 
 Memory is bounded whatever the number of rows: at most 2 x n_jobs chunks of masks are in flight.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -161,6 +162,8 @@ def _worker_count(n_jobs: int, n_chunks: int, encoder: _MaskEncoder) -> int:
         try:
             pickle.dumps(encoder)
         except Exception as error:
-            raise TypeError(f"read_map must be picklable for n_jobs={n_jobs} ({error}); pass a module-level "
-                            "function or a reader object, or use n_jobs=1") from error
+            raise TypeError(
+                f"read_map must be picklable for n_jobs={n_jobs} ({error}); pass a module-level "
+                "function or a reader object, or use n_jobs=1"
+            ) from error
     return n_jobs

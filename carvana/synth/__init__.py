@@ -41,16 +41,25 @@ Speed (one core, shared machine): ~30 ms to render a 480x320 photo, ~50 ms per p
 (render, mask, JPEG, GIF, RLE); ~130 ms / ~200 ms at 1918x1280. Deterministic for a seed; car i of
 a split is the same whatever the number of cars.
 """
+
 from carvana.synth.catalog import (
-                                   P_BOUNDARY_JITTER,
-                                   P_FILL_SPOKE_GAPS,
-                                   P_INCLUDE_THIN_PARTS,
-                                   PAINTS,
-                                   AnnotationPolicy,
-                                   draw_annotation_policy,
+    P_BOUNDARY_JITTER,
+    P_FILL_SPOKE_GAPS,
+    P_INCLUDE_THIN_PARTS,
+    PAINTS,
+    AnnotationPolicy,
+    draw_annotation_policy,
 )
 from carvana.synth.preview import save_preview
 from carvana.synth.writer import generate
 
-__all__ = ["generate", "save_preview", "AnnotationPolicy", "draw_annotation_policy", "PAINTS",
-           "P_INCLUDE_THIN_PARTS", "P_FILL_SPOKE_GAPS", "P_BOUNDARY_JITTER"]
+__all__ = [
+    "generate",
+    "save_preview",
+    "AnnotationPolicy",
+    "draw_annotation_policy",
+    "PAINTS",
+    "P_INCLUDE_THIN_PARTS",
+    "P_FILL_SPOKE_GAPS",
+    "P_BOUNDARY_JITTER",
+]

@@ -1,4 +1,5 @@
 """Turn a view's true coverage layers into the mask one car's annotator would have drawn."""
+
 from __future__ import annotations
 
 import cv2

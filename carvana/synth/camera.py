@@ -3,6 +3,7 @@
 World coordinates (metres): X to the image's right, Y away from the camera, Z up; the turntable is
 centred at the origin. Angle 01 shows the car's front; each next angle turns it 22.5 degrees.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,4 +1,5 @@
 """Build a car's mesh from its spec: body, cabin with glass, wheels with spokes, mirrors, thin parts."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -149,8 +150,9 @@ def _body(mesh: Mesh, spec: CarSpec) -> tuple[list[int], list[str], list[tuple[i
     return quads, tags, pieces
 
 
-def _body_decals(mesh: Mesh, spec: CarSpec, quads: list[int], tags: list[str],
-                 pieces: list[tuple[int, np.ndarray, float]]) -> None:
+def _body_decals(
+    mesh: Mesh, spec: CarSpec, quads: list[int], tags: list[str], pieces: list[tuple[int, np.ndarray, float]]
+) -> None:
     """Lamps, grille, plates, the pickup's bed, the darker lower flank (it mirrors the floor), shut
     lines and door handles."""
     d = spec.dims
@@ -178,8 +180,16 @@ def _body_decals(mesh: Mesh, spec: CarSpec, quads: list[int], tags: list[str],
             _flank_decal(mesh, d, face, piece, side, (x - 0.22, x - 0.08), (d.z_belt - 0.10, d.z_belt - 0.07), "handle")
 
 
-def _flank_decal(mesh: Mesh, d: Dims, face: int, piece: np.ndarray, side: float, x: tuple[float, float],
-                 z: tuple[float, float], material: str) -> None:
+def _flank_decal(
+    mesh: Mesh,
+    d: Dims,
+    face: int,
+    piece: np.ndarray,
+    side: float,
+    x: tuple[float, float],
+    z: tuple[float, float],
+    material: str,
+) -> None:
     """The part of the box x, z that lies on one flank piece, as a decal of that piece."""
     part = clip_box(piece, x=x, z=z)
     if len(part) >= 3:
@@ -190,10 +200,16 @@ def _flank_decal(mesh: Mesh, d: Dims, face: int, piece: np.ndarray, side: float,
 def _cabin_profile(d: Dims) -> np.ndarray:
     """(6, 2) counter-clockwise (x, z) outline of the greenhouse: floor, windshield, roof, rear window."""
     z_roof = d.height
-    return np.array([
-        (d.x_cabin_rear, d.z_belt), (d.x_cowl, d.z_belt), (d.x_roof_front, z_roof - 0.04),
-        (d.x_roof_front - 0.12, z_roof), (d.x_roof_rear + 0.10, z_roof), (d.x_roof_rear, z_roof - 0.03),
-    ])
+    return np.array(
+        [
+            (d.x_cabin_rear, d.z_belt),
+            (d.x_cowl, d.z_belt),
+            (d.x_roof_front, z_roof - 0.04),
+            (d.x_roof_front - 0.12, z_roof),
+            (d.x_roof_rear + 0.10, z_roof),
+            (d.x_roof_rear, z_roof - 0.03),
+        ]
+    )
 
 
 def _cabin(mesh: Mesh, spec: CarSpec) -> None:
@@ -267,8 +283,14 @@ def _door_edges(spec: CarSpec) -> list[float]:
 
 def _mirrors(mesh: Mesh, d: Dims) -> None:
     x0 = d.x_cowl - 0.08
-    profile = np.array([(x0 - 0.20, d.z_belt + 0.03), (x0, d.z_belt + 0.05), (x0 - 0.02, d.z_belt + 0.17),
-                        (x0 - 0.19, d.z_belt + 0.15)])
+    profile = np.array(
+        [
+            (x0 - 0.20, d.z_belt + 0.03),
+            (x0, d.z_belt + 0.05),
+            (x0 - 0.02, d.z_belt + 0.17),
+            (x0 - 0.19, d.z_belt + 0.15),
+        ]
+    )
     half = d.width / 2
     for side in (1.0, -1.0):
         inner, outer = side * (half - 0.06), side * (half + 0.17)

@@ -3,6 +3,7 @@
 Everything here is drawn from a numpy Generator, so one car's spec depends only on that Generator's
 seed. All lengths are metres; colours are RGB 0..255.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -60,22 +61,110 @@ class BodyType:
     bed: bool = False  # pickup: an open bed behind the cab
 
 
-BODY_TYPES: dict[str, BodyType] = {b.name: b for b in [
-    BodyType("sedan", (4.5, 5.0), (1.78, 1.88), (1.40, 1.50), (0.31, 0.34), (0.13, 0.16),
-             (0.60, 0.66), (0.22, 0.27), (0.42, 0.48), (0.9, 1.3), (0.9, 1.4), 2),
-    BodyType("coupe", (4.3, 4.8), (1.78, 1.88), (1.28, 1.38), (0.32, 0.35), (0.11, 0.14),
-             (0.62, 0.68), (0.27, 0.32), (0.40, 0.46), (1.2, 1.6), (1.5, 2.2), 1),
-    BodyType("hatchback", (3.9, 4.35), (1.70, 1.80), (1.42, 1.52), (0.29, 0.32), (0.13, 0.16),
-             (0.58, 0.63), (0.20, 0.24), None, (0.9, 1.2), (0.4, 0.7), 2),
-    BodyType("wagon", (4.6, 4.95), (1.78, 1.86), (1.45, 1.55), (0.31, 0.34), (0.14, 0.17),
-             (0.58, 0.63), (0.20, 0.24), None, (0.9, 1.2), (0.15, 0.35), 3),
-    BodyType("suv", (4.5, 5.1), (1.82, 1.98), (1.65, 1.85), (0.35, 0.40), (0.19, 0.24),
-             (0.56, 0.62), (0.19, 0.23), None, (0.7, 1.0), (0.1, 0.3), 3),
-    BodyType("pickup", (5.2, 5.9), (1.90, 2.02), (1.75, 1.92), (0.37, 0.41), (0.22, 0.27),
-             (0.55, 0.60), (0.22, 0.26), (0.30, 0.42), (0.55, 0.8), (0.02, 0.08), 2, bed=True),
-    BodyType("van", (4.8, 5.3), (1.90, 2.0), (1.72, 1.90), (0.32, 0.35), (0.14, 0.18),
-             (0.48, 0.54), (0.12, 0.16), None, (0.7, 1.0), (0.05, 0.15), 3),
-]}
+BODY_TYPES: dict[str, BodyType] = {
+    b.name: b
+    for b in [
+        BodyType(
+            "sedan",
+            (4.5, 5.0),
+            (1.78, 1.88),
+            (1.40, 1.50),
+            (0.31, 0.34),
+            (0.13, 0.16),
+            (0.60, 0.66),
+            (0.22, 0.27),
+            (0.42, 0.48),
+            (0.9, 1.3),
+            (0.9, 1.4),
+            2,
+        ),
+        BodyType(
+            "coupe",
+            (4.3, 4.8),
+            (1.78, 1.88),
+            (1.28, 1.38),
+            (0.32, 0.35),
+            (0.11, 0.14),
+            (0.62, 0.68),
+            (0.27, 0.32),
+            (0.40, 0.46),
+            (1.2, 1.6),
+            (1.5, 2.2),
+            1,
+        ),
+        BodyType(
+            "hatchback",
+            (3.9, 4.35),
+            (1.70, 1.80),
+            (1.42, 1.52),
+            (0.29, 0.32),
+            (0.13, 0.16),
+            (0.58, 0.63),
+            (0.20, 0.24),
+            None,
+            (0.9, 1.2),
+            (0.4, 0.7),
+            2,
+        ),
+        BodyType(
+            "wagon",
+            (4.6, 4.95),
+            (1.78, 1.86),
+            (1.45, 1.55),
+            (0.31, 0.34),
+            (0.14, 0.17),
+            (0.58, 0.63),
+            (0.20, 0.24),
+            None,
+            (0.9, 1.2),
+            (0.15, 0.35),
+            3,
+        ),
+        BodyType(
+            "suv",
+            (4.5, 5.1),
+            (1.82, 1.98),
+            (1.65, 1.85),
+            (0.35, 0.40),
+            (0.19, 0.24),
+            (0.56, 0.62),
+            (0.19, 0.23),
+            None,
+            (0.7, 1.0),
+            (0.1, 0.3),
+            3,
+        ),
+        BodyType(
+            "pickup",
+            (5.2, 5.9),
+            (1.90, 2.02),
+            (1.75, 1.92),
+            (0.37, 0.41),
+            (0.22, 0.27),
+            (0.55, 0.60),
+            (0.22, 0.26),
+            (0.30, 0.42),
+            (0.55, 0.8),
+            (0.02, 0.08),
+            2,
+            bed=True,
+        ),
+        BodyType(
+            "van",
+            (4.8, 5.3),
+            (1.90, 2.0),
+            (1.72, 1.90),
+            (0.32, 0.35),
+            (0.14, 0.18),
+            (0.48, 0.54),
+            (0.12, 0.16),
+            None,
+            (0.7, 1.0),
+            (0.05, 0.15),
+            3,
+        ),
+    ]
+}
 
 
 @dataclass(frozen=True)
@@ -87,31 +176,96 @@ class Make:
     trims: tuple[str, ...]
 
 
-MAKES: dict[str, Make] = {m.name: m for m in [
-    Make("Toyota", {"sedan": (4, ("Camry", "Avalon")), "suv": (3, ("RAV4", "Highlander")),
-                    "hatchback": (2, ("Corolla iM", "Prius")), "pickup": (2, ("Tacoma", "Tundra")),
-                    "van": (1, ("Sienna",))}, ("LE", "SE", "XLE", "Limited")),
-    Make("Ford", {"pickup": (4, ("F-150", "Ranger")), "suv": (3, ("Explorer", "Escape")),
-                  "sedan": (2, ("Fusion", "Taurus")), "van": (1, ("Transit Connect",)), "coupe": (1, ("Mustang",))},
-         ("S", "SE", "XLT", "Titanium")),
-    Make("Honda", {"sedan": (4, ("Accord", "Civic")), "suv": (3, ("CR-V", "Pilot")),
-                   "hatchback": (2, ("Fit", "Civic Hatchback")), "van": (1, ("Odyssey",))},
-         ("LX", "EX", "EX-L", "Touring")),
-    Make("Chevrolet", {"pickup": (4, ("Silverado 1500", "Colorado")), "suv": (3, ("Equinox", "Tahoe")),
-                       "sedan": (2, ("Malibu", "Impala")), "van": (1, ("Express",)), "coupe": (1, ("Camaro",))},
-         ("LS", "LT", "LTZ", "Premier")),
-    Make("BMW", {"sedan": (4, ("3 Series", "5 Series")), "coupe": (2, ("4 Series",)), "suv": (2, ("X3", "X5")),
-                 "wagon": (1, ("3 Series Wagon",))}, ("328i", "335i", "xDrive28i", "M Sport")),
-    Make("Mercedes-Benz", {"sedan": (4, ("C-Class", "E-Class")), "coupe": (2, ("C-Class Coupe",)),
-                           "suv": (2, ("GLC", "GLE")), "van": (1, ("Metris",)), "wagon": (1, ("E-Class Wagon",))},
-         ("C300", "E350", "4MATIC", "AMG")),
-    Make("Nissan", {"sedan": (4, ("Altima", "Sentra")), "suv": (3, ("Rogue", "Pathfinder")),
-                    "hatchback": (1, ("Versa Note",)), "coupe": (1, ("370Z",)), "pickup": (1, ("Frontier",))},
-         ("S", "SV", "SL", "Platinum")),
-    Make("Volkswagen", {"hatchback": (4, ("Golf", "Beetle")), "sedan": (2, ("Jetta", "Passat")),
-                        "wagon": (2, ("Golf SportWagen",)), "suv": (2, ("Tiguan", "Touareg"))},
-         ("S", "SE", "SEL", "TDI")),
-]}
+MAKES: dict[str, Make] = {
+    m.name: m
+    for m in [
+        Make(
+            "Toyota",
+            {
+                "sedan": (4, ("Camry", "Avalon")),
+                "suv": (3, ("RAV4", "Highlander")),
+                "hatchback": (2, ("Corolla iM", "Prius")),
+                "pickup": (2, ("Tacoma", "Tundra")),
+                "van": (1, ("Sienna",)),
+            },
+            ("LE", "SE", "XLE", "Limited"),
+        ),
+        Make(
+            "Ford",
+            {
+                "pickup": (4, ("F-150", "Ranger")),
+                "suv": (3, ("Explorer", "Escape")),
+                "sedan": (2, ("Fusion", "Taurus")),
+                "van": (1, ("Transit Connect",)),
+                "coupe": (1, ("Mustang",)),
+            },
+            ("S", "SE", "XLT", "Titanium"),
+        ),
+        Make(
+            "Honda",
+            {
+                "sedan": (4, ("Accord", "Civic")),
+                "suv": (3, ("CR-V", "Pilot")),
+                "hatchback": (2, ("Fit", "Civic Hatchback")),
+                "van": (1, ("Odyssey",)),
+            },
+            ("LX", "EX", "EX-L", "Touring"),
+        ),
+        Make(
+            "Chevrolet",
+            {
+                "pickup": (4, ("Silverado 1500", "Colorado")),
+                "suv": (3, ("Equinox", "Tahoe")),
+                "sedan": (2, ("Malibu", "Impala")),
+                "van": (1, ("Express",)),
+                "coupe": (1, ("Camaro",)),
+            },
+            ("LS", "LT", "LTZ", "Premier"),
+        ),
+        Make(
+            "BMW",
+            {
+                "sedan": (4, ("3 Series", "5 Series")),
+                "coupe": (2, ("4 Series",)),
+                "suv": (2, ("X3", "X5")),
+                "wagon": (1, ("3 Series Wagon",)),
+            },
+            ("328i", "335i", "xDrive28i", "M Sport"),
+        ),
+        Make(
+            "Mercedes-Benz",
+            {
+                "sedan": (4, ("C-Class", "E-Class")),
+                "coupe": (2, ("C-Class Coupe",)),
+                "suv": (2, ("GLC", "GLE")),
+                "van": (1, ("Metris",)),
+                "wagon": (1, ("E-Class Wagon",)),
+            },
+            ("C300", "E350", "4MATIC", "AMG"),
+        ),
+        Make(
+            "Nissan",
+            {
+                "sedan": (4, ("Altima", "Sentra")),
+                "suv": (3, ("Rogue", "Pathfinder")),
+                "hatchback": (1, ("Versa Note",)),
+                "coupe": (1, ("370Z",)),
+                "pickup": (1, ("Frontier",)),
+            },
+            ("S", "SV", "SL", "Platinum"),
+        ),
+        Make(
+            "Volkswagen",
+            {
+                "hatchback": (4, ("Golf", "Beetle")),
+                "sedan": (2, ("Jetta", "Passat")),
+                "wagon": (2, ("Golf SportWagen",)),
+                "suv": (2, ("Tiguan", "Touareg")),
+            },
+            ("S", "SE", "SEL", "TDI"),
+        ),
+    ]
+}
 assert all(body in BODY_TYPES for make in MAKES.values() for body in make.models)
 DRIVETRAINS = ["FWD", "AWD", "4WD", "RWD"]
 ENGINES = ["2.0L I4", "2.5L I4", "3.5L V6", "1.8L I4 Turbo", "5.3L V8"]
@@ -227,8 +381,24 @@ def draw_dims(rng: np.random.Generator, body: BodyType) -> Dims:
     corner_front = (min(_uniform(rng, (0.35, 0.6)), overhang_front - arch_clear - 0.05), _uniform(rng, (0.10, 0.22)))
     corner_rear = (min(_uniform(rng, (0.25, 0.45)), overhang_rear - arch_clear - 0.05), _uniform(rng, (0.06, 0.16)))
     shoulder = (_uniform(rng, (0.10, 0.16)), _uniform(rng, (0.03, 0.07)))
-    return Dims(length, width, height, radius, clearance, z_belt, x_cowl, x_cabin_rear,
-                x_roof_front, x_roof_rear, x_wheels, z_nose, z_tail, corner_front, corner_rear, shoulder)
+    return Dims(
+        length,
+        width,
+        height,
+        radius,
+        clearance,
+        z_belt,
+        x_cowl,
+        x_cabin_rear,
+        x_roof_front,
+        x_roof_rear,
+        x_wheels,
+        z_nose,
+        z_tail,
+        corner_front,
+        corner_rear,
+        shoulder,
+    )
 
 
 def draw_metadata(rng: np.random.Generator, car_id: str) -> tuple[dict[str, object], BodyType]:
@@ -263,8 +433,22 @@ def draw_car(rng: np.random.Generator, variant: Variant | None = None) -> CarSpe
     policy = draw_annotation_policy(rng, variant)
     # Drivers park a little off the turntable's centre, so the car drifts across the frame as it turns.
     placement = (_uniform(rng, variant.placement_x_m), _uniform(rng, variant.placement_y_m))
-    return CarSpec(car_id, body, dims, paint_name, paint, rim, n_spokes, spoke_fill,
-                   antenna, spoiler, rails, policy, metadata, placement)
+    return CarSpec(
+        car_id,
+        body,
+        dims,
+        paint_name,
+        paint,
+        rim,
+        n_spokes,
+        spoke_fill,
+        antenna,
+        spoiler,
+        rails,
+        policy,
+        metadata,
+        placement,
+    )
 
 
 def _default_variant() -> Variant:

@@ -4,6 +4,7 @@ Car coordinates (metres): x rear -> front, y right -> left, z up. A face is a li
 filled together (even-odd, so a second contour is a hole) with outward winding: its Newell normal
 points out of the part, which is what back-face culling relies on.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -37,8 +38,14 @@ class Mesh:
         self.faces.append(Face([np.asarray(c, dtype=np.float64) for c in contours], material, **kw))
         return len(self.faces) - 1
 
-    def line(self, a: tuple[float, float, float], b: tuple[float, float, float], radius: float,
-             material: str, layer: int = THIN) -> int:
+    def line(
+        self,
+        a: tuple[float, float, float],
+        b: tuple[float, float, float],
+        radius: float,
+        material: str,
+        layer: int = THIN,
+    ) -> int:
         return self.add([np.array([a, b])], material, layer=layer, radius=radius)
 
 
@@ -66,11 +73,13 @@ class PackedMesh:
 def newell_normal(poly: np.ndarray) -> np.ndarray:
     """Unit normal (3,) of a (K, 3) polygon by Newell's method (robust for non-planar polygons)."""
     nxt = np.roll(poly, -1, axis=0)
-    n = np.array([
-        np.sum((poly[:, 1] - nxt[:, 1]) * (poly[:, 2] + nxt[:, 2])),
-        np.sum((poly[:, 2] - nxt[:, 2]) * (poly[:, 0] + nxt[:, 0])),
-        np.sum((poly[:, 0] - nxt[:, 0]) * (poly[:, 1] + nxt[:, 1])),
-    ])
+    n = np.array(
+        [
+            np.sum((poly[:, 1] - nxt[:, 1]) * (poly[:, 2] + nxt[:, 2])),
+            np.sum((poly[:, 2] - nxt[:, 2]) * (poly[:, 0] + nxt[:, 0])),
+            np.sum((poly[:, 0] - nxt[:, 0]) * (poly[:, 1] + nxt[:, 1])),
+        ]
+    )
     norm = np.linalg.norm(n)
     return n / norm if norm > 0 else n
 
@@ -94,10 +103,15 @@ def pack(mesh: Mesh) -> PackedMesh:
     is_decal = parents >= 0
     normals_arr[is_decal] = normals_arr[parents[is_decal]]
     return PackedMesh(
-        points=np.concatenate(points), bounds=bounds, starts=np.array([b[0][0] for b in bounds]),
-        normals=normals_arr, centroids=np.array(centroids),
-        materials=np.array([f.material for f in mesh.faces]), layers=np.array([f.layer for f in mesh.faces]),
-        parents=parents, radius=np.array([f.radius for f in mesh.faces]),
+        points=np.concatenate(points),
+        bounds=bounds,
+        starts=np.array([b[0][0] for b in bounds]),
+        normals=normals_arr,
+        centroids=np.array(centroids),
+        materials=np.array([f.material for f in mesh.faces]),
+        layers=np.array([f.layer for f in mesh.faces]),
+        parents=parents,
+        radius=np.array([f.radius for f in mesh.faces]),
     )
 
 
@@ -107,8 +121,15 @@ def lift(profile: np.ndarray, y: float | tuple[float, float]) -> np.ndarray:
     return np.column_stack([profile[:, 0], a + b * profile[:, 1], profile[:, 1]])
 
 
-def extrude(mesh: Mesh, profile: np.ndarray, y_hi: float | tuple[float, float], y_lo: float | tuple[float, float],
-            edge_materials: list[str], cap_material: str, **kw: object) -> tuple[list[int], int, int]:
+def extrude(
+    mesh: Mesh,
+    profile: np.ndarray,
+    y_hi: float | tuple[float, float],
+    y_lo: float | tuple[float, float],
+    edge_materials: list[str],
+    cap_material: str,
+    **kw: object,
+) -> tuple[list[int], int, int]:
     """Extrude a counter-clockwise (x, z) profile (K, 2) between two planes y = a + b*z.
 
     Edge i joins profile[i] and profile[i+1] and gets edge_materials[i]. Returns the indices of the
@@ -154,8 +175,9 @@ def clip_half_plane(poly: np.ndarray, normal: tuple[float, float], value: float)
     return np.array(out).reshape(-1, 2)
 
 
-def clip_box(poly: np.ndarray, x: tuple[float, float] = (-np.inf, np.inf),
-             z: tuple[float, float] = (-np.inf, np.inf)) -> np.ndarray:
+def clip_box(
+    poly: np.ndarray, x: tuple[float, float] = (-np.inf, np.inf), z: tuple[float, float] = (-np.inf, np.inf)
+) -> np.ndarray:
     """The part of a (K, 2) (x, z) polygon inside x[0] <= x <= x[1], z[0] <= z <= z[1]."""
     for axis, (low, high) in ((0, x), (1, z)):
         unit = (1.0, 0.0) if axis == 0 else (0.0, 1.0)

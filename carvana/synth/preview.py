@@ -1,4 +1,5 @@
 """A contact sheet of a dataset's train photos: one row per car, one column per angle."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,9 +19,11 @@ def save_preview(data_dir: Path, out_png: Path, *, n_cars: int = 3) -> Path:
     data_dir, out_png = Path(data_dir), Path(out_png)
     photos = sorted((data_dir / "train").glob("*_[0-9][0-9].jpg"))
     if not photos:
-        raise WorkbenchError(f"{data_dir / 'train'}: no train photos (<car>_<NN>.jpg) to preview; "
-                             "pass the folder `workbench synth` wrote")
-    cars = sorted({p.name.rsplit("_", 1)[0] for p in photos})[:max(1, n_cars)]
+        raise WorkbenchError(
+            f"{data_dir / 'train'}: no train photos (<car>_<NN>.jpg) to preview; "
+            "pass the folder `workbench synth` wrote"
+        )
+    cars = sorted({p.name.rsplit("_", 1)[0] for p in photos})[: max(1, n_cars)]
     with Image.open(photos[0]) as first:
         width, height = first.size
     thumb_w = min(width, THUMB_WIDTH)
@@ -38,4 +41,3 @@ def save_preview(data_dir: Path, out_png: Path, *, n_cars: int = 3) -> Path:
     with atomic_path(out_png) as tmp:
         sheet.save(tmp, format="PNG")
     return out_png
-

@@ -5,6 +5,7 @@ such as the flanks and the wheel-arch linings overlap in ways no single sort ord
 the arch linings painted black over the bodywork at three-quarter angles. So polygons are still
 rasterised by cv2.fillPoly (over their bounding box only), but each pixel keeps the nearest face.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,8 +14,14 @@ import cv2
 import numpy as np
 
 
-def face_planes(cam_normals: np.ndarray, cam_centroids: np.ndarray, inv_depth: np.ndarray, starts: np.ndarray,
-                focal: float, centre: tuple[float, float]) -> np.ndarray:
+def face_planes(
+    cam_normals: np.ndarray,
+    cam_centroids: np.ndarray,
+    inv_depth: np.ndarray,
+    starts: np.ndarray,
+    focal: float,
+    centre: tuple[float, float],
+) -> np.ndarray:
     """(F, 5) rows (a, b, c, lo, hi): a face's 1/depth = clip(a*u + b*v + c, lo, hi) at pixel (u, v).
 
     cam_normals, cam_centroids: (F, 3) in camera coordinates (x right, y up, z depth);
@@ -43,8 +50,14 @@ def face_boxes(fixed: np.ndarray, starts: np.ndarray, size: tuple[int, int], pad
     width, height = size
     lo = np.minimum.reduceat(fixed, starts, axis=0) // 16 - pad[:, None] - 1
     hi = np.maximum.reduceat(fixed, starts, axis=0) // 16 + pad[:, None] + 2
-    return np.column_stack([np.clip(lo[:, 0], 0, width), np.clip(lo[:, 1], 0, height),
-                            np.clip(hi[:, 0], 0, width), np.clip(hi[:, 1], 0, height)])
+    return np.column_stack(
+        [
+            np.clip(lo[:, 0], 0, width),
+            np.clip(lo[:, 1], 0, height),
+            np.clip(hi[:, 0], 0, width),
+            np.clip(hi[:, 1], 0, height),
+        ]
+    )
 
 
 @dataclass
@@ -58,8 +71,9 @@ class Canvas:
     image: np.ndarray
     inv_depth: np.ndarray
 
-    def polygon(self, contours: list[np.ndarray], box: np.ndarray, plane: np.ndarray,
-                colour: np.ndarray, decal: bool) -> None:
+    def polygon(
+        self, contours: list[np.ndarray], box: np.ndarray, plane: np.ndarray, colour: np.ndarray, decal: bool
+    ) -> None:
         """Fill (K, 2) fixed-point contours (even-odd: a second contour is a hole)."""
         x0, y0, x1, y1 = (int(v) for v in box)
         if x1 <= x0 or y1 <= y0:
@@ -71,8 +85,9 @@ class Canvas:
         cv2.fillPoly(scratch, [c - offset for c in contours], 255, cv2.LINE_AA, 4)
         self._write(scratch >= 128, (x0, y0, x1, y1), plane, colour, decal)
 
-    def line(self, p: np.ndarray, q: np.ndarray, thickness: int, box: np.ndarray, inv_depth: float,
-             colour: np.ndarray) -> None:
+    def line(
+        self, p: np.ndarray, q: np.ndarray, thickness: int, box: np.ndarray, inv_depth: float, colour: np.ndarray
+    ) -> None:
         """A thick segment between fixed-point points p and q at one depth (thin parts are short)."""
         x0, y0, x1, y1 = (int(v) for v in box)
         if x1 <= x0 or y1 <= y0:
@@ -80,11 +95,11 @@ class Canvas:
         scratch = np.zeros((y1 - y0, x1 - x0), np.uint8)
         offset = np.array([x0 * 16, y0 * 16], np.int32)
         cv2.line(scratch, point(p - offset), point(q - offset), 1, thickness, cv2.LINE_8, 4)
-        self._write(scratch > 0, (x0, y0, x1, y1), np.array([0.0, 0.0, inv_depth, inv_depth, inv_depth]),
-                    colour, False)
+        self._write(scratch > 0, (x0, y0, x1, y1), np.array([0.0, 0.0, inv_depth, inv_depth, inv_depth]), colour, False)
 
-    def _write(self, inside: np.ndarray, box: tuple[int, int, int, int], plane: np.ndarray,
-               colour: np.ndarray, decal: bool) -> None:
+    def _write(
+        self, inside: np.ndarray, box: tuple[int, int, int, int], plane: np.ndarray, colour: np.ndarray, decal: bool
+    ) -> None:
         x0, y0, x1, y1 = box
         a, b, c, lo, hi = (np.float32(v) for v in plane)
         u = np.arange(x0, x1, dtype=np.float32)[None, :]

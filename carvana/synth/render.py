@@ -7,6 +7,7 @@ of the bright studio (floor below the horizon) with a Fresnel boost. The car is 
 anti-aliasing onto a copy of the studio, then blended in through an anti-aliased coverage map,
 which avoids light seams between neighbouring faces.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -115,8 +116,9 @@ def draw_order(packed: PackedMesh, visible: np.ndarray, distance: np.ndarray) ->
     return order
 
 
-def render_view(packed: PackedMesh, spec: CarSpec, angle: int, size: tuple[int, int],
-                rng: np.random.Generator, zoom: float = 1.0) -> tuple[np.ndarray, Layers]:
+def render_view(
+    packed: PackedMesh, spec: CarSpec, angle: int, size: tuple[int, int], rng: np.random.Generator, zoom: float = 1.0
+) -> tuple[np.ndarray, Layers]:
     """Photograph one car at angle 1..16 (camera `zoom`): an (H, W, 3) uint8 RGB image and its coverage layers."""
     camera = Camera(size, zoom)
     rot = yaw_matrix(angle)
@@ -132,8 +134,14 @@ def render_view(packed: PackedMesh, spec: CarSpec, angle: int, size: tuple[int, 
     colours = shade(packed, spec, normals, to_eye).round().astype(np.uint8)
     basis = camera.basis()
     inv_depth = 1.0 / cam_points[:, 2]
-    planes = face_planes(normals @ basis.T, camera.to_camera(centroids), inv_depth, packed.starts,
-                         camera.focal, (size[0] / 2, size[1] / 2))
+    planes = face_planes(
+        normals @ basis.T,
+        camera.to_camera(centroids),
+        inv_depth,
+        packed.starts,
+        camera.focal,
+        (size[0] / 2, size[1] / 2),
+    )
     # Lines (thin parts) get their projected width, at least 1 px; polygons get 0 (no box padding).
     nearest = np.maximum.reduceat(inv_depth, packed.starts)
     thickness = np.maximum(1, np.round(2 * packed.radius * camera.focal * nearest)).astype(np.int64)

@@ -2,6 +2,7 @@
 
 Backgrounds, vignetting and noise tiles depend only on the image size, so they are cached per size.
 """
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -101,5 +102,5 @@ def finish(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     vignetted = cv2.multiply(soft, _vignette((width, height)), scale=exposure / 255)
     tile = _noise_tile((width, height))
     dy, dx = (int(v) for v in rng.integers(0, 64, size=2))
-    noisy = vignetted.astype(np.int16) + tile[dy:dy + height, dx:dx + width]
+    noisy = vignetted.astype(np.int16) + tile[dy : dy + height, dx : dx + width]
     return np.clip(noisy, 0, 255).astype(np.uint8)

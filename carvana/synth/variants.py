@@ -8,6 +8,7 @@ drawn. Each `Variant` moves one of those dials away from the default studio; the
 The default variant draws exactly what the studio drew before variants existed (same random
 stream, same files), so seeds stay reproducible.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -57,17 +58,33 @@ def _shares(**overrides: float) -> dict[str, float]:
 VARIANTS: dict[str, Variant] = {}
 for _variant in [
     Variant("default", "the studio as documented in carvana.synth: cars fill ~75% of the frame, 44% white/silver"),
-    Variant("small-cars", "a wider lens and cars parked further off the turntable's centre: cars fill ~50% of "
-            "the frame and drift more between angles", zoom=0.68, placement_x_m=(-0.9, 0.9),
-            placement_y_m=(-0.6, 0.6)),
-    Variant("pale-fleet", "three cars in four white or silver, close to the studio background",
-            paint_shares=_shares(white=0.45, silver=0.30)),
-    Variant("sloppy-annotators", "masks drawn less carefully: thin parts mostly left out, spoke gaps mostly "
-            "filled, most outlines wobbling by 2-5 px", p_include_thin_parts=0.25, p_fill_spoke_gaps=0.8,
-            p_boundary_jitter=0.7, jitter_px=(2.0, 5.0)),
-    Variant("dark-fleet", "mostly black, grey and dark blue cars: strong contrast, dark wheels and glass "
-            "merge with the body", paint_shares=_shares(white=0.05, silver=0.05, black=0.35, grey=0.25,
-                                                        dark_blue=0.15)),
+    Variant(
+        "small-cars",
+        "a wider lens and cars parked further off the turntable's centre: cars fill ~50% of "
+        "the frame and drift more between angles",
+        zoom=0.68,
+        placement_x_m=(-0.9, 0.9),
+        placement_y_m=(-0.6, 0.6),
+    ),
+    Variant(
+        "pale-fleet",
+        "three cars in four white or silver, close to the studio background",
+        paint_shares=_shares(white=0.45, silver=0.30),
+    ),
+    Variant(
+        "sloppy-annotators",
+        "masks drawn less carefully: thin parts mostly left out, spoke gaps mostly "
+        "filled, most outlines wobbling by 2-5 px",
+        p_include_thin_parts=0.25,
+        p_fill_spoke_gaps=0.8,
+        p_boundary_jitter=0.7,
+        jitter_px=(2.0, 5.0),
+    ),
+    Variant(
+        "dark-fleet",
+        "mostly black, grey and dark blue cars: strong contrast, dark wheels and glass merge with the body",
+        paint_shares=_shares(white=0.05, silver=0.05, black=0.35, grey=0.25, dark_blue=0.15),
+    ),
     Variant("close-up", "a longer lens: cars fill the frame and their ends leave it at side views", zoom=1.3),
 ]:
     if _variant.name in VARIANTS:

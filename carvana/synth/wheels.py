@@ -1,4 +1,5 @@
 """Wheels: hollow tyres with spoked rims, and the dark lining of the wheel arches."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """Write a synthetic dataset in Kaggle's Carvana layout, into a temporary sibling renamed at the end."""
+
 from __future__ import annotations
 
 import csv
@@ -62,19 +63,31 @@ def draw_cars(seed: int, split: int, n_cars: int, taken: set[str], variant: Vari
 
 def check_args(out_dir: Path, n_cars: int, n_test_cars: int, size: tuple[int, int]) -> None:
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise WorkbenchError(f"{out_dir}: already exists and is not an empty folder; pass a new --out folder "
-                             "or delete this one")
+        raise WorkbenchError(
+            f"{out_dir}: already exists and is not an empty folder; pass a new --out folder or delete this one"
+        )
     if n_cars < 1 or n_test_cars < 0:
-        raise WorkbenchError(f"{out_dir}: need at least 1 train car and 0 or more test cars "
-                             f"(got {n_cars} and {n_test_cars})")
+        raise WorkbenchError(
+            f"{out_dir}: need at least 1 train car and 0 or more test cars (got {n_cars} and {n_test_cars})"
+        )
     width, height = size
     if not (32 <= width <= MAX_SIDE and 32 <= height <= MAX_SIDE):
-        raise WorkbenchError(f"{out_dir}: image size {width}x{height} is outside 32..{MAX_SIDE} per side; "
-                             "pass e.g. --size 480x320 (Kaggle's is 1918x1280)")
+        raise WorkbenchError(
+            f"{out_dir}: image size {width}x{height} is outside 32..{MAX_SIDE} per side; "
+            "pass e.g. --size 480x320 (Kaggle's is 1918x1280)"
+        )
 
 
-def generate(out_dir: Path, n_cars: int, n_test_cars: int, *, size: tuple[int, int] = (480, 320), seed: int = 0,
-             progress: bool = True, variant: str = "default") -> None:
+def generate(
+    out_dir: Path,
+    n_cars: int,
+    n_test_cars: int,
+    *,
+    size: tuple[int, int] = (480, 320),
+    seed: int = 0,
+    progress: bool = True,
+    variant: str = "default",
+) -> None:
     """Write `n_cars` train and `n_test_cars` test cars x 16 angles at `size` (W, H) into `out_dir`.
 
     `variant` names a studio variant (`carvana.synth.variants.VARIANTS`): how large the cars are in
@@ -103,13 +116,17 @@ def generate(out_dir: Path, n_cars: int, n_test_cars: int, *, size: tuple[int, i
         raise
 
 
-def _write_layout(root: Path, train: list[CarSpec], test: list[CarSpec], size: tuple[int, int], seed: int,
-                  progress: bool, zoom: float) -> None:
+def _write_layout(
+    root: Path, train: list[CarSpec], test: list[CarSpec], size: tuple[int, int], seed: int, progress: bool, zoom: float
+) -> None:
     for name in ("train", "train_masks", "test"):
         (root / name).mkdir()
-    shots = [Shot(spec, split, index, angle)
-             for split, cars in ((TRAIN, train), (TEST, test))
-             for index, spec in enumerate(cars) for angle in range(1, N_ANGLES + 1)]
+    shots = [
+        Shot(spec, split, index, angle)
+        for split, cars in ((TRAIN, train), (TEST, test))
+        for index, spec in enumerate(cars)
+        for angle in range(1, N_ANGLES + 1)
+    ]
     rles: dict[int, list[tuple[str, str]]] = {TRAIN: [], TEST: []}
     bar = progress_bar(total=len(shots), desc="synth", unit="img", disable=not progress)
     packed, packed_id = None, ""
