@@ -233,6 +233,32 @@ def test_disk_full_during_stack_says_so_and_keeps_finished_work(run_copy, small_
     assert (run / "stack" / "vote" / "member.json").is_file()
 
 
+def test_disk_full_during_fold_train_says_so_and_keeps_finished_work(run_copy, small_fs):
+    """A real PyTorch member trained into a run on a full disk: one line naming the disk, no member lost."""
+    run = small_fs / "run"
+    shutil.copytree(run_copy / "run", run, ignore=shutil.ignore_patterns("cache"))
+    cnn = "    - {name: simple_cnn_32, arch: simple_cnn, height: 32, width: 48, train: {epochs: 1}}\n"
+    config = (run_copy / "run.yaml").read_text().replace(f"run_dir: {run_copy / 'run'}", f"run_dir: {run}")
+    (run_copy / "cnn.yaml").write_text(config.replace("    - avg_mask_128\n", "    - avg_mask_128\n" + cnn))
+    finished = tree_digest(run / "members")
+    assert finished  # the two average-mask members, trained before
+    filler = small_fs / "filler"
+    with open(filler, "wb") as f:  # fill the disk to the last byte
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+    result = cli(run_copy, "fold-train", config="cnn.yaml")
+    assert_user_error(result, "the disk is full", "free up", str(small_fs))
+    assert {k: v for k, v in tree_digest(run / "members").items() if not k.startswith("simple_cnn_32")} == finished
+    filler.unlink()  # the hint: free space, then re-run the same command
+    result = cli(run_copy, "fold-train", config="cnn.yaml")
+    assert result.returncode == 0, result.stderr
+    assert all((run / "members" / "simple_cnn_32" / f"fold{k}" / "done.json").is_file() for k in range(3))
+
+
 def test_a_read_only_run_folder(run_copy, small_fs):
     run = small_fs / "run"
     shutil.copytree(run_copy / "run", run, ignore=shutil.ignore_patterns("cache"))
