@@ -210,19 +210,25 @@ def small_fs(tmp_path):
     subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
-def test_disk_full_during_stack_says_so_and_keeps_finished_work(run_copy, small_fs):
-    run = small_fs / "run"
-    shutil.copytree(run_copy / "run", run, ignore=shutil.ignore_patterns("cache"))
-    shutil.rmtree(run / "stack" / "vote")
-    before = tree_digest(run / "stack" / "mean")
-    filler = small_fs / "filler"
-    with open(filler, "wb") as f:  # fill the disk to the last byte
+def fill_disk(folder: Path) -> Path:
+    """Fill `folder`'s file system to the last byte with one file; return it (unlink it to free the space)."""
+    filler = folder / "filler"
+    with open(filler, "wb") as f:
         try:
             while True:
                 f.write(b"\0" * 65536)
                 f.flush()
         except OSError:
             pass
+    return filler
+
+
+def test_disk_full_during_stack_says_so_and_keeps_finished_work(run_copy, small_fs):
+    run = small_fs / "run"
+    shutil.copytree(run_copy / "run", run, ignore=shutil.ignore_patterns("cache"))
+    shutil.rmtree(run / "stack" / "vote")
+    before = tree_digest(run / "stack" / "mean")
+    filler = fill_disk(small_fs)
     result = cli(run_copy, "stack", "--run-dir", str(run))
     assert_user_error(result, "the disk is full", "free up", str(small_fs))
     assert tree_digest(run / "stack" / "mean") == before
@@ -242,14 +248,7 @@ def test_disk_full_during_fold_train_says_so_and_keeps_finished_work(run_copy, s
     (run_copy / "cnn.yaml").write_text(config.replace("    - avg_mask_128\n", "    - avg_mask_128\n" + cnn))
     finished = tree_digest(run / "members")
     assert finished  # the two average-mask members, trained before
-    filler = small_fs / "filler"
-    with open(filler, "wb") as f:  # fill the disk to the last byte
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
-        except OSError:
-            pass
+    filler = fill_disk(small_fs)
     result = cli(run_copy, "fold-train", config="cnn.yaml")
     assert_user_error(result, "the disk is full", "free up", str(small_fs))
     assert {k: v for k, v in tree_digest(run / "members").items() if not k.startswith("simple_cnn_32")} == finished
@@ -317,18 +316,6 @@ def test_a_truncated_marker_is_treated_as_missing(run_copy):
     assert cli(run_copy, "stack").returncode == 0
 
 
-def _fill(folder: Path) -> Path:
-    filler = folder / "filler"
-    with open(filler, "wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
-        except OSError:
-            pass
-    return filler
-
-
 def test_torch_and_sqlite_words_for_a_full_disk_are_named(small_fs):
     """torch says "file write failed", SQLite "database or disk is full": both read as a full disk."""
     import optuna
@@ -337,7 +324,7 @@ def test_torch_and_sqlite_words_for_a_full_disk_are_named(small_fs):
     from stacking.sqlite_url import sqlite_url
     from workbench.failures import explain
 
-    _fill(small_fs)
+    fill_disk(small_fs)
     errors = []
     for write in (lambda: torch.save(torch.zeros(1 << 16), small_fs / "model.pt"),
                   lambda: optuna.create_study(storage=sqlite_url(small_fs / "optuna.db"))):
