@@ -79,9 +79,12 @@ class StackConfig:
     def __post_init__(self) -> None:
         from stacking.blenders import BLENDERS
         from stacking.pixel_stacker import STACKERS
+        from stacking.postprocess import OPERATIONS
 
         _check_names("stack.blends", self.blends, BLENDERS)
         _check_names("stack.stackers", self.stackers, STACKERS)
+        _check_names("stack.postprocess", self.postprocess, OPERATIONS)
+        _check_range("stack.cnn_epochs", self.cnn_epochs, self.cnn_epochs >= 0, "use 0 (no CNN stacker) or more")
         low, high = self.band
         _check_range("stack.band", list(self.band), 0 <= low < high <= 1, "need 0 <= lo < hi <= 1, e.g. [0.02, 0.98]")
         _check_range("stack.max_pixels", self.max_pixels, self.max_pixels >= 1, "use 1 or more")

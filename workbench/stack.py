@@ -22,7 +22,7 @@ from stacking.crossfit import Entry, EntryT, fit_predict
 from stacking.leaderboard import EntryScore, format_table, score_entries, write_leaderboard
 from stacking.maps import TestMaps, TrainMaps
 from stacking.pixel_stacker import make_stacker
-from stacking.postprocess import OPERATIONS, postprocess_spec, postprocessed_name, write_postprocessed
+from stacking.postprocess import postprocess_spec, postprocessed_name, write_postprocessed
 from stacking.robust import Guarded
 from workbench.compute import parallel_backend
 from workbench.config import ExperimentConfig
@@ -187,12 +187,6 @@ def stack_tuned(run: Run, members: list[str], train: TrainMaps, test: TestMaps, 
 
 def stack_postprocessed(run: Run, scores: list[EntryScore], progress: bool) -> list[EntryScore]:
     """nnU-Net's rule: each of `stack.postprocess` applied to the best entry, kept only if it beats it on OOF."""
-    unknown = [op for op in run.config.stack.postprocess if op not in OPERATIONS]
-    if unknown:
-        raise WorkbenchError(
-            f"{run.config.run_dir / 'config.yaml'}: unknown stack.postprocess {unknown}; valid: "
-            f"{', '.join(OPERATIONS)} (fix the list in the experiment config)"
-        )
     best = max(scores, key=lambda s: s.oof_mean_dice)
     source, store = run.members_store if best.kind == "member" else run.entries_store, run.entries_store
     candidates = []
@@ -200,9 +194,8 @@ def stack_postprocessed(run: Run, scores: list[EntryScore], progress: bool) -> l
         name, spec = postprocessed_name(best.entry, operation), postprocess_spec(source, best.entry, operation)
         n_test = len(source.ids(best.entry, "test"))
         if not entry_complete(store, name, spec, len(source.ids(best.entry, "train")), n_test):
-            reset = store.path.is_dir() and name in store.members()
-            with store.open_member(name, spec, run.folds.hash, run.resolution, reset=reset) as writer:
-                write_postprocessed(source, best.entry, operation, writer)
+            with rebuild(store, name) as beside, beside.open_member(name, spec, run.folds.hash, run.resolution) as w:
+                write_postprocessed(source, best.entry, operation, w)
         candidates.append((store, name, "postprocess"))
     scored = score_entries(candidates, run.data, run.folds, run.summary.size, progress=progress)
     for s in scored:
