@@ -12,7 +12,7 @@ import dataclasses
 import resource
 import time
 import tracemalloc
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 

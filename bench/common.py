@@ -6,8 +6,8 @@ import platform
 import re
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from carvana.atomic import write_text_atomic
 

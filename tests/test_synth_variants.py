@@ -7,8 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from carvana.errors import WorkbenchError
 from carvana.dataset import N_ANGLES
+from carvana.errors import WorkbenchError
 from carvana.synth.car import build_car
 from carvana.synth.catalog import WHITE_OR_SILVER, draw_annotation_policy, draw_car
 from carvana.synth.render import render_view
