@@ -18,6 +18,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 
 from carvana.progress import progress_bar
+from oof.format import to_uint8
 from stacking.maps import MapBatch, ReadMaps, TestMaps, TrainMaps, read_batch
 
 EntryT = TypeVar("EntryT", bound="Entry")
@@ -89,13 +90,14 @@ def fit_predict(
 
 
 def predict_test(model: Entry, test: TestMaps, *, n_jobs: int = 1) -> Iterator[tuple[tuple[str, ...], np.ndarray]]:
-    """(ids, (n, H, W) float32 maps) of every chunk of `test`, in order. With `n_jobs` != 1 and more than one
-    chunk, joblib workers read and predict the chunks (at most 2 x n_jobs in flight, so memory stays bounded
-    by chunks, not by the test set); the model is sent to each worker with its chunk."""
+    """(ids, (n, H, W) uint8 levels: the store's format) of every chunk of `test`, in order. With `n_jobs` != 1
+    and more than one chunk, joblib workers read and predict the chunks (at most 2 x n_jobs in flight, so
+    memory stays bounded by chunks, not by the test set); the model is sent to each worker with its chunk, and
+    the worker sends back levels, a quarter of the float maps' bytes."""
     chunks = test.chunks()
     if n_jobs == 1 or len(chunks) < 2:
         for batch in test.batches():
-            yield batch.ids, model.predict_proba(batch)
+            yield batch.ids, _levels(batch.ids, model.predict_proba(batch))
         return
     import joblib
 
@@ -104,4 +106,9 @@ def predict_test(model: Entry, test: TestMaps, *, n_jobs: int = 1) -> Iterator[t
 
 
 def _predict_chunk(model: Entry, read: ReadMaps, ids: tuple[str, ...]) -> tuple[tuple[str, ...], np.ndarray]:
-    return ids, model.predict_proba(read_batch(read, ids))
+    return ids, _levels(ids, model.predict_proba(read_batch(read, ids)))
+
+
+def _levels(ids: tuple[str, ...], probas: np.ndarray) -> np.ndarray:
+    """(n, H, W) uint8 levels of an entry's (n, H, W) maps, rounded as the store rounds them."""
+    return np.stack([to_uint8(proba, f"test map of {img}") for img, proba in zip(ids, probas)])

@@ -17,8 +17,9 @@ always decide alike, and no float rounding can flip a pixel between the two path
 Why it is fast: with equal weights every image is reduced to two histograms of S (truth-positive and
 truth-negative pixels), so a trial is a lookup per image, independent of image size. For weighted
 trials, pixels where every member is 0 (never car for t > 0) or every member is 255 (always car for
-t <= 1) are counted once; only the remaining "uncertain" pixels are stored, as uint8 member values
-grouped by truth, angle and image, and each trial blends only those.
+t <= 1) are counted once; only the remaining "uncertain" pixels are stored, grouped by truth, angle and
+image, each distinct tuple of member levels once with its pixel count (`unique_columns`), and each trial
+blends only those tuples.
 """
 
 from __future__ import annotations
@@ -64,22 +65,43 @@ def _dice_from_counts(tp: np.ndarray, n_pred: np.ndarray, n_truth: np.ndarray) -
     return np.where(total == 0, 1.0, 2.0 * tp / np.maximum(total, 1))
 
 
-def _segment_counts(flags: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """Number of True flags in each segment flags[offsets[i]:offsets[i+1]]: (n_segments,) int64."""
-    # A loop of count_nonzero (SIMD, ~2 us per call) beats np.add.reduceat (not vectorised) ~10x here.
-    bounds = offsets.tolist()
-    return np.array([np.count_nonzero(flags[a:b]) for a, b in zip(bounds[:-1], bounds[1:])], dtype=np.int64)
+def _segment_sums(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Sum of values[offsets[i]:offsets[i+1]] for each segment: (n_segments,) int64 (0 for empty ones)."""
+    cumulative = np.concatenate([[0], np.cumsum(values, dtype=np.int64)])
+    return cumulative[offsets[1:]] - cumulative[offsets[:-1]]
+
+
+def unique_columns(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct columns of values (M, K) uint8 and how often each occurs: (M, U) uint8, (U,) int32.
+
+    Pixels with the same member levels (and truth) are decided alike by every trial, so each is stored
+    once with its count: soft members repeat the same few level tuples over large areas, and pixels where
+    sharp members disagree take at most 2^M tuples of 0 and 255."""
+    n_members, n = values.shape
+    if n == 0:
+        return values, np.zeros(0, dtype=np.int32)
+    rows = np.ascontiguousarray(values.T)  # (K, M): one key per pixel
+    if n_members <= 8:
+        padded = np.zeros((n, 8), dtype=np.uint8)
+        padded[:, :n_members] = rows
+        keys = padded.view(np.uint64).ravel()
+    else:
+        keys = rows.view(np.dtype((np.void, n_members))).ravel()
+    _, first, counts = np.unique(keys, return_index=True, return_counts=True)
+    return values[:, first], counts.astype(np.int32)
 
 
 @dataclass
 class _Uncertain:
     """Uncertain pixels of one truth class, images in angle-sorted order, packed for trials.
 
-    values: (n_members, n_pixels) uint8; offsets: (n_images + 1,) int64 image boundaries;
-    angle_bounds: (17,) int64 pixel boundaries of angles 1..16.
+    values: (n_members, n_tuples) uint8 distinct level tuples of each image; counts: (n_tuples,) int32 pixels
+    of the image holding each tuple; offsets: (n_images + 1,) int64 image boundaries; angle_bounds: (17,)
+    int64 tuple boundaries of angles 1..16.
     """
 
     values: np.ndarray
+    counts: np.ndarray
     offsets: np.ndarray
     angle_bounds: np.ndarray
 
@@ -98,7 +120,7 @@ class _Uncertain:
                 for values, w in active[1:]:
                     acc += np.multiply(values[start:stop], w, out=tmp)
                 np.greater_equal(acc, k_by_angle[a], out=car[start:stop])
-        return _segment_counts(car, self.offsets)
+        return _segment_sums(np.where(car, self.counts, 0), self.offsets)
 
 
 class DiceEvaluator:
@@ -107,8 +129,8 @@ class DiceEvaluator:
     Feed images with `add_image` (streaming) or build with `from_arrays` / `from_images`; then
     `score(threshold, weights)` and `per_image(threshold, weights)` follow the module's decision rule.
     Memory: four rows (histograms and their suffix sums) of ~255 * n_members int32 per image, plus
-    n_members bytes per uncertain pixel; never a float copy of the maps. Adding images after a score
-    re-packs, briefly holding the uncertain pixels twice.
+    n_members + 4 bytes per distinct uncertain level tuple of an image (at most one per uncertain pixel);
+    never a float copy of the maps. Adding images after a score re-packs, briefly holding them twice.
     """
 
     def __init__(self, n_members: int, threshold_range: tuple[float, float] | None = None) -> None:
@@ -127,7 +149,7 @@ class DiceEvaluator:
         self._max_sum = 255 * n_members
         self._hists: list[np.ndarray] = []  # per image (2, max_sum + 1): truth-negative, truth-positive
         self._angles: list[int] = []
-        self._chunks: list[list[np.ndarray | None]] = []  # per image [values_pos, values_neg]
+        self._chunks: list[list[tuple[np.ndarray, np.ndarray] | None]] = []  # per image [pos, neg] (tuples, counts)
         self.n_pixels = 0
         self._packed: tuple | None = None
 
@@ -173,7 +195,7 @@ class DiceEvaluator:
         uncertain = (flat.max(axis=0) > self._min_car) & ~sure_car
         n_sure_car = int(np.count_nonzero(sure_car & car))
         self._sure_car.append((int(np.count_nonzero(sure_car)) - n_sure_car, n_sure_car))
-        self._chunks.append([flat[:, uncertain & car], flat[:, uncertain & ~car]])
+        self._chunks.append([unique_columns(flat[:, uncertain & car]), unique_columns(flat[:, uncertain & ~car])])
         self._angles.append(int(angle))
         self.n_pixels += car.size
 
@@ -183,7 +205,12 @@ class DiceEvaluator:
 
     @property
     def n_uncertain(self) -> int:
-        """Number of stored uncertain pixels over all images."""
+        """Number of uncertain pixels over all images (each trial decides them)."""
+        return sum(int(part.counts.sum(dtype=np.int64)) for part in self._pack()[1])
+
+    @property
+    def n_stored(self) -> int:
+        """Number of distinct (image, truth, member levels) tuples stored for the uncertain pixels."""
         return sum(part.values.shape[1] for part in self._pack()[1])
 
     @property
@@ -195,7 +222,7 @@ class DiceEvaluator:
     def nbytes(self) -> int:
         """Bytes held by the packed arrays (histogram suffix sums and uncertain pixels)."""
         suffix, parts, *_ = self._pack()
-        return suffix.nbytes + sum(p.values.nbytes + p.offsets.nbytes for p in parts)
+        return suffix.nbytes + sum(p.values.nbytes + p.counts.nbytes + p.offsets.nbytes for p in parts)
 
     def per_image(
         self, threshold: float | Sequence[float] | np.ndarray, weights: np.ndarray | Sequence[float] | None = None
@@ -252,24 +279,28 @@ class DiceEvaluator:
         return self._packed
 
     def _pack_class(self, cls_index: int, order: np.ndarray, angles: np.ndarray) -> _Uncertain:
-        sizes = np.array([self._chunks[i][cls_index].shape[1] for i in order], dtype=np.int64)
+        sizes = np.array([self._chunks[i][cls_index][1].size for i in order], dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(sizes)])
         values = np.empty((self.n_members, int(offsets[-1])), dtype=np.uint8)
+        counts = np.empty(int(offsets[-1]), dtype=np.int32)
         for rank, i in enumerate(order):
-            values[:, offsets[rank] : offsets[rank + 1]] = self._chunks[i][cls_index]
+            values[:, offsets[rank] : offsets[rank + 1]], counts[offsets[rank] : offsets[rank + 1]] = self._chunks[i][
+                cls_index
+            ]
             self._chunks[i][cls_index] = None  # keeps the peak near one copy of the uncertain pixels
         first_image_of_angle = np.searchsorted(angles[order], np.arange(1, N_ANGLES + 2))
-        return _Uncertain(values, offsets, offsets[first_image_of_angle])
+        return _Uncertain(values, counts, offsets, offsets[first_image_of_angle])
 
     def _unpack(self) -> None:
         """Turn packed arrays back into per-image chunks (views) so more images can be added."""
         if self._packed is None:
             return
         _, parts, order, _ = self._packed
-        chunks: list[list[np.ndarray | None]] = [[None, None] for _ in order]
+        chunks: list[list[tuple[np.ndarray, np.ndarray] | None]] = [[None, None] for _ in order]
         for cls_index, part in enumerate(parts):
             for rank, i in enumerate(order):
-                chunks[i][cls_index] = part.values[:, part.offsets[rank] : part.offsets[rank + 1]]
+                a, b = part.offsets[rank], part.offsets[rank + 1]
+                chunks[i][cls_index] = (part.values[:, a:b], part.counts[a:b])
         self._chunks = chunks
         self._packed = None
 

@@ -121,7 +121,12 @@ def pixel_features(maps: np.ndarray, angle: int, index: np.ndarray, mean: np.nda
 
 @dataclass
 class BandSample:
-    """The training sample: features (n, F) float32 and labels (n,) uint8 0/1 of sampled band pixels.
+    """The training sample: features (n, F) float32 and labels (n,) uint8 0/1 of sampled band pixels, and
+    weights (n,) float32 (mean 1) that make a weighted pixel loss follow mean per-image Dice: a row of image
+    i stands for band_i / taken_i band pixels, and one pixel of image i moves its Dice by about
+    2 / (|truth_i| + |predicted_i|) (predicted: the members' mean >= 0.5), so its weight is
+    band_i / (taken_i x (|truth_i| + |predicted_i|)), normalised. A pooled pixel loss instead lets the
+    images with the largest cars decide.
 
     n_pixels and n_band count every pixel and every band pixel of the images seen (not just sampled);
     max_held is the most sampled rows held at once while streaming (<= 2.5 x max_pixels); the rest
@@ -130,6 +135,7 @@ class BandSample:
 
     features: np.ndarray
     labels: np.ndarray
+    weights: np.ndarray
     n_images: int
     n_members: int
     n_pixels: int
@@ -162,6 +168,7 @@ def sample_band_features(
     if n_images is None and isinstance(images, Sized):
         n_images = len(images)
     chunks: list[tuple[np.ndarray, np.ndarray]] = []
+    per_image: list[tuple[int, int]] = []  # (band pixels, |truth| + |predicted|) of each image
     n_members = n_pixels = n_band = held = max_held = 0
     quota = max_pixels
     for i, (maps, truth, angle) in enumerate(images):
@@ -175,7 +182,9 @@ def sample_band_features(
             raise ValueError(f"max_pixels={max_pixels} is smaller than the number of images; raise max_pixels")
         band = np.flatnonzero(band_mask(maps, lo_level, hi_level))
         take = band[np.random.default_rng([random_state, i]).permutation(band.size)[:quota]]
-        chunks.append((pixel_features(maps, angle, take), (truth.reshape(-1)[take] != 0).astype(np.uint8)))
+        mean = member_mean(maps)
+        chunks.append((pixel_features(maps, angle, take, mean), (truth.reshape(-1)[take] != 0).astype(np.uint8)))
+        per_image.append((band.size, int(np.count_nonzero(truth)) + int(np.count_nonzero(mean >= 0.5))))
         n_pixels, n_band, held = n_pixels + truth.size, n_band + band.size, held + take.size
         max_held = max(max_held, held)
         if held > 2 * max_pixels:
@@ -183,10 +192,14 @@ def sample_band_features(
     if not chunks:
         raise ValueError("no images to fit on")
     _cut(chunks, quota)
+    weights = np.concatenate(
+        [np.full(labels.size, band / max(labels.size, 1) / max(area, 1)) for (_, labels), (band, area) in zip(chunks, per_image)]
+    )
     features, labels = _pack(chunks)
     return BandSample(
         features,
         labels,
+        (weights / weights.mean()).astype(np.float32) if weights.size else weights.astype(np.float32),
         len(chunks),
         n_members,
         n_pixels,

@@ -38,6 +38,7 @@ from stacking.features import (
 )
 from stacking.maps import MapBatch, TrainMaps
 
+WEIGHTINGS = ("pixel", "dice")  # every sampled band pixel alike, or weighted to follow per-image Dice
 PREDICT_CHUNK = 2**18  # band pixels featurised at a time when predicting: bounded memory per image
 
 Images = Iterable[tuple[np.ndarray, np.ndarray, int]]
@@ -87,6 +88,7 @@ class Level2Model:
     name: str
     build: Callable[[int, dict | None], Any]
     fit_params: Callable[[int], dict]  # n_features -> extra keyword arguments of the classifier's fit
+    weight_param: str  # the fit's keyword argument taking per-row sample weights
 
 
 def _registry(models: list[Level2Model]) -> dict[str, Level2Model]:
@@ -100,8 +102,10 @@ def _registry(models: list[Level2Model]) -> dict[str, Level2Model]:
 
 STACKERS = _registry(
     [
-        Level2Model("lightgbm", _lightgbm, lambda n_features: {"categorical_feature": [n_features - 1]}),
-        Level2Model("logistic", _logistic, lambda n_features: {}),
+        Level2Model(
+            "lightgbm", _lightgbm, lambda n_features: {"categorical_feature": [n_features - 1]}, "sample_weight"
+        ),
+        Level2Model("logistic", _logistic, lambda n_features: {}, "logistic__sample_weight"),
     ]
 )
 
@@ -134,6 +138,7 @@ class PixelStacker(BaseEstimator):
         random_state: int = 0,
         lgbm_params: dict | None = None,
         max_band_share: float = 1.0,
+        weighting: str = "pixel",
     ) -> None:
         self.model = model
         self.lo = lo
@@ -142,6 +147,7 @@ class PixelStacker(BaseEstimator):
         self.random_state = random_state
         self.lgbm_params = lgbm_params
         self.max_band_share = max_band_share
+        self.weighting = weighting
 
     def fit(
         self,
@@ -177,9 +183,14 @@ class PixelStacker(BaseEstimator):
         self.band_share_ = sample.n_band / max(sample.n_pixels, 1)
         self.n_band_pixels_, self.n_fit_pixels_ = sample.n_band, sample.labels.size
         self.model_ = None
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
         if np.unique(sample.labels).size == 2:
             self.model_ = spec.build(self.random_state, self.lgbm_params)
-            self.model_.fit(sample.features, sample.labels, **spec.fit_params(sample.features.shape[1]))
+            fit_params = spec.fit_params(sample.features.shape[1])
+            if self.weighting == "dice":
+                fit_params[spec.weight_param] = sample.weights
+            self.model_.fit(sample.features, sample.labels, **fit_params)
         return self
 
     def predict_proba(self, X: MapBatch | np.ndarray, angles: np.ndarray | None = None) -> np.ndarray:

@@ -154,6 +154,26 @@ def test_sampling_budget_is_respected_and_spread_evenly_over_images(toy):
         PixelStacker(max_pixels=11).fit(X, y, angles)
 
 
+def test_dice_weights_follow_each_images_car_and_band(toy):
+    """A row's weight is band_i / (taken_i x (|truth_i| + |predicted_i|)), normalised to mean 1; weighting="dice"
+    fits with them (a different model than the pooled loss), an unknown weighting is refused."""
+    X, y, angles = toy
+    lo_level, hi_level = band_levels(0.02, 0.98)
+    sample = sample_band_features(stream(X, y, angles), lo_level, hi_level, max_pixels=60)
+    expected = []
+    for i in range(12):
+        band = int(band_mask(X[i], lo_level, hi_level).sum())
+        predicted = int((X[i].astype(np.float64).mean(axis=0) >= 127.5).sum())
+        expected += [band / 5 / (int(y[i].sum()) + predicted)] * 5  # 5 rows of each image (previous test)
+    expected = np.array(expected) / np.mean(expected)
+    np.testing.assert_allclose(sample.weights, expected, rtol=1e-5)
+    pooled = PixelStacker(max_pixels=600, model="logistic").fit(X[:8], y[:8], angles[:8])
+    weighted = PixelStacker(max_pixels=600, model="logistic", weighting="dice").fit(X[:8], y[:8], angles[:8])
+    assert not np.array_equal(pooled.predict_proba(X[8:], angles[8:]), weighted.predict_proba(X[8:], angles[8:]))
+    with pytest.raises(ValueError, match="weighting"):
+        PixelStacker(max_pixels=600, weighting="area").fit(X[:8], y[:8], angles[:8])
+
+
 def test_streaming_fit_equals_array_fit(toy):
     X, y, angles = toy
     lo_level, hi_level = band_levels(0.02, 0.98)
@@ -218,7 +238,7 @@ def test_registry_and_make_stacker():
     with pytest.raises(WorkbenchError, match="valid names"):
         PixelStacker(model="xgboost").fit(np.zeros((1, 2, 4, 4), np.uint8), np.zeros((1, 4, 4)), np.ones(1))
     with pytest.raises(ValueError, match="duplicate"):
-        _registry([STACKERS["lightgbm"], Level2Model("lightgbm", STACKERS["logistic"].build, dict)])
+        _registry([STACKERS["lightgbm"], Level2Model("lightgbm", STACKERS["logistic"].build, dict, "sample_weight")])
     assert clone(PixelStacker(lo=0.1, lgbm_params={"n_estimators": 5})).get_params()["lo"] == 0.1
 
 

@@ -135,6 +135,22 @@ def test_uncertain_pixels_exclude_only_unanimous_0_and_255():
     assert evaluator.nbytes > 0
 
 
+@pytest.mark.parametrize("n_members", [2, 8, 9])
+def test_repeated_level_tuples_are_stored_once_and_still_exact(n_members):
+    """Each distinct (image, truth, member levels) tuple is stored once with its pixel count: fewer stored
+    tuples than uncertain pixels on tie-heavy maps, the same scores as brute force (9 members: byte keys)."""
+    maps, truths, angles = make_data(seed=n_members, n_members=n_members, n_images=12, shape=(5, 6))
+    blocks = np.ones((1, 4, 5), dtype=np.uint8)  # 4 x 5 pixel blocks share their levels, as smooth maps do
+    maps, truths = [np.kron(m, blocks) for m in maps], np.kron(truths, blocks)
+    evaluator = DiceEvaluator.from_arrays(maps, truths, angles)
+    assert 0 < evaluator.n_stored < evaluator.n_uncertain
+    rng = np.random.default_rng(0)
+    for weights in [None, rng.random(n_members), np.eye(n_members)[-1]]:
+        for threshold in [0.5, np.linspace(0.1, 0.9, 16)]:
+            np.testing.assert_array_equal(evaluator.per_image(threshold, weights),
+                                          brute_force_per_image(maps, truths, angles, threshold, weights))
+
+
 def test_invalid_inputs_raise():
     maps, truths, angles = make_data(n_images=5)
     evaluator = DiceEvaluator.from_arrays(maps, truths, angles)
