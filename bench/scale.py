@@ -170,15 +170,17 @@ def tree_rss(pid: int) -> int:
 
 
 def measure(command: list[str], log: Path) -> dict:
-    """Run `command`, output to `log`; wall seconds and peak RSS of its process tree (polled every 0.2 s)."""
+    """Run `command`, output to `log`; wall seconds, peak RSS of its process tree (polled every 0.2 s) and the
+    machine's mean 1-minute load average meanwhile (other jobs slow the seconds, not the bytes)."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    start, peak = time.perf_counter(), [0]
+    start, peak, loads = time.perf_counter(), [0], [os.getloadavg()[0]]
     with open(log, "w") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
 
         def poll() -> None:
             while process.poll() is None:
                 peak[0] = max(peak[0], tree_rss(process.pid))
+                loads.append(os.getloadavg()[0])
                 time.sleep(0.2)
 
         watcher = threading.Thread(target=poll, daemon=True)
@@ -187,7 +189,7 @@ def measure(command: list[str], log: Path) -> dict:
         watcher.join()
     if process.returncode:
         raise SystemExit(f"{' '.join(command)} failed ({process.returncode}); see {log}")
-    return {"seconds": time.perf_counter() - start, "peak_rss": peak[0]}
+    return {"seconds": time.perf_counter() - start, "peak_rss": peak[0], "load": sum(loads) / len(loads)}
 
 
 def disk_bytes(path: Path) -> int:
@@ -227,7 +229,8 @@ def report(args: argparse.Namespace, n_train: int, n_test: int, stages: dict, si
                    f"{b * test_scale / 16 / 3600:.2f} h"] for e, (a, b) in entries.items()]
     intro = ("(Run separately; `make bench-scale`.) "
              f"`python -m bench.scale --fraction {args.fraction} --test-fraction {args.test_fraction}` on "
-             f"{machine_description()} (shared with other jobs): {n_train} train photos ({n_train // 16} cars) and "
+             f"{machine_description()} (mean load average {stages['workbench stack']['load']:.1f} during `workbench "
+             f"stack`: above the core count, other jobs slowed it): {n_train} train photos ({n_train // 16} cars) and "
              f"{n_test} test photos at {SIZE[0]}x{SIZE[1]}, {len(MEMBERS)} synthetic members, 5 folds, "
              f"configs/kaggle.yaml's stack section ({args.n_trials} trials per tuning study).")
     peak = stages["workbench stack"]["peak_rss"]
@@ -287,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
              "submission.csv.gz": disk_bytes(run / "submission.csv.gz") if (run / "submission.csv.gz").exists() else 0}
     section = report(args, n_train, n_test, stages, sizes, log)
     print(section)
-    replace_results_section(TITLE, section)
+    replace_results_section(f"{TITLE}: train fraction {args.fraction}", section)
     print("wrote its section of bench/RESULTS.md")
     return 0
 

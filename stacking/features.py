@@ -192,9 +192,8 @@ def sample_band_features(
     if not chunks:
         raise ValueError("no images to fit on")
     _cut(chunks, quota)
-    weights = np.concatenate(
-        [np.full(labels.size, band / max(labels.size, 1) / max(area, 1)) for (_, labels), (band, area) in zip(chunks, per_image)]
-    )
+    rows = [(labels.size, band, area) for (_, labels), (band, area) in zip(chunks, per_image)]
+    weights = np.concatenate([np.full(n, band / max(n, 1) / max(area, 1)) for n, band, area in rows])
     features, labels = _pack(chunks)
     return BandSample(
         features,
