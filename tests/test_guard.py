@@ -81,6 +81,7 @@ def test_other_data_is_refused_and_both_hints_work(run_copy):
     ("stack: {blends: [mean, median]}", "`stack.blends` names 'median'; valid: mean"),
     ("stack: {n_submissions: 0}", "`stack.n_submissions` is 0"),
     ("stack: {postprocess: [largest, smooth]}", "`stack.postprocess` names 'smooth'; valid: largest"),
+    ("stack: {weighting: area}", "`stack.weighting` is 'area'; use one of"),
     ("oof: {resolution: 0x0}", "size '0x0'"),
     ("folds:\n  n_folds: [3\n  seed: 1", "line 5"),
 ])

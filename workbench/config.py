@@ -74,16 +74,18 @@ class StackConfig:
     cnn_epochs: int = 0  # the CNN stacker (zoo.cnn_stacker) trains this many epochs per fit; 0 leaves it out
     cnn_size: tuple[int, int] = (96, 64)  # W x H at which it sees the photo and the members' maps
     guard: bool = False  # True: stackers used only where inner folds say they beat the selected blend (~3x cost)
+    weighting: str = "pixel"  # stackers' loss: "pixel" (pooled band pixels) or "dice" (weights follow per-image Dice)
     n_submissions: int = 3  # top entries also written to RUN/submissions/ for `workbench blend`
 
     def __post_init__(self) -> None:
         from stacking.blenders import BLENDERS
-        from stacking.pixel_stacker import STACKERS
+        from stacking.pixel_stacker import STACKERS, WEIGHTINGS
         from stacking.postprocess import OPERATIONS
 
         _check_names("stack.blends", self.blends, BLENDERS)
         _check_names("stack.stackers", self.stackers, STACKERS)
         _check_names("stack.postprocess", self.postprocess, OPERATIONS)
+        _check_range("stack.weighting", self.weighting, self.weighting in WEIGHTINGS, f"use one of {list(WEIGHTINGS)}")
         _check_range("stack.cnn_epochs", self.cnn_epochs, self.cnn_epochs >= 0, "use 0 (no CNN stacker) or more")
         low, high = self.band
         _check_range("stack.band", list(self.band), 0 <= low < high <= 1, "need 0 <= lo < hi <= 1, e.g. [0.02, 0.98]")

@@ -119,6 +119,7 @@ def entry_factories(config: ExperimentConfig) -> dict[str, tuple[str, Callable[[
             "max_pixels": config.stack.max_pixels,
             "random_state": config.seed,
             "max_band_share": config.stack.max_band_share,
+            "weighting": config.stack.weighting,
         }
         make: Callable[[], Entry]
         if config.stack.guard:
