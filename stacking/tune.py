@@ -219,10 +219,13 @@ def tune_study(
     context: Mapping[str, object] | None = None,
     progress: bool = False,
     user_attrs: Mapping[str, object] | None = None,
+    starts: Callable[[], Sequence[Mapping[str, float]]] | None = None,
 ) -> TunedParams:
     """Run trials until the study has `n_trials` COMPLETE trials in total; return its best.
 
-    A new study starts with the baseline (threshold 0.5, equal weights) as trial 0. Re-running continues
+    A new study starts with the baseline (threshold 0.5, equal weights) as trial 0 and then the params
+    `starts()` returns (called only then; e.g. the weighted blend's weights: warm starts that TPE refines)
+    as finished trials, all counted in `n_trials`. Re-running continues
     the study; several processes on one study together stop at `n_trials`. `context` (JSON-able,
     e.g. the folds' hash) is stored with the members, folds and space: reusing the study with any of
     them different is refused. `user_attrs` (e.g. run, entry, outer fold) are written on the new study as
@@ -241,14 +244,20 @@ def tune_study(
     }
     baseline = space.baseline(members)
 
-    def baseline_trial() -> optuna.trial.FrozenTrial:
-        value = evaluator.score(*space.decode(baseline, members), folds)
+    def first_trials() -> list[optuna.trial.FrozenTrial]:
+        warm = starts() if starts is not None and n_trials > 1 else ()
         distributions: dict[str, optuna.distributions.BaseDistribution] = {**space.distributions(members)}
-        return optuna.trial.create_trial(
-            params=baseline, distributions=distributions, value=value, user_attrs={"worker": WORKER, "baseline": True}
-        )
+        return [
+            optuna.trial.create_trial(
+                params=params,
+                distributions=distributions,
+                value=evaluator.score(*space.decode(params, members), folds),
+                user_attrs={"worker": WORKER, kind: True},
+            )
+            for kind, params in [("baseline", baseline), *(("warm_start", {**baseline, **p}) for p in warm)]
+        ][:n_trials]
 
-    study = _open_study(storage, study_name, attrs, baseline_trial, user_attrs or {})
+    study = _open_study(storage, study_name, attrs, first_trials, user_attrs or {})
     study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.get_trials(deepcopy=False)))
     surplus: list[int] = []
 
@@ -307,10 +316,11 @@ def _open_study(
     storage: optuna.storages.BaseStorage,
     name: str,
     attrs: dict,
-    baseline_trial: Callable[[], optuna.trial.FrozenTrial],
+    first_trials: Callable[[], list[optuna.trial.FrozenTrial]],
     labels: Mapping[str, object],
 ) -> optuna.Study:
-    """Create the study with the baseline as a finished trial, or load it and refuse a mismatched reuse.
+    """Create the study with its first trials (the baseline, warm starts) finished, or load it and refuse a
+    mismatched reuse.
 
     Not enqueue_trial: on SQLite two workers can both pop the same WAITING trial (no row locks there).
     """
@@ -325,7 +335,7 @@ def _open_study(
         study.set_metric_names([METRIC])
     for key, value in labels.items():  # readable labels for the dashboard, never compared
         study.set_user_attr(key, _jsonable(value))
-    study.add_trial(baseline_trial())
+    study.add_trials(first_trials())
     return study
 
 

@@ -1,5 +1,9 @@
 """The Optuna-tuned blend as a stacking entry: per-angle thresholds and member weights, one study per fit.
 
+A new study holds the baseline (0.5, equal weights) and the weighted blend's weights fitted on the same
+folds (`warm_start`) as its first trials: TPE over ~22 parameters rarely finds weights as good as the
+coordinate search does, so it starts from them and refines thresholds and weights.
+
 `TunedBlend.fit(X)` runs (or continues) the study for X's folds on the shared streamed evaluator:
 `<study>` when X holds every fold, `<study>-outer<k>` when it leaves fold k out, so `workbench tune`
 processes and `workbench stack` share the same studies. Its maps are stored so that thresholding at
@@ -16,6 +20,7 @@ import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
+from stacking.blenders import WeightedMeanBlender
 from stacking.maps import MapBatch, TrainMaps
 from stacking.tune import TunedParams, TuneSpace, blend_mask, blend_proba, tune_study
 
@@ -52,6 +57,7 @@ class TunedBlend(BaseEstimator):
         context: Mapping[str, object] | None = None,
         user_attrs: Mapping[str, object] | None = None,
         progress: bool = False,
+        warm_start: bool = True,
     ) -> None:
         self.storage = storage
         self.study = study
@@ -61,16 +67,26 @@ class TunedBlend(BaseEstimator):
         self.context = context
         self.user_attrs = user_attrs
         self.progress = progress
+        self.warm_start = warm_start
 
     def fit(self, X: TrainMaps, y: None = None) -> TunedBlend:
         """Tune on the folds of X (its shared evaluator); the study is named after the folds left out."""
         self.study_ = study_for(self.study, X.held_out)
         attrs = {**(self.user_attrs or {}), "outer_fold": X.held_out[0] if len(X.held_out) == 1 else "all"}
+        space = self.space or TuneSpace()
+
+        def starts() -> list[dict[str, float]]:
+            """The weighted blend's weights on the same folds: the study's first trial after the baseline."""
+            if not (self.warm_start and space.tune_weights and X.n_members > 1):
+                return []
+            weights = WeightedMeanBlender().fit_evaluator(X.evaluator()).weights_
+            return [{f"w_{m}": float(w) for m, w in zip(X.members, weights)}]
+
         self.params_ = tune_study(
             X.evaluator().folded,
             list(X.fold_set),
             list(X.members),
-            self.space or TuneSpace(),
+            space,
             self.storage,
             self.study_,
             self.n_trials,
@@ -78,6 +94,7 @@ class TunedBlend(BaseEstimator):
             context=self.context,
             progress=self.progress,
             user_attrs=attrs,
+            starts=starts,
         )
         self.n_members_ = X.n_members
         return self

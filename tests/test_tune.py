@@ -69,6 +69,27 @@ def test_space_decodes_offsets_clipped_and_weights_normalised():
         TuneSpace(threshold_range=(0.6, 0.8))  # the baseline 0.5 must lie inside
 
 
+def test_tuned_blend_starts_from_the_weighted_blend_of_its_folds(tmp_path):
+    """Trial 1 of a new study is the weighted blend fitted on the same folds (a warm start), so the tuned blend
+    is never below it on its fitting folds; warm_start=False leaves the search to TPE."""
+    from stacking.blenders import WeightedMeanBlender
+    from stacking.maps import TrainMaps
+    from stacking.tuned import TunedBlend
+
+    folded, url = make_evaluator(), sqlite_url(tmp_path / "optuna.db")
+    X = TrainMaps.from_evaluator(folded, MEMBERS).folds([0, 1])
+    space = TuneSpace(per_angle=False)
+    model = TunedBlend(storage=url, study="w", n_trials=4, space=space).fit(X)
+    weighted = WeightedMeanBlender().fit_evaluator(X.evaluator())
+    trials = optuna.load_study(study_name=model.study_, storage=url).trials
+    assert model.study_ == "w-outer2" and len(trials) == 4 and trials[0].user_attrs["baseline"]
+    assert trials[1].user_attrs["warm_start"] and trials[1].value == pytest.approx(weighted.score_, abs=1e-12)
+    np.testing.assert_allclose(space.decode(trials[1].params, MEMBERS)[1], weighted.weights_)
+    assert model.params_.value >= weighted.score_
+    cold = TunedBlend(storage=url, study="c", n_trials=4, space=space, warm_start=False).fit(X)
+    assert not any("warm_start" in t.user_attrs for t in optuna.load_study(study_name=cold.study_, storage=url).trials)
+
+
 def test_baseline_first_and_resume_to_exact_count(tmp_path):
     folded, url = make_evaluator(), sqlite_url(tmp_path / "optuna.db")
     best = tune_study(folded, [0, 1, 2], MEMBERS, TuneSpace(), url, "s", n_trials=4, seed=0)
