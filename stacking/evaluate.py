@@ -81,6 +81,7 @@ def unique_columns(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if n == 0:
         return values, np.zeros(0, dtype=np.int32)
     rows = np.ascontiguousarray(values.T)  # (K, M): one key per pixel
+    keys: np.ndarray
     if n_members <= 8:
         padded = np.zeros((n, 8), dtype=np.uint8)
         padded[:, :n_members] = rows
