@@ -93,8 +93,17 @@ def summarise(name: str, rows: list[dict[str, str]]) -> dict[str, object]:
             "best_test": test(best), "chosen": chosen["entry"], "chosen_oof": float(chosen["oof_mean_dice"]),
             "chosen_test": test(chosen), "gain_oof": float(chosen["oof_mean_dice"]) - float(best["oof_mean_dice"]),
             "gain_test": gain_test,
-            "worst_learned_gap": min(float(r["oof_mean_dice"]) - float(best["oof_mean_dice"])
-                                     for r in rows if r["kind"] != "member")}
+            "worst_learned_gap": min((float(r["oof_mean_dice"]) - float(best["oof_mean_dice"])
+                                      for r in rows if learned(r)), default=None)}
+
+
+def learned(row: dict[str, str]) -> bool:
+    """Entries fitted on the truth: every kind but members, fixed blends (mean, vote...) and post-processing."""
+    from stacking.blenders import BLENDERS
+
+    if row["kind"] == "blend":
+        return BLENDERS[row["entry"]].learned
+    return row["kind"] not in ("member", "postprocess")
 
 
 def _f(value: object, digits: int = 4, signed: bool = False) -> str:

@@ -51,6 +51,7 @@ class _Blender(BaseEstimator):
     """Shared fit/predict plumbing: subclasses define `name` and `_blend`."""
 
     name: ClassVar[str]
+    learned: ClassVar[bool] = False  # True where fit learns from the truth (weights), not only the member count
 
     def fit(self, X: TrainMaps | np.ndarray, y: np.ndarray | None = None) -> _Blender:
         """Fixed blenders learn only the member count of X (no pass over the maps)."""
@@ -136,6 +137,7 @@ class WeightedMeanBlender(_Blender):
     """
 
     name = "weighted_mean"
+    learned = True
 
     def __init__(
         self,
@@ -190,6 +192,7 @@ class SelectedBlend(_Blender):
     (its fitting score)."""
 
     name = "selected"
+    learned = True
 
     def __init__(self, threshold: float = 0.5, max_steps: int = 20, inner: bool = False) -> None:
         self.threshold = threshold

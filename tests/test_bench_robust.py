@@ -11,6 +11,7 @@ ROWS = [  # the order `workbench stack` writes: best honest OOF first
     {"entry": "logistic", "kind": "stacker", "oof_mean_dice": "0.9790", "test_mean_dice": "0.9837"},
     {"entry": "keras_unet_64", "kind": "member", "oof_mean_dice": "0.9758", "test_mean_dice": "0.9812"},
     {"entry": "lightgbm", "kind": "stacker", "oof_mean_dice": "0.9740", "test_mean_dice": "0.9841"},
+    {"entry": "mean", "kind": "blend", "oof_mean_dice": "0.9700", "test_mean_dice": "0.9718"},  # fixed: not learned
     {"entry": "avg_mask_128", "kind": "member", "oof_mean_dice": "0.8658", "test_mean_dice": "0.8613"},
 ]
 
@@ -20,6 +21,7 @@ def test_summary_names_best_member_chosen_entry_and_gains() -> None:
     assert s["best_member"] == "keras_unet_64" and s["chosen"] == "logistic"
     assert abs(s["gain_oof"] - 0.0032) < 1e-9 and abs(s["gain_test"] - 0.0025) < 1e-9
     assert abs(s["worst_learned_gap"] - (0.9740 - 0.9758)) < 1e-9  # lightgbm, a learned entry below the member
+    assert summarise("d", [r for r in ROWS if r["kind"] in ("member", "blend")])["worst_learned_gap"] is None
 
 
 def test_render_reads_the_runs_leaderboards(tmp_path: Path) -> None:
