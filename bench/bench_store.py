@@ -80,7 +80,8 @@ def _candidates(shape: tuple[int, int], with_webp: bool) -> list[_Files]:
         _Files("png1", "PNG (cv2, level 1)", *png(1)),
         _Files("png6", "PNG (cv2, level 6)", *png(6)),
         _Files("zlib1", "raw bytes + zlib level 1 (stdlib)", *_encoded(
-            lambda p: zlib.compress(p.tobytes(), 1), lambda d: np.frombuffer(zlib.decompress(d), np.uint8).reshape(shape))),
+            lambda p: zlib.compress(p.tobytes(), 1),
+            lambda d: np.frombuffer(zlib.decompress(d), np.uint8).reshape(shape))),
     ]
     if with_webp:
         webp = _encoded(lambda p: cv2.imencode(".webp", p, [cv2.IMWRITE_WEBP_QUALITY, 101])[1].tobytes(), gray)
@@ -116,9 +117,10 @@ def _measure(maps: list[np.ndarray], root: Path, with_webp: bool) -> tuple[list[
     for files in _candidates(shape, with_webp):
         folder = root / files.key
         folder.mkdir()
-        write_ms = _median_ms_each(lambda i: files.write(folder, i, maps[i]), n_maps)
+        write_ms = _median_ms_each(lambda i, files=files, folder=folder: files.write(folder, i, maps[i]), n_maps)
         assert all(np.array_equal(files.read(folder, i), maps[i]) for i in range(n_maps)), files.name
-        results[files.name] = (write_ms, _median_ms_each(lambda i: files.read(folder, i), n_maps), _folder_bytes(folder))
+        read_ms = _median_ms_each(lambda i, files=files, folder=folder: files.read(folder, i), n_maps)
+        results[files.name] = (write_ms, read_ms, _folder_bytes(folder))
     assert all(np.array_equal(a, b) for a, b in zip(store.read_many("bench", "test", imgs), maps))
     npy = results[REFERENCE]
     size = f"{shape[0]}x{shape[1]}"

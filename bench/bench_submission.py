@@ -107,7 +107,7 @@ def stage_times(prob: np.ndarray, text: bytes, repeats: int) -> list[list[object
     ]
     rows = [[name, f"{median_seconds(fn, repeats) * 1e3:.2f}", ""] for name, fn in steps]
     for level in (1, 6, 9):
-        seconds = median_seconds(lambda: zlib.compress(text, level), repeats) / 8
+        seconds = median_seconds(lambda level=level: zlib.compress(text, level), repeats) / 8
         ratio = len(text) / len(zlib.compress(text, level))
         rows.append([f"gzip level {level} of one row ({len(text) // 8 // 1000} kB)", f"{seconds * 1e3:.2f}",
                      f"ratio {ratio:.1f}, {N_TEST_ROWS * len(text) / 8 / ratio / 1e6:.0f} MB for 100,064 rows"])
@@ -153,8 +153,8 @@ def writer_rows(ids: list[str], n_small: int, store: MapTable, out: Path, repeat
     ]
     rows = []
     for name, write in writers:
-        small = median_seconds(lambda: write(ids[:n_small]), repeats, warmup=0)
-        big = median_seconds(lambda: write(ids), repeats, warmup=0)
+        small = median_seconds(lambda write=write: write(ids[:n_small]), repeats, warmup=0)
+        big = median_seconds(lambda write=write: write(ids), repeats, warmup=0)
         rate = (len(ids) - n_small) / (big - small)
         rows.append([name, f"{rate:.0f}", f"{max(small - n_small / rate, 0):.2f}", f"{len(ids) / big:.0f}",
                      f"{N_TEST_ROWS / rate / 60:.0f}"])

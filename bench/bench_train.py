@@ -67,8 +67,9 @@ def run(quick: bool) -> str:
             _, images, masks = cached_split(data, "train", spec.height, spec.width, Path(tmp) / "cache")
             index = np.arange(len(ids))
             cached = FoldData(0, ids, images, masks, index, index[:8], index[:0])
-            plain = FoldData(0, ids, DecodingImages(data, ids, spec.height, spec.width),
-                             DecodingImages(data, ids, spec.height, spec.width, masks=True), index, index[:8], index[:0])
+            decoded = DecodingImages(data, ids, spec.height, spec.width)
+            decoded_masks = DecodingImages(data, ids, spec.height, spec.width, masks=True)
+            plain = FoldData(0, ids, decoded, decoded_masks, index, index[:8], index[:0])
             speed, wait = one_epoch(spec, cached, Path(tmp) / f"{name}-cached")
             plain_speed, plain_wait = one_epoch(spec, plain, Path(tmp) / f"{name}-plain")
             rows.append([name, f"{spec.height}x{spec.width}", f"{speed:.1f}", f"{100 * wait:.1f}%",

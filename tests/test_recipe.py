@@ -39,7 +39,9 @@ def with_train(**fields) -> object:
 
 
 def test_cosine_cyclic_and_warmup_learning_rates():
-    lrs = lambda cfg: [epoch_lr(cfg, new_state(cfg), e) for e in range(1, cfg.epochs + 1)]
+    def lrs(cfg: TrainConfig) -> list[float]:
+        return [epoch_lr(cfg, new_state(cfg), e) for e in range(1, cfg.epochs + 1)]
+
     cosine = TrainConfig(epochs=4, lr=1.0, schedule="cosine")
     half_cosine = [0.5 * (1 + math.cos(math.pi * t / 4)) for t in range(4)]
     assert lrs(cosine) == pytest.approx(half_cosine) and half_cosine[2] == pytest.approx(0.5)
@@ -73,7 +75,9 @@ def test_losses_compute_what_they_name():
     logits, target = torch.randn(2, 1, 16, 16), (torch.rand(2, 1, 16, 16) > 0.5).float()
     bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
     dice = soft_dice(torch.sigmoid(logits), target).mean()
-    loss = lambda **kw: float(segmentation_loss(logits, target, TrainConfig(**kw), band_px=2))
+    def loss(**kw: object) -> float:
+        return float(segmentation_loss(logits, target, TrainConfig(**kw), band_px=2))
+
     assert loss() == pytest.approx(float(bce + 1 - dice), rel=1e-6)
     assert loss(loss="bce_logdice") == pytest.approx(float(bce - torch.log(dice)), rel=1e-6)
     assert loss(border_weight=5.0) != pytest.approx(loss())

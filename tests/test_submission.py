@@ -121,7 +121,7 @@ def test_read_sample_ids(tmp_path):
     with pytest.raises(WorkbenchError, match="cannot read"):
         read_sample_ids(tmp_path / "missing.csv")
     whole = gzip.compress(("img,rle_mask\n" + "x.jpg,1 1\n" * 2000).encode())
-    for name, data in [("truncated", whole[: len(whole) // 2]), ("corrupt", whole[:30] + b"\xff" * 40 + whole[70:])]:
+    for _, data in [("truncated", whole[: len(whole) // 2]), ("corrupt", whole[:30] + b"\xff" * 40 + whole[70:])]:
         (tmp_path / "bad.csv.gz").write_bytes(data)
         with pytest.raises(WorkbenchError, match="unreadable"):
             read_sample_ids(tmp_path / "bad.csv.gz")

@@ -242,7 +242,10 @@ def make_run(config_path: Path, n_members: int = 2):
     config = load_config(config_path)
     folds = make_folds(config)
     rles = CarvanaData(config.data).train_rles
-    truth = lambda img: truth_at(rles[img], (64, 96), STORE_HW)
+
+    def truth(img: str) -> np.ndarray:
+        return truth_at(rles[img], (64, 96), STORE_HW)
+
     store = Store(config.run_dir / "oof")
     rng = np.random.default_rng(0)
     for m in range(n_members):
@@ -261,7 +264,10 @@ def test_folded_evaluator_from_the_store(tiny_config):
     config, folds = make_run(tiny_config)
     store = Store(config.run_dir / "oof")
     rles = CarvanaData(config.data).train_rles
-    truth = lambda img: truth_at(rles[img], (64, 96), STORE_HW)
+
+    def truth(img: str) -> np.ndarray:
+        return truth_at(rles[img], (64, 96), STORE_HW)
+
     assert truth(folds.ids(0)[0]).shape == STORE_HW
     folded = build_folded_evaluator(store, ["m0", "m1"], folds.fold_of, truth)
     for k in range(folds.n_folds):

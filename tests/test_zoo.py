@@ -87,8 +87,11 @@ def test_split_fold_keeps_cars_apart(tiny_config):
     folds = make_folds(config)
     ids = CarvanaData(config.data).train_ids
     train_idx, val_idx, oof_idx = split_fold(ids, folds, 0, seed=0)
-    car = lambda idx: {ids[i][:12] for i in idx}
-    assert not (car(train_idx) & car(val_idx)) and not (car(train_idx) & car(oof_idx)) and not (car(val_idx) & car(oof_idx))
+    def car(idx: np.ndarray) -> set[str]:
+        return {ids[i][:12] for i in idx}
+
+    assert not (car(train_idx) & car(val_idx))
+    assert not (car(train_idx) & car(oof_idx)) and not (car(val_idx) & car(oof_idx))
     assert sorted(np.concatenate([train_idx, val_idx, oof_idx])) == list(range(len(ids)))
     assert set(folds.fold_of[ids[i]] for i in oof_idx) == {0}
 
