@@ -18,7 +18,7 @@ setup-gpu: setup
 	$(PY) -m pip uninstall -q -y tensorflow-cpu && $(PY) -m pip install -q -e '.[gpu]'
 
 lint: setup
-	$(PY) -m ruff check $(LIB) && $(PY) -m ruff format --check $(LIB) && $(PY) -m mypy $(LIB)
+	$(PY) -m ruff check . && $(PY) -m ruff format --check $(LIB) && $(PY) -m mypy $(LIB)
 
 test: setup
 	$(PY) -m pytest -q

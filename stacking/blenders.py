@@ -5,12 +5,13 @@ Every blender follows the stacking entries' one input type (`stacking.maps`): `f
 returns (N, H, W) float32 probabilities. For convenience arrays are accepted too and wrapped:
 X (N, M, H, W) uint8 levels (probability x 255) or floats in [0, 1], y (N, H, W) 0/1. Members are
 converted to float32 one at a time, so predicting on a batch costs the output plus one member, never a
-float copy of all of X.
+float copy of all of X. uint8 levels go through a 256-entry table of the blend's per-member term, so a
+member costs one float32 array: no float copy of it, no per-pixel log or multiply.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable
 from itertools import permutations
 from typing import ClassVar
 
@@ -33,11 +34,20 @@ def _check_members(X: np.ndarray) -> np.ndarray:
     return X
 
 
-def _member_probabilities(X: np.ndarray) -> Iterator[np.ndarray]:
-    """Each member's (N, H, W) float32 probabilities, one member at a time."""
-    for m in range(X.shape[1]):
+_PROBABILITY = np.arange(256, dtype=np.float32) / np.float32(255)  # level -> the probability it stands for
+
+
+def _sum_terms(
+    X: np.ndarray, term: Callable[[int, np.ndarray], np.ndarray], members: Iterable[int] | None = None
+) -> np.ndarray:
+    """(N, H, W) float32 sum over `members` (default all) of term(m, member m's float32 probabilities), one
+    member at a time. For uint8 levels `term` is applied to the 256 levels' probabilities and looked up: the
+    same float32 values, for one (N, H, W) array per member."""
+    total = np.zeros(X.shape[:1] + X.shape[2:], dtype=np.float32)
+    for m in range(X.shape[1]) if members is None else members:
         member = X[:, m]
-        yield member.astype(np.float32) / np.float32(255) if member.dtype == np.uint8 else member.astype(np.float32)
+        total += term(m, _PROBABILITY)[member] if member.dtype == np.uint8 else term(m, member.astype(np.float32))
+    return total
 
 
 def _levels(image_members: np.ndarray) -> np.ndarray:
@@ -78,8 +88,7 @@ class MeanBlender(_Blender):
     name = "mean"
 
     def _blend(self, X: np.ndarray) -> np.ndarray:
-        total = sum(_member_probabilities(X))
-        return np.asarray(total / np.float32(X.shape[1]), dtype=np.float32)
+        return _sum_terms(X, lambda m, p: p) / np.float32(X.shape[1])
 
 
 class LogitMeanBlender(_Blender):
@@ -97,11 +106,11 @@ class LogitMeanBlender(_Blender):
     def _blend(self, X: np.ndarray) -> np.ndarray:
         if not 0 < self.eps < 0.5:
             raise ValueError(f"eps must be in (0, 0.5), got {self.eps}")
-        total = np.zeros(X.shape[:1] + X.shape[2:], dtype=np.float32)
-        for p in _member_probabilities(X):
-            p = np.clip(p, self.eps, 1 - self.eps)
-            total += np.log(p) - np.log1p(-p)
-        return (1 / (1 + np.exp(-total / np.float32(X.shape[1])))).astype(np.float32)
+        total = _sum_terms(X, lambda m, p: _logit(np.clip(p, self.eps, 1 - self.eps)))
+        total /= np.float32(-X.shape[1])
+        np.exp(total, out=total)
+        total += 1
+        return np.reciprocal(total, out=total)
 
 
 class VoteBlender(_Blender):
@@ -118,9 +127,7 @@ class VoteBlender(_Blender):
         self.threshold = threshold
 
     def _blend(self, X: np.ndarray) -> np.ndarray:
-        votes = np.zeros(X.shape[:1] + X.shape[2:], dtype=np.float32)
-        for p in _member_probabilities(X):
-            votes += p >= np.float32(self.threshold)
+        votes = _sum_terms(X, lambda m, p: (p >= np.float32(self.threshold)).astype(np.float32))
         return votes / np.float32(X.shape[1])
 
 
@@ -216,11 +223,11 @@ class SelectedBlend(_Blender):
 
 def weighted_mean(X: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """(N, H, W) float32 sum of weights (M,) times the members' probabilities of X (N, M, H, W)."""
-    total = np.zeros(X.shape[:1] + X.shape[2:], dtype=np.float32)
-    for p, w in zip(_member_probabilities(X), weights):
-        if w:
-            total += np.float32(w) * p
-    return total
+    return _sum_terms(X, lambda m, p: np.float32(weights[m]) * p, [m for m, w in enumerate(weights) if w])
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    return np.log(p) - np.log1p(-p)
 
 
 def search_simplex_weights(
