@@ -24,6 +24,7 @@ from stacking.features import (
 from stacking.pixel_stacker import (
     STACKERS,
     Level2Model,
+    LogisticDesign,
     PixelStacker,
     _registry,
     make_stacker,
@@ -257,3 +258,19 @@ def test_input_errors(toy):
         stacker.predict_proba(X[:2, :2], angles[:2])
     with pytest.raises(ValueError, match="no separate y"):
         PixelStacker().fit(stream(X, y, angles), y)
+
+
+def test_logistic_design_is_the_scaled_features_beside_the_one_hot_angle():
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    rng = np.random.default_rng(3)
+    X = rng.random((500, 6), dtype=np.float32)
+    X[:, 2] = 0.25  # a constant feature is only centred, as StandardScaler does
+    X[:, -1] = rng.integers(1, 17, 500)
+    design = LogisticDesign().fit(X).transform(X)
+    assert design.dtype == np.float64 and design.shape == (500, 5 + 16)
+    np.testing.assert_allclose(design[:, :5], StandardScaler().fit_transform(X[:, :5].astype(np.float64)), atol=1e-6)
+    one_hot = OneHotEncoder(categories=[np.arange(1, 17)], sparse_output=False).fit_transform(X[:, -1:].astype(int))
+    np.testing.assert_array_equal(design[:, 5:], one_hot)
+    with pytest.raises(ValueError, match="angle 1..16"):
+        LogisticDesign().fit(X).transform(np.column_stack([X[:, :5], np.full(500, 17, np.float32)]))
