@@ -280,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.prepare_only:
         return 0
     shutil.rmtree(args.out / "run" / "stack", ignore_errors=True)  # measure a fresh stack, not a resumed one
+    for study_file in (args.out / "run").glob("optuna.db*"):  # and fresh tuning studies
+        study_file.unlink()
     log = args.out / "stack.log"
     stages["workbench stack"] = measure([*cli, "stack", "--config", str(config)], log)
     stages["workbench submit"] = measure([*cli, "submit", "--config", str(config)], args.out / "submit.log")
