@@ -82,7 +82,7 @@ class LogisticDesign(TransformerMixin, BaseEstimator):
     """The logistic stacker's design matrix, built in one float64 array: every feature but the last
     standardised (zero mean, unit variance; a constant one only centred), the last (the angle 1..16) one-hot.
     That is StandardScaler beside OneHotEncoder, without their float32 and one-hot intermediates and the
-    copy that joins them: at 1M sampled pixels of 7 members the fit's peak is 0.30 GB lower.
+    copy that joins them: at 1M sampled pixels of 7 members the fit peaks 0.18 GB lower (0.31 GB vs 0.49 GB).
     Learned: `mean_`, `scale_` (F - 1,) float64, `n_features_in_`."""
 
     def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> LogisticDesign:
