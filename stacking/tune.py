@@ -441,15 +441,24 @@ def nested_tune(
     )
 
 
+def blend_levels(maps: np.ndarray, params: TunedParams) -> tuple[np.ndarray, int]:
+    """(S, sum W): the (H, W) int32 sum S of the integer weights W times one image's maps (M, H, W) uint8, added
+    member by member (no int64 copy of the maps: 255 x sum W stays inside int32, see WEIGHT_SCALE)."""
+    w = quantize_weights(params.weights, len(maps))
+    level_sum = np.zeros(maps.shape[1:], dtype=np.int32)
+    for weight, member in zip(w, maps):
+        if weight:
+            level_sum += np.int32(weight) * member
+    return level_sum, int(w.sum())
+
+
 def blend_proba(maps: np.ndarray, params: TunedParams) -> np.ndarray:
     """(H, W) float32 blend S / (255 sum W) of one image's maps (M, H, W) uint8 under the tuned weights."""
-    w = quantize_weights(params.weights, len(maps))
-    level_sum = np.tensordot(w, maps.astype(np.int64), axes=1)
-    return (level_sum / float(255 * w.sum())).astype(np.float32)
+    level_sum, total = blend_levels(maps, params)
+    return (level_sum / float(255 * total)).astype(np.float32)
 
 
 def blend_mask(maps: np.ndarray, angle: int, params: TunedParams) -> np.ndarray:
     """(H, W) bool car mask of one image's maps (M, H, W) uint8 at angle 1..16, by the evaluator's exact rule."""
-    w = quantize_weights(params.weights, len(maps))
-    level_sum = np.tensordot(w, maps.astype(np.int64), axes=1)
-    return level_sum >= level_thresholds(params.threshold, int(w.sum()))[int(angle) - 1]
+    level_sum, total = blend_levels(maps, params)
+    return level_sum >= level_thresholds(params.threshold, total)[int(angle) - 1]
