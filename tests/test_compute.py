@@ -188,6 +188,9 @@ def test_parallel_backend_is_loky_processes_locally():
         assert n_jobs == 2
         pids = joblib.Parallel(n_jobs=n_jobs)(joblib.delayed(_pid)(x) for x in range(4))
     assert os.getpid() not in pids
+    for pid in set(pids):  # the workers ended with the block: they hold no memory through the next fit
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
 
 
 def test_a_failed_job_is_reported_and_the_others_finish(two_fold_config, capsys):

@@ -23,7 +23,6 @@ from workbench.config import ComputeConfig
 __all__ = ["LocalEngine", "Outcome", "RayEngine", "make_engine", "parallel_backend"]
 
 FORWARDED_ENV_PREFIX = "WORKBENCH_"  # driver environment variables handed to every Ray task
-IDLE_WORKER_S = 10  # seconds an idle loky worker waits for the next chunk before it exits
 
 
 @dataclass(frozen=True)
@@ -181,10 +180,15 @@ def parallel_backend(compute: ComputeConfig) -> Iterator[int]:
     import joblib
 
     if compute.engine != "ray":
-        # Idle workers exit after IDLE_WORKER_S: between entries they would otherwise hold their imports and
-        # last chunk's memory (~0.15 GB each) through the next entry's fit, the stack's peak.
-        with joblib.parallel_config(backend="loky", idle_worker_timeout=IDLE_WORKER_S):
-            yield compute.cpu_workers or -1
+        from joblib.externals.loky import get_reusable_executor
+
+        try:
+            with joblib.parallel_config(backend="loky"):
+                yield compute.cpu_workers or -1
+        finally:
+            # The local workers exit with the block: kept idle, each would hold its imports and last image's
+            # memory (~0.15 GB) through the next entry's fit, which is the stack's peak.
+            get_reusable_executor().shutdown(wait=True)
         return
     import ray
     from ray.util.joblib import register_ray
