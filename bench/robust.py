@@ -98,12 +98,10 @@ def summarise(name: str, rows: list[dict[str, str]]) -> dict[str, object]:
 
 
 def learned(row: dict[str, str]) -> bool:
-    """Entries fitted on the truth: every kind but members, fixed blends (mean, vote...) and post-processing."""
-    from stacking.blenders import BLENDERS
+    """Entries fitted on the truth (`stacking.ensemble.is_learned`), or made from them (the mean of entries)."""
+    from stacking.ensemble import is_learned
 
-    if row["kind"] == "blend":
-        return BLENDERS[row["entry"]].learned
-    return row["kind"] not in ("member", "postprocess")
+    return is_learned(row["entry"], row["kind"]) or row["kind"] == "ensemble"
 
 
 def _f(value: object, digits: int = 4, signed: bool = False) -> str:

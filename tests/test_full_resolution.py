@@ -32,7 +32,7 @@ def test_a_full_resolution_run_keeps_maps_at_full_resolution(tmp_path):
     rows = stack(config, progress=False)
     members, entries = Store(config.run_dir / "oof"), Store(config.run_dir / "stack")
     assert members.members() == ["avg_mask_128", "simple_cnn_64"]
-    assert entries.members() == ["logistic", "mean", "tuned", "weighted_mean"]
+    assert entries.members() == ["entries_mean", "logistic", "mean", "tuned", "weighted_mean"]
     for store in (members, entries):
         for name in store.members():
             assert store.resolution(name) == (1280, 1918), name

@@ -7,6 +7,7 @@ import gzip
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from carvana.dataset import CarvanaData
@@ -53,7 +54,7 @@ def test_leaderboard_has_every_kind_of_entry(stacked_run):
     kinds = {r["entry"]: r["kind"] for r in rows if r["kind"] != "postprocess"}
     assert kinds == {"avg_mask_128": "member", "simple_cnn_64": "member", "mean": "blend", "logit_mean": "blend",
                      "vote": "blend", "weighted_mean": "blend", "selected": "blend", "lightgbm": "stacker",
-                     "logistic": "stacker", "cnn_stacker": "cnn", "tuned": "tuned"}
+                     "logistic": "stacker", "cnn_stacker": "cnn", "tuned": "tuned", "entries_mean": "ensemble"}
     scores = [float(r["oof_mean_dice"]) for r in rows]
     assert scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)
     assert all(r["test_mean_dice"] for r in rows)  # the synthetic data knows its test truth
@@ -70,6 +71,25 @@ def test_entry_maps_are_honest_out_of_fold(stacked_run):
     for entry in entries.members():
         entries.check_coverage(entry, folds.fold_of, folds.hash)
         entries.check_test(entry, CarvanaData(config.data).test_ids)
+
+
+def test_entries_mean_is_the_mean_of_every_learned_entry(stacked_run):
+    """The third level fits nothing: each of its maps is the mean of the learned entries' maps of that image
+    (so its fold-k OOF maps come from fits without fold k), never of members or fixed blends."""
+    from stacking.ensemble import ENTRIES_MEAN, is_learned
+
+    path, rows = stacked_run
+    entries = Store(load_config(path).run_dir / "stack")
+    learned = [r["entry"] for r in rows if is_learned(r["entry"], r["kind"])]
+    assert sorted(learned) == ["cnn_stacker", "lightgbm", "logistic", "selected", "tuned", "weighted_mean"]
+    assert sorted(entries.metadata(ENTRIES_MEAN)["spec"]["of"]) == sorted(learned)
+    assert entries.train_folds(ENTRIES_MEAN) == entries.train_folds("lightgbm")
+    for split in ("train", "test"):
+        for img in entries.ids(ENTRIES_MEAN, split)[:5]:
+            total = sum(entries.read(e, split, img).astype(np.int64) for e in learned)
+            mean = entries.read(ENTRIES_MEAN, split, img)
+            np.testing.assert_array_equal(mean, np.rint(total / len(learned)).astype(np.uint8))
+            np.testing.assert_array_equal(mean >= 128, 2 * total >= 255 * len(learned))  # car: mean proba >= 0.5
 
 
 def test_stack_checks_the_data_once(stacked_run, monkeypatch):

@@ -74,6 +74,7 @@ class StackConfig:
     cnn_epochs: int = 0  # the CNN stacker (zoo.cnn_stacker) trains this many epochs per fit; 0 leaves it out
     cnn_size: tuple[int, int] = (96, 64)  # W x H at which it sees the photo and the members' maps
     guard: bool = False  # True: stackers used only where inner folds say they beat the selected blend (~3x cost)
+    entries_mean: bool = True  # the equal mean of every learned entry's maps as one more entry (stacking.ensemble)
     weighting: str = "pixel"  # stackers' loss: "pixel" (pooled band pixels) or "dice" (weights follow per-image Dice)
     n_submissions: int = 3  # top entries also written to RUN/submissions/ for `workbench blend`
 

@@ -19,6 +19,7 @@ from carvana.errors import WorkbenchError
 from oof import Store, rebuild, recover
 from stacking.blenders import make_blender
 from stacking.crossfit import Entry, EntryT, fit_predict
+from stacking.ensemble import ENTRIES_MEAN, entries_mean_spec, is_learned, write_entries_mean
 from stacking.leaderboard import EntryScore, format_table, score_entries, write_leaderboard
 from stacking.maps import TestMaps, TrainMaps
 from stacking.pixel_stacker import make_stacker
@@ -162,10 +163,15 @@ def _stack(run: Run, start: float, progress: bool) -> list[dict]:
         kinds[name] = kind
     tuned_on = stack_tuned(run, members, train, test, progress)
     kinds[TUNED_ENTRY] = "tuned"
+    learned = [name for name, kind in kinds.items() if is_learned(name, kind)]
+    if config.stack.entries_mean and len(learned) >= 2:
+        stack_entries_mean(run, learned)
+        kinds[ENTRIES_MEAN] = "ensemble"
     stores = {"member": run.members_store}
     entries = [(stores.get(kind, run.entries_store), name, kind) for name, kind in kinds.items()]
     scores = score_entries(entries, run.data, run.folds, run.summary.size, progress=progress)
-    scores[-1].extra["tuned_on_mean_dice"] = f"{tuned_on:.6f}"  # optimistic: tuned and scored on the same images
+    tuned = next(s for s in scores if s.entry == TUNED_ENTRY)
+    tuned.extra["tuned_on_mean_dice"] = f"{tuned_on:.6f}"  # optimistic: tuned and scored on the same images
     scores += stack_postprocessed(run, scores, progress)
     rows = write_leaderboard(config.run_dir / "leaderboard.csv", scores)
     print(f"\n{config.run_dir / 'leaderboard.csv'} (stack took {time.time() - start:.0f} s):")
@@ -184,6 +190,23 @@ def stack_tuned(run: Run, members: list[str], train: TrainMaps, test: TestMaps, 
     make = tuned_blend_factory(run, tuned_members, progress)
     model = run_entry(run, TUNED_ENTRY, make, train, test, progress)
     return (model or make().fit(train)).params_.value  # a skipped entry: its finished study answers at once
+
+
+def stack_entries_mean(run: Run, entries: list[str]) -> None:
+    """The mean of the learned entries' stored maps (`stacking.ensemble`); rebuilt when one of them changed."""
+    store = run.entries_store
+    spec = entries_mean_spec(store, entries)
+    n_train, n_test = len(store.ids(entries[0], "train")), len(store.ids(entries[0], "test"))
+    if entry_complete(store, ENTRIES_MEAN, spec, n_train, n_test):
+        print(f"{ENTRIES_MEAN}: complete, skipped")
+        return
+    start = time.perf_counter()
+    with (
+        rebuild(store, ENTRIES_MEAN) as beside,
+        beside.open_member(ENTRIES_MEAN, spec, run.folds.hash, run.resolution) as writer,
+    ):
+        write_entries_mean(store, entries, writer)
+    print(f"{ENTRIES_MEAN}: the mean of {', '.join(entries)}, {time.perf_counter() - start:.1f} s")
 
 
 def stack_postprocessed(run: Run, scores: list[EntryScore], progress: bool) -> list[EntryScore]:
