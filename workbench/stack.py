@@ -1,6 +1,6 @@
 """`workbench stack` / `make stack`: blends, learned stackers and the tuned blend over the members' OOF
-maps, each scored honestly with car-grouped CV, the leaderboard, the report and the submission from
-the best entry by honest OOF score (never by test score).
+maps, the mean of the learned ones, each scored honestly with car-grouped CV, the leaderboard, the report
+and the submission from the best entry by honest OOF score (never by test score).
 
 The verb opens the Run (data checked once), streams the members' maps through the one cross-fit loop
 (`stacking.crossfit.fit_predict`) for every entry and stores the entry's maps in a second store,
