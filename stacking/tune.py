@@ -454,11 +454,19 @@ def blend_levels(maps: np.ndarray, params: TunedParams) -> tuple[np.ndarray, int
 
 def blend_proba(maps: np.ndarray, params: TunedParams) -> np.ndarray:
     """(H, W) float32 blend S / (255 sum W) of one image's maps (M, H, W) uint8 under the tuned weights."""
-    level_sum, total = blend_levels(maps, params)
-    return (level_sum / float(255 * total)).astype(np.float32)
+    return levels_proba(*blend_levels(maps, params))
 
 
 def blend_mask(maps: np.ndarray, angle: int, params: TunedParams) -> np.ndarray:
     """(H, W) bool car mask of one image's maps (M, H, W) uint8 at angle 1..16, by the evaluator's exact rule."""
-    level_sum, total = blend_levels(maps, params)
+    return levels_mask(*blend_levels(maps, params), angle, params)
+
+
+def levels_proba(level_sum: np.ndarray, total: int) -> np.ndarray:
+    """`blend_proba` from a ready `blend_levels` (S, sum W)."""
+    return (level_sum / float(255 * total)).astype(np.float32)
+
+
+def levels_mask(level_sum: np.ndarray, total: int, angle: int, params: TunedParams) -> np.ndarray:
+    """`blend_mask` from a ready `blend_levels` (S, sum W)."""
     return level_sum >= level_thresholds(params.threshold, total)[int(angle) - 1]

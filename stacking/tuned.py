@@ -22,7 +22,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from stacking.blenders import WeightedMeanBlender
 from stacking.maps import MapBatch, TrainMaps
-from stacking.tune import TunedParams, TuneSpace, blend_mask, blend_proba, tune_study
+from stacking.tune import TunedParams, TuneSpace, blend_levels, levels_mask, levels_proba, tune_study
 
 
 def study_for(study: str, held_out: tuple[int, ...]) -> str:
@@ -35,10 +35,11 @@ def tuned_map(maps: np.ndarray, angle: int, params: TunedParams) -> np.ndarray:
 
     maps: (M, H, W) uint8 in `params.members` order; angle: 1..16.
     """
-    proba = blend_proba(maps, params)
+    level_sum, total = blend_levels(maps, params)  # once per image: the map and the decision share it
+    proba = levels_proba(level_sum, total)
     t = float(params.threshold[angle - 1])
     remapped = np.where(proba < t, 0.5 * proba / t, 0.5 + 0.5 * (proba - t) / (1 - t))
-    car = blend_mask(maps, angle, params)
+    car = levels_mask(level_sum, total, angle, params)
     # Pin the decision against float and uint8 rounding: car >= 128/255, background <= 127/255.
     return np.where(car, np.maximum(remapped, 128 / 255), np.minimum(remapped, 127 / 255)).astype(np.float32)
 
