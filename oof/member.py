@@ -13,7 +13,7 @@ import json
 import re
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from carvana.atomic import file_lock
@@ -122,14 +122,29 @@ def _refuse_changes(member_dir: Path, meta: dict, spec: dict, folds_hash: str, s
 
 def record_sessions(member_dir: Path, generation: str, n_maps: dict[str, int]) -> None:
     """Note under the lock that a writer finished, with {`train/fold2` or `test`: maps written}."""
+    stamp = now()
+    _update(
+        member_dir,
+        generation,
+        lambda meta: meta["sessions"].update(
+            {session: {"n_maps": count, "finished": stamp} for session, count in n_maps.items()}
+        ),
+    )
+
+
+def replace_spec(member_dir: Path, generation: str, spec: dict) -> None:
+    """Set the spec of a member being built (e.g. an import's provenance, complete only once its maps are read)."""
+    _update(member_dir, generation, lambda meta: meta.update(spec=canonical_spec(spec)))
+
+
+def _update(member_dir: Path, generation: str, change: Callable[[dict], object]) -> None:
+    """Apply `change` to member.json under the member's lock, unless another process reset the member."""
     with locked(member_dir):
         meta = load_meta(member_dir)
         if meta is None or meta["generation"] != generation:
             raise WorkbenchError(stale_message(member_dir))
-        stamp = now()
-        for session, count in n_maps.items():
-            meta["sessions"][session] = {"n_maps": count, "finished": stamp}
-        meta["updated"] = stamp
+        change(meta)
+        meta["updated"] = now()
         write_json_atomic(member_dir / META_NAME, meta)
 
 

@@ -57,11 +57,25 @@ def cmd_check_data(args: argparse.Namespace) -> None:
 
 
 def cmd_folds(args: argparse.Namespace) -> None:
-    from workbench.steps import FOLDS_CSV, describe_folds, make_folds
+    from workbench.steps import FOLDS_CSV, describe_folds, export_folds, make_folds
 
     config = _config(args)
-    folds = make_folds(config)
-    print(f"{config.run_dir / FOLDS_CSV}: {folds.n_folds} car-grouped folds\n{describe_folds(folds)}")
+    folds = make_folds(config, from_file=args.from_file)
+    source = f" (from {args.from_file})" if args.from_file else ""
+    print(f"{config.run_dir / FOLDS_CSV}: {folds.n_folds} car-grouped folds{source}\n{describe_folds(folds)}")
+    if args.export:
+        print(f"wrote {export_folds(config, args.export)} (id,fold: one row per car, for teammates to train on)")
+
+
+def cmd_import_member(args: argparse.Namespace) -> None:
+    from workbench.imports import import_member
+
+    config = _config(args)
+    record = import_member(config, args.name, args.oof, args.test, folds_file=args.folds, logits=args.logits)
+    print(
+        f"imported {args.name} into {config.run_dir / 'oof' / args.name} ({record['n_files']} maps, "
+        f"{record['format']}); `workbench stack` stacks it beside the zoo's members"
+    )
 
 
 def cmd_fold_train(args: argparse.Namespace) -> None:
@@ -192,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, func, text in [
         ("folds", cmd_folds, "write RUN/folds.csv: car-grouped, stratified folds"),
+        ("import-member", cmd_import_member, "import a member's OOF and test maps made elsewhere (PNG, .npy)"),
         ("fold-train", cmd_fold_train, "train every member x fold not finished; write OOF and test maps"),
         ("stack", cmd_stack, "blends and stackers over the OOF maps, tuning, leaderboard, submission"),
         ("tune", cmd_tune, "nested Optuna tuning of the blend's thresholds and weights; writes RUN/tune.json"),
@@ -207,6 +222,25 @@ def build_parser() -> argparse.ArgumentParser:
         verb.set_defaults(func=func)
         for key, (kind, text) in COMPUTE_FLAGS.items():
             verb.add_argument("--" + key.replace("_", "-"), dest=key, type=kind, help=f"compute.{key}: {text}")
+        if name == "folds":
+            verb.add_argument("--export", type=Path, metavar="FILE", help="also write the folds as id,fold (per car)")
+            verb.add_argument(
+                "--from",
+                dest="from_file",
+                type=Path,
+                metavar="FILE",
+                help="adopt a teammate's id,fold or img,fold file",
+            )
+        if name == "import-member":
+            verb.add_argument("name", help="the member's name in this run (letters, digits, _ . -)")
+            verb.add_argument(
+                "--oof", type=Path, required=True, help="OOF maps: DIR/<img>.<ext> or DIR/fold<k>/<img>.<ext>"
+            )
+            verb.add_argument("--test", type=Path, required=True, help="fold-averaged test maps: DIR/<img>.<ext>")
+            verb.add_argument(
+                "--folds", type=Path, metavar="FILE", help="the id,fold or img,fold file the maps were made with"
+            )
+            verb.add_argument("--logits", action="store_true", help="float maps hold logits (a sigmoid is applied)")
         if name == "fold-train":
             verb.add_argument("--member", help="train only this member (one job of a fan-out)")
             verb.add_argument("--fold", type=int, help="train only this fold")

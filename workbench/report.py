@@ -195,9 +195,15 @@ def write_member_report(
         value = by_entry[member][fold_columns[k]]
         return f"**{value}** (collapsed)" if (member, k) in bad else str(value)
 
+    def member_cell(member: str) -> str:
+        return f"{member} (imported)" if by_entry[member].get("source") == "imported" else member
+
     per_fold = _table(
         ["member", *fold_columns, "OOF"],
-        [[m, *(fold_cell(m, k) for k in range(len(fold_columns))), by_entry[m]["oof_mean_dice"]] for m in members],
+        [
+            [member_cell(m), *(fold_cell(m, k) for k in range(len(fold_columns))), by_entry[m]["oof_mean_dice"]]
+            for m in members
+        ],
     )
     errors = _table(
         ["", *members], [[a, *(f"{correlation[i, j]:.3f}" for j in range(len(members)))] for i, a in enumerate(members)]

@@ -27,6 +27,7 @@ from stacking.postprocess import postprocess_spec, postprocessed_name, write_pos
 from stacking.robust import Guarded
 from workbench.compute import parallel_backend
 from workbench.config import ExperimentConfig
+from workbench.imports import imported_members
 from workbench.report import report_members, write_report
 from workbench.run import Run
 from workbench.runlock import run_lock
@@ -38,11 +39,12 @@ CNN_ENTRY = "cnn_stacker"
 
 
 def finished_members(run: Run) -> list[str]:
-    """The config's members with every fold trained and test maps made (coverage- and resolution-checked);
-    without a zoo in the config, every member of the store with all its maps (e.g. written by other tools)."""
+    """The config's members with every fold trained and test maps made, and the imported members (coverage-
+    and resolution-checked); without a zoo in the config, every member of the store with all its maps."""
     config, store, folds = run.config, run.members_store, run.folds
     if config.zoo:
         names = [s.name for s in config.zoo if member_finished(config.run_dir, s, folds.n_folds)]
+        names += imported_members(store)
     else:
         test_ids = set(run.data.test_ids)
         names = [m for m in complete_members(store, folds.fold_of) if set(store.ids(m, "test")) == test_ids]
@@ -56,7 +58,7 @@ def finished_members(run: Run) -> list[str]:
         )
     if config.tune.members and not set(config.tune.members) <= set(names):
         raise WorkbenchError(
-            f"tune.members {list(config.tune.members)} must be finished members of the zoo; "
+            f"tune.members {list(config.tune.members)} must be finished members of the zoo or imported ones; "
             f"finished: {', '.join(names)}"
         )
     run.check_resolution(names)
@@ -158,6 +160,7 @@ def _stack(run: Run, start: float, progress: bool) -> list[dict]:
     members = finished_members(run)
     train, test = run.train_maps(members), run.test_maps(members)
     kinds = {m: "member" for m in members}
+    imported = set(imported_members(run.members_store))
     for name, (kind, make) in entry_factories(config).items():
         run_entry(run, name, make, train, test, progress)
         kinds[name] = kind
@@ -170,6 +173,9 @@ def _stack(run: Run, start: float, progress: bool) -> list[dict]:
     stores = {"member": run.members_store}
     entries = [(stores.get(kind, run.entries_store), name, kind) for name, kind in kinds.items()]
     scores = score_entries(entries, run.data, run.folds, run.summary.size, progress=progress)
+    for score in scores:
+        if score.entry in imported:
+            score.extra["source"] = "imported"
     tuned = next(s for s in scores if s.entry == TUNED_ENTRY)
     tuned.extra["tuned_on_mean_dice"] = f"{tuned_on:.6f}"  # optimistic: tuned and scored on the same images
     scores += stack_postprocessed(run, scores, progress)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from carvana.dataset import CarvanaData, car_of
 from carvana.errors import WorkbenchError
 from carvana.validate import DataSummary, check_data
 from folds import Folds, assign_folds, car_strata, read_folds, write_folds
+from folds.exchange import read_car_folds, write_car_folds
 from workbench.config import ExperimentConfig, save_resolved
 from workbench.fingerprint import check_fingerprint
 
@@ -26,14 +29,18 @@ def ensure_data(config: ExperimentConfig) -> DataSummary:
     return check_data(config.data)
 
 
-def make_folds(config: ExperimentConfig) -> Folds:
-    """Write RUN/folds.csv: car-grouped, stratified, seeded. Refuses to replace a different one."""
+def make_folds(config: ExperimentConfig, from_file: Path | None = None) -> Folds:
+    """Write RUN/folds.csv: car-grouped, stratified, seeded, or (`from_file`) a teammate's `id,fold` or
+    `img,fold` file, checked car by car. Refuses to replace a different one."""
     summary = check_data(config.data)
     data = CarvanaData(config.data)
     check_fingerprint(config.run_dir, data, summary, record=(config.run_dir / FOLDS_CSV).exists())
-    cars = sorted({car_of(img) for img in data.train_ids})
-    strata = car_strata(data, cars, config.folds.stratify)
-    fold_of_car = assign_folds(cars, strata, n_folds=config.folds.n_folds, seed=config.folds.seed)
+    if from_file is not None:
+        fold_of_car = read_car_folds(from_file, data.train_ids)
+    else:
+        cars = sorted({car_of(img) for img in data.train_ids})
+        strata = car_strata(data, cars, config.folds.stratify)
+        fold_of_car = assign_folds(cars, strata, n_folds=config.folds.n_folds, seed=config.folds.seed)
     path = config.run_dir / FOLDS_CSV
     if path.exists():
         existing = read_folds(path, data.train_ids)
@@ -48,6 +55,18 @@ def make_folds(config: ExperimentConfig) -> Folds:
     folds = write_folds(path, fold_of_car, data.train_ids)
     check_fingerprint(config.run_dir, data, summary, record=True)
     return folds
+
+
+def export_folds(config: ExperimentConfig, path: Path) -> Path:
+    """Write the run's folds (made first if the run has none) as `id,fold`, one row per car, for teammates."""
+    target = path.resolve()
+    if target.parent == config.run_dir.resolve() or config.run_dir.resolve() in target.parents:
+        raise WorkbenchError(
+            f"{path}: is inside the run folder {config.run_dir}, whose files the workbench owns; "
+            "export the folds to a path outside it"
+        )
+    folds = load_folds(config) if (config.run_dir / FOLDS_CSV).exists() else make_folds(config)
+    return write_car_folds(path, folds)
 
 
 def load_folds(config: ExperimentConfig) -> Folds:

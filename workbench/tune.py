@@ -20,6 +20,7 @@ from folds import Folds
 from oof import Store
 from stacking.sqlite_url import sqlite_url
 from workbench.config import ExperimentConfig, config_to_dict
+from workbench.imports import imported_members
 from workbench.run import Run
 from workbench.runlock import run_lock
 
@@ -48,15 +49,16 @@ def complete_members(store: Store, fold_of: dict[str, int]) -> list[str]:
 
 
 def tune_members(config: ExperimentConfig, store: Store, folds: Folds) -> list[str]:
-    """`tune.members`, else the complete members of the zoo (of the whole store when the config has no
-    zoo, e.g. maps written by other tools), each checked honest for these folds."""
+    """`tune.members`, else the complete members of the zoo and the imported ones (of the whole store when the
+    config has no zoo, e.g. maps written by other tools), each checked honest for these folds."""
     complete = complete_members(store, folds.fold_of)
-    allowed = {spec.name for spec in config.zoo} or set(complete)
+    allowed = {spec.name for spec in config.zoo} | set(imported_members(store)) if config.zoo else set(complete)
     members = list(config.tune.members or [m for m in complete if m in allowed])
     for member in members:
         if member not in allowed:
             raise WorkbenchError(
-                f"tune.members names {member!r}, which is not in this config's zoo; valid: {', '.join(sorted(allowed))}"
+                f"tune.members names {member!r}, which is neither in this config's zoo nor imported; "
+                f"valid: {', '.join(sorted(allowed))}"
             )
     if not members:
         raise WorkbenchError(
