@@ -76,7 +76,8 @@ class _Blender(BaseEstimator):
         maps = X.maps if isinstance(X, MapBatch) else _check_members(X)
         if maps.shape[1] != self.n_members_:
             raise ValueError(f"X has {maps.shape[1]} members, the blender was fitted on {self.n_members_}")
-        return self._blend(maps)
+        # float32 sums of weights that add up to 1 can land an ulp outside [0, 1] where every member is certain
+        return np.clip(self._blend(maps), 0.0, 1.0)
 
     def _blend(self, X: np.ndarray) -> np.ndarray:
         raise NotImplementedError

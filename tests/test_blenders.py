@@ -108,3 +108,20 @@ def test_registry_names_and_errors():
         make_blender("median")
     with pytest.raises(ValueError, match="duplicate"):
         _registry([MeanBlender, MeanBlender])
+
+
+@pytest.mark.parametrize("name", list(BLENDERS))
+def test_every_blender_gives_probabilities_in_range_where_every_member_is_certain(name):
+    """Members that are 1.0 and 0.0 everywhere (Carvana's 99.7% of pixels): the blend stays in [0, 1], also
+    with weights whose float32 sum lands an ulp above 1 (a crash of `selected` at Dice 0.997)."""
+    X = np.zeros((2, 4, 6, 5), dtype=np.uint8)
+    X[:, :, :3] = 255
+    truth = np.zeros((2, 6, 5), dtype=np.uint8)
+    truth[:, :3] = 1
+    blender = make_blender(name).fit(X, truth)
+    if hasattr(blender, "weights_"):
+        blender.weights_ = np.array([0.29423128395632503, 0.37217959958552005, 0.31786998754049334,
+                                     0.015719128917661702])  # float32 sum 1.0000001
+    out = blender.predict_proba(X)
+    assert out.min() >= 0.0 and out.max() <= 1.0
+    assert (out[:, :3] >= 0.5).all() and (out[:, 3:] < 0.5).all()
