@@ -7,7 +7,7 @@ CONFIG ?= configs/demo.yaml
 RUN ?= runs/$(basename $(notdir $(CONFIG)))
 LIB := carvana folds oof zoo stacking workbench
 
-.PHONY: setup setup-gpu lint test demo folds fold-train stack tune submit blend dashboard tensorboard bench bench-robust bench-scale clean-demo
+.PHONY: setup setup-gpu lint test demo folds fold-train stack tune submit blend dashboard tensorboard bench bench-robust bench-scale bench-import clean-demo
 
 setup: $(VENV)/.installed
 
@@ -55,6 +55,9 @@ bench: setup
 
 bench-robust: setup
 	$(PY) -m bench.robust
+
+bench-import: setup
+	$(PY) -m bench.import_speed
 
 bench-scale: setup
 	$(PY) -m bench.scale --fraction $(or $(FRACTION),0.05) --out bench/_scratch/scale
