@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
@@ -38,6 +39,28 @@ class MapWriter(Protocol):
     def write(self, split: str, img: str, proba: np.ndarray, fold: int | None = None) -> Any: ...
 
 
+@dataclass
+class TestClock:
+    """Seconds spent writing test maps, summed over every entry of a stack (`workbench stack` prints them as
+    `test maps: <seconds> s`, comparable with the time of a plain mean over the same maps)."""
+
+    seconds: float = 0.0
+
+
+def write_each_map(
+    store: Any, entry: str, writer: MapWriter, make_map: Callable[[str, str], np.ndarray], clock: TestClock | None
+) -> None:
+    """Write make_map(split, img) for every OOF map of `entry` in `store` (to the fold that wrote it), then for
+    every test map, timing the test maps on `clock`: the loop of entries made map by map from stored maps."""
+    for img, (fold, *_) in store.train_folds(entry).items():
+        writer.write("train", img, make_map("train", img), fold=fold)
+    start = time.perf_counter()
+    for img in store.ids(entry, "test"):
+        writer.write("test", img, make_map("test", img))
+    if clock is not None:
+        clock.seconds += time.perf_counter() - start
+
+
 def cross_fit(make: Callable[[], EntryT], train: TrainMaps) -> Iterator[tuple[int | None, EntryT]]:
     """(k, a new entry fitted on every fold but k) for each fold k of the run, then (None, one fitted on all)."""
     for k in train.all_folds:
@@ -54,11 +77,12 @@ def fit_predict(
     progress: bool = False,
     desc: str = "entry",
     n_jobs: int = 1,
+    clock: TestClock | None = None,
 ) -> EntryT:
     """Write the entry's honest OOF map of every train image (fold k's from the fit without fold k) and,
     when `test` is given, its test maps from the fit on every fold (predicted by `n_jobs` joblib workers);
     return that last fit. Prints the seconds spent on the train images (fits and OOF maps) and on the test
-    maps (bench.scale reads the line)."""
+    maps (bench.scale reads the line), and adds the latter to `clock`."""
     bar = progress_bar(
         total=train.n_images + (len(test.ids) if test else 0),
         desc=f"{desc}: cross-fit",
@@ -85,6 +109,8 @@ def fit_predict(
     end = time.perf_counter()
     test_start = test_start or end
     print(f"{desc}: cross-fit {test_start - start:.1f} s on train images, {end - test_start:.1f} s on test maps")
+    if clock is not None:
+        clock.seconds += end - test_start
     assert model is not None  # cross_fit yields at least the fit on all folds
     return model
 

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from oof import Store
-from stacking.crossfit import MapWriter
+from stacking.crossfit import MapWriter, TestClock, write_each_map
 
 ENTRIES_MEAN = "entries_mean"
 FIXED_KINDS = ("member", "postprocess", "ensemble")  # kinds that are not fitted on the truth themselves
@@ -42,14 +42,11 @@ def entries_mean_spec(store: Store, entries: Sequence[str]) -> dict:
     }
 
 
-def write_entries_mean(store: Store, entries: Sequence[str], writer: MapWriter) -> None:
+def write_entries_mean(store: Store, entries: Sequence[str], writer: MapWriter, clock: TestClock | None = None) -> None:
     """Write the mean of `entries`' maps in `store`: every OOF map (to its fold), then every test map."""
     if len(entries) < 2:
         raise ValueError(f"the mean of entries needs at least 2 entries, got {list(entries)}")
-    for img, (fold, *_) in store.train_folds(entries[0]).items():
-        writer.write("train", img, mean_map(store, entries, "train", img), fold=fold)
-    for img in store.ids(entries[0], "test"):
-        writer.write("test", img, mean_map(store, entries, "test", img))
+    write_each_map(store, entries[0], writer, lambda split, img: mean_map(store, entries, split, img), clock)
 
 
 def mean_map(store: Store, entries: Sequence[str], split: str, img: str) -> np.ndarray:

@@ -22,7 +22,7 @@ import numpy as np
 from scipy import ndimage
 
 from oof import Store
-from stacking.crossfit import MapWriter
+from stacking.crossfit import MapWriter, TestClock, write_each_map
 
 MAX_HOLE_SHARE = 0.005
 MAX_BLOB_SHARE = 0.05
@@ -98,9 +98,10 @@ def postprocess_spec(source: Store, entry: str, operation: str) -> dict:
     }
 
 
-def write_postprocessed(source: Store, entry: str, operation: str, writer: MapWriter) -> None:
+def write_postprocessed(
+    source: Store, entry: str, operation: str, writer: MapWriter, clock: TestClock | None = None
+) -> None:
     """Write `operation` applied to every OOF map (to its fold) and test map of `entry` in `source`."""
-    for img, (fold, *_) in source.train_folds(entry).items():
-        writer.write("train", img, postprocess_map(source.read(entry, "train", img), operation), fold=fold)
-    for img in source.ids(entry, "test"):
-        writer.write("test", img, postprocess_map(source.read(entry, "test", img), operation))
+    write_each_map(
+        source, entry, writer, lambda split, img: postprocess_map(source.read(entry, split, img), operation), clock
+    )

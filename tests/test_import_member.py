@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import re
 from pathlib import Path
 
 import cv2
@@ -187,6 +188,7 @@ def test_members_in_four_formats_import_at_full_resolution_score_as_their_files_
 
     result = run_cli("stack", "--config", str(config))
     assert result.returncode == 0, result.stderr
+    assert re.search(r"^test maps: \d+\.\d s", result.stdout, re.MULTILINE), result.stdout  # one line, all entries
     rows = {row["entry"]: row for row in csv.DictReader(open(tmp_path / "run" / "leaderboard.csv"))}
     for name, score in expected.items():
         assert rows[name]["kind"] == "member" and rows[name]["source"] == "imported"

@@ -18,7 +18,7 @@ from carvana.atomic import copy_atomic
 from carvana.errors import WorkbenchError
 from oof import Store, rebuild, recover
 from stacking.blenders import make_blender
-from stacking.crossfit import Entry, EntryT, fit_predict
+from stacking.crossfit import Entry, EntryT, TestClock, fit_predict
 from stacking.ensemble import ENTRIES_MEAN, entries_mean_spec, is_learned, write_entries_mean
 from stacking.leaderboard import EntryScore, format_table, score_entries, write_leaderboard
 from stacking.maps import TestMaps, TrainMaps
@@ -91,7 +91,13 @@ def entry_complete(store: Store, name: str, spec: dict, n_train: int, n_test: in
 
 
 def run_entry(
-    run: Run, name: str, make: Callable[[], EntryT], train: TrainMaps, test: TestMaps, progress: bool
+    run: Run,
+    name: str,
+    make: Callable[[], EntryT],
+    train: TrainMaps,
+    test: TestMaps,
+    progress: bool,
+    clock: TestClock | None = None,
 ) -> EntryT | None:
     """The entry's honest OOF maps and test maps in RUN/stack (skipped when complete); the fit on all folds."""
     store = run.entries_store
@@ -106,7 +112,7 @@ def run_entry(
         beside.open_member(name, spec, run.folds.hash, run.resolution) as writer,
         parallel_backend(run.config.compute) as n_jobs,
     ):
-        return fit_predict(make, train, test, writer, progress=progress, desc=name, n_jobs=n_jobs)
+        return fit_predict(make, train, test, writer, progress=progress, desc=name, n_jobs=n_jobs, clock=clock)
 
 
 def entry_factories(config: ExperimentConfig) -> dict[str, tuple[str, Callable[[], Entry]]]:
@@ -161,14 +167,15 @@ def _stack(run: Run, start: float, progress: bool) -> list[dict]:
     train, test = run.train_maps(members), run.test_maps(members)
     kinds = {m: "member" for m in members}
     imported = set(imported_members(run.members_store))
+    clock = TestClock()
     for name, (kind, make) in entry_factories(config).items():
-        run_entry(run, name, make, train, test, progress)
+        run_entry(run, name, make, train, test, progress, clock)
         kinds[name] = kind
-    tuned_on = stack_tuned(run, members, train, test, progress)
+    tuned_on = stack_tuned(run, members, train, test, progress, clock)
     kinds[TUNED_ENTRY] = "tuned"
     learned = [name for name, kind in kinds.items() if is_learned(name, kind)]
     if config.stack.entries_mean and len(learned) >= 2:
-        stack_entries_mean(run, learned)
+        stack_entries_mean(run, learned, clock)
         kinds[ENTRIES_MEAN] = "ensemble"
     stores = {"member": run.members_store}
     entries = [(stores.get(kind, run.entries_store), name, kind) for name, kind in kinds.items()]
@@ -178,7 +185,8 @@ def _stack(run: Run, start: float, progress: bool) -> list[dict]:
             score.extra["source"] = "imported"
     tuned = next(s for s in scores if s.entry == TUNED_ENTRY)
     tuned.extra["tuned_on_mean_dice"] = f"{tuned_on:.6f}"  # optimistic: tuned and scored on the same images
-    scores += stack_postprocessed(run, scores, progress)
+    scores += stack_postprocessed(run, scores, progress, clock)
+    print(f"test maps: {clock.seconds:.1f} s (every entry's test maps written by this stack, together)")
     rows = write_leaderboard(config.run_dir / "leaderboard.csv", scores)
     print(f"\n{config.run_dir / 'leaderboard.csv'} (stack took {time.time() - start:.0f} s):")
     print(format_table(rows))
@@ -188,17 +196,19 @@ def _stack(run: Run, start: float, progress: bool) -> list[dict]:
     return rows
 
 
-def stack_tuned(run: Run, members: list[str], train: TrainMaps, test: TestMaps, progress: bool) -> float:
+def stack_tuned(
+    run: Run, members: list[str], train: TrainMaps, test: TestMaps, progress: bool, clock: TestClock
+) -> float:
     """The tuned blend through the same loop (its studies shared with `workbench tune`); its tuned-on score."""
     tuned_members = list(run.config.tune.members or members)
     if tuned_members != members:
         train, test = run.train_maps(tuned_members), run.test_maps(tuned_members)
     make = tuned_blend_factory(run, tuned_members, progress)
-    model = run_entry(run, TUNED_ENTRY, make, train, test, progress)
+    model = run_entry(run, TUNED_ENTRY, make, train, test, progress, clock)
     return (model or make().fit(train)).params_.value  # a skipped entry: its finished study answers at once
 
 
-def stack_entries_mean(run: Run, entries: list[str]) -> None:
+def stack_entries_mean(run: Run, entries: list[str], clock: TestClock) -> None:
     """The mean of the learned entries' stored maps (`stacking.ensemble`); rebuilt when one of them changed."""
     store = run.entries_store
     spec = entries_mean_spec(store, entries)
@@ -211,11 +221,11 @@ def stack_entries_mean(run: Run, entries: list[str]) -> None:
         rebuild(store, ENTRIES_MEAN) as beside,
         beside.open_member(ENTRIES_MEAN, spec, run.folds.hash, run.resolution) as writer,
     ):
-        write_entries_mean(store, entries, writer)
+        write_entries_mean(store, entries, writer, clock)
     print(f"{ENTRIES_MEAN}: the mean of {', '.join(entries)}, {time.perf_counter() - start:.1f} s")
 
 
-def stack_postprocessed(run: Run, scores: list[EntryScore], progress: bool) -> list[EntryScore]:
+def stack_postprocessed(run: Run, scores: list[EntryScore], progress: bool, clock: TestClock) -> list[EntryScore]:
     """nnU-Net's rule: each of `stack.postprocess` applied to the best entry, kept only if it beats it on OOF."""
     best = max(scores, key=lambda s: s.oof_mean_dice)
     source, store = run.members_store if best.kind == "member" else run.entries_store, run.entries_store
@@ -225,7 +235,7 @@ def stack_postprocessed(run: Run, scores: list[EntryScore], progress: bool) -> l
         n_test = len(source.ids(best.entry, "test"))
         if not entry_complete(store, name, spec, len(source.ids(best.entry, "train")), n_test):
             with rebuild(store, name) as beside, beside.open_member(name, spec, run.folds.hash, run.resolution) as w:
-                write_postprocessed(source, best.entry, operation, w)
+                write_postprocessed(source, best.entry, operation, w, clock)
         candidates.append((store, name, "postprocess"))
     scored = score_entries(candidates, run.data, run.folds, run.summary.size, progress=progress)
     for s in scored:
