@@ -63,7 +63,7 @@ class TorchMember:
             model = build_torch_model(dataclasses.replace(spec, encoder_weights=None))  # the checkpoint has them
             model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["model"])
             models.append(model.to(device).eval())
-        self.net = torch_net(models, device, amp, input_stats(spec))
+        self.net = torch_net(models, device, amp, input_stats(spec), spec.name)
 
     def predict_proba(self, images: np.ndarray, angles: np.ndarray | None = None) -> np.ndarray:
         return predict_photos(self.net, np.asarray(images), self.spec, PREDICT_BATCH)

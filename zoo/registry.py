@@ -1,7 +1,8 @@
 """The member catalogue: a plain dict of named specs, and resolving a config's `zoo:` section.
 
 A config lists members by catalogue name (`- unet_resnet18_128`), by name with overrides
-(`- {name: unet_resnet18_128, train: {epochs: 6}}`), or in full (`- {arch: fpn, encoder: ...}`).
+(`- {name: unet_resnet18_128, train: {epochs: 6}}`), or in full (`- {arch: fpn, encoder: ...}`, any smp
+architecture, or `- {arch: custom, builder: "package.module:function", ...}` for your own network).
 `zoo.train` and `zoo.predict` set defaults for every member; a member's own `train:` and `predict:`
 win over them.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from zoo.archs import CUSTOM
 from zoo.spec import MemberSpec, PredictConfig, TrainConfig, member_name
 
 KERAS_TRAIN = {"optimizer": "rmsprop", "lr": 1e-3}  # R2 used RMSprop (1e-4 at full scale; higher for short demos)
@@ -108,7 +110,9 @@ def _resolve(entry: object, train_defaults: dict, predict_defaults: dict, where:
         raise ValueError(f"member {entry.get('name') or where}: {error}") from None
     if base is not None:
         return dataclasses.replace(base, **entry)
-    entry.setdefault("name", member_name(entry["arch"], entry.get("encoder", ""), entry.get("height", 0)))
+    # a custom member is named after its builder function: `<function>_<height>`
+    family = str(entry.get("builder", "")).rpartition(":")[2] if arch == CUSTOM else arch
+    entry.setdefault("name", member_name(family or arch, entry.get("encoder", ""), entry.get("height", 0)))
     return MemberSpec(**entry)
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from oof.format import MEMBER_PATTERN
+from zoo.archs import CUSTOM, SMP_ARCHS, SMP_RESERVED, SmpArch, check_builder_args, import_builder
 from zoo.geometry import padded_size
 
 SCHEDULES = ("plateau", "cosine", "cyclic")
@@ -29,11 +30,11 @@ FAMILIES = {
     # arch -> framework
     "avg_mask": "baseline",
     "simple_cnn": "torch",
-    "unet": "torch",
-    "fpn": "torch",
-    "linknet": "torch",
+    **dict.fromkeys(SMP_ARCHS, "torch"),
+    CUSTOM: "torch",
     "keras_unet": "keras",
 }
+BUILDER_FIELDS = {"builder": "", "builder_args": {}, "builder_multiple": 32}  # their defaults
 
 
 def check_field_types(obj: Any, where: str) -> None:
@@ -142,9 +143,12 @@ class MemberSpec:
     encoder_weights: str | None = None  # None, or a local weights file (no downloads here)
     depth: int = 4  # keras_unet: number of down-sampling steps
     filters: int = 16  # keras_unet: filters of the first block, doubled at each step
-    decoder_channels: tuple[int, ...] = ()  # smp Unet decoder widths; () = the library default
+    decoder_channels: tuple[int, ...] = ()  # smp unet/unetplusplus/manet decoder widths; () = the library default
     train: TrainConfig = field(default_factory=TrainConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
+    builder: str = ""  # custom: "package.module:function" returning an nn.Module, (B, 3, H, W) -> (B, 1, H, W) logits
+    builder_args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the builder (or smp's)
+    builder_multiple: int = 32  # custom: what the network's input sides must divide by (photos are padded to it)
 
     def __post_init__(self) -> None:
         check_field_types(self, f"member {self.name}")
@@ -152,12 +156,52 @@ class MemberSpec:
             raise ValueError(f"member name {self.name!r}: use letters, digits, '_', '-' and '.' only")
         if self.arch not in FAMILIES:
             raise ValueError(f"member {self.name}: arch {self.arch!r} unknown; valid: {', '.join(FAMILIES)}")
-        if self.arch in ("unet", "fpn", "linknet") and not self.encoder:
-            raise ValueError(f"member {self.name}: arch {self.arch} needs an `encoder`")
+        self._check_builder()
+        if self.arch in SMP_ARCHS:
+            self._check_smp(SMP_ARCHS[self.arch])
         if self.framework == "keras":
             self._check_keras()
         self._check_window(self.train.crop, "train.crop")
         self._check_window(self.predict.tile, "predict.tile")
+
+    def _check_builder(self) -> None:
+        """A custom member's builder imports; the builder's fields are refused where they would do nothing."""
+        where = f"member {self.name}"
+        if self.arch != CUSTOM and (self.builder or self.builder_multiple != BUILDER_FIELDS["builder_multiple"]):
+            raise ValueError(f"{where}: `builder` and `builder_multiple` need `arch: custom`")
+        if self.builder_args and self.arch not in SMP_ARCHS and self.arch != CUSTOM:
+            raise ValueError(
+                f"{where}: arch {self.arch} takes no `builder_args` (smp archs and custom do); remove them"
+            )
+        takes = [a for a, smp in SMP_ARCHS.items() if smp.decoder_channels]
+        if self.decoder_channels and self.arch not in takes:
+            raise ValueError(
+                f"{where}: arch {self.arch} takes no `decoder_channels` (only {', '.join(takes)}); remove it"
+            )
+        try:
+            check_builder_args(self.builder_args, reserved=SMP_RESERVED if self.arch in SMP_ARCHS else ())
+            if self.arch == CUSTOM:
+                import_builder(self.builder)
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}") from None
+        if self.arch == CUSTOM and (self.encoder or self.encoder_weights):
+            raise ValueError(f"{where}: arch custom has no `encoder`; pass your network's settings in `builder_args`")
+        if self.builder_multiple < 1:
+            raise ValueError(f"{where}: `builder_multiple` is {self.builder_multiple}; use 1 or more")
+
+    def _check_smp(self, smp: SmpArch) -> None:
+        if not self.encoder:
+            raise ValueError(f"member {self.name}: arch {self.arch} needs an `encoder`")
+        if smp.vit_encoder and not self.encoder.startswith("tu-"):
+            raise ValueError(
+                f"member {self.name}: arch {self.arch} needs a timm ViT encoder with 16 px patches, "
+                f"e.g. `encoder: tu-vit_small_patch16_224`; {self.encoder!r} is not one"
+            )
+        if min(padded_size(self.height, self.width, self.multiple)) < smp.min_side:
+            raise ValueError(
+                f"member {self.name}: arch {self.arch} needs inputs of at least {smp.min_side} px a side; "
+                f"use height and width >= {smp.min_side}"
+            )
 
     def _check_keras(self) -> None:
         for key, fine, fix in KERAS_UNSUPPORTED:
@@ -171,6 +215,9 @@ class MemberSpec:
             return
         if self.framework == "baseline":
             raise ValueError(f"member {self.name}: `{key}` does not apply to arch {self.arch}; remove it")
+        min_side = SMP_ARCHS[self.arch].min_side if self.arch in SMP_ARCHS else 0
+        if min(window) < min_side:
+            raise ValueError(f"member {self.name}: `{key}` {list(window)}: arch {self.arch} needs sides >= {min_side}")
         padded_h, padded_w = padded_size(self.height, self.width, self.multiple)
         if window[0] > padded_h or window[1] > padded_w:
             raise ValueError(
@@ -188,14 +235,25 @@ class MemberSpec:
         """What the network's input sides must divide by: photos are padded up to it."""
         if self.framework == "keras":
             return 2**self.depth
-        return 32 if self.arch in ("unet", "fpn", "linknet") else 1
+        if self.arch == CUSTOM:
+            return self.builder_multiple
+        return SMP_ARCHS[self.arch].multiple if self.arch in SMP_ARCHS else 1
 
     @property
     def framework(self) -> str:
         return FAMILIES[self.arch]
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The spec as plain data. Outside arch custom the builder's fields are left out while unset, so
+        the specs and hashes of members made before those fields existed stay the same."""
+        spec = dataclasses.asdict(self)
+        for key, default in BUILDER_FIELDS.items():
+            if self.arch != CUSTOM and spec[key] == default:
+                del spec[key]
+        return spec
+
+    def __hash__(self) -> int:  # `builder_args` is a dict, which Python cannot hash: use the spec's sha256
+        return hash(self.hash)
 
     @property
     def hash(self) -> str:

@@ -1,4 +1,9 @@
-"""PyTorch members: R2's 3-layer CNN and segmentation-models-pytorch decoders with any encoder."""
+"""PyTorch members: R2's 3-layer CNN, every segmentation-models-pytorch architecture with any encoder
+(through smp's own factory, `smp.create_model`), and your own network from a `module:function` builder.
+
+Whatever builds it, a network maps (B, 3, H, W) float images to (B, 1, H, W) logits; `check_logits`
+refuses anything else with one error naming the member, in training and in prediction alike.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import torch
 from torch import nn
 
 from carvana.errors import WorkbenchError
+from zoo.archs import CUSTOM, SMP_ARCHS, import_builder
 from zoo.spec import MemberSpec
 
 
@@ -33,22 +39,64 @@ def build_torch_model(spec: MemberSpec) -> nn.Module:
     """An untrained model for `spec` that maps (N, 3, H, W) float images to (N, 1, H, W) logits."""
     if spec.arch == "simple_cnn":
         return SimpleCNN()
-    import segmentation_models_pytorch as smp
-
-    kinds = {"unet": smp.Unet, "fpn": smp.FPN, "linknet": smp.Linknet}
-    kwargs: dict[str, object] = {}
-    if spec.arch == "unet" and spec.decoder_channels:
-        kwargs["decoder_channels"] = spec.decoder_channels
-        kwargs["encoder_depth"] = len(spec.decoder_channels)
-    try:
-        model = kinds[spec.arch](spec.encoder, encoder_weights=None, classes=1, **kwargs)
-    except (KeyError, ValueError, RuntimeError) as error:
-        raise WorkbenchError(
-            f"member {spec.name}: cannot build {spec.arch} with encoder {spec.encoder!r} ({error})"
-        ) from None
+    if spec.arch == CUSTOM:
+        return _build_custom(spec)
+    model = _build_smp(spec)
     if spec.encoder_weights:
         _load_encoder_weights(model, Path(spec.encoder_weights), spec.name)
     return model
+
+
+def _build_smp(spec: MemberSpec) -> nn.Module:
+    import segmentation_models_pytorch as smp
+
+    kwargs: dict[str, object] = {}
+    if spec.decoder_channels:  # only archs that take them get here (zoo.spec checks)
+        kwargs["decoder_channels"] = spec.decoder_channels
+        kwargs["encoder_depth"] = len(spec.decoder_channels)
+    if SMP_ARCHS[spec.arch].vit_encoder:
+        kwargs["dynamic_img_size"] = True  # a ViT made for 224 px squares then takes any padded photo
+    kwargs.update(spec.builder_args)  # any other smp option (decoder widths, attention, ...)
+    try:
+        model = smp.create_model(spec.arch, spec.encoder, encoder_weights=None, classes=1, **kwargs)
+    except (KeyError, ValueError, RuntimeError, TypeError, AttributeError) as error:
+        raise WorkbenchError(
+            f"member {spec.name}: cannot build {spec.arch} with encoder {spec.encoder!r} ({_first_problem(error)})"
+        ) from None
+    stride = getattr(model.encoder, "output_stride", None)
+    if isinstance(stride, int) and spec.multiple % stride:
+        raise WorkbenchError(
+            f"member {spec.name}: encoder {spec.encoder} down-samples by {stride}, but arch {spec.arch} pads "
+            f"photos to multiples of {spec.multiple}; choose an encoder whose output stride divides {spec.multiple}"
+        )
+    return model
+
+
+def _build_custom(spec: MemberSpec) -> nn.Module:
+    """The user's network: `builder(**builder_args)`, an nn.Module."""
+    try:
+        model = import_builder(spec.builder)(**spec.builder_args)
+    except (ValueError, TypeError) as error:  # a vanished module or arguments the builder does not take
+        raise WorkbenchError(f"member {spec.name}: {spec.builder}(**{spec.builder_args}) failed ({error})") from None
+    if not isinstance(model, nn.Module):
+        raise WorkbenchError(
+            f"member {spec.name}: builder {spec.builder} returned a {type(model).__name__}; "
+            "it must return a torch nn.Module"
+        )
+    return model
+
+
+def check_logits(logits: object, images: torch.Tensor, name: str) -> torch.Tensor:
+    """`logits` when they are (B, 1, H, W) for (B, 3, H, W) `images`; one WorkbenchError otherwise."""
+    expected = (images.shape[0], 1, *images.shape[2:])
+    got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+    if got != expected:
+        raise WorkbenchError(
+            f"member {name}: the network maps images {tuple(images.shape)} to {got}; it must return one "
+            f"channel of logits at the input's size, (B, 1, H, W) = {expected} (a custom network's input is "
+            "the photo padded to `builder_multiple`)"
+        )
+    return typing.cast(torch.Tensor, logits)
 
 
 CLASSIFIER_HEADS = ("fc.", "_fc.", "classifier.", "head.", "last_linear.")  # ImageNet heads encoders drop
@@ -61,7 +109,7 @@ def input_stats(spec: MemberSpec) -> tuple[tuple[float, ...], tuple[float, ...]]
 
     `tu-` encoders read timm's pretrained config (offline); smp's own encoders were all trained on
     ImageNet with the ImageNet statistics (smp fetches the same numbers from the hub at run time)."""
-    if not spec.encoder_weights or spec.arch not in ("unet", "fpn", "linknet"):
+    if not spec.encoder_weights or spec.arch not in SMP_ARCHS:
         return None
     if spec.encoder.startswith("tu-"):
         import timm

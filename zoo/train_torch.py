@@ -38,7 +38,7 @@ from zoo.recipe import (
 )
 from zoo.spec import MemberSpec
 from zoo.torch_losses import border_px, segmentation_loss
-from zoo.torch_models import build_torch_model, input_stats
+from zoo.torch_models import build_torch_model, check_logits, input_stats
 from zoo.train_log import write_log
 
 Stats = tuple[tuple[float, ...], tuple[float, ...]] | None
@@ -77,13 +77,15 @@ def to_tensor(images: np.ndarray, stats: Stats = None) -> torch.Tensor:
     return tensor.movedim(-1, -3)
 
 
-def torch_net(models: list, device: torch.device, amp: bool, stats: Stats):
-    """`net((B, h, w, 3) uint8) -> (B, h, w) float32`: the models' mean sigmoid, in eval mode."""
+def torch_net(models: list, device: torch.device, amp: bool, stats: Stats, name: str = "network"):
+    """`net((B, h, w, 3) uint8) -> (B, h, w) float32`: the models' mean sigmoid, in eval mode.
+    `name` (the member's) names it when a model's output is not (B, 1, h, w) logits."""
 
     def net(batch: np.ndarray) -> np.ndarray:
         x = to_tensor(batch, stats).to(device)
         with torch.no_grad(), torch.autocast(device.type, enabled=amp):
-            proba = torch.stack([torch.sigmoid(model.eval()(x).float())[:, 0] for model in models]).mean(0)
+            logits = [check_logits(model.eval()(x), x, name).float() for model in models]
+            proba = torch.stack([torch.sigmoid(z)[:, 0] for z in logits]).mean(0)
         return proba.cpu().numpy()
 
     return net
@@ -146,7 +148,7 @@ def train_fold(
         if swa is not None and epoch > cfg.epochs - cfg.swa_epochs:
             swa.update_parameters(model)
         judged = ema.module if ema is not None else model
-        net = torch_net([judged], device, amp, stats)
+        net = torch_net([judged], device, amp, stats, spec.name)
         val_dice = evaluate(net, data.images, data.masks, data.val_idx, spec, cfg.batch_size)
         if end_epoch(cfg, state, epoch, lr, loss, val_dice, seconds, len(data.train_idx), wait):
             _atomic_save({"model": judged.state_dict(), "epoch": epoch, "val_mean_dice": val_dice}, best_path)
@@ -179,7 +181,7 @@ def _finish_swa(
 ) -> None:
     """Recompute the SWA average's BatchNorm statistics on the training crops; it becomes the member."""
     update_bn(_loader(spec, data, 0, device), swa, device)
-    net = torch_net([swa.module], device, amp, stats)
+    net = torch_net([swa.module], device, amp, stats, spec.name)
     state["swa_val_dice"] = evaluate(net, data.images, data.masks, data.val_idx, spec, spec.train.batch_size)
     _atomic_save(
         {
@@ -204,7 +206,8 @@ def _train_epoch(model, loader, optimizer, scaler, spec, device, amp, ema, desc,
         wait += time.perf_counter() - tick
         images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
         with torch.autocast(device.type, enabled=amp):
-            loss = segmentation_loss(model(images), masks, cfg, border_px(spec.height))
+            logits = check_logits(model(images), images, spec.name)
+            loss = segmentation_loss(logits, masks, cfg, border_px(spec.height))
         scaler.scale(loss / cfg.accumulate).backward()
         if step % cfg.accumulate == 0 or step == len(loader):
             if cfg.clip_grad:
