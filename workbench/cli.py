@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from carvana.dataset import KAGGLE_SIZE, format_size, parse_size
 from carvana.errors import WorkbenchError
+
+if TYPE_CHECKING:
+    from workbench.config import ExperimentConfig
 
 KAGGLE_SIZE_TEXT = format_size(KAGGLE_SIZE)
 
@@ -40,8 +44,13 @@ def _config(args: argparse.Namespace):
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
+    from carvana.atomic import refuse_overwrite
     from carvana.synth import generate, save_preview
+    from workbench.runfolder import output_role
 
+    refuse_overwrite("--out", args.out, None, output_role, "data/synthetic")
+    if args.preview:
+        refuse_overwrite("--preview", args.preview, None, output_role, "preview.png")
     if args.preview and (args.out / "train").is_dir():
         print(f"{args.out} already holds a dataset: only writing the preview")
     else:
@@ -87,6 +96,12 @@ def cmd_fold_train(args: argparse.Namespace) -> None:
     fold_train(config, member=args.member, fold=args.fold, retrain=tuple(args.retrain or ()), job_index=args.job_index)
 
 
+def cmd_pseudo_label(args: argparse.Namespace) -> None:
+    from workbench.pseudo import pseudo_label
+
+    pseudo_label(_config(args))
+
+
 def cmd_jobs(args: argparse.Namespace) -> None:
     from workbench.fold_train import describe_jobs
 
@@ -126,19 +141,28 @@ def cmd_submit(args: argparse.Namespace) -> None:
 
 def cmd_blend(args: argparse.Namespace) -> None:
     from carvana.submission import blend_submissions
+    from workbench.runfolder import output_role
 
-    size = args.size or _data_size(args) or KAGGLE_SIZE
-    path = blend_submissions(args.files, args.out, weights=args.weights, min_votes=args.min_votes, image_size=size)
+    config = _config(args) if args.config else None
+    size = args.size or _data_size(config) or KAGGLE_SIZE
+    run_dir = config.run_dir if config else None
+    path = blend_submissions(
+        args.files,
+        args.out,
+        weights=args.weights,
+        min_votes=args.min_votes,
+        image_size=size,
+        taken=lambda p: output_role(p, run_dir),  # the config's run folder, or any run folder the path is in
+    )
     print(f"wrote {path} (inputs and weights recorded in {path.with_name(path.name + '.json')})")
 
 
-def _data_size(args: argparse.Namespace) -> tuple[int, int] | None:
+def _data_size(config: ExperimentConfig | None) -> tuple[int, int] | None:
     """The image size of the config's data, when a config is given and its data exists."""
-    if not args.config:
+    if config is None:
         return None
     from carvana.validate import check_data
 
-    config = _config(args)
     return check_data(config.data).size if config.data.exists() else None
 
 
@@ -211,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("stack", cmd_stack, "blends and stackers over the OOF maps, tuning, leaderboard, submission"),
         ("tune", cmd_tune, "nested Optuna tuning of the blend's thresholds and weights; writes RUN/tune.json"),
         ("dashboard", cmd_dashboard, "serve optuna-dashboard on the run's tuning storage"),
+        ("pseudo-label", cmd_pseudo_label, "label unscored test photos per fold with models that never saw that fold"),
         ("jobs", cmd_jobs, "list every member x fold job (index, state) for a SLURM array or manual fan-out"),
         ("submit", cmd_submit, "write RUN/submission.csv.gz from an entry's test maps (default: the best)"),
         ("demo", cmd_demo, "run the whole pipeline (synthetic data when missing)"),

@@ -19,6 +19,7 @@ from carvana.atomic import write_text_atomic
 from carvana.dataset import parse_size
 from carvana.errors import WorkbenchError
 from folds import STRATIFY
+from zoo.pseudo import PseudoSetConfig
 from zoo.registry import resolve_members
 from zoo.spec import MemberSpec
 
@@ -179,6 +180,10 @@ class ExperimentConfig:
     stack: StackConfig = field(default_factory=StackConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     compute: ComputeConfig = field(default_factory=ComputeConfig)
+    pseudo: tuple[PseudoSetConfig, ...] = ()  # from the YAML's `pseudo: {<set>: {source: [...], ...}}`
+
+    def __post_init__(self) -> None:
+        _check_pseudo(self.zoo, self.pseudo)
 
     def member(self, name: str) -> MemberSpec:
         """The zoo member called `name`; WorkbenchError listing the valid names."""
@@ -187,6 +192,35 @@ class ExperimentConfig:
                 return spec
         raise WorkbenchError(f"no member {name!r} in this config's zoo; valid: {', '.join(s.name for s in self.zoo)}")
 
+    def pseudo_set(self, name: str) -> PseudoSetConfig:
+        """The pseudo-label set called `name`; WorkbenchError listing the valid names."""
+        for cfg in self.pseudo:
+            if cfg.name == name:
+                return cfg
+        valid = ", ".join(c.name for c in self.pseudo) or "none"
+        raise WorkbenchError(f"no pseudo-label set {name!r} in this config's `pseudo:`; valid: {valid}")
+
+
+def _check_pseudo(zoo: tuple[MemberSpec, ...], sets: tuple[PseudoSetConfig, ...]) -> None:
+    """Sources are zoo members that are not trained on the set they label; `train.pseudo` names a set."""
+    names = {spec.name for spec in zoo}
+    by_name = {cfg.name: cfg for cfg in sets}
+    for cfg in sets:
+        unknown = [m for m in cfg.source if m not in names]
+        if unknown:
+            raise ValueError(f"pseudo.{cfg.name}.source names {unknown[0]!r}, not a zoo member; valid: {sorted(names)}")
+    for spec in zoo:
+        wanted = spec.train.pseudo
+        if not wanted:
+            continue
+        if wanted not in by_name:
+            raise ValueError(
+                f"member {spec.name}: `train.pseudo` names {wanted!r}, not a set of the config's `pseudo:` "
+                f"(sets: {', '.join(by_name) or 'none'})"
+            )
+        if spec.name in by_name[wanted].source:
+            raise ValueError(f"member {spec.name} is a source of pseudo-label set {wanted}, which it trains on")
+
 
 def load_config(
     path: Path, *, data: Path | None = None, run_dir: Path | None = None, compute: dict | None = None
@@ -194,6 +228,8 @@ def load_config(
     """Load `path`; `data` and `run_dir` override the config's folders (the CLI's --data, --run-dir),
     `compute` ({key: value}, None values ignored) the keys of its `compute:` section (--engine ...)."""
     path = Path(path)
+    if path.is_dir():
+        raise WorkbenchError(f"{path}: is a folder; --config needs a YAML file, e.g. configs/demo.yaml")
     if not path.is_file():
         raise WorkbenchError(f"{path}: config not found; see configs/ for examples")
     raw = read_yaml(path)
@@ -216,6 +252,7 @@ def load_config(
         )
     try:
         raw["zoo"] = _zoo_members(raw.get("zoo"))
+        raw["pseudo"] = _pseudo_sets(raw.get("pseudo"))
         config = _build(ExperimentConfig, raw, "")
     except (TypeError, ValueError) as error:
         raise WorkbenchError(f"{path}: {error}") from None
@@ -264,6 +301,18 @@ def _zoo_members(raw: object) -> tuple[MemberSpec, ...]:
     return tuple(resolve_members(raw.get("members") or [], raw.get("train") or {}, raw.get("predict") or {}))
 
 
+def _pseudo_sets(raw: object) -> tuple[PseudoSetConfig, ...]:
+    """`pseudo: {<set name>: {source: [...], ...}}` as one PseudoSetConfig per set."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict):
+        raise TypeError("`pseudo` must be a mapping of set names to their settings, e.g. {round2: {source: [...]}}")
+    return tuple(
+        _build(PseudoSetConfig, {**(settings or {}), "name": str(name)}, f"pseudo.{name}.")
+        for name, settings in raw.items()
+    )
+
+
 def _build(cls: type, raw: object, prefix: str):
     """Instantiate dataclass `cls` from a YAML mapping, recursively, rejecting unknown keys."""
     if not isinstance(raw, dict):
@@ -286,8 +335,8 @@ def _convert(hint: object, value: object, name: str) -> object:
         return _build(hint, value, name + ".")
     if hint is Path:
         return Path(str(value))
-    if typing.get_origin(hint) is tuple and typing.get_args(hint)[0] is MemberSpec:
-        return value  # already resolved by _zoo_members
+    if typing.get_origin(hint) is tuple and typing.get_args(hint)[0] in (MemberSpec, PseudoSetConfig):
+        return value  # already resolved by _zoo_members, _pseudo_sets
     if typing.get_origin(hint) is tuple:
         return _convert_tuple(hint, value, name)
     if hint in (int, float, str, bool):

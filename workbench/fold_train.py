@@ -23,11 +23,13 @@ from workbench.compute import LocalEngine, Outcome, RayEngine, make_engine
 from workbench.config import ExperimentConfig
 from workbench.jobs import FOLD, TEST_SHARD, Job, run_job
 from workbench.run import Run
+from workbench.runlock import run_lock
 from workbench.steps import make_folds
+from zoo.pseudo import load_pseudo_set, set_current
 from zoo.runner import claim_member, finish_member_test, fold_done, member_dir, member_finished
 from zoo.spec import MemberSpec
 
-__all__ = ["all_jobs", "describe_jobs", "fold_train"]
+__all__ = ["all_jobs", "describe_jobs", "fold_train", "report_outcome", "resolve_compute"]
 
 
 def all_jobs(config: ExperimentConfig, n_folds: int) -> list[tuple[MemberSpec, int]]:
@@ -59,12 +61,29 @@ def fold_train(
     progress: bool = True,
     job_index: int | None = None,
 ) -> None:
-    """Train what is not finished; `member` / `fold` / `job_index` restrict the work to one job of a fan-out."""
+    """Train what is not finished; `member` / `fold` / `job_index` restrict the work to one job of a fan-out.
+
+    Holds the run lock shared, so the processes of a fan-out run together; `retrain` holds it exclusively,
+    since it discards maps that a `stack`, `submit` or `tune` may be reading (workbench.runlock)."""
     if not config.zoo:  # before make_folds writes anything
         raise WorkbenchError("the config has no `zoo: members:`; add members (see configs/demo.yaml)")
     run = Run.open(config)
+    verb = " ".join(["fold-train", *(["--retrain", *retrain] if retrain else [])])
+    with run_lock(config.run_dir, verb, shared=not retrain):
+        _fold_train(run, member, fold, retrain, progress, job_index)
+
+
+def _fold_train(
+    run: Run, member: str | None, fold: int | None, retrain: tuple[str, ...], progress: bool, job_index: int | None
+) -> None:
+    config = run.config
     folds = make_folds(config)
-    selected = _select(config, folds.n_folds, member, fold, job_index)
+    selected = _without_labels(
+        config,
+        folds,
+        _select(config, folds.n_folds, member, fold, job_index),
+        explicit=(member, fold, job_index) != (None, None, None),
+    )
     start = time.time()
     for spec in dict.fromkeys(spec for spec, _ in selected):
         claim_member(config.run_dir, spec, folds.hash, retrain=spec.name in retrain)
@@ -98,12 +117,32 @@ def _select(
     return [(s, k) for s, k in jobs if member in (None, s.name) and fold in (None, k)]
 
 
+def _without_labels(
+    config: ExperimentConfig, folds: Folds, selected: list[tuple[MemberSpec, int]], explicit: bool
+) -> list[tuple[MemberSpec, int]]:
+    """The jobs that can run now: a pseudo-labelled member's fold waits until its pseudo-label set is made
+    (`workbench pseudo-label`), and a job asked for by name is refused with the set's own message."""
+    specs = {spec.name: spec for spec in config.zoo}
+    ready, waiting = [], {}
+    for spec, k in selected:
+        pseudo = config.pseudo_set(spec.train.pseudo) if spec.train.pseudo else None
+        if pseudo is None or fold_done(config.run_dir, spec, k) or set_current(pseudo, k, config.run_dir, folds, specs):
+            ready.append((spec, k))
+        elif explicit:
+            load_pseudo_set(pseudo, k, config.run_dir, folds, specs)  # raises, naming the set and the fix
+        else:
+            waiting[spec.name] = pseudo.name
+    for name, set_name in waiting.items():
+        print(f"{name}: waits for pseudo-label set {set_name} (run `workbench pseudo-label`, then fold-train again)")
+    return ready
+
+
 def _drive(config: ExperimentConfig, selected: list[tuple[MemberSpec, int]], n_folds: int, progress: bool) -> list[str]:
     """Run the selected fold jobs and the test shards they complete; return the failed jobs' names."""
     engine = make_engine(config.compute, run_job)
     with contextlib.ExitStack() as held:
         held.callback(engine.close)
-        driver = _Driver(_resolve(config, engine), engine, held, n_folds, progress)
+        driver = _Driver(resolve_compute(config, engine), engine, held, n_folds, progress)
         for spec, k in selected:
             if fold_done(driver.config.run_dir, spec, k):
                 print(f"{spec.name} fold {k}: done, skipped")
@@ -157,7 +196,7 @@ class _Driver:
 
     def collect(self, outcome: Outcome) -> None:
         """Report a finished job; submit the test shards a fold completes; finish a member's test maps."""
-        if _report(outcome):
+        if report_outcome(outcome):
             self.failures.append(str(outcome.job))
             return
         spec = self.config.member(outcome.job.member)
@@ -171,7 +210,7 @@ class _Driver:
             print(f"{spec.name}: test maps complete")
 
 
-def _report(outcome: Outcome) -> bool:
+def report_outcome(outcome: Outcome) -> bool:
     """Print the job's line; True when it failed (a job another live process holds is not a failure:
     that process finishes it, and the member's test maps)."""
     job, result = outcome.job, outcome.result or {}
@@ -192,7 +231,7 @@ def _report(outcome: Outcome) -> bool:
     return False
 
 
-def _resolve(config: ExperimentConfig, engine: LocalEngine | RayEngine) -> ExperimentConfig:
+def resolve_compute(config: ExperimentConfig, engine: LocalEngine | RayEngine) -> ExperimentConfig:
     """Absolute paths (workers may start elsewhere; every node mounts the run at the same path) and the
     compute defaults that depend on the machine or cluster; refuse what cannot be scheduled."""
     compute = config.compute

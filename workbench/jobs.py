@@ -17,16 +17,18 @@ from pathlib import Path
 from workbench.claims import ClaimedElsewhere, claimed
 from workbench.config import ExperimentConfig
 from workbench.run import Run
+from zoo.pseudo import label_fold, load_pseudo_set, pseudo_dir
 from zoo.runner import fold_done, member_dir, predict_member_test, run_member_fold
 
-__all__ = ["FOLD", "TEST_SHARD", "Job", "provenance", "run_job"]
+__all__ = ["FOLD", "PSEUDO", "TEST_SHARD", "Job", "provenance", "run_job"]
 
-FOLD, TEST_SHARD = "fold", "test_shard"
+FOLD, TEST_SHARD, PSEUDO = "fold", "test_shard", "pseudo"
 
 
 @dataclass(frozen=True)
 class Job:
-    """One unit of work: `member` x fold `index`, or test shard `index` of `n_shards` of `member`."""
+    """One unit of work: `member` x fold `index`, test shard `index` of `n_shards` of `member`, or fold `index`
+    of the pseudo-label set named `member`."""
 
     config: ExperimentConfig
     kind: str
@@ -36,11 +38,13 @@ class Job:
     progress: bool = True
 
     def __str__(self) -> str:
-        if self.kind == FOLD:
+        if self.kind in (FOLD, PSEUDO):
             return f"{self.member}/fold{self.index}"
         return f"{self.member}/test{self.index + 1}of{self.n_shards}"
 
     def claim_path(self) -> Path:
+        if self.kind == PSEUDO:
+            return pseudo_dir(self.config.run_dir, self.member) / f"fold{self.index}.claim"
         folder = member_dir(self.config.run_dir, self.config.member(self.member))
         if self.kind == FOLD:
             return folder / f"fold{self.index}" / "claim.json"
@@ -49,12 +53,13 @@ class Job:
 
 def run_job(job: Job) -> dict:
     """Run `job` under its claim; {"status": trained | predicted | done | claimed, ...where it ran}."""
-    config, spec = job.config, job.config.member(job.member)
+    config = job.config
     task_id = os.environ.get("WORKBENCH_TASK_ID") or None
     _limit_threads(config)
     try:
+        job.claim_path().parent.mkdir(parents=True, exist_ok=True)
         with claimed(job.claim_path(), config.compute.claim_grace_s, task_id):
-            if job.kind == FOLD and fold_done(config.run_dir, spec, job.index):
+            if job.kind == FOLD and fold_done(config.run_dir, config.member(job.member), job.index):
                 return {"status": "done"}
             return _run_claimed(job, task_id)
     except ClaimedElsewhere as busy:
@@ -62,11 +67,22 @@ def run_job(job: Job) -> dict:
 
 
 def _run_claimed(job: Job, task_id: str | None) -> dict:
-    config, spec = job.config, job.config.member(job.member)
+    config = job.config
     run = Run.open(config)
     data, folds, store, resolution = run.data, run.folds, run.members_store, run.resolution
     where = provenance(job, task_id)
+    if job.kind == PSEUDO:
+        specs = {spec.name: spec for spec in config.zoo}
+        made = label_fold(
+            config.pseudo_set(job.member), job.index, specs, data, folds, config.run_dir, resolution, job.progress
+        )
+        return {"status": "labelled" if made else "done", **where}
+    spec = config.member(job.member)
     if job.kind == FOLD:
+        pseudo = None
+        if spec.train.pseudo:  # fold k's labels, made by models that never saw fold k's cars (checked)
+            specs = {s.name: s for s in config.zoo}
+            pseudo = load_pseudo_set(config.pseudo_set(spec.train.pseudo), job.index, config.run_dir, folds, specs)
         run_member_fold(
             spec,
             job.index,
@@ -78,6 +94,7 @@ def _run_claimed(job: Job, task_id: str | None) -> dict:
             job.progress,
             cache_dir=config.compute.cache_dir,
             provenance=where,
+            pseudo=pseudo,
         )
         return {"status": "trained", **where}
     predicted = predict_member_test(

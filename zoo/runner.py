@@ -24,10 +24,11 @@ from carvana.resize import resize_image, resize_proba
 from folds import Folds
 from oof import Store
 from zoo.board import board_dir
-from zoo.cache import cached_split
+from zoo.cache import cached_pseudo, cached_split
 from zoo.faults import die_for_tests
-from zoo.fold_data import FoldData, split_fold
+from zoo.fold_data import FoldData, PseudoData, split_fold
 from zoo.members import fit_avg_mask, load_member
+from zoo.pseudo import PseudoSet
 from zoo.spec import MemberSpec
 
 PREDICT_CHUNK = 16  # images predicted and written at a time: bounded memory at any test size
@@ -73,18 +74,21 @@ def run_member_fold(
     progress: bool = True,
     cache_dir: Path | None = None,
     provenance: dict | None = None,
+    pseudo: PseudoSet | None = None,
 ) -> None:
     """Train `spec` without fold `fold`'s cars, then write their OOF maps to `store` at `resolution`.
 
     `cache_dir` (default RUN/cache) holds the decoded photos; `provenance` (host, engine, task id...)
-    is recorded in the fold's `done.json`."""
+    is recorded in the fold's `done.json`; `pseudo` is fold `fold`'s pseudo-label set when the member
+    trains on one (made by models that never saw this fold's cars: `zoo.pseudo`)."""
     work_dir = member_dir(run_dir, spec) / f"fold{fold}"
     work_dir.mkdir(parents=True, exist_ok=True)
     start = time.time()
-    ids, images, masks = cached_split(data, "train", spec.height, spec.width, cache_dir or run_dir / "cache")
+    cache = cache_dir or run_dir / "cache"
+    ids, images, masks = cached_split(data, "train", spec.height, spec.width, cache)
     train_idx, val_idx, oof_idx = split_fold(ids, folds, fold, spec.train.seed)
     assert masks is not None  # the train split has masks
-    fold_data = FoldData(fold, ids, images, masks, train_idx, val_idx, oof_idx)
+    fold_data = FoldData(fold, ids, images, masks, train_idx, val_idx, oof_idx, pseudo_data(pseudo, spec, data, cache))
     checkpoint = fit(spec, fold_data, work_dir, progress, board_dir(run_dir, spec.name, fold))
     member = load_member(spec, [checkpoint])
     oof_ids = [ids[i] for i in oof_idx]
@@ -101,6 +105,17 @@ def run_member_fold(
             "finished": time.time(),
             **(provenance or {}),
         },
+    )
+
+
+def pseudo_data(pseudo: PseudoSet | None, spec: MemberSpec, data: CarvanaData, cache: Path) -> PseudoData | None:
+    """The fold's pseudo-labelled photos and labels at the member's size, with the set's loss settings."""
+    if pseudo is None:
+        return None
+    images, levels = cached_pseudo(pseudo, data, spec.height, spec.width, cache)
+    cfg = pseudo.cfg
+    return PseudoData(
+        images, levels, cfg.labels, cfg.uncertain if cfg.ignore_uncertain else None, spec.train.pseudo_share
     )
 
 

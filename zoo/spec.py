@@ -25,7 +25,9 @@ KERAS_UNSUPPORTED = (
     ("train.swa_epochs", 0, "SWA is PyTorch-only; remove it or use a PyTorch member"),
     ("train.loss", "bce_dice|bce_logdice", "the Keras loop has bce_dice and bce_logdice; pick one"),
     ("encoder_weights", None, "the Keras U-Net has no pretrained encoder; remove it or use an smp member"),
+    ("train.pseudo", "", "pseudo-label training is PyTorch-only; remove it or use a PyTorch member"),
 )
+PSEUDO_FIELDS = {"pseudo": "", "pseudo_share": 0.5}  # their defaults: left out of a spec while unset
 FAMILIES = {
     # arch -> framework
     "avg_mask": "baseline",
@@ -79,6 +81,8 @@ class TrainConfig:
     loss: str = "bce_dice"  # bce_dice | bce_logdice | lovasz
     border_weight: float = 1.0  # weight of pixels near the mask boundary in the BCE/Dice losses (1 = plain)
     clip_grad: float = 0.0  # max global gradient norm (0 = off)
+    pseudo: str = ""  # a pseudo-label set of the config (`pseudo:`): fold k also trains on fold k's set
+    pseudo_share: float = 0.5  # at most this share of each batch is pseudo-labelled photos
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "crop", _size_pair(self.crop, "train.crop"))
@@ -91,6 +95,13 @@ class TrainConfig:
             raise ValueError("epochs, batch_size, accumulate and cycle_epochs must be at least 1")
         if min(self.warmup_epochs, self.swa_epochs) < 0 or self.clip_grad < 0 or not 0 <= self.ema < 1:
             raise ValueError("train: warmup_epochs, swa_epochs and clip_grad must be >= 0, and ema in [0, 1)")
+        if self.pseudo and not 1 <= self.pseudo_share * self.batch_size < self.batch_size:
+            raise ValueError(
+                f"`train.pseudo_share` is {self.pseudo_share}: with batch_size {self.batch_size} a batch would hold "
+                f"{int(self.pseudo_share * self.batch_size)} pseudo-labelled photos; give 1 to batch_size - 1 of them"
+            )
+        if self.pseudo and self.loss == "lovasz":
+            raise ValueError("`train.pseudo` needs a loss that weighs pixels (bce_dice or bce_logdice), not lovasz")
         if self.border_weight < 1:
             raise ValueError(f"`train.border_weight` is {self.border_weight}; use 1 (off) or more")
         if self.loss == "lovasz" and self.border_weight != 1:
@@ -161,6 +172,8 @@ class MemberSpec:
             self._check_smp(SMP_ARCHS[self.arch])
         if self.framework == "keras":
             self._check_keras()
+        if self.train.pseudo and self.framework == "baseline":
+            raise ValueError(f"member {self.name}: arch {self.arch} looks at no photo: `train.pseudo` cannot apply")
         self._check_window(self.train.crop, "train.crop")
         self._check_window(self.predict.tile, "predict.tile")
 
@@ -244,12 +257,15 @@ class MemberSpec:
         return FAMILIES[self.arch]
 
     def to_dict(self) -> dict:
-        """The spec as plain data. Outside arch custom the builder's fields are left out while unset, so
-        the specs and hashes of members made before those fields existed stay the same."""
+        """The spec as plain data. Outside arch custom the builder's fields are left out while unset, and so are
+        the pseudo-label fields, so the specs and hashes of members made before those fields existed stay the same."""
         spec = dataclasses.asdict(self)
         for key, default in BUILDER_FIELDS.items():
             if self.arch != CUSTOM and spec[key] == default:
                 del spec[key]
+        for key, default in PSEUDO_FIELDS.items():
+            if not self.train.pseudo and spec["train"][key] == default:
+                del spec["train"][key]
         return spec
 
     def __hash__(self) -> int:  # `builder_args` is a dict, which Python cannot hash: use the spec's sha256

@@ -36,15 +36,24 @@ def soft_dice(proba: torch.Tensor, target: torch.Tensor, weights: torch.Tensor |
     return (2 * (w * proba * target).sum(1) + 1) / ((w * proba).sum(1) + (w * target).sum(1) + 1)
 
 
-def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, cfg: TrainConfig, band_px: int) -> torch.Tensor:
-    """The loss `cfg` names, of (B, 1, h, w) logits against float 0/1 targets; `band_px` is
-    `border_px` of the member's photo height (crops keep the photo's scale)."""
+def segmentation_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    cfg: TrainConfig,
+    band_px: int,
+    pixel_weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The loss `cfg` names, of (B, 1, h, w) logits against float targets in [0, 1] (0/1, or soft
+    pseudo-labels); `band_px` is `border_px` of the member's photo height (crops keep the photo's scale);
+    `pixel_weights` (B, 1, h, w), when given, multiply every pixel's weight (0 leaves it out of the loss)."""
     logits = logits.float()
     if cfg.loss == "lovasz":
         from segmentation_models_pytorch.losses import LovaszLoss
 
         return LovaszLoss(mode="binary", per_image=True)(logits, target)
     weights = border_weights(target, cfg.border_weight, band_px) if cfg.border_weight != 1 else None
+    if pixel_weights is not None:
+        weights = pixel_weights if weights is None else weights * pixel_weights
     bce = F.binary_cross_entropy_with_logits(logits, target, weight=weights, reduction="sum")
     bce = bce / (weights.sum() if weights is not None else target.numel())
     dice = soft_dice(torch.sigmoid(logits), target, weights).mean()

@@ -24,7 +24,7 @@ from carvana.atomic import atomic_path
 from carvana.progress import progress_bar
 from zoo.augment import build_augment
 from zoo.board import N_OVERLAYS, EpochBoard
-from zoo.fold_data import FoldData
+from zoo.fold_data import FoldData, mixed_batches
 from zoo.geometry import training_pair
 from zoo.recipe import (
     end_epoch,
@@ -47,26 +47,38 @@ Stats = tuple[tuple[float, ...], tuple[float, ...]] | None
 class CropsDataset(Dataset):
     """Training samples (image (3, h, w) float32, mask (1, h, w) float32) from cached arrays:
     augmented, padded to the network's multiple and randomly cropped (`zoo.geometry.training_pair`),
-    the crop of sample i seeded by (epoch seed, i) whatever the worker."""
+    the crop of sample i seeded by (epoch seed, i) whatever the worker.
+
+    With pseudo-labels, samples past the training photos are the fold's pseudo-labelled test photos
+    (their label levels augmented like a mask), and every sample also has a (1, h, w) float32 pixel weight:
+    0 where a pseudo-label is uncertain and left out of the loss, 1 elsewhere."""
 
     def __init__(self, spec: MemberSpec, data: FoldData, seed: int, augment) -> None:
         self.spec, self.data, self.seed, self.augment = spec, data, seed, augment
         self.stats = input_stats(spec)
+        self.n_real = len(data.train_idx)
 
     def __len__(self) -> int:
-        return len(self.data.train_idx)
+        return self.n_real + (0 if self.data.pseudo is None else len(self.data.pseudo.images))
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        index = self.data.train_idx[i]
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
+        pseudo = self.data.pseudo
+        if i < self.n_real:
+            index = self.data.train_idx[i]
+            image, mask = np.asarray(self.data.images[index]), np.asarray(self.data.masks[index])
+        else:
+            assert pseudo is not None
+            image, mask = np.asarray(pseudo.images[i - self.n_real]), np.asarray(pseudo.levels[i - self.n_real])
         image, mask = training_pair(
-            np.asarray(self.data.images[index]),
-            np.asarray(self.data.masks[index]),
-            self.spec.multiple,
-            self.spec.train.crop,
-            self.augment,
-            np.random.default_rng([self.seed, i]),
+            image, mask, self.spec.multiple, self.spec.train.crop, self.augment, np.random.default_rng([self.seed, i])
         )
-        return to_tensor(image, self.stats), torch.from_numpy(mask.astype(np.float32))[None]
+        if pseudo is None:
+            return to_tensor(image, self.stats), torch.from_numpy(mask.astype(np.float32))[None]
+        if i < self.n_real:
+            target, weight = mask.astype(np.float32), np.ones(mask.shape, np.float32)
+        else:
+            target, weight = pseudo.target_and_weight(mask)
+        return to_tensor(image, self.stats), torch.from_numpy(target)[None], torch.from_numpy(weight)[None]
 
 
 def to_tensor(images: np.ndarray, stats: Stats = None) -> torch.Tensor:
@@ -166,13 +178,17 @@ def _loader(spec: MemberSpec, data: FoldData, epoch: int, device: torch.device) 
     cfg = spec.train
     seed = epoch_seed(cfg, data.fold, epoch)
     dataset = CropsDataset(spec, data, seed, build_augment(seed) if cfg.augment else None)
+    pin = device.type == "cuda"
+    if data.pseudo is not None:  # each batch: training photos plus at most `pseudo_share` pseudo-labelled ones
+        batches = mixed_batches(dataset.n_real, len(data.pseudo.images), cfg.batch_size, data.pseudo.share, seed)
+        return DataLoader(dataset, batch_sampler=batches, num_workers=cfg.num_workers, pin_memory=pin)
     return DataLoader(
         dataset,
         batch_size=cfg.batch_size,
         shuffle=True,
         generator=torch.Generator().manual_seed(seed),
         num_workers=cfg.num_workers,
-        pin_memory=device.type == "cuda",
+        pin_memory=pin,
     )
 
 
@@ -202,12 +218,13 @@ def _train_epoch(model, loader, optimizer, scaler, spec, device, amp, ema, desc,
     start = tick = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
     bar = progress_bar(loader, desc=desc, leave=False, disable=not progress, unit="batch")
-    for step, (images, masks) in enumerate(bar, start=1):
+    for step, (images, masks, *pixel_weights) in enumerate(bar, start=1):
         wait += time.perf_counter() - tick
         images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
+        weights = pixel_weights[0].to(device, non_blocking=True) if pixel_weights else None
         with torch.autocast(device.type, enabled=amp):
             logits = check_logits(model(images), images, spec.name)
-            loss = segmentation_loss(logits, masks, cfg, border_px(spec.height))
+            loss = segmentation_loss(logits, masks, cfg, border_px(spec.height), weights)
         scaler.scale(loss / cfg.accumulate).backward()
         if step % cfg.accumulate == 0 or step == len(loader):
             if cfg.clip_grad:
