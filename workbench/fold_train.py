@@ -25,7 +25,7 @@ from workbench.jobs import FOLD, TEST_SHARD, Job, run_job
 from workbench.run import Run
 from workbench.runlock import run_lock
 from workbench.steps import make_folds
-from zoo.pseudo import load_pseudo_set, set_current
+from zoo.pseudo import load_pseudo_set
 from zoo.runner import claim_member, finish_member_test, fold_done, member_dir, member_finished
 from zoo.spec import MemberSpec
 
@@ -120,18 +120,21 @@ def _select(
 def _without_labels(
     config: ExperimentConfig, folds: Folds, selected: list[tuple[MemberSpec, int]], explicit: bool
 ) -> list[tuple[MemberSpec, int]]:
-    """The jobs that can run now: a pseudo-labelled member's fold waits until its pseudo-label set is made
-    (`workbench pseudo-label`), and a job asked for by name is refused with the set's own message."""
+    """The jobs that can run now: a pseudo-labelled member's fold waits until its pseudo-label set is made and
+    current (`workbench pseudo-label`); a job asked for by name is refused with the set's own message."""
     specs = {spec.name: spec for spec in config.zoo}
     ready, waiting = [], {}
     for spec, k in selected:
-        pseudo = config.pseudo_set(spec.train.pseudo) if spec.train.pseudo else None
-        if pseudo is None or fold_done(config.run_dir, spec, k) or set_current(pseudo, k, config.run_dir, folds, specs):
+        if not spec.train.pseudo or fold_done(config.run_dir, spec, k):
             ready.append((spec, k))
-        elif explicit:
-            load_pseudo_set(pseudo, k, config.run_dir, folds, specs)  # raises, naming the set and the fix
-        else:
-            waiting[spec.name] = pseudo.name
+            continue
+        try:
+            load_pseudo_set(config.pseudo_set(spec.train.pseudo), k, config.run_dir, folds, specs)
+            ready.append((spec, k))
+        except WorkbenchError:
+            if explicit:
+                raise  # naming the set, the fold and the fix
+            waiting[spec.name] = spec.train.pseudo
     for name, set_name in waiting.items():
         print(f"{name}: waits for pseudo-label set {set_name} (run `workbench pseudo-label`, then fold-train again)")
     return ready
