@@ -8,6 +8,10 @@ so folder listings skip them, and end with the target's suffixes (`np.save` and 
 
 `file_lock(path)` holds an exclusive (or shared) `flock` on `path` for the duration of a block; with
 `wait=False` a busy lock raises LockHeld naming the holder instead of blocking.
+
+`refuse_overwrite(flag, out_path, record_path, taken)` is the one rule for every output path a user names
+(`blend --out`, `submit --out`, `folds --export`, `synth --out`): neither the output nor its record may
+replace a file the command reads (its inputs, a run folder's own files).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import json
 import os
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from carvana.errors import WorkbenchError
@@ -30,6 +34,7 @@ __all__ = [
     "file_lock",
     "pid_alive",
     "read_marker",
+    "refuse_overwrite",
     "temp_path",
     "write_atomic",
     "write_json_atomic",
@@ -98,6 +103,25 @@ def write_text_atomic(path: Path, text: str) -> None:
 def copy_atomic(source: Path, path: Path) -> None:
     """Copy `source` to `path` atomically."""
     write_atomic(path, Path(source).read_bytes())
+
+
+def refuse_overwrite(
+    flag: str,
+    out_path: Path,
+    record_path: Path | None,
+    taken: Callable[[Path], str | None],
+    example: str,
+) -> None:
+    """WorkbenchError when the output `out_path` or its `record_path` (the JSON written beside it) is a file
+    the command reads: `taken(path)` (path absolute, symlinks resolved) says what the path is, e.g. "one of
+    the inputs", or None when writing there destroys nothing. `example` is a path the message offers."""
+    for path, subject in ((out_path, ""), (record_path, f"its record {record_path} ")):
+        role = None if path is None else taken(Path(path).resolve())
+        if role:
+            raise WorkbenchError(
+                f"{flag} {out_path}: {subject}is {role}; writing there would overwrite it: choose another {flag}, "
+                f"e.g. {example}"
+            )
 
 
 class LockHeld(WorkbenchError):

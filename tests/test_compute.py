@@ -195,6 +195,7 @@ def test_parallel_backend_is_loky_processes_locally():
 
 def test_a_failed_job_is_reported_and_the_others_finish(two_fold_config, capsys):
     config = load_config(two_fold_config)
+    assert main(["folds", "--config", str(two_fold_config)]) == 0  # a run folder first: the damage goes into a run
     bad = config.run_dir / "members" / "simple_cnn_64" / "fold1" / "last.pt"
     bad.parent.mkdir(parents=True)
     bad.write_bytes(b"not a checkpoint")

@@ -14,6 +14,7 @@ import optuna
 import pytest
 
 from carvana.errors import WorkbenchError
+from workbench.runfolder import open_run_dir
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,7 +45,7 @@ def get_studies(port: int, deadline: float) -> list[str]:
 
 def test_dashboard_lists_the_runs_studies(tmp_path):
     config = write_config(tmp_path)
-    (tmp_path / "run").mkdir()
+    open_run_dir(tmp_path / "run", claim=True)  # a run folder, as the workbench makes one
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'run' / 'optuna.db'}", study_name="blend-outer0",
                                 direction="maximize")
     study.optimize(lambda trial: trial.suggest_float("threshold", 0.2, 0.8), n_trials=2)
@@ -92,7 +93,7 @@ def test_dashboard_shows_the_metric_name_and_readable_labels(tmp_path):
     from tests.conftest import make_evaluator
 
     config = write_config(tmp_path)
-    (tmp_path / "run").mkdir()
+    open_run_dir(tmp_path / "run", claim=True)  # a run folder, as the workbench makes one
     url = f"sqlite:///{tmp_path / 'run' / 'optuna.db'}"
     train = TrainMaps.from_evaluator(make_evaluator(), MEMBERS).folds([0, 2])  # leaves fold 1 out
     TunedBlend(storage=url, study="blend", n_trials=2, space=TuneSpace(per_angle=False),

@@ -7,6 +7,7 @@ from pathlib import Path
 from carvana.errors import WorkbenchError
 from stacking.sqlite_url import sqlite_path
 from workbench.config import ExperimentConfig
+from workbench.runfolder import open_run_dir
 from workbench.tune import storage_url
 
 NOT_YET = "run `workbench tune --config ...` (or `make stack`) first"
@@ -25,6 +26,7 @@ def require_storage(url: str) -> None:
 
 def serve_dashboard(config: ExperimentConfig, *, host: str = "127.0.0.1", port: int = 8080) -> None:
     """Serve optuna-dashboard on the run's storage until interrupted (Ctrl-C)."""
+    open_run_dir(config.run_dir)  # a folder that is not a run is refused, even when the storage is elsewhere
     url = storage_url(config)
     require_storage(url)
     from optuna_dashboard import run_server

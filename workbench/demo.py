@@ -7,6 +7,7 @@ import time
 
 from workbench.config import ExperimentConfig
 from workbench.fold_train import fold_train
+from workbench.runfolder import open_run_dir
 from workbench.stack import stack
 from workbench.steps import FOLDS_CSV, describe_folds, ensure_data, make_folds
 from workbench.submit import SUBMISSION, local_score
@@ -14,6 +15,7 @@ from workbench.submit import SUBMISSION, local_score
 
 def run_demo(config: ExperimentConfig) -> None:
     start = time.time()
+    open_run_dir(config.run_dir)  # a folder that is not a run is refused before the data is generated
     print(ensure_data(config))
     folds = make_folds(config)
     print(f"\n{config.run_dir / FOLDS_CSV}: {folds.n_folds} car-grouped folds\n{describe_folds(folds)}\n")

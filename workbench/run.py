@@ -20,6 +20,7 @@ from oof import Store
 from stacking.maps import CHUNK, StoreReader, TestMaps, TrainMaps, truth_at
 from workbench.config import ExperimentConfig
 from workbench.fingerprint import check_fingerprint
+from workbench.runfolder import open_run_dir
 from workbench.steps import FOLDS_CSV, load_folds
 
 MEMBERS_DIR, ENTRIES_DIR = "oof", "stack"
@@ -36,8 +37,9 @@ class Run:
 
     @classmethod
     def open(cls, config: ExperimentConfig) -> Run:
-        """Check the data once (headers and CSVs, see carvana.validate), refuse data other than the run's
-        (workbench.fingerprint), and open the run folder."""
+        """Refuse a folder that is not a run (workbench.runfolder), check the data once (headers and CSVs,
+        see carvana.validate), refuse data other than the run's (workbench.fingerprint), and open the run."""
+        open_run_dir(config.run_dir)
         data, summary = CarvanaData(config.data), check_data(config.data)
         has_folds = (config.run_dir / FOLDS_CSV).is_file()
         return cls(config, data, summary, check_fingerprint(config.run_dir, data, summary, record=has_folds))

@@ -1,10 +1,14 @@
-"""One writer per run folder: `stack` and `submit` hold the run's lock exclusively, `tune` holds it shared
-(several tune processes share their studies, but none runs beside a `stack` or `submit`).
+"""One writer per run folder: `stack`, `submit`, `import-member` and `fold-train --retrain` hold the run's
+lock exclusively; `tune` and `fold-train` hold it shared (several tune processes share their studies, the
+fold-train processes of a fan-out share the run, but none runs beside an exclusive holder: a `--retrain`
+discards maps a `stack` is reading).
 
 The lock is `carvana.atomic.file_lock` on `RUN/.run.lock` (an `flock`: the kernel frees it when its
 holder dies, so the lock of a killed process is simply taken over). The holder writes its verb, host and
 pid into the file; a second process refuses at once, in one line naming that holder. Taking the lock
-also cleans the temp files that dead processes left in the run folder (see `clean_stale_temps`).
+also cleans the temp files that dead processes left in the run folder (see `clean_stale_temps`), once the
+folder is known to be a run (`workbench.runfolder.open_run_dir`): a folder of someone else's is never
+locked, written or cleaned.
 """
 
 from __future__ import annotations
@@ -20,10 +24,10 @@ from pathlib import Path
 
 from carvana.atomic import TEMP_MARK, LockHeld, file_lock, pid_alive
 from carvana.errors import WorkbenchError
+from workbench.runfolder import LOCK_NAME, open_run_dir
 
 __all__ = ["LOCK_NAME", "clean_stale_temps", "run_lock"]
 
-LOCK_NAME = ".run.lock"
 STALE_TEMP_S = 600.0  # a temp file untouched this long whose writer is not a live process here is litter
 # `.<name>.[<host>.]<pid>.<8 hex>.tmp<suffixes>` (carvana.atomic.temp_path)
 _TEMP_NAME = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{8}" + re.escape(TEMP_MARK) + r"(\.|$)")
@@ -47,7 +51,8 @@ def _describe(text: str) -> str:
 @contextlib.contextmanager
 def run_lock(run_dir: Path, verb: str, *, shared: bool = False) -> Iterator[None]:
     """Hold the run folder's lock for `verb` (exclusive unless `shared`); WorkbenchError naming the holder
-    when another live process has it. Reentrant: `stack` calls `submit` under its own lock."""
+    when another live process has it. Reentrant: `stack` calls `submit` under its own lock. A new or empty
+    folder becomes a run here; any other folder that is not a run is refused before the lock file is made."""
     path = (Path(run_dir) / LOCK_NAME).resolve()
     if _held.get(path):
         _held[path] += 1
@@ -56,6 +61,7 @@ def run_lock(run_dir: Path, verb: str, *, shared: bool = False) -> Iterator[None
         finally:
             _held[path] -= 1
         return
+    open_run_dir(run_dir, claim=True)
     try:
         with file_lock(path, wait=False, shared=shared, holder=_holder(verb)):
             _held[path] = 1

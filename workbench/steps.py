@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from carvana.atomic import refuse_overwrite
 from carvana.dataset import CarvanaData, car_of
 from carvana.errors import WorkbenchError
 from carvana.validate import DataSummary, check_data
@@ -11,8 +12,7 @@ from folds import Folds, assign_folds, car_strata, read_folds, write_folds
 from folds.exchange import read_car_folds, write_car_folds
 from workbench.config import ExperimentConfig, save_resolved
 from workbench.fingerprint import check_fingerprint
-
-FOLDS_CSV = "folds.csv"
+from workbench.runfolder import FOLDS_CSV, open_run_dir, output_role
 
 
 def ensure_data(config: ExperimentConfig) -> DataSummary:
@@ -31,7 +31,9 @@ def ensure_data(config: ExperimentConfig) -> DataSummary:
 
 def make_folds(config: ExperimentConfig, from_file: Path | None = None) -> Folds:
     """Write RUN/folds.csv: car-grouped, stratified, seeded, or (`from_file`) a teammate's `id,fold` or
-    `img,fold` file, checked car by car. Refuses to replace a different one."""
+    `img,fold` file, checked car by car. Refuses to replace a different one, and a run folder that is no run
+    (a folder of someone else's: workbench.runfolder)."""
+    open_run_dir(config.run_dir)
     summary = check_data(config.data)
     data = CarvanaData(config.data)
     check_fingerprint(config.run_dir, data, summary, record=(config.run_dir / FOLDS_CSV).exists())
@@ -51,6 +53,7 @@ def make_folds(config: ExperimentConfig, from_file: Path | None = None) -> Folds
                 "Use another --run-dir, or delete the run folder to start over"
             )
         return existing
+    open_run_dir(config.run_dir, claim=True)
     save_resolved(config)
     folds = write_folds(path, fold_of_car, data.train_ids)
     check_fingerprint(config.run_dir, data, summary, record=True)
@@ -58,13 +61,10 @@ def make_folds(config: ExperimentConfig, from_file: Path | None = None) -> Folds
 
 
 def export_folds(config: ExperimentConfig, path: Path) -> Path:
-    """Write the run's folds (made first if the run has none) as `id,fold`, one row per car, for teammates."""
-    target = path.resolve()
-    if target.parent == config.run_dir.resolve() or config.run_dir.resolve() in target.parents:
-        raise WorkbenchError(
-            f"{path}: is inside the run folder {config.run_dir}, whose files the workbench owns; "
-            "export the folds to a path outside it"
-        )
+    """Write the run's folds (made first if the run has none) as `id,fold`, one row per car, for teammates;
+    never onto one of the run's own files (carvana.atomic.refuse_overwrite)."""
+    refuse_overwrite("--export", path, None, lambda p: output_role(p, config.run_dir), "team_folds.csv")
+    open_run_dir(config.run_dir)
     folds = load_folds(config) if (config.run_dir / FOLDS_CSV).exists() else make_folds(config)
     return write_car_folds(path, folds)
 

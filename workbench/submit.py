@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from carvana.atomic import write_json_atomic
+from carvana.atomic import refuse_overwrite, write_json_atomic
 from carvana.dataset import SAMPLE_CSV, CarvanaData
 from carvana.errors import WorkbenchError
 from carvana.submission import (
@@ -22,6 +22,7 @@ from oof import Store
 from stacking.leaderboard import read_leaderboard
 from workbench.config import ExperimentConfig
 from workbench.run import Run
+from workbench.runfolder import output_role
 from workbench.runlock import run_lock
 
 SUBMISSION = "submission.csv.gz"
@@ -59,24 +60,29 @@ def submit(
     progress: bool = True,
     run: Run | None = None,
 ) -> Path:
-    """Write `RUN/submission.csv.gz` (or `out_path`) from `entry`'s test maps (default: the best entry);
-    `run`, when the caller has opened it, saves checking the data again."""
+    """Write `RUN/submission.csv.gz` (or `out_path`, never one of the run's own files) from `entry`'s test
+    maps (default: the best entry); `run`, when the caller has opened it, saves checking the data again."""
+    default = config.run_dir / SUBMISSION
+    out_path = Path(out_path or default)
+    refuse_overwrite("--out", out_path, record_path(out_path), lambda p: output_role(p, config.run_dir), str(default))
     run = run or Run.open(config)
     run.folds  # noqa: B018 (a folder that is no run is refused before the lock file is made)
     with run_lock(config.run_dir, "submit"):
         return _submit(config, entry, out_path, progress, run.summary)
 
 
-def _submit(
-    config: ExperimentConfig, entry: str | None, out_path: Path | None, progress: bool, summary: DataSummary
-) -> Path:
+def record_path(out_path: Path) -> Path:
+    """The JSON written beside a submission: `X.csv.gz` -> `X.json` (which entry, its score, when)."""
+    return out_path.with_name(out_path.name.removesuffix(".gz").removesuffix(".csv") + ".json")
+
+
+def _submit(config: ExperimentConfig, entry: str | None, out_path: Path, progress: bool, summary: DataSummary) -> Path:
     rows = {r["entry"]: r for r in read_leaderboard(config.run_dir / "leaderboard.csv")}
     row = best_entry(config) if entry is None else rows.get(entry)
     if row is None:
         raise WorkbenchError(f"{config.run_dir / 'leaderboard.csv'}: no entry {entry!r}; valid: {', '.join(rows)}")
     store = entry_store(config, row["kind"])
     ids = read_sample_ids(config.data / SAMPLE_CSV)
-    out_path = Path(out_path or config.run_dir / SUBMISSION)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     start = time.time()
     write_submission(
@@ -95,7 +101,7 @@ def _submit(
         "seconds": round(time.time() - start, 1),
         "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    write_json_atomic(out_path.with_name(out_path.name.removesuffix(".gz").removesuffix(".csv") + ".json"), record)
+    write_json_atomic(record_path(out_path), record)
     return out_path
 
 

@@ -22,6 +22,7 @@ from stacking.sqlite_url import sqlite_url
 from workbench.config import ExperimentConfig, config_to_dict
 from workbench.imports import imported_members
 from workbench.run import Run
+from workbench.runfolder import OPTUNA_DB, TUNE_JSON
 from workbench.runlock import run_lock
 
 if TYPE_CHECKING:
@@ -29,8 +30,6 @@ if TYPE_CHECKING:
     from stacking.tuned import TunedBlend
 
 TUNED_ENTRY = "tuned"
-TUNE_JSON = "tune.json"
-OPTUNA_DB = "optuna.db"
 
 
 def storage_url(config: ExperimentConfig) -> str:

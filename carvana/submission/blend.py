@@ -13,12 +13,12 @@ import datetime as dt
 import hashlib
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from carvana.atomic import atomic_path, write_text_atomic
+from carvana.atomic import atomic_path, refuse_overwrite, write_text_atomic
 from carvana.dataset import KAGGLE_SIZE, format_size
 from carvana.errors import WorkbenchError
 from carvana.rle import Runs, parse_runs, runs_to_rle
@@ -166,9 +166,9 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _check_paths(paths: list[Path], out_path: Path) -> None:
+def _check_paths(paths: list[Path], out_path: Path, taken: Callable[[Path], str | None] | None) -> None:
     """Refuse an input listed twice (it would vote twice) and an output that is one of the inputs (or the
-    record of one): the blend would overwrite what it reads."""
+    record of one), or that `taken` names (a run folder's own file): the blend would overwrite what it reads."""
     seen: dict[Path, Path] = {}
     for path in paths:
         key = path.resolve()
@@ -178,13 +178,14 @@ def _check_paths(paths: list[Path], out_path: Path) -> None:
                 "once (use --weights to give a file more say)"
             )
         seen[key] = path
-    out = out_path.resolve()
-    records = {key.with_name(key.name + ".json") for key in seen}
-    if out in seen or out in records or out.with_name(out.name + ".json") in seen:
-        raise WorkbenchError(
-            f"--out {out_path}: is one of the inputs (or its record); the blend would overwrite "
-            "it: choose another --out, e.g. blend.csv.gz"
-        )
+    inputs = set(seen) | {key.with_name(key.name + ".json") for key in seen}
+
+    def role(path: Path) -> str | None:
+        if path in inputs:
+            return "one of the inputs (or its record)"
+        return taken(path) if taken else None
+
+    refuse_overwrite("--out", out_path, out_path.with_name(out_path.name + ".json"), role, "blend.csv.gz")
     if out_path.is_dir():
         raise WorkbenchError(f"--out {out_path}: is a folder; give a file path, e.g. {out_path / 'blend.csv.gz'}")
 
@@ -196,15 +197,17 @@ def blend_submissions(
     weights: Sequence[float] | None = None,
     min_votes: float | None = None,
     image_size: tuple[int, int] = KAGGLE_SIZE,
+    taken: Callable[[Path], str | None] | None = None,
 ) -> Path:
     """Weighted per-pixel vote of submission files, written atomically to `out_path` (gzip if .gz).
 
     Default: equal weights, strict majority (car when the vote sum > half the total weight).
     `min_votes` K: car when the vote sum >= K. `image_size` is (W, H). Writes `<out_path>.json`
-    naming the inputs (with sha256), the weights, the rule, the size and the time.
+    naming the inputs (with sha256), the weights, the rule, the size and the time. Neither may replace an
+    input, nor a path `taken` names (carvana.atomic.refuse_overwrite).
     """
     paths, out_path = [Path(p) for p in paths], Path(out_path)
-    _check_paths(paths, out_path)
+    _check_paths(paths, out_path, taken)
     weights = _check_weights(paths, weights)
     needed, rule = blend_rule(weights, min_votes)
     table = vote_table(weights, needed) if len(weights) <= TABLE_FILES else None
