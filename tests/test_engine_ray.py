@@ -205,3 +205,79 @@ def test_parallel_backend_runs_joblib_shards_as_ray_tasks(cluster):
         assert n_jobs == 2  # the cluster's CPUs
         results = joblib.Parallel(n_jobs=n_jobs)(joblib.delayed(_square)(x) for x in range(4))
     assert [r[0] for r in results] == [0, 1, 4, 9] and os.getpid() not in {r[1] for r in results}
+
+
+# A local Ray started by the workbench (no --address) listens on the loopback interface only (issue 23).
+HOLD_LOCAL_RAY = """
+import sys
+from workbench.compute import RayEngine
+from workbench.config import ComputeConfig
+
+engine = RayEngine(ComputeConfig(engine="ray"), dict)
+engine.submit((), cpus=1)  # a worker process too
+assert engine.wait().error is None
+print("up", flush=True)
+sys.stdin.read()
+engine.close()
+"""
+
+
+def _process_tree(root: int) -> set[int]:
+    """`root` and every process below it, from /proc/*/stat."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        tree.add(pid)
+        todo += children.get(pid, [])
+    return tree
+
+
+def _listening_addresses(pids: set[int]) -> list[tuple[str, str]]:
+    """(process name, local address) of every listening TCP socket the processes hold, from /proc/net/tcp{,6}."""
+    import ipaddress
+
+    owner = {}
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").glob("*"):
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                owner[target[8:-1]] = Path(f"/proc/{pid}/comm").read_text().strip()
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state != "0A" or inode not in owner:  # 0A: LISTEN
+                continue
+            raw = bytes.fromhex(local.split(":")[0])
+            words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))  # each 32-bit word little-endian
+            found.append((owner[inode], ipaddress.ip_address(words)))
+    return found
+
+
+def _is_loopback(address) -> bool:
+    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+def test_a_local_ray_started_by_the_workbench_listens_on_loopback_only():
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCAL_RAY], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, cwd=Path(__file__).resolve().parents[1])
+    try:
+        assert holder.stdout.readline().strip() == "up"
+        sockets = _listening_addresses(_process_tree(holder.pid))
+    finally:
+        holder.communicate("", timeout=120)
+    names = {name for name, _ in sockets}
+    assert {"gcs_server", "raylet"} <= names and len(sockets) >= 4, sockets  # services, driver and worker
+    assert all(_is_loopback(address) for _, address in sockets), sockets

@@ -10,6 +10,7 @@ exception is not retried but handed back in the outcome, so the driver can finis
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import traceback
 from collections import deque
@@ -23,6 +24,7 @@ from workbench.config import ComputeConfig
 __all__ = ["LocalEngine", "Outcome", "RayEngine", "make_engine", "parallel_backend"]
 
 FORWARDED_ENV_PREFIX = "WORKBENCH_"  # driver environment variables handed to every Ray task
+LOOPBACK = "127.0.0.1"  # the only interface a local Ray started by the workbench listens on
 
 
 @dataclass(frozen=True)
@@ -140,13 +142,31 @@ class RayEngine:
 
 
 def _start_ray(address: str | None) -> None:
-    """Join the cluster at `address`, or start Ray on this machine for the command (no dashboard)."""
+    """Join the cluster at `address`, or start Ray on this machine for the command (no dashboard), with
+    every service, the driver and the workers listening on the loopback interface only: nothing of it can
+    be reached from the network (a cluster of several machines is started by the user: `ray start`)."""
     import ray
 
     if address:
         ray.init(address=address)
-    else:
-        ray.init(include_dashboard=False)
+        return
+    from ray._private import ray_constants
+
+    # Ray binds its gRPC servers to loopback only when its node address is 127.0.0.1, and resolves any address
+    # given for it to the network one unless clusters are off (its own setting on macOS and Windows).
+    clusters = getattr(ray_constants, "ENABLE_RAY_CLUSTER", True)
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        ray.init(include_dashboard=False, _node_ip_address=LOOPBACK)
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = clusters
+    node = ray.util.get_node_ip_address()
+    if not ipaddress.ip_address(node).is_loopback:  # another Ray version: refuse rather than serve the network
+        ray.shutdown()
+        raise WorkbenchError(
+            f"the local Ray started on {node}, not on the loopback interface only ({LOOPBACK}); start a cluster "
+            "yourself (`ray start --head`) and pass --address auto, or use --engine local"
+        )
 
 
 def _run_body(body: Callable[[Any], dict], job: Any) -> dict:
