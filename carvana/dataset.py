@@ -1,7 +1,11 @@
 """Reading the competition's files in the Kaggle layout (see CARVANA.md).
 
-Image ids are `<car>_<NN>` (12 hex digits, angle 01..16) without the `.jpg`; the CSVs' `img`
-column carries the `.jpg` and is converted at the border.
+Image ids are `<car>_<NN>` (12 lowercase hex digits, angle 01..16) without the `.jpg`; the CSVs' `img`
+column carries the `.jpg` and is converted at the border (`csv_image_id`: nothing else, no folder).
+
+Photos are decoded one way everywhere (`load_image`): the pixels as stored, an EXIF orientation tag
+ignored, so a photo and its mask are never turned against each other; `check-data` refuses a photo that
+carries such a tag (`exif_orientation`).
 """
 
 from __future__ import annotations
@@ -20,10 +24,12 @@ from carvana.errors import WorkbenchError
 
 N_ANGLES = 16
 KAGGLE_SIZE = (1918, 1280)  # (W, H) of every Kaggle photo
+ID_TEXT = "<12 lowercase hex digits>_<01..16>"
 ID_PATTERN = re.compile(r"^([0-9a-f]{12})_(0[1-9]|1[0-6])$")
 TRAIN_DIR, MASK_DIR, TEST_DIR = "train", "train_masks", "test"
 TRAIN_MASKS_CSV, METADATA_CSV, SAMPLE_CSV = "train_masks.csv", "metadata.csv", "sample_submission.csv"
 TEST_MASKS_CSV = "test_masks.csv"  # written by the synthetic generator only: the test truth
+EXIF_ORIENTATION = 0x0112  # the EXIF tag that asks viewers to turn a photo
 METADATA_COLUMNS = ["id", "year", "make", "model", "trim1", "trim2"]
 
 
@@ -49,10 +55,10 @@ def image_id(name: str) -> str:
 
 
 def parse_id(img: str) -> tuple[str, int]:
-    """(car, angle 1..16) of an image id; ValueError when it is not `<12 hex digits>_<01..16>`."""
+    """(car, angle 1..16) of an image id; ValueError when it is not `<12 lowercase hex digits>_<01..16>`."""
     match = ID_PATTERN.match(img)
     if not match:
-        raise ValueError(f"{img!r} is not <12 hex digits>_<01..16>")
+        raise ValueError(f"{img!r} is not {ID_TEXT}")
     return match.group(1), int(match.group(2))
 
 
@@ -64,12 +70,27 @@ def angle_of(img: str) -> int:
     return parse_id(img)[1]
 
 
+def csv_image_id(value: str) -> str:
+    """The image id of a CSV's `img` value, `<car>_<NN>.jpg` (or without `.jpg`); ValueError for anything
+    else, a folder (`../x/<id>.jpg`) included: the value names a file the workbench will open or write."""
+    img = value.removesuffix(".jpg")
+    parse_id(img)
+    return img
+
+
 def read_rle_csv(path: Path) -> dict[str, str]:
-    """{image id: rle} from an `img,rle_mask` CSV (train_masks.csv, sample_submission.csv, ...)."""
+    """{image id: rle} from an `img,rle_mask` CSV (train_masks.csv, sample_submission.csv, ...); every
+    `img` is checked (`csv_image_id`) and named with its line when it is not a photo's name."""
     rows = read_csv_rows(path, ["img", "rle_mask"])
     table: dict[str, str] = {}
     for line_no, row in enumerate(rows, start=2):
-        img = image_id(row["img"])
+        try:
+            img = csv_image_id(row["img"] or "")
+        except ValueError:
+            raise WorkbenchError(
+                f"{path}: line {line_no}: {row['img']!r} is not a photo's name {ID_TEXT}.jpg (no folder); "
+                "write each photo's file name, e.g. 0cdf5b5d0ce1_01.jpg"
+            ) from None
         if img in table:
             raise WorkbenchError(f"{path}: line {line_no}: {row['img']} is listed twice; keep one row per image")
         table[img] = row["rle_mask"] or ""
@@ -77,15 +98,20 @@ def read_rle_csv(path: Path) -> dict[str, str]:
 
 
 def read_csv_rows(path: Path, columns: list[str]) -> list[dict[str, str]]:
-    """Rows of a CSV whose header must start with `columns`; WorkbenchError naming the file otherwise."""
+    """Rows of a CSV whose header must start with `columns`; WorkbenchError naming the file otherwise. A
+    UTF-8 byte-order mark (spreadsheet programs write one) is accepted: every CSV the workbench reads
+    comes through here or through carvana.submission's reader, which accepts one too."""
     if not path.is_file():
         raise WorkbenchError(f"{path}: file not found; the Kaggle layout needs it (see README, 'Data format')")
     try:
-        with open(path, newline="") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             header = reader.fieldnames or []
             if header[: len(columns)] != columns:
-                raise WorkbenchError(f"{path}: header is {','.join(header)!r}, expected {','.join(columns)!r}")
+                raise WorkbenchError(
+                    f"{path}: header is {','.join(header)!r}, expected {','.join(columns)!r}; "
+                    f"make line 1 {','.join(columns)}"
+                )
             return list(reader)
     except (UnicodeDecodeError, csv.Error) as error:
         raise WorkbenchError(f"{path}: not a readable CSV ({error}); restore the original file") from None
@@ -141,17 +167,25 @@ class CarvanaData:
 
 
 def load_image(path: Path) -> np.ndarray:
-    """(H, W, 3) uint8 RGB from a JPEG; WorkbenchError naming the file when it does not decode."""
+    """(H, W, 3) uint8 RGB from a JPEG, the pixels as stored (an EXIF orientation tag is ignored: OpenCV
+    would turn the photo, never its mask); WorkbenchError naming the file when it does not decode."""
     try:
         encoded = np.fromfile(path, dtype=np.uint8)
     except OSError as error:
         raise WorkbenchError(f"{path}: cannot be read ({error.strerror}); restore the file") from None
     # OpenCV decodes a truncated JPEG without complaint (grey bottom rows): check the end marker.
     complete = encoded[:2].tobytes() == b"\xff\xd8" and b"\xff\xd9" in encoded[-64:].tobytes()
-    bgr = cv2.imdecode(encoded, cv2.IMREAD_COLOR) if complete else None
+    bgr = cv2.imdecode(encoded, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION) if complete else None
     if bgr is None:
         raise WorkbenchError(f"{path}: corrupt or truncated JPEG; replace it with the original photo")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def exif_orientation(image: Image.Image) -> int:
+    """The EXIF orientation tag of an opened photo (1, the default, when it has none): anything but 1 means
+    viewers and OpenCV's default decoding turn the pixels."""
+    value = image.getexif().get(EXIF_ORIENTATION, 1)
+    return value if isinstance(value, int) else 1
 
 
 def load_mask(path: Path) -> np.ndarray:

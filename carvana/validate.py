@@ -5,7 +5,9 @@ that reads data.
 names parse, images and masks pair one to one, one size throughout, the CSVs list exactly the
 images. `deep=True` also decodes every image and mask and compares each GIF with train_masks.csv
 (minutes at Kaggle scale, so only `check-data` does it; other verbs meet a bad file when they load
-it, with the same kind of message).
+it, with the same kind of message), decoded as training decodes them (carvana.dataset.load_image).
+Every `img` of the CSVs (sample_submission.csv included) is checked to be a photo's name before any
+work (carvana.dataset.csv_image_id); a photo with an EXIF orientation tag is refused from its header.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from carvana.dataset import (
     TRAIN_MASKS_CSV,
     CarvanaData,
     car_of,
+    exif_orientation,
     image_id,
     load_image,
     load_mask,
@@ -64,6 +67,10 @@ class DataSummary:
 def check_data(root: Path, *, deep: bool = False, progress: bool = False) -> DataSummary:
     """Validate the data folder `root`; raise WorkbenchError naming the first bad file and the fix."""
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise WorkbenchError(
+            f"{root}: is a file, not a data folder; pass the folder that holds train/, train_masks/ and test/"
+        )
     if not root.is_dir():
         raise WorkbenchError(
             f"{root}: data folder not found; run `workbench synth --out {root}` or download Kaggle's data there"
@@ -145,7 +152,9 @@ def _check_csv_ids(path: Path, table: dict[str, str], ids: list[str], folder: st
 
 
 def _check_sizes(data: CarvanaData, train_ids: list[str], test_ids: list[str]) -> tuple[int, int]:
-    """The one (W, H) of every image and mask, read from file headers; the odd one out is named."""
+    """The one (W, H) of every image and mask, read from file headers; the odd one out is named. A photo
+    whose EXIF orientation asks to turn it is refused: its mask fits the pixels as stored, which is how the
+    workbench decodes every photo (carvana.dataset.load_image), but the photo looks turned everywhere else."""
     paths = [data.image_path(i, "train") for i in train_ids] + [data.mask_path(i) for i in train_ids]
     paths += [data.image_path(i, "test") for i in test_ids]
     sizes = []
@@ -153,8 +162,16 @@ def _check_sizes(data: CarvanaData, train_ids: list[str], test_ids: list[str]) -
         try:
             with Image.open(path) as image:
                 sizes.append(image.size)
+                orientation = exif_orientation(image) if path.suffix == ".jpg" else 1
         except (OSError, SyntaxError):
             raise WorkbenchError(f"{path}: not a readable image; replace it with the original file") from None
+        if orientation != 1:
+            raise WorkbenchError(
+                f"{path}: carries an EXIF orientation tag ({orientation}, not 1): viewers turn this photo, the "
+                "workbench reads its pixels as stored, like its mask; rotate the pixels and drop the tag (e.g. "
+                "`exiftran -ai FILE`, or Pillow's ImageOps.exif_transpose) so the stored photo is upright like its "
+                "mask, or drop the tag alone if the stored pixels already match the mask"
+            )
     size = Counter(sizes).most_common(1)[0][0]
     for path, this in zip(paths, sizes):
         if this != size:
@@ -185,9 +202,18 @@ def _decode_everything(data: CarvanaData, train_ids, test_ids, size, progress: b
     """Decode every photo and mask, and compare each mask with its train_masks.csv row."""
     width, height = size
 
+    def check_decoded(path: Path, decoded: tuple[int, int], against: str) -> None:
+        if decoded != (height, width):
+            raise WorkbenchError(
+                f"{path}: decodes to {decoded[1]}x{decoded[0]}, {against} is {width}x{height}; "
+                "re-save the file with its pixels upright and no orientation tag"
+            )
+
     def check_train(img: str) -> None:
-        load_image(data.image_path(img, "train"))
+        photo = load_image(data.image_path(img, "train"))
         mask = load_mask(data.mask_path(img))
+        check_decoded(data.image_path(img, "train"), photo.shape[:2], f"its mask {data.mask_path(img).name}")
+        check_decoded(data.mask_path(img), mask.shape, "the photos' size")
         if not np.array_equal(mask, rle_decode(data.train_rles[img], (height, width))):
             raise WorkbenchError(
                 f"{data.root / TRAIN_MASKS_CSV}: row {img}.jpg disagrees with {data.mask_path(img)}; "
@@ -195,7 +221,7 @@ def _decode_everything(data: CarvanaData, train_ids, test_ids, size, progress: b
             )
 
     def check_test(img: str) -> None:
-        load_image(data.image_path(img, "test"))
+        check_decoded(data.image_path(img, "test"), load_image(data.image_path(img, "test")).shape[:2], "every photo")
 
     jobs = [(check_train, i) for i in train_ids] + [(check_test, i) for i in test_ids]
     with ThreadPoolExecutor(max_workers=4) as pool:
