@@ -7,7 +7,7 @@ CONFIG ?= configs/demo.yaml
 RUN ?= runs/$(basename $(notdir $(CONFIG)))
 LIB := carvana folds oof zoo stacking workbench
 
-.PHONY: setup setup-gpu lint test demo folds fold-train stack tune submit blend dashboard tensorboard bench bench-robust bench-scale bench-import clean-demo
+.PHONY: setup setup-gpu lint test demo folds fold-train stack tune submit blend dashboard tensorboard bench bench-robust bench-scale bench-import bench-pseudo clean-demo
 
 setup: $(VENV)/.installed
 
@@ -58,6 +58,9 @@ bench-robust: setup
 
 bench-import: setup
 	$(PY) -m bench.import_speed
+
+bench-pseudo: setup
+	$(PY) -m bench.pseudo_round
 
 bench-scale: setup
 	$(PY) -m bench.scale --fraction $(or $(FRACTION),0.05) --out bench/_scratch/scale
