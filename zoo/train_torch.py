@@ -11,6 +11,8 @@ Validation uses cars held out *of the training folds*, never the OOF fold it wil
 
 from __future__ import annotations
 
+import json
+import pickle
 import random
 import time
 from pathlib import Path
@@ -21,6 +23,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 from torch.utils.data import DataLoader, Dataset
 
 from carvana.atomic import atomic_path
+from carvana.errors import WorkbenchError
 from carvana.progress import progress_bar
 from zoo.augment import build_augment
 from zoo.board import N_OVERLAYS, EpochBoard
@@ -242,21 +245,38 @@ def _train_epoch(model, loader, optimizer, scaler, spec, device, amp, ema, desc,
 
 
 def _resume(path: Path, model, optimizer, scaler, ema, swa) -> dict:
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    model.load_state_dict(checkpoint["model"])
+    """Load `last.pt` as weights only: a run folder may be a teammate's or a cluster's, and a pickle in it
+    would run its code here. A checkpoint that is not tensors, numbers and strings is refused."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        state = json.loads(checkpoint["state"])
+        model.load_state_dict(checkpoint["model"])
+    except (pickle.UnpicklingError, RuntimeError, KeyError, TypeError, ValueError, EOFError) as error:
+        raise WorkbenchError(
+            f"{path}: not a training checkpoint this workbench loads ({str(error).splitlines()[0][:120]}); it was "
+            "written by an older version or by something else: delete it to train this fold from its start"
+        ) from None
     optimizer.load_state_dict(checkpoint["optimizer"])
     scaler.load_state_dict(checkpoint["scaler"])
     for name, average in (("ema", ema), ("swa", swa)):
         if average is not None:
             average.load_state_dict(checkpoint[name])
-    torch.set_rng_state(checkpoint["rng"]["torch"])
-    np.random.set_state(checkpoint["rng"]["numpy"])
-    random.setstate(checkpoint["rng"]["python"])
-    return checkpoint["state"]
+    rng = checkpoint["rng"]
+    torch.set_rng_state(rng["torch"])
+    np.random.set_state(("MT19937", rng["numpy_keys"].numpy().astype(np.uint32), *rng["numpy_rest"]))
+    random.setstate((rng["python"][0], tuple(rng["python"][1]), rng["python"][2]))
+    return state
 
 
 def _save_last(path: Path, state: dict, model, optimizer, scaler, ema, swa) -> None:
-    rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Everything a resumed run needs, in types `torch.load(weights_only=True)` accepts (no pickled objects)."""
+    _, keys, *rest = np.random.get_state()
+    rng = {
+        "torch": torch.get_rng_state(),
+        "numpy_keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+        "numpy_rest": [int(rest[0]), int(rest[1]), float(rest[2])],
+        "python": list(random.getstate()),
+    }
     averages = {name: avg.state_dict() for name, avg in (("ema", ema), ("swa", swa)) if avg is not None}
     _atomic_save(
         {
@@ -264,7 +284,7 @@ def _save_last(path: Path, state: dict, model, optimizer, scaler, ema, swa) -> N
             "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict(),
             "rng": rng,
-            "state": state,
+            "state": json.dumps(state),
             **averages,
         },
         path,
