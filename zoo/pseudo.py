@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,14 +151,14 @@ def label_fold(
     label = _labeller(cfg, models, specs, data, run_dir, resolution)
     candidates = _candidates(cfg, fold, data.test_ids)
     scores = []
-    for img in progress_bar(candidates, desc=f"{cfg.name} fold {fold}: scoring", disable=not progress, leave=False):
-        scores.append((uncertain_share(label(img), cfg.uncertain), img))
+    for img, levels in label(candidates, f"{cfg.name} fold {fold}: scoring", progress):
+        scores.append((uncertain_share(levels, cfg.uncertain), img))
     passing = [(share, img) for share, img in scores if share <= cfg.max_uncertain_share]
     kept = sorted(img for _, img in heapq.nsmallest(cfg.n_photos or len(passing), passing))
     store = Store(pseudo_dir(run_dir, cfg.name))
     with store.open_member(fold_dir_name(fold), made_by, folds.hash, resolution, reset=True) as writer:
-        for img in progress_bar(kept, desc=f"{cfg.name} fold {fold}: labels", disable=not progress, leave=False):
-            writer.write("test", img, label(img))
+        for img, levels in label(kept, f"{cfg.name} fold {fold}: labels", progress):
+            writer.write("test", img, levels)
     share_of = {img: round(share, 6) for share, img in scores}
     write_json_atomic(
         _record_path(run_dir, cfg.name, fold),
@@ -187,41 +188,51 @@ def _labeller(
     data: CarvanaData,
     run_dir: Path,
     resolution: tuple[int, int],
-):
-    """img -> (H, W) uint8 label levels at `resolution`: the mean of the models' probabilities."""
-    if cfg.leaky:
-        maps = Store(Path(run_dir) / "oof")
-
-        def leaky(img: str) -> np.ndarray:
-            total = sum(maps.read(name, "test", img).astype(np.float32) for name in cfg.source)
-            return np.rint(total / len(cfg.source)).astype(np.uint8)
-
-        return leaky
-
+) -> Callable[[list[str], str, bool], Iterator[tuple[str, np.ndarray]]]:
+    """label(ids, desc, progress) -> (img, (H, W) uint8 label levels at `resolution`) for each id, in order: the
+    mean of the models' probabilities, predicted a chunk of photos at a time (or, leaky, the mean of the
+    sources' stored fold-averaged test maps)."""
     from zoo.members import load_member
-    from zoo.runner import member_dir
+    from zoo.runner import PREDICT_CHUNK, member_dir
 
-    members = [
-        (
-            specs[m["member"]],
-            load_member(
+    stored = Store(Path(run_dir) / "oof")
+    members = (
+        []
+        if cfg.leaky
+        else [
+            (
                 specs[m["member"]],
-                [member_dir(run_dir, specs[m["member"]]) / fold_dir_name(m["fold"]) / m["checkpoint"]],
-            ),
-        )
-        for m in models
-    ]
+                load_member(
+                    specs[m["member"]],
+                    [member_dir(run_dir, specs[m["member"]]) / fold_dir_name(m["fold"]) / m["checkpoint"]],
+                ),
+            )
+            for m in models
+        ]
+    )
 
-    def predict(img: str) -> np.ndarray:
-        photo = data.load_image(img, "test")
-        total = np.zeros(resolution, dtype=np.float32)
+    def chunk_levels(chunk: list[str]) -> np.ndarray:
+        if cfg.leaky:
+            total = sum(stored.read_many(name, "test", chunk).astype(np.float32) for name in cfg.source)
+            return np.rint(np.asarray(total) / len(cfg.source)).astype(np.uint8)
+        photos = [data.load_image(img, "test") for img in chunk]
+        angles = np.array([angle_of(img) for img in chunk])
+        total = np.zeros((len(chunk), *resolution), dtype=np.float32)
         for spec, member in members:
-            batch = resize_image(photo, spec.height, spec.width)[None]
-            proba = member.predict_proba(batch, angles=np.array([angle_of(img)]))[0]
-            total += resize_proba(proba, *resolution)
+            batch = np.stack([resize_image(photo, spec.height, spec.width) for photo in photos])
+            for i, proba in enumerate(member.predict_proba(batch, angles=angles)):
+                total[i] += resize_proba(proba, *resolution)
         return np.rint(np.clip(total / len(members), 0, 1) * 255).astype(np.uint8)
 
-    return predict
+    def label(ids: list[str], desc: str, progress: bool) -> Iterator[tuple[str, np.ndarray]]:
+        bar = progress_bar(total=len(ids), desc=desc, disable=not progress, leave=False, unit="img")
+        for start in range(0, len(ids), PREDICT_CHUNK):
+            chunk = ids[start : start + PREDICT_CHUNK]
+            yield from zip(chunk, chunk_levels(chunk))
+            bar.update(len(chunk))
+        bar.close()
+
+    return label
 
 
 @dataclass(frozen=True)
