@@ -6,3 +6,8 @@ class WorkbenchError(Exception):
 
     The CLI prints the message on one line and exits non-zero, without a traceback.
     """
+
+
+def and_more(items: list) -> str:
+    """` (and N more)` after naming the first of `items`, or nothing when it is the only one."""
+    return f" (and {len(items) - 1} more)" if len(items) > 1 else ""

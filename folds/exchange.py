@@ -17,7 +17,7 @@ import numpy as np
 
 from carvana.atomic import write_text_atomic
 from carvana.dataset import ID_PATTERN, car_of, image_id
-from carvana.errors import WorkbenchError
+from carvana.errors import WorkbenchError, and_more
 from folds.table import Folds
 
 CAR_COLUMNS, IMAGE_COLUMNS = ["id", "fold"], ["img", "fold"]
@@ -110,14 +110,14 @@ def _check_complete(
     missing = sorted(cars - set(fold_of_car))
     if missing:
         raise WorkbenchError(
-            f"{path}: no fold for train car {missing[0]}{_more(missing)}; every train car needs one "
+            f"{path}: no fold for train car {missing[0]}{and_more(missing)}; every train car needs one "
             "(export the folds from a run on the same data)"
         )
     if images is not None:
         missing_images = sorted(set(train_ids) - images)
         if missing_images:
             raise WorkbenchError(
-                f"{path}: no row for train photo {missing_images[0]}{_more(missing_images)}; "
+                f"{path}: no row for train photo {missing_images[0]}{and_more(missing_images)}; "
                 "list every photo, or give one row per car (`id,fold`)"
             )
     used = sorted(set(fold_of_car.values()))
@@ -143,7 +143,3 @@ def compare_folds(theirs: Mapping[str, int], ours: Mapping[str, int]) -> list[st
     rows, columns = linear_sum_assignment(shared, maximize=True)
     match = {their_labels[r]: our_labels[c] for r, c in zip(rows, columns)}
     return [car for car in cars if match.get(theirs[car]) != ours[car]]
-
-
-def _more(items: list[str]) -> str:
-    return f" (and {len(items) - 1} more)" if len(items) > 1 else ""

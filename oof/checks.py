@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
-from carvana.errors import WorkbenchError
+from carvana.errors import WorkbenchError, and_more
 from oof.format import canonical_id, retrain_hint
 
 if TYPE_CHECKING:
@@ -39,19 +39,20 @@ def check_coverage(store: Store, member: str, fold_of: Mapping[str, int], folds_
         wrong = [k for k in written[img] if k != expected[img]]
         raise WorkbenchError(
             f"{where}: OOF map of {img} was written by fold {wrong[0]}, whose model trained on that car "
-            f"(a leak; its car is held out by fold {expected[img]}){_more(leaks)}: {retrain_hint(member)}"
+            f"(a leak; its car is held out by fold {expected[img]}){and_more(leaks)}: {retrain_hint(member)}"
         )
     extra = sorted(set(written) - set(expected))
     if extra:
         raise WorkbenchError(
-            f"{where}: OOF map of {extra[0]} (fold {written[extra[0]][0]}), an image not in folds.csv{_more(extra)}; "
+            f"{where}: OOF map of {extra[0]} (fold {written[extra[0]][0]}), an image not in folds.csv"
+            f"{and_more(extra)}; "
             f"the store belongs to other data: {retrain_hint(member)}"
         )
     missing = sorted(set(expected) - set(written))
     if missing:
         folds = sorted({expected[img] for img in missing})
         raise WorkbenchError(
-            f"{where}: no OOF map of train image {missing[0]} (fold {expected[missing[0]]}){_more(missing)}; "
+            f"{where}: no OOF map of train image {missing[0]} (fold {expected[missing[0]]}){and_more(missing)}; "
             f"{'folds' if len(folds) > 1 else 'fold'} {', '.join(map(str, folds))} incomplete: {retrain_hint(member)}"
         )
 
@@ -64,15 +65,11 @@ def check_test(store: Store, member: str, test_ids: Iterable[str]) -> None:
     missing, extra = sorted(expected - written), sorted(written - expected)
     if missing:
         raise WorkbenchError(
-            f"{where}: no test map of {missing[0]}{_more(missing)}; re-run `workbench fold-train` (it predicts missing "
-            "test maps)"
+            f"{where}: no test map of {missing[0]}{and_more(missing)}; re-run `workbench fold-train` (it predicts "
+            "missing test maps)"
         )
     if extra:
         raise WorkbenchError(
-            f"{where}: test map of {extra[0]}, an image not in the test set{_more(extra)}; the store belongs to "
+            f"{where}: test map of {extra[0]}, an image not in the test set{and_more(extra)}; the store belongs to "
             f"other data: {retrain_hint(member)}"
         )
-
-
-def _more(items: list[str]) -> str:
-    return f" (and {len(items) - 1} more)" if len(items) > 1 else ""

@@ -22,15 +22,14 @@ from pathlib import Path
 import numpy as np
 
 from carvana.atomic import write_atomic
-from carvana.dataset import car_of
 from carvana.errors import WorkbenchError
 from carvana.progress import progress_bar
-from folds.exchange import compare_folds, read_car_folds
 from oof import MemberWriter, Store, rebuild, recover
-from oof.exchange import map_files, read_foreign_map, to_levels
-from oof.format import FOLD_DIR_PATTERN, MAP_SUFFIX, canonical_id, encode_map, fold_dir_name
+from oof.exchange import read_foreign_map, to_levels
+from oof.format import MAP_SUFFIX, canonical_id, encode_map, fold_dir_name
 from oof.member import replace_spec
 from workbench.config import ExperimentConfig
+from workbench.import_checks import test_files, train_files
 from workbench.run import Run
 from workbench.runlock import run_lock
 
@@ -74,22 +73,22 @@ def import_member(
     run = Run.open(config)
     with run_lock(config.run_dir, "import-member"):
         _refuse_name(run, name)
-        train_files, fold_of, folds_note = _train_files(run, Path(oof_dir), folds_file)
-        test_files = _test_files(run, Path(test_dir))
+        train_maps, fold_of, folds_note = train_files(run, Path(oof_dir), folds_file)
+        test_maps = test_files(run, Path(test_dir))
         sources = {"oof": str(Path(oof_dir).resolve()), "test": str(Path(test_dir).resolve())}
         provenance = {
             "sources": sources,
             "folds": folds_note,
             "logits": logits,
-            "n_files": len(train_files) + len(test_files),
-            "files_sha256": _files_hash([*train_files.values(), *test_files.values()]),
+            "n_files": len(train_maps) + len(test_maps),
+            "files_sha256": _files_hash([*train_maps.values(), *test_maps.values()]),
             "imported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         }
-        print(f"{name}: {len(train_files)} OOF and {len(test_files)} test maps; {folds_note}")
+        print(f"{name}: {len(train_maps)} OOF and {len(test_maps)} test maps; {folds_note}")
         with _building(run, name, provenance) as writer:
-            jobs = _jobs(writer, run, train_files, fold_of, test_files, logits)
+            jobs = _jobs(writer, run, train_maps, fold_of, test_maps, logits)
             kinds, top = _convert(jobs, n_workers or config.compute.cpu_workers or os.cpu_count() or 1, progress, name)
-            _record(writer, train_files, fold_of, len(test_files))
+            _record(writer, train_maps, fold_of, len(test_maps))
             provenance["format"] = _one_format(kinds, Path(oof_dir))
             _note_scale(name, kinds, top)
         return provenance
@@ -127,96 +126,6 @@ def _refuse_name(run: Run, name: str) -> None:
         raise WorkbenchError(
             f"{store.path / name}: member {name} was trained by `workbench fold-train`, not imported; "
             "import under another name"
-        )
-
-
-def _train_files(run: Run, oof_dir: Path, folds_file: Path | None) -> tuple[dict[str, Path], dict[str, int], str]:
-    """({train img: file}, {img: the run's fold}, how the folds were checked), or WorkbenchError."""
-    if not oof_dir.is_dir():
-        raise WorkbenchError(f"{oof_dir}: OOF folder not found; give the folder of OOF maps (`<img>.png` or fold<k>/)")
-    fold_dirs = {int(m.group(1)): p for p in oof_dir.iterdir() if p.is_dir() and (m := FOLD_DIR_PATTERN.match(p.name))}
-    if fold_dirs:
-        flat = map_files(oof_dir)
-        if flat:
-            raise WorkbenchError(
-                f"{oof_dir}: holds both fold<k>/ folders and maps ({next(iter(flat))}); keep one layout"
-            )
-        found: dict[str, list[Path]] = {}
-        their_fold = {}
-        for k, folder in sorted(fold_dirs.items()):
-            for img, paths in map_files(folder).items():
-                found.setdefault(img, []).extend(paths)
-                their_fold[img] = k
-        files = _one_each(found, oof_dir, "OOF")
-    else:
-        files, their_fold = _one_each(map_files(oof_dir), oof_dir, "OOF"), {}
-    _check_ids(oof_dir, set(files), set(run.data.train_ids), "train")
-    notes = []
-    if their_fold:
-        _check_folds(run, _fold_of_car(oof_dir, their_fold), f"{oof_dir} (its fold<k>/ folders)")
-        notes.append("fold folders checked car by car against the run's folds")
-    if folds_file is not None:
-        _check_folds(run, read_car_folds(Path(folds_file), run.data.train_ids), str(folds_file))
-        notes.append(f"{folds_file} checked car by car against the run's folds")
-    if not notes:
-        notes.append(
-            "no fold folders and no --folds: the maps are taken as made with the run's exported folds "
-            "(`workbench folds --export`); give --folds FILE to have them checked"
-        )
-    return files, run.folds.fold_of, "; ".join(notes)
-
-
-def _test_files(run: Run, test_dir: Path) -> dict[str, Path]:
-    if not test_dir.is_dir():
-        raise WorkbenchError(f"{test_dir}: test folder not found; give the folder of fold-averaged test maps")
-    files = _one_each(map_files(test_dir), test_dir, "test")
-    _check_ids(test_dir, set(files), set(run.data.test_ids), "test")
-    return files
-
-
-def _one_each(found: dict[str, list[Path]], folder: Path, what: str) -> dict[str, Path]:
-    for img, paths in sorted(found.items()):
-        if len(paths) > 1:
-            names = ", ".join(str(p.relative_to(folder)) for p in paths)
-            raise WorkbenchError(f"{folder}: {what} image {img} has {len(paths)} maps ({names}); keep exactly one")
-    return {img: paths[0] for img, paths in sorted(found.items())}
-
-
-def _check_ids(folder: Path, found: set[str], expected: set[str], split: str) -> None:
-    extra, missing = sorted(found - expected), sorted(expected - found)
-    if extra:
-        raise WorkbenchError(
-            f"{folder}: a map of {extra[0]}{_more(extra)}, which is not a {split} photo of this data; "
-            "remove it (maps of other data, or of the other split, do not belong here)"
-        )
-    if missing:
-        raise WorkbenchError(
-            f"{folder}: no map of {split} photo {missing[0]}{_more(missing)} "
-            f"({len(found)} of {len(expected)} present); every {split} photo needs one: export the missing maps"
-        )
-
-
-def _fold_of_car(folder: Path, fold_of_img: dict[str, int]) -> dict[str, int]:
-    by_car: dict[str, int] = {}
-    for img, k in sorted(fold_of_img.items()):
-        if by_car.setdefault(car_of(img), k) != k:
-            raise WorkbenchError(
-                f"{folder}: car {car_of(img)} has OOF maps in {fold_dir_name(by_car[car_of(img)])}/ and "
-                f"{fold_dir_name(k)}/ (a leak: all 16 photos of a car are held out by one fold); fix the export"
-            )
-    return by_car
-
-
-def _check_folds(run: Run, theirs: dict[str, int], source: str) -> None:
-    ours = {car_of(img): k for img, k in run.folds.fold_of.items()}
-    differ = compare_folds(theirs, ours)
-    if differ:
-        raise WorkbenchError(
-            f"{source}: the maps were made with other folds: {len(differ)} of {len(ours)} cars are held out by "
-            f"another fold than in {run.run_dir / 'folds.csv'} (e.g. {', '.join(differ[:3])}), so their OOF maps "
-            "would leak into every learned entry's honest score; retrain on the run's folds "
-            "(`workbench folds --export FILE`), or adopt theirs in a new run "
-            "(`workbench folds --from FILE --run-dir NEW`)"
         )
 
 
@@ -305,10 +214,6 @@ def _files_hash(paths: list[Path]) -> str:
     for path in sorted(paths):
         digest.update(f"{path.name}\t{path.stat().st_size}\n".encode())
     return digest.hexdigest()
-
-
-def _more(items: list[str]) -> str:
-    return f" (and {len(items) - 1} more)" if len(items) > 1 else ""
 
 
 class MemberMaps:
