@@ -106,7 +106,10 @@ def test_a_killed_worker_is_retried_and_resumes_from_its_last_epoch(cluster, tin
 
 
 def test_a_python_error_is_reported_not_retried(cluster, tiny_data, tmp_path, capsys):
+    from workbench.steps import make_folds
+
     config = load_config(_config_file(tmp_path, tiny_data, epochs=1), compute={"engine": "ray", "gpus_per_job": 0})
+    make_folds(config)  # a run folder first: the damage goes into a run
     bad = config.run_dir / "members" / MEMBER / "fold1" / "last.pt"
     bad.parent.mkdir(parents=True)
     bad.write_bytes(b"not a checkpoint")  # fold 1's resume fails with a Python exception
