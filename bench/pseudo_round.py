@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import statistics
 import subprocess
@@ -75,7 +76,9 @@ def run_dataset(name: str, variant: str, seed: int, work: Path, cars: tuple[int,
         seconds[step] = workbench([verb, "--config", str(config)], log)
     rows = {r["entry"]: r for r in csv.DictReader(open(folder / "run" / "leaderboard.csv"))}
     scores = {m: (float(rows[m]["oof_mean_dice"]), float(rows[m]["test_mean_dice"])) for m in (BASE, HONEST, LEAKY)}
-    return {"scores": scores, "seconds": seconds}
+    records = {s: sorted((folder / "run" / "pseudo" / s).glob("fold*.json")) for s in ("honest", "leaky")}
+    kept = {s: [len(json.loads(p.read_text())["ids"]) for p in paths] for s, paths in records.items()}
+    return {"scores": scores, "seconds": seconds, "kept": kept}
 
 
 def section(results: dict[str, dict], cars: tuple[int, int], size: str, epochs: int, command: str) -> str:
@@ -94,9 +97,11 @@ def section(results: dict[str, dict], cars: tuple[int, int], size: str, epochs: 
                          "" if member == BASE else f"{test - base_test:+.4f}"])
     table = markdown_table(["dataset", "member", "honest OOF", "test truth", "OOF - test", "OOF gain vs round one",
                             "test gain vs round one"], rows)
-    time_rows = [[name, *(f"{r['seconds'][s]:.0f}" for s in ("round one", "pseudo-label", "round two"))]
+    time_rows = [[name, *(f"{r['seconds'][s]:.0f}" for s in ("round one", "pseudo-label", "round two")),
+                  ", ".join(map(str, r["kept"]["honest"])), ", ".join(map(str, r["kept"]["leaky"]))]
                  for name, r in results.items()]
-    times = markdown_table(["dataset", "round one (s)", "pseudo-label (s)", "round two, 2 members (s)"], time_rows)
+    times = markdown_table(["dataset", "round one (s)", "pseudo-label (s)", "round two, 2 members (s)",
+                            "honest photos kept per fold", "leaky photos kept per fold"], time_rows)
     summary = []
     for member in (HONEST, LEAKY):
         oof_gain = [g[0] for g in gains[member]]
@@ -110,10 +115,11 @@ def section(results: dict[str, dict], cars: tuple[int, int], size: str, epochs: 
         f"`{command}`: {len(results)} studio datasets, {cars[0]} train and {cars[1]} test cars at {size}, 3 "
         f"car-grouped folds, members at 64x96 for up to {epochs} epochs (CPU). Round one: `{BASE}`. "
         f"`{HONEST}`: the same network, fold k also trained on fold k's honest set (every test photo with at most 5% "
-        f"uncertain pixels, labelled by round one's fold-k model; hard labels, uncertain pixels out of the loss, at "
-        f"most a quarter of each batch). `{LEAKY}`: the same with labels from round one's fold-averaged test maps "
-        f"(models that trained on every fold). Machine: {machine_description()}; load average "
-        f"{os.getloadavg()[0]:.1f} at the end.\n\n{overview}\n\n{table}\n\nSeconds per step:\n\n{times}"
+        f"uncertain pixels (the default), labelled by round one's fold-k model; hard labels, uncertain pixels out "
+        f"of the loss, at most a quarter of each batch). `{LEAKY}`: the same with labels from round one's "
+        f"fold-averaged test maps (models that trained on every fold). Machine: {machine_description()}; load average "
+        f"{os.getloadavg()[0]:.1f} at the end.\n\n{overview}\n\n{table}\n\n"
+        f"Seconds per step, and the test photos each set kept (of {cars[1] * 16}):\n\n{times}"
     )
 
 

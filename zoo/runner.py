@@ -110,7 +110,7 @@ def run_member_fold(
 
 def pseudo_data(pseudo: PseudoSet | None, spec: MemberSpec, data: CarvanaData, cache: Path) -> PseudoData | None:
     """The fold's pseudo-labelled photos and labels at the member's size, with the set's loss settings."""
-    if pseudo is None:
+    if pseudo is None or not pseudo.ids:  # no photo passed the set's confidence rule: the member trains without
         return None
     images, levels = cached_pseudo(pseudo, data, spec.height, spec.width, cache)
     cfg = pseudo.cfg
