@@ -33,6 +33,7 @@ COMPUTE_FLAGS = {  # compute: key -> (type, help); each is a flag --key-with-das
     "cpu_workers": (int, "stacker test-map shards at a time (default every core)"),
     "cache_dir": (Path, "node-local decode cache (default RUN/cache)"),
     "claim_grace_s": (float, "seconds after which a silent job claim is taken over (default 600)"),
+    "threads": (int, "CPU threads of every job (default: every core; cpus_per_job on Ray); fixes the numbers"),
 }
 
 

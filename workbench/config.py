@@ -152,13 +152,15 @@ class ComputeConfig:
     cpu_workers: int | None = None  # stacker test-map shards at a time; None = every core
     cache_dir: Path | None = None  # node-local decode cache; None = RUN/cache
     claim_grace_s: float = 600.0  # a job claim whose heartbeat is older than this is taken over
+    threads: int | None = None  # CPU threads of every job (PyTorch, TensorFlow); None = all cores, cpus_per_job on Ray
+    deterministic: bool = False  # PyTorch's deterministic algorithms (slower on GPUs; no effect on CPU results here)
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
             raise ValueError(f"compute.engine is {self.engine!r}; valid: {', '.join(ENGINES)}")
-        for name in ("gpus_per_job", "cpus_per_job", "max_retries", "test_shards", "cpu_workers"):
+        for name in ("gpus_per_job", "cpus_per_job", "max_retries", "test_shards", "cpu_workers", "threads"):
             value = getattr(self, name)
-            low = 1 if name in ("cpus_per_job", "test_shards", "cpu_workers") else 0
+            low = 1 if name in ("cpus_per_job", "test_shards", "cpu_workers", "threads") else 0
             if value is not None and value < low:
                 raise ValueError(f"compute.{name} is {value}; use {low} or more")
         if self.address is not None and self.engine != "ray":

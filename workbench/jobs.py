@@ -7,8 +7,10 @@ or predict one test shard; the job then records where it ran in the fold's `done
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import platform
 import socket
 import time
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ from workbench.config import ExperimentConfig
 from workbench.run import Run
 from zoo.pseudo import label_fold, load_pseudo_set, pseudo_dir
 from zoo.runner import fold_done, member_dir, predict_member_test, run_member_fold
+from zoo.spec import MemberSpec
 
 __all__ = ["FOLD", "PSEUDO", "TEST_SHARD", "Job", "provenance", "run_job"]
 
@@ -55,22 +58,22 @@ def run_job(job: Job) -> dict:
     """Run `job` under its claim; {"status": trained | predicted | done | claimed, ...where it ran}."""
     config = job.config
     task_id = os.environ.get("WORKBENCH_TASK_ID") or None
-    _limit_threads(config)
+    numbers = _compute_settings(config, config.member(job.member) if job.kind != PSEUDO else None)
     try:
         job.claim_path().parent.mkdir(parents=True, exist_ok=True)
         with claimed(job.claim_path(), config.compute.claim_grace_s, task_id):
             if job.kind == FOLD and fold_done(config.run_dir, config.member(job.member), job.index):
                 return {"status": "done"}
-            return _run_claimed(job, task_id)
+            return _run_claimed(job, task_id, numbers)
     except ClaimedElsewhere as busy:
         return {"status": "claimed", "owner": busy.owner}
 
 
-def _run_claimed(job: Job, task_id: str | None) -> dict:
+def _run_claimed(job: Job, task_id: str | None, numbers: dict) -> dict:
     config = job.config
     run = Run.open(config)
     data, folds, store, resolution = run.data, run.folds, run.members_store, run.resolution
-    where = provenance(job, task_id)
+    where = {**provenance(job, task_id), "numbers": numbers}
     if job.kind == PSEUDO:
         specs = {spec.name: spec for spec in config.zoo}
         made = label_fold(
@@ -122,9 +125,55 @@ def provenance(job: Job, task_id: str | None) -> dict:
     return record
 
 
-def _limit_threads(config: ExperimentConfig) -> None:
-    """In a Ray worker, torch uses the job's CPUs, not every core of the node."""
-    if os.environ.get("WORKBENCH_ENGINE") == "ray" and config.compute.cpus_per_job:
-        import torch
+def _compute_settings(config: ExperimentConfig, spec: MemberSpec | None) -> dict:
+    """Set this process's thread count (`compute.threads`, else the job's CPUs on Ray) and PyTorch's
+    deterministic algorithms as the config says, in every engine alike; return what decides the numbers, for
+    the fold's `done.json`: the same CPU model and flags, thread count and library versions give the same maps."""
+    import numpy
+    import torch
 
-        torch.set_num_threads(config.compute.cpus_per_job)
+    compute = config.compute
+    on_ray = os.environ.get("WORKBENCH_ENGINE") == "ray"
+    threads = compute.threads or (compute.cpus_per_job if on_ray else None)
+    if threads:
+        torch.set_num_threads(threads)
+    if compute.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's condition for deterministic GEMMs
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    versions = {"python": platform.python_version(), "numpy": numpy.__version__, "torch": torch.__version__}
+    if spec is not None and spec.framework == "keras":
+        versions["tensorflow"] = _keras_threads(threads)
+    cpu, flags = _cpu()
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    return {
+        "versions": versions,
+        "cpu": cpu,
+        "cpu_flags": flags,
+        "threads": torch.get_num_threads(),
+        "deterministic": compute.deterministic,
+        "device": device,
+    }
+
+
+def _keras_threads(threads: int | None) -> str:
+    """TensorFlow's thread pools sized like PyTorch's (when TensorFlow has not started yet); its version."""
+    import tensorflow as tf
+
+    if threads:
+        with contextlib.suppress(RuntimeError):  # already initialised in this process: its pools stay
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(threads)
+    return tf.__version__
+
+
+def _cpu() -> tuple[str, list[str]]:
+    """The CPU model and the vector-instruction flags that change floating-point results (AVX2, AVX-512, AMX)."""
+    model, flags = platform.machine(), []
+    with contextlib.suppress(OSError):
+        text = Path("/proc/cpuinfo").read_text()
+        model = next(
+            (line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), model
+        )
+        present = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+        flags = sorted(f for f in present if f.startswith(("avx", "fma", "amx")))
+    return model, flags

@@ -17,6 +17,7 @@ from workbench.config import ExperimentConfig
 from workbench.fold_train import report_outcome, resolve_compute
 from workbench.jobs import PSEUDO, Job, run_job
 from workbench.run import Run
+from workbench.runlock import run_lock
 from zoo.pseudo import set_current
 
 __all__ = ["pseudo_label"]
@@ -34,6 +35,8 @@ def pseudo_label(config: ExperimentConfig, progress: bool = True) -> None:
     engine = make_engine(config.compute, run_job)
     failures = []
     with contextlib.ExitStack() as held:
+        # shared, like fold-train: not beside a `--retrain` (which replaces the source models) or a `stack`
+        held.enter_context(run_lock(config.run_dir, "pseudo-label", shared=True))
         held.callback(engine.close)
         resolved = resolve_compute(config, engine)
         compute = resolved.compute
