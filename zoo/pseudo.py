@@ -160,8 +160,10 @@ def label_fold(
         for img, levels in label(kept, f"{cfg.name} fold {fold}: labels", progress):
             writer.write("test", img, levels)
     if progress:
-        print(f"{cfg.name} fold {fold}: {len(kept)} of {len(candidates)} photos kept ({len(passing)} with at most "
-              f"{cfg.max_uncertain_share:g} of their pixels uncertain)")
+        print(
+            f"{cfg.name} fold {fold}: {len(kept)} of {len(candidates)} photos kept ({len(passing)} with at most "
+            f"{cfg.max_uncertain_share:g} of their pixels uncertain)"
+        )
     share_of = {img: round(share, 6) for share, img in scores}
     write_json_atomic(
         _record_path(run_dir, cfg.name, fold),
