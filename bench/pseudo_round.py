@@ -127,9 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=WORK_DIR)
     parser.add_argument("--quick", action="store_true", help="tiny datasets and 1 epoch: checks the bench only")
+    parser.add_argument("--epochs", type=int, default=4, help="epochs of every member (default 4: ~20 min here)")
     args = parser.parse_args(argv)
-    cars, size, epochs = ((6, 18), "96x64", 1) if args.quick else ((24, 72), "288x192", 8)
-    command = "python -m bench.pseudo_round" + (" --quick" if args.quick else "")
+    cars, size, epochs = ((6, 18), "96x64", 1) if args.quick else ((24, 72), "288x192", args.epochs)
+    command = "python -m bench.pseudo_round" + (" --quick" if args.quick else f" --epochs {epochs}")
     results = {}
     for name, variant, seed in DATASETS:
         print(f"== {name}", flush=True)
