@@ -43,9 +43,9 @@ zoo:
        train: {{pseudo: honest, pseudo_share: 0.25}}}}
     - {{name: {leaky}, arch: unet, encoder: resnet18, decoder_channels: [64, 32, 16, 8], height: 64, width: 96,
        train: {{pseudo: leaky, pseudo_share: 0.25}}}}
-pseudo:
-  honest: {{source: [{base}]}}
-  leaky: {{source: [{base}], leaky: true}}
+pseudo:  # the same number of photos in both sets, so that only the labels' source differs
+  honest: {{source: [{base}], n_photos: {n_photos}, max_uncertain_share: 1.0}}
+  leaky: {{source: [{base}], n_photos: {n_photos}, max_uncertain_share: 1.0, leaky: true}}
 """
 
 
@@ -70,7 +70,7 @@ def run_dataset(name: str, variant: str, seed: int, work: Path, cars: tuple[int,
                    "--seed", str(seed), "--variant", variant], log)
     config = folder / "pseudo.yaml"
     config.write_text(CONFIG.format(data=data, run=folder / "run", epochs=epochs, base=BASE, honest=HONEST,
-                                    leaky=LEAKY))
+                                    leaky=LEAKY, n_photos=cars[1] * 16 // 4))
     seconds = {}
     for step, verb in [("round one", "fold-train"), ("pseudo-label", "pseudo-label"), ("round two", "fold-train")]:
         seconds[step] = workbench([verb, "--config", str(config)], log)
@@ -114,10 +114,10 @@ def section(results: dict[str, dict], cars: tuple[int, int], size: str, epochs: 
     return (
         f"`{command}`: {len(results)} studio datasets, {cars[0]} train and {cars[1]} test cars at {size}, 3 "
         f"car-grouped folds, members at 64x96 for up to {epochs} epochs (CPU). Round one: `{BASE}`. "
-        f"`{HONEST}`: the same network, fold k also trained on fold k's honest set (every test photo with at most 5% "
-        f"uncertain pixels (the default), labelled by round one's fold-k model; hard labels, uncertain pixels out "
+        f"`{HONEST}`: the same network, fold k also trained on fold k's honest set (the quarter of the test photos "
+        f"with the fewest uncertain pixels, labelled by round one's fold-k model; hard labels, uncertain pixels out "
         f"of the loss, at most a quarter of each batch). `{LEAKY}`: the same with labels from round one's "
-        f"fold-averaged test maps (models that trained on every fold). Machine: {machine_description()}; load average "
+        f"fold-averaged test maps (models that trained on every fold), the same number of photos. Machine: {machine_description()}; load average "
         f"{os.getloadavg()[0]:.1f} at the end.\n\n{overview}\n\n{table}\n\n"
         f"Seconds per step, and the test photos each set kept (of {cars[1] * 16}):\n\n{times}"
     )

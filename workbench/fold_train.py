@@ -14,7 +14,7 @@ import dataclasses
 import sys
 import time
 
-from carvana.atomic import file_lock
+from carvana.atomic import file_lock, read_marker
 from carvana.errors import WorkbenchError
 from folds import Folds
 from stacking.leaderboard import format_table, score_entries, write_leaderboard
@@ -125,7 +125,11 @@ def _without_labels(
     specs = {spec.name: spec for spec in config.zoo}
     ready, waiting = [], {}
     for spec, k in selected:
-        if not spec.train.pseudo or fold_done(config.run_dir, spec, k):
+        if not spec.train.pseudo:
+            ready.append((spec, k))
+            continue
+        if fold_done(config.run_dir, spec, k):
+            _warn_if_older_labels(config, folds, specs, spec, k)
             ready.append((spec, k))
             continue
         try:
@@ -138,6 +142,22 @@ def _without_labels(
     for name, set_name in waiting.items():
         print(f"{name}: waits for pseudo-label set {set_name} (run `workbench pseudo-label`, then fold-train again)")
     return ready
+
+
+def _warn_if_older_labels(
+    config: ExperimentConfig, folds: Folds, specs: dict[str, MemberSpec], spec: MemberSpec, k: int
+) -> None:
+    """A finished pseudo-labelled fold stays as it is, but says so when its set has been made again since."""
+    trained_on = (read_marker(member_dir(config.run_dir, spec) / f"fold{k}" / "done.json") or {}).get("pseudo", {})
+    try:
+        current = load_pseudo_set(config.pseudo_set(spec.train.pseudo), k, config.run_dir, folds, specs).generation
+    except WorkbenchError:
+        current = None
+    if trained_on.get("generation") != current:
+        print(
+            f"WARNING: {spec.name} fold {k} was trained on another version of pseudo-label set {spec.train.pseudo} "
+            f"than the current one; `workbench fold-train --retrain {spec.name}` trains it on the current set"
+        )
 
 
 def _drive(config: ExperimentConfig, selected: list[tuple[MemberSpec, int]], n_folds: int, progress: bool) -> list[str]:

@@ -86,6 +86,7 @@ def _run_claimed(job: Job, task_id: str | None, numbers: dict) -> dict:
         if spec.train.pseudo:  # fold k's labels, made by models that never saw fold k's cars (checked)
             specs = {s.name: s for s in config.zoo}
             pseudo = load_pseudo_set(config.pseudo_set(spec.train.pseudo), job.index, config.run_dir, folds, specs)
+            where["pseudo"] = {"set": pseudo.cfg.name, "generation": pseudo.generation}
         run_member_fold(
             spec,
             job.index,

@@ -249,6 +249,11 @@ class PseudoSet:
     ids: list[str]
     store: Store
 
+    @property
+    def generation(self) -> str:
+        """The labels' generation in the store: it changes whenever the set is made again."""
+        return str(self.store.metadata(fold_dir_name(self.fold))["generation"])
+
     def levels(self, img: str) -> np.ndarray:
         """(H, W) uint8 label levels of `img` at the store's resolution."""
         return self.store.read(fold_dir_name(self.fold), "test", img)
