@@ -117,7 +117,8 @@ def section(results: dict[str, dict], cars: tuple[int, int], size: str, epochs: 
         f"`{HONEST}`: the same network, fold k also trained on fold k's honest set (the quarter of the test photos "
         f"with the fewest uncertain pixels, labelled by round one's fold-k model; hard labels, uncertain pixels out "
         f"of the loss, at most a quarter of each batch). `{LEAKY}`: the same with labels from round one's "
-        f"fold-averaged test maps (models that trained on every fold), the same number of photos. Machine: {machine_description()}; load average "
+        f"fold-averaged test maps (models that trained on every fold), the same number of photos. "
+        f"Machine: {machine_description()}; load average "
         f"{os.getloadavg()[0]:.1f} at the end.\n\n{overview}\n\n{table}\n\n"
         f"Seconds per step, and the test photos each set kept (of {cars[1] * 16}):\n\n{times}"
     )
