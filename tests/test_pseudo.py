@@ -195,6 +195,14 @@ def test_labels_made_by_other_models_or_incomplete_are_refused_and_nothing_train
     result = run_cli("fold-train", *args, "--member", "pseudo_cnn_64", "--fold", "2")
     assert_user_error(result, "round2 fold 2 is incomplete")
     assert digests(run / "oof") == before
+    assert run_cli("fold-train", *args).returncode == 0  # folds 0 and 1 train; fold 2 waits
+    remade = run_cli("pseudo-label", *args)  # the fix the refusal names: fold 2 is made again, 0 and 1 are current
+    assert remade.returncode == 0 and remade.stdout.count("current, skipped") == 2, remade.stdout
+    assert run_cli("fold-train", *args).returncode == 0
+    (run / "pseudo" / "round2" / "fold0.json").unlink()  # as if the set's fold 0 were made again since
+    assert run_cli("pseudo-label", *args).returncode == 0
+    warned = run_cli("fold-train", *args)
+    assert "WARNING: pseudo_cnn_64 fold 0 was trained on another version of pseudo-label set round2" in warned.stdout
 
 
 def test_pseudo_settings_that_cannot_work_are_refused_at_load(tmp_path, pseudo_data):

@@ -130,7 +130,17 @@ def set_current(cfg: PseudoSetConfig, fold: int, run_dir: Path, folds: Folds, sp
         made_by = _made_by(cfg, fold, folds, source_models(cfg, fold, run_dir, specs))
     except WorkbenchError:
         return False
-    return record is not None and {k: record.get(k) for k in made_by} == made_by
+    if record is None or {k: record.get(k) for k in made_by} != made_by:
+        return False
+    return _stored_ids(run_dir, cfg.name, fold) == set(record["ids"])  # every label on disk, none lost since
+
+
+def _stored_ids(run_dir: Path, name: str, fold: int) -> set[str]:
+    store = Store(pseudo_dir(run_dir, name))
+    try:
+        return set(store.ids(fold_dir_name(fold), "test"))
+    except WorkbenchError:  # no store, or no member for this fold
+        return set()
 
 
 def label_fold(
@@ -271,13 +281,11 @@ def load_pseudo_set(
         raise WorkbenchError(f"{path}: pseudo-label set {cfg.name} has no complete fold {fold}; {fix}")
     if record.get("folds_hash") != folds.hash:
         raise WorkbenchError(f"{path}: pseudo-label set {cfg.name} was made with other folds; {fix}")
+    if _stored_ids(run_dir, cfg.name, fold) != set(record["ids"]):
+        raise WorkbenchError(f"{path}: pseudo-label set {cfg.name} fold {fold} is incomplete on disk; {fix}")
     if not set_current(cfg, fold, run_dir, folds, specs):
         raise WorkbenchError(
             f"{path}: pseudo-label set {cfg.name} fold {fold} was made by other source models or settings than "
             f"the config's (sources retrained or settings changed); {fix}"
         )
-    store = Store(pseudo_dir(run_dir, cfg.name))
-    written = set(store.ids(fold_dir_name(fold), "test"))
-    if written != set(record["ids"]):
-        raise WorkbenchError(f"{path}: pseudo-label set {cfg.name} fold {fold} is incomplete on disk; {fix}")
-    return PseudoSet(cfg, fold, list(record["ids"]), store)
+    return PseudoSet(cfg, fold, list(record["ids"]), Store(pseudo_dir(run_dir, cfg.name)))
