@@ -27,7 +27,7 @@ KERAS_UNSUPPORTED = (
     ("encoder_weights", None, "the Keras U-Net has no pretrained encoder; remove it or use an smp member"),
     ("train.pseudo", "", "pseudo-label training is PyTorch-only; remove it or use a PyTorch member"),
 )
-PSEUDO_FIELDS = {"pseudo": "", "pseudo_share": 0.5}  # their defaults: left out of a spec while unset
+PSEUDO_FIELDS = {"pseudo": "", "pseudo_share": 0.25}  # their defaults: left out of a spec while unset
 FAMILIES = {
     # arch -> framework
     "avg_mask": "baseline",
@@ -82,7 +82,7 @@ class TrainConfig:
     border_weight: float = 1.0  # weight of pixels near the mask boundary in the BCE/Dice losses (1 = plain)
     clip_grad: float = 0.0  # max global gradient norm (0 = off)
     pseudo: str = ""  # a pseudo-label set of the config (`pseudo:`): fold k also trains on fold k's set
-    pseudo_share: float = 0.5  # at most this share of each batch is pseudo-labelled photos
+    pseudo_share: float = 0.25  # at most this share of each batch is pseudo-labelled photos (as bench.pseudo_round)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "crop", _size_pair(self.crop, "train.crop"))
