@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from carvana.dataset import KAGGLE_SIZE, format_size, parse_size
 from carvana.errors import WorkbenchError
+from carvana.interrupts import during_interrupt, relay_interrupts
 
 if TYPE_CHECKING:
     from workbench.config import ExperimentConfig
@@ -286,31 +287,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run() -> int:
+    """The `workbench` program: `main` with Ctrl-C relayed, so that no worker process sees it
+    (carvana.interrupts)."""
+    relay_interrupts()
+    return main()
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = None
     try:
+        args = build_parser().parse_args(argv)
         args.func(args)
     except WorkbenchError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
     except Exception as error:  # an OS-level failure (disk full, read-only...) is one line too; a bug is not
+        if during_interrupt(error):
+            return _interrupted()
         message = _explain(error, args)
         if message is None:
             raise
         print(f"error: {message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return _interrupted()
     return 0
 
 
-def _explain(error: Exception, args: argparse.Namespace) -> str | None:
+def _interrupted() -> int:
+    print("interrupted", file=sys.stderr)
+    return 130
+
+
+def _explain(error: Exception, args: argparse.Namespace | None) -> str | None:
     """workbench.failures.explain with the verb's run folder and tuning storage, when its config loads."""
     from workbench.failures import explain
 
     run_dir, storage = getattr(args, "run_dir", None), None
-    if getattr(args, "config", None):
+    if args is not None and getattr(args, "config", None):
         try:
             from workbench.tune import storage_url
 
@@ -322,4 +337,4 @@ def _explain(error: Exception, args: argparse.Namespace) -> str | None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

@@ -16,6 +16,7 @@ import numpy as np
 
 from carvana.atomic import write_json_atomic
 from carvana.errors import WorkbenchError
+from carvana.interrupts import quiet_optuna_interrupts
 from folds import Folds
 from oof import Store
 from stacking.sqlite_url import sqlite_url
@@ -91,6 +92,7 @@ def tuned_blend_factory(run: Run, members: list[str], progress: bool) -> Callabl
     from stacking.tuned import TunedBlend
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial would bury the summary
+    quiet_optuna_interrupts()
     config, store = run.config, run.members_store
     context = {"folds_hash": run.folds.hash, "generations": {m: store.metadata(m)["generation"] for m in members}}
     name = study_name(config, context, members)
@@ -116,7 +118,6 @@ def tune_run(config: ExperimentConfig, progress: bool = True) -> NestedResult:
 
 
 def _tune_run(run: Run, progress: bool) -> NestedResult:
-    import optuna
 
     from stacking.tune import nested_tune
 
@@ -125,7 +126,6 @@ def _tune_run(run: Run, progress: bool) -> NestedResult:
     run.check_resolution(members)
     blend = tuned_blend_factory(run, members, progress)()
     evaluator = run.train_maps(members).evaluator().folded
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial would bury the summary
     assert blend.space is not None  # tuned_blend_factory always sets it
     result = nested_tune(
         evaluator,

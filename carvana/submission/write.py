@@ -21,6 +21,7 @@ import numpy as np
 from carvana.atomic import atomic_path
 from carvana.dataset import KAGGLE_SIZE
 from carvana.errors import WorkbenchError
+from carvana.interrupts import interrupts_deferred
 from carvana.progress import progress_bar
 from carvana.rle import rle_encode
 from carvana.submission.files import HEADER, first_duplicate, open_compressed, validate_submission
@@ -104,7 +105,9 @@ def _encoded_chunks(encoder: _MaskEncoder, chunks: list[Sequence[str]], n_jobs: 
     context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
     if context.get_start_method() == "forkserver":
         context.set_forkserver_preload([__name__])
-    with context.Pool(n_jobs, initializer=_init_worker, initargs=(encoder,)) as pool:
+    with interrupts_deferred():
+        pool = context.Pool(n_jobs, initializer=_init_worker, initargs=(encoder,))
+    try:
         pending: deque = deque()
         for chunk in chunks:
             pending.append(pool.apply_async(_encode_in_worker, (chunk,)))
@@ -112,6 +115,11 @@ def _encoded_chunks(encoder: _MaskEncoder, chunks: list[Sequence[str]], n_jobs: 
                 yield pending.popleft().get()
         while pending:
             yield pending.popleft().get()
+    finally:
+        # Drained, not terminated, on any exit (Ctrl-C included): the workers finish the chunks in flight (at
+        # most 2 x n_jobs) and leave; one terminated while it starts prints a traceback of its own.
+        pool.close()
+        pool.join()
 
 
 def write_submission(
