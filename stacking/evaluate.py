@@ -117,9 +117,11 @@ class _Uncertain:
             for start in range(bounds[a], bounds[a + 1], CHUNK):
                 stop = min(start + CHUNK, bounds[a + 1])
                 acc, tmp = blend[: stop - start], term[: stop - start]
-                np.multiply(active[0][0][start:stop], active[0][1], out=acc)
+                # dtype=int32: the product must not depend on NumPy's promotion rules (NumPy 1.26 multiplied
+                # uint8 by an int32 scalar of 16384 in uint16, where 200 x 16384 wraps to 0).
+                np.multiply(active[0][0][start:stop], active[0][1], out=acc, dtype=np.int32)
                 for values, w in active[1:]:
-                    acc += np.multiply(values[start:stop], w, out=tmp)
+                    acc += np.multiply(values[start:stop], w, out=tmp, dtype=np.int32)
                 np.greater_equal(acc, k_by_angle[a], out=car[start:stop])
         return _segment_sums(np.where(car, self.counts, 0), self.offsets)
 

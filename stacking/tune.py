@@ -443,12 +443,13 @@ def nested_tune(
 
 def blend_levels(maps: np.ndarray, params: TunedParams) -> tuple[np.ndarray, int]:
     """(S, sum W): the (H, W) int32 sum S of the integer weights W times one image's maps (M, H, W) uint8, added
-    member by member (no int64 copy of the maps: 255 x sum W stays inside int32, see WEIGHT_SCALE)."""
+    member by member (no int64 copy of the maps: 255 x sum W stays inside int32, see WEIGHT_SCALE). The products
+    are int32 whatever NumPy's promotion rules (NumPy 1.26 would multiply in uint16 and wrap)."""
     w = quantize_weights(params.weights, len(maps))
     level_sum = np.zeros(maps.shape[1:], dtype=np.int32)
     for weight, member in zip(w, maps):
         if weight:
-            level_sum += np.int32(weight) * member
+            level_sum += np.multiply(member, np.int32(weight), dtype=np.int32)
     return level_sum, int(w.sum())
 
 

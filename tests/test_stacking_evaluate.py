@@ -151,6 +151,16 @@ def test_repeated_level_tuples_are_stored_once_and_still_exact(n_members):
                                           brute_force_per_image(maps, truths, angles, threshold, weights))
 
 
+def test_weighted_level_sums_do_not_wrap():
+    """Two members at level 200 weighted 1:3 (integer weights 16384 and 49152) blend to 200: car at 0.5. The
+    products are int32 whatever NumPy's promotion rules: under NumPy 1.26's value-based rules a uint8 map times
+    an int32 scalar of 16384 was uint16, and 200 x 16384 wrapped to 0."""
+    maps = [np.full((1, 2, 3), 200, np.uint8)] * 2
+    truths = np.ones((1, 2, 3), np.uint8)
+    assert DiceEvaluator.from_arrays(maps, truths, [1]).score(0.5, [1, 3]) == 1.0
+    assert brute_force_mean_dice(maps, truths, [1], 0.5, [1, 3]) == 1.0
+
+
 def test_invalid_inputs_raise():
     maps, truths, angles = make_data(n_images=5)
     evaluator = DiceEvaluator.from_arrays(maps, truths, angles)

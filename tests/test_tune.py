@@ -22,6 +22,7 @@ from stacking.tune import (
     WORKER,
     TunedParams,
     TuneSpace,
+    blend_levels,
     blend_mask,
     blend_proba,
     build_folded_evaluator,
@@ -174,6 +175,16 @@ def test_blend_mask_follows_the_evaluator_rule():
         params = TunedParams(rng.uniform(0.2, 0.8, 16), rng.dirichlet([1, 1, 1]), 0.0, 1)
         got = [dice(blend_mask(maps, angle, params), truth) for maps, truth, angle in images]
         np.testing.assert_array_equal(got, evaluator.per_image(params.threshold, params.weights))
+
+
+def test_blend_levels_are_exact_int32_sums():
+    """Two members at level 200 weighted 1:3: S = 200 x 2^16 in int32 whatever NumPy's promotion rules (NumPy
+    1.26 multiplied a uint8 map by an int32 scalar of 16384 in uint16, where 200 x 16384 wraps to 0)."""
+    params = TunedParams(np.full(16, 0.5), np.array([0.25, 0.75]), 0.0, 1, ("a", "b"))
+    level_sum, total = blend_levels(np.full((2, 2, 3), 200, np.uint8), params)
+    assert total == 2**16 and level_sum.dtype == np.int32
+    np.testing.assert_array_equal(level_sum, np.full((2, 3), 200 * 2**16))
+    assert blend_mask(np.full((2, 2, 3), 200, np.uint8), 1, params).all()
 
 
 def test_blend_proba_and_saved_params(tmp_path):
