@@ -47,3 +47,19 @@ def test_bad_config_cli_exits_cleanly(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("data: x\nfolds:\n  n_fold: 3\n")
     assert_user_error(run_cli("folds", "--config", str(path)), "bad.yaml", "unknown key `folds.n_fold`")
+
+
+@pytest.mark.parametrize("number", ["5e-2", "0.05", "5.0e-2"])
+def test_a_float_reads_alike_in_every_section(tmp_path, number):
+    """YAML 1.1 reads `5e-2` (no dot) as a string: `stack.*` and `zoo.train.*` floats take it as 0.05 alike,
+    by one rule (zoo.spec.yaml_scalar), and refuse a word alike."""
+    path = tmp_path / "floats.yaml"
+    path.write_text(f"data: x\nstack: {{max_band_share: {number}, band: [{number}, 0.9]}}\n"
+                    f"zoo: {{train: {{lr: {number}}}, members: [unet_resnet18_64]}}\n")
+    config = load_config(path)
+    assert config.stack.max_band_share == config.stack.band[0] == config.zoo[0].train.lr == 0.05
+    for section, key in (("stack: {max_band_share: %s}", "`stack.max_band_share` must be float"),
+                         ("zoo: {train: {lr: %s}, members: [unet_resnet18_64]}", "`lr` must be float")):
+        path.write_text("data: x\n" + section % "five" + "\n")
+        with pytest.raises(WorkbenchError, match=key):
+            load_config(path)

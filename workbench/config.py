@@ -21,7 +21,7 @@ from carvana.errors import WorkbenchError
 from folds import STRATIFY
 from zoo.pseudo import PseudoSetConfig
 from zoo.registry import resolve_members
-from zoo.spec import MemberSpec
+from zoo.spec import MemberSpec, yaml_scalar
 
 
 @dataclass(frozen=True)
@@ -341,12 +341,8 @@ def _convert(hint: object, value: object, name: str) -> object:
         return value  # already resolved by _zoo_members, _pseudo_sets
     if typing.get_origin(hint) is tuple:
         return _convert_tuple(hint, value, name)
-    if hint in (int, float, str, bool):
-        if hint is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
-            raise TypeError(f"`{name}` must be {hint.__name__}, got {value!r}")
-        return value
+    if isinstance(hint, type) and hint in (int, float, str, bool):
+        return yaml_scalar(hint, value, name)  # the zoo's sections follow the same rule
     return value
 
 

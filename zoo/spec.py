@@ -39,22 +39,35 @@ FAMILIES = {
 BUILDER_FIELDS = {"builder": "", "builder_args": {}, "builder_multiple": 32}  # their defaults
 
 
-def check_field_types(obj: Any, where: str) -> None:
-    """Validate (and normalise) the int / float / str / bool fields of a frozen dataclass from YAML.
+SCALARS: dict[str, type] = {"int": int, "float": float, "str": str, "bool": bool}
 
-    Floats accept ints and numeric strings (YAML reads `1e-3` as a string); ints must be whole.
+
+def yaml_scalar(kind: type, value: object, key: str) -> Any:
+    """`value` from YAML as `kind` (int, float, str or bool): the one rule for every config section.
+
+    Floats accept ints and numeric strings alike (YAML 1.1 reads `5e-2`, without a dot, as a string); ints
+    must be whole numbers, not floats or booleans. TypeError naming `key` otherwise.
     """
+    if kind is float and isinstance(value, (int, str)) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise TypeError(f"`{key}` must be {kind.__name__}, got {value!r}")
+    return value
+
+
+def check_field_types(obj: Any, where: str) -> None:
+    """Validate (and normalise) the int / float / str / bool fields of a frozen dataclass from YAML by
+    `yaml_scalar`'s rule; ValueError `where: ...` otherwise."""
     for f in dataclasses.fields(obj):
-        value, kind = getattr(obj, f.name), f.type
-        if kind == "float" and isinstance(value, (int, str)) and not isinstance(value, bool):
+        kind = SCALARS.get(str(f.type))
+        if kind is not None:
             try:
-                object.__setattr__(obj, f.name, float(value))
-                continue
-            except ValueError:
-                pass
-        expected = {"int": int, "float": float, "str": str, "bool": bool}.get(str(kind))
-        if expected and (not isinstance(value, expected) or (expected is int and isinstance(value, bool))):
-            raise ValueError(f"{where}: `{f.name}` must be {kind}, got {value!r}")
+                object.__setattr__(obj, f.name, yaml_scalar(kind, getattr(obj, f.name), f.name))
+            except TypeError as error:
+                raise ValueError(f"{where}: {error}") from None
 
 
 @dataclass(frozen=True)
