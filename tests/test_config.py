@@ -63,3 +63,18 @@ def test_a_float_reads_alike_in_every_section(tmp_path, number):
         path.write_text("data: x\n" + section % "five" + "\n")
         with pytest.raises(WorkbenchError, match=key):
             load_config(path)
+
+
+@pytest.mark.parametrize("section", ["oof: {resolution: %s}", "synth: {size: %s}", "stack: {cnn_size: %s}"])
+def test_a_size_that_is_not_whole_pixels_is_refused(tmp_path, section):
+    """[480.7, 320.2] is refused, not cut to (480, 320) without a word."""
+    path = tmp_path / "bad.yaml"
+    path.write_text("data: x\n" + section % "[480.7, 320.2]" + "\n")
+    with pytest.raises(WorkbenchError, match=r"must be 2 whole numbers like \[480, 320\]"):
+        load_config(path)
+
+
+def test_a_size_that_is_not_whole_pixels_is_one_error_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("data: x\noof:\n  resolution: [480.7, 320.2]\n")
+    assert_user_error(run_cli("folds", "--config", str(path)), "bad.yaml", "`oof.resolution`", "[480, 320]", "480.7")

@@ -362,10 +362,11 @@ def _convert_tuple(hint: object, value: object, name: str) -> tuple:
         raise TypeError(f"`{name}` must be a list like [480, 320] or a size like 480x320, got {value!r}")
     if len(kinds) != len(value):
         raise TypeError(f"`{name}` needs {len(kinds)} values, got {value!r}")
-    try:
-        return tuple(kind(v) for kind, v in zip(kinds, value))
-    except ValueError:
-        raise TypeError(f"`{name}` has a value that is not a number: {value!r}") from None
+    try:  # each value by the scalars' rule: a size of 480.7 px is refused, not cut to 480
+        return tuple(yaml_scalar(kind, v, name) for kind, v in zip(kinds, value))
+    except TypeError:
+        example = "whole numbers like [480, 320] (or 480x320)" if int in kinds else "numbers like [0.2, 0.8]"
+        raise TypeError(f"`{name}` must be {len(kinds)} {example}, got {value!r}") from None
 
 
 def config_to_dict(config: typing.Any) -> dict:
