@@ -16,7 +16,7 @@ from stacking.evaluate import DiceEvaluator
 from stacking.maps import MapBatch, StoreReader, TrainMaps
 from stacking.maps import TestMaps as MapsOfTest  # not a pytest class
 from stacking.pixel_stacker import PixelStacker
-from stacking.tune import TuneSpace
+from stacking.tune import TuneSpace, best_params, blend_mask
 from stacking.tuned import TunedBlend
 
 N_CARS, H, W, N_MEMBERS = 6, 24, 32, 3
@@ -134,6 +134,7 @@ def test_one_evaluator_pass_is_shared_and_exact(stored):
 
 
 def test_tuned_blend_names_its_study_by_the_folds_left_out(tmp_path):
+    """Fold k's OOF maps come from study `blend-outer<k>`: thresholded at 0.5 they are its best trial's blend."""
     maps, truth, ids, fold = toy()
     train = TrainMaps.from_arrays(maps, truth, ids, fold)
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
@@ -149,7 +150,11 @@ def test_tuned_blend_names_its_study_by_the_folds_left_out(tmp_path):
     study = optuna.load_study(study_name="blend-outer1", storage=url)
     assert study.metric_names == ["mean Dice"]
     assert study.user_attrs["outer_fold"] == 1 and study.user_attrs["entry"] == "tuned"
-    assert all(((proba >= 0.5) | (proba < 0.5)).all() for proba, _ in writer.maps.values())
+    assert sorted(img for _, img in writer.maps) == sorted(ids)
+    for (_, img), (proba, k) in writer.maps.items():
+        outer = optuna.load_study(study_name=f"blend-outer{k}", storage=url)
+        params = best_params(outer, train.members, TuneSpace(per_angle=False))
+        np.testing.assert_array_equal(proba >= 0.5, blend_mask(maps[ids.index(img)], int(img[-2:]), params))
 
 
 def test_test_maps_predicted_by_joblib_workers_equal_the_serial_ones(stored):
