@@ -1,4 +1,5 @@
-"""`RUN/leaderboard.csv`: one row per entry (member, blend, stacker) with its honest OOF mean Dice.
+"""`RUN/leaderboard.csv`: one row per entry (member, blend, stacker) with its honest OOF mean Dice and,
+from `workbench stack`, its gain over the best member with a car-bootstrap interval (`stacking.uncertainty`).
 
 Scores are computed at the data's original size (maps are upsampled bilinearly, then thresholded),
 so they are the competition's metric, not an approximation at the store's resolution.
@@ -22,8 +23,11 @@ from carvana.progress import progress_bar
 from carvana.rle import rle_decode
 from folds import Folds
 from oof import Store
+from stacking.uncertainty import paired_gains
 
 LEADING_COLUMNS = ["entry", "kind", "oof_mean_dice", "threshold"]
+# Each entry against the best member (`add_gains`); written after the fold columns, in this order.
+GAIN_COLUMNS = ["gain_over", "gain", "gain_lo", "gain_hi", "gain_positive_share", "gain_by_fold"]
 
 
 @dataclass
@@ -116,16 +120,47 @@ def _score_split(
     return scores
 
 
+def add_gains(scores: list[EntryScore]) -> None:
+    """Put each entry's gain over the best member (highest OOF mean Dice of kind "member", imported ones
+    included) in its row: the gain, its 95% paired car-bootstrap interval, the share of resamples where it
+    is above 0 and the per-fold gains ("+a/+b/-c"). Nothing when no entry is a member."""
+    members = [s for s in scores if s.kind == "member"]
+    if not members:
+        return
+    best = max(members, key=lambda s: s.oof_mean_dice)
+    gains = paired_gains({s.entry: s.oof_per_image for s in scores}, best.entry, best.folds.fold_of)
+    for score in scores:
+        gain = gains[score.entry]
+        score.extra.update(
+            gain_over=best.entry,
+            gain=f"{gain.gain:.6f}",
+            gain_lo=f"{gain.lo:.6f}",
+            gain_hi=f"{gain.hi:.6f}",
+            gain_positive_share=f"{gain.positive_share:.3f}",
+            gain_by_fold="/".join(f"{g:+.6f}" for g in gain.by_fold),
+        )
+
+
 def write_leaderboard(
     path: Path, entries: list[EntryScore], keep: Callable[[dict], bool] = lambda row: False
 ) -> list[dict]:
-    """Write `entries` plus the existing rows that `keep` accepts (default none), best OOF score first."""
-    rows: dict[str, dict] = {row["entry"]: row for row in read_leaderboard(path) if keep(row)}
+    """Write `entries` plus the existing rows that `keep` accepts (default none), best OOF score first.
+    Kept rows lose their gains: the best member they were measured against may have changed."""
+    rows: dict[str, dict] = {
+        row["entry"]: {c: v for c, v in row.items() if c not in GAIN_COLUMNS}
+        for row in read_leaderboard(path)
+        if keep(row)
+    }
     rows.update({e.entry: e.row() for e in entries})
     ordered = sorted(rows.values(), key=lambda r: -float(r["oof_mean_dice"]))
     columns = LEADING_COLUMNS + sorted(
         {c for r in ordered for c in r} - set(LEADING_COLUMNS),
-        key=lambda c: (c != "test_mean_dice", not c.startswith("fold"), c),
+        key=lambda c: (
+            c != "test_mean_dice",
+            not c.startswith("fold"),
+            GAIN_COLUMNS.index(c) if c in GAIN_COLUMNS else len(GAIN_COLUMNS),
+            c,
+        ),
     )
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=columns, restval="")
@@ -153,3 +188,16 @@ def format_table(rows: list[dict[str, object]], extra_columns: tuple[str, ...] =
     lines = ["  ".join(c.ljust(widths[c]) for c in columns)]
     lines += ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns) for r in rows]
     return "\n".join(lines)
+
+
+def chosen_line(row: dict[str, str]) -> str | None:
+    """One line on leaderboard `row` (the chosen entry) against the best member; None without gains."""
+    if not row.get("gain_over"):
+        return None
+    if row["gain_over"] == row["entry"]:
+        return f"chosen: {row['entry']}, the best member itself (gain 0)"
+    return (
+        f"chosen: {row['entry']} gain over {row['gain_over']} {float(row['gain']):+.6f} "
+        f"(95% car bootstrap {float(row['gain_lo']):+.6f} to {float(row['gain_hi']):+.6f}; "
+        f"above 0 in {float(row['gain_positive_share']):.1%} of resamples)"
+    )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from folds import Folds
+from stacking.leaderboard import GAIN_COLUMNS, EntryScore, add_gains, chosen_line, read_leaderboard, write_leaderboard
 from stacking.uncertainty import car_counts, paired_gains, resample_cars
 
 CARS = [f"{i:012x}" for i in (0xA1, 0xB2, 0xC3, 0xD4, 0xE5)]
@@ -64,3 +66,47 @@ def test_resamples_are_paired_and_seeded():
 def test_car_counts():
     draws = np.array([[0, 0, 2], [1, 2, 0]])
     np.testing.assert_array_equal(car_counts(draws, 4), [[2, 1], [0, 1], [1, 1], [0, 0]])
+
+
+def test_leaderboard_gain_columns_and_chosen_line(tmp_path):
+    """Every row gets its gain over the best member (0 with interval [0, 0] for that member itself), after the
+    fold columns; the chosen line reads the top row; kept rows lose gains measured against an old best."""
+    per_image, fold_of = small_scores()
+    folds = Folds(fold_of, 2, "hash")
+    kinds = {"a": "member", "b": "member", "c": "blend"}
+    scores = [EntryScore(name, kinds[name], 0.5, per_image[name], folds) for name in kinds]
+    best = max(scores[:2], key=lambda s: s.oof_mean_dice)
+    add_gains(scores)
+    rows = write_leaderboard(tmp_path / "leaderboard.csv", scores)
+    header = list(read_leaderboard(tmp_path / "leaderboard.csv")[0])
+    assert header[:6] == ["entry", "kind", "oof_mean_dice", "threshold", "fold0", "fold1"]
+    assert header[6:12] == GAIN_COLUMNS and header[12] == "angle01"
+    gains = paired_gains(per_image, best.entry, fold_of)
+    for row in rows:
+        gain = gains[row["entry"]]
+        assert row["gain_over"] == best.entry and float(row["gain"]) == pytest.approx(gain.gain, abs=1e-6)
+        assert (float(row["gain_lo"]), float(row["gain_hi"])) == pytest.approx((gain.lo, gain.hi), abs=1e-6)
+        assert [float(g) for g in row["gain_by_fold"].split("/")] == pytest.approx(gain.by_fold, abs=1e-6)
+    member = next(r for r in rows if r["entry"] == best.entry)
+    assert [member[c] for c in GAIN_COLUMNS[1:5]] == ["0.000000", "0.000000", "0.000000", "0.000"]
+    top = rows[0]
+    expected = (
+        f"chosen: {top['entry']}, the best member itself (gain 0)"
+        if top["entry"] == best.entry
+        else f"chosen: {top['entry']} gain over {best.entry} {float(top['gain']):+.6f} (95% car bootstrap "
+        f"{float(top['gain_lo']):+.6f} to {float(top['gain_hi']):+.6f}; above 0 in "
+        f"{float(top['gain_positive_share']):.1%} of resamples)"
+    )
+    assert chosen_line(top) == expected
+    blend = next(r for r in rows if r["entry"] == "c")
+    assert chosen_line(blend).startswith(f"chosen: c gain over {best.entry} ")
+    rescored = EntryScore("a", "member", 0.5, per_image["a"], folds)  # as `fold-train` writes a member
+    kept = write_leaderboard(tmp_path / "leaderboard.csv", [rescored], keep=lambda row: True)
+    assert all(not r.get("gain_over") for r in kept) and chosen_line(kept[0]) is None
+
+
+def test_no_member_no_gains():
+    per_image, fold_of = small_scores()
+    scores = [EntryScore(name, "blend", 0.5, per_image[name], Folds(fold_of, 2, "hash")) for name in per_image]
+    add_gains(scores)
+    assert all(not s.extra for s in scores)

@@ -20,7 +20,7 @@ from oof import Store, rebuild, recover
 from stacking.blenders import make_blender
 from stacking.crossfit import Entry, EntryT, TestClock, fit_predict
 from stacking.ensemble import ENTRIES_MEAN, entries_mean_spec, is_learned, write_entries_mean
-from stacking.leaderboard import EntryScore, format_table, score_entries, write_leaderboard
+from stacking.leaderboard import EntryScore, add_gains, chosen_line, format_table, score_entries, write_leaderboard
 from stacking.maps import TestMaps, TrainMaps
 from stacking.pixel_stacker import make_stacker
 from stacking.postprocess import postprocess_spec, postprocessed_name, write_postprocessed
@@ -187,9 +187,13 @@ def _stack(run: Run, start: float, progress: bool) -> list[dict]:
     tuned.extra["tuned_on_mean_dice"] = f"{tuned_on:.6f}"  # optimistic: tuned and scored on the same images
     scores += stack_postprocessed(run, scores, progress, clock)
     print(f"test maps: {clock.seconds:.1f} s (every entry's test maps written by this stack, together)")
+    add_gains(scores)
     rows = write_leaderboard(config.run_dir / "leaderboard.csv", scores)
     print(f"\n{config.run_dir / 'leaderboard.csv'} (stack took {time.time() - start:.0f} s):")
     print(format_table(rows))
+    line = chosen_line(rows[0])  # rows[0] is what `workbench submit` picks by default
+    if line:
+        print(line)
     print(f"report: {write_report(config.run_dir, run.data, rows, run.entries_store, run.members_store) / 'report.md'}")
     print(f"member report: {report_members(config.run_dir, rows, train)}")
     write_submissions(run, rows, progress)
