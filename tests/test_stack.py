@@ -60,6 +60,10 @@ def test_leaderboard_has_every_kind_of_entry(stacked_run):
     assert all(r["test_mean_dice"] for r in rows)  # the synthetic data knows its test truth
     tuned = next(r for r in rows if r["entry"] == "tuned")
     assert 0 < float(tuned["tuned_on_mean_dice"]) <= 1
+    best = max((r for r in rows if r["kind"] == "member"), key=lambda r: float(r["oof_mean_dice"]))
+    assert all(r["gain_over"] == best["entry"] for r in rows)  # every entry against the best member
+    assert (best["gain"], best["gain_lo"], best["gain_hi"]) == ("0.000000",) * 3
+    assert all(float(r["gain_lo"]) <= float(r["gain_hi"]) and len(r["gain_by_fold"].split("/")) == 3 for r in rows)
 
 
 def test_entry_maps_are_honest_out_of_fold(stacked_run):
@@ -133,8 +137,10 @@ def test_submission_report_and_per_entry_files(stacked_run):
         assert sum(1 for _ in csv.reader(f)) == len(data.test_ids) + 1
     assert sorted(p.name for p in (config.run_dir / "submissions").iterdir()) == sorted(
         [f"{r['entry']}.csv.gz" for r in rows[:2]] + [f"{r['entry']}.json" for r in rows[:2]])
-    for name in ("report.md", "dice_by_entry.png", "dice_by_angle.png", "dice_by_fold.png", "worst.png"):
+    charts = ("dice_by_entry.png", "gain_by_entry.png", "dice_by_angle.png", "dice_by_fold.png", "worst.png")
+    for name in ("report.md", *charts):
         assert (config.run_dir / "report" / name).stat().st_size > 0
+    assert "## Gain over the best member" in (config.run_dir / "report" / "report.md").read_text()
 
 
 def test_postprocessing_is_kept_only_when_it_beats_the_best_entry_on_oof(stacked_run):
@@ -165,6 +171,8 @@ def test_rerun_resumes_without_refitting(stacked_run, capsys):
     out = capsys.readouterr().out
     assert "lightgbm: complete, skipped" in out and "mean: complete, skipped" in out
     assert [r["oof_mean_dice"] for r in again] == [r["oof_mean_dice"] for r in rows]
+    assert [r["gain_lo"] for r in again] == [r["gain_lo"] for r in rows]  # the bootstrap is seeded
+    assert f"chosen: {rows[0]['entry']}" in out and (rows[0]["kind"] == "member" or "95% car bootstrap" in out)
 
 
 def test_submit_blend_and_score_verbs(stacked_run, tmp_path):

@@ -1,7 +1,8 @@
 """`RUN/report/`: what a competitor looks at to decide the next step.
 
-- `report.md`: the leaderboard, Dice by angle and by fold for the top entries;
-- `dice_by_entry.png`, `dice_by_angle.png`, `dice_by_fold.png`: the same as charts;
+- `report.md`: the leaderboard, each entry's gain over the best member (95% car-bootstrap interval,
+  per-fold gains), Dice by angle and by fold for the top entries;
+- `dice_by_entry.png`, `gain_by_entry.png`, `dice_by_angle.png`, `dice_by_fold.png`: the same as charts;
 - `worst.png`: the best entry's worst OOF images, photo with its errors overlaid
   (red: predicted car that is background, blue: missed car);
 - `test_overlays.png`: a few test photos with the best entry's predicted mask;
@@ -39,6 +40,9 @@ def write_report(run_dir: Path, data: CarvanaData, rows: list[dict], entry_store
     angles = [f"angle{a:02d}" for a in range(1, 17)]
     fold_columns = [c for c in rows[0] if c.startswith("fold")]
     _bar_chart(folder / "dice_by_entry.png", rows)
+    gained = [r for r in rows if r.get("gain_over")]  # none when the run has no member
+    if gained:
+        _gain_chart(folder / "gain_by_entry.png", gained)
     _line_chart(folder / "dice_by_angle.png", top, angles, "angle", [a[-2:] for a in angles])
     _line_chart(folder / "dice_by_fold.png", top, fold_columns, "fold", [c[4:] for c in fold_columns])
     best = rows[0]
@@ -52,7 +56,7 @@ def write_report(run_dir: Path, data: CarvanaData, rows: list[dict], entry_store
         str(folder / "test_overlays.png"),
         cv2.cvtColor(_test_grid(data, store, best["entry"], test_ids), cv2.COLOR_RGB2BGR),
     )
-    text = _markdown(rows, top, angles, fold_columns, best["entry"], worst)
+    text = _markdown(rows, top, angles, fold_columns, best["entry"], worst, _gain_section(gained))
     write_text_atomic(folder / "report.md", text)
     return folder
 
@@ -121,6 +125,27 @@ def _bar_chart(path: Path, rows: list[dict]) -> None:
     plt.close(fig)
 
 
+def _gain_chart(path: Path, rows: list[dict]) -> None:
+    """Each entry's gain over the best member with its 95% car-bootstrap interval, and its per-fold gains."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(rows) + 1.4))
+    names = [f"{r['entry']} ({r['kind']})" for r in rows][::-1]
+    gain, lo, hi = (np.array([float(r[c]) for r in rows][::-1]) for c in ("gain", "gain_lo", "gain_hi"))
+    # A percentile interval need not contain the full-sample gain; the bar then ends at the point.
+    errors = np.maximum(0.0, [gain - lo, hi - gain])
+    ax.errorbar(gain, names, xerr=errors, fmt="o", color="tab:blue", capsize=3, label="gain, 95% car bootstrap")
+    for y, row in enumerate(rows[::-1]):
+        folds = [float(g) for g in row["gain_by_fold"].split("/")]
+        ax.plot(folds, [y] * len(folds), "x", color="tab:gray", label="per fold" if y == 0 else None)
+    ax.axvline(0.0, color="black", linewidth=0.8)
+    ax.set_xlabel(f"OOF mean Dice minus {rows[0]['gain_over']}'s (the best member)")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def _line_chart(path: Path, rows: list[dict], columns: list[str], xlabel: str, ticks: list[str]) -> None:
     import matplotlib.pyplot as plt
 
@@ -135,7 +160,31 @@ def _line_chart(path: Path, rows: list[dict], columns: list[str], xlabel: str, t
     plt.close(fig)
 
 
-def _markdown(rows, top, angles, fold_columns, best: str, worst: list[tuple[str, float]]) -> str:
+def _gain_section(rows: list[dict]) -> str:
+    """The markdown of each entry's gain over the best member (empty without gains)."""
+    if not rows:
+        return ""
+    body = [
+        [
+            r["entry"],
+            r["kind"],
+            f"{float(r['gain']):+.6f}",
+            f"{float(r['gain_lo']):+.6f} to {float(r['gain_hi']):+.6f}",
+            f"{float(r['gain_positive_share']):.1%}",
+            " / ".join(r["gain_by_fold"].split("/")),
+        ]
+        for r in rows
+    ]
+    header = ["entry", "kind", "gain", "95% car bootstrap", "resamples above 0", "per-fold gains"]
+    return (
+        f"## Gain over the best member, {rows[0]['gain_over']}\n\nHonest OOF mean Dice minus the best member's. "
+        "The interval resamples the cars (all their photos together) with replacement, the same resamples for "
+        "every entry; the per-fold gains show whether one fold carries it.\n\n"
+        f"{_table(header, body)}\n\n![](gain_by_entry.png)\n\n"
+    )
+
+
+def _markdown(rows, top, angles, fold_columns, best: str, worst: list[tuple[str, float]], gains: str) -> str:
     def table(header: list[str], body: list[list[object]]) -> str:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         return "\n".join(lines + ["| " + " | ".join(str(c) for c in r) + " |" for r in body])
@@ -149,7 +198,7 @@ def _markdown(rows, top, angles, fold_columns, best: str, worst: list[tuple[str,
     worst_text = "\n".join(f"- {img}: {score:.4f}" for img, score in worst)
     return (
         f"# Run report\n\nBest entry by honest OOF mean Dice: **{best}**.\n\n## Leaderboard\n\n{board}\n\n"
-        f"![](dice_by_entry.png)\n\n## Dice by angle\n\n{by_angle}\n\n![](dice_by_angle.png)\n\n"
+        f"![](dice_by_entry.png)\n\n{gains}## Dice by angle\n\n{by_angle}\n\n![](dice_by_angle.png)\n\n"
         f"## Dice by fold\n\n{by_fold}\n\n![](dice_by_fold.png)\n\n"
         f"## Worst OOF images of {best}\n\nRed: predicted car on background; blue: missed car.\n\n"
         f"{worst_text}\n\n![](worst.png)\n"
