@@ -17,6 +17,7 @@ import pytest
 
 from carvana.errors import WorkbenchError
 from carvana.metric import dice
+from oof.format import to_uint8
 from stacking.evaluate import DiceEvaluator
 from stacking.tune import (
     WORKER,
@@ -30,6 +31,7 @@ from stacking.tune import (
     open_storage,
     tune_study,
 )
+from stacking.tuned import tuned_map
 from tests.conftest import TUNE_MEMBERS as MEMBERS
 from tests.conftest import make_evaluator, make_images
 
@@ -185,6 +187,31 @@ def test_blend_levels_are_exact_int32_sums():
     assert total == 2**16 and level_sum.dtype == np.int32
     np.testing.assert_array_equal(level_sum, np.full((2, 3), 200 * 2**16))
     assert blend_mask(np.full((2, 2, 3), 200, np.uint8), 1, params).all()
+
+
+# (member m0, member m1) levels of one row of pixels; weighted 1:3 their blend p is (v0 + 3 v1) / 1020:
+# 0, 0.25, 0.4, 0.5, 150/255, 0.6, 0.6, 0.75, 0.8, 1.
+TUNED_PIXELS = [(0, 0), (255, 0), (102, 102), (0, 170), (150, 150), (153, 153), (0, 204), (0, 255), (204, 204),
+                (255, 255)]
+
+
+@pytest.mark.parametrize("angle, levels", [
+    (1, [0, 64, 102, 128, 150, 153, 153, 191, 204, 255]),  # t = 0.5: the blend's own levels (p = 0.5 is car)
+    (2, [0, 53, 85, 106, 125, 128, 128, 175, 191, 255]),  # t = 0.6: [0, t) onto [0, 0.5), [t, 1] onto [0.5, 1]
+])
+def test_tuned_map_levels(angle, levels):
+    """The tuned entry's stored levels: the weighted blend remapped so that its angle's threshold lands on 0.5,
+    car pixels pinned to >= 128/255 and background to <= 127/255 (p = t is car)."""
+    threshold = np.full(16, 0.5)
+    threshold[1] = 0.6  # angle 2
+    params = TunedParams(threshold, np.array([0.25, 0.75]), 0.0, 1, ("m0", "m1"))
+    maps = np.array(TUNED_PIXELS, dtype=np.uint8).T[:, None, :]  # (2, 1, 10)
+    out = tuned_map(maps, angle, params)
+    assert out.dtype == np.float32 and out.shape == (1, len(TUNED_PIXELS))
+    np.testing.assert_array_equal(to_uint8(out, "tuned"), [levels])
+    np.testing.assert_array_equal(out >= 0.5, blend_mask(maps, angle, params))
+    tie = 3 if angle == 1 else 5  # p = t exactly: car, at the pinned 128/255
+    assert out[0, tie] == np.float32(128 / 255)
 
 
 def test_blend_proba_and_saved_params(tmp_path):
