@@ -45,16 +45,6 @@ def as_train_maps(X: TrainMaps | np.ndarray, y: np.ndarray | None = None) -> Tra
     return TrainMaps.from_arrays(X, y)
 
 
-def as_batch(X: MapBatch | np.ndarray) -> MapBatch:
-    """X itself, or arrays (N, M, H, W) as a MapBatch (ids by position, angle 1)."""
-    if isinstance(X, MapBatch):
-        return X
-    X = np.asarray(X)
-    if X.ndim != 4:
-        raise ValueError(f"X must be (N, M, H, W) member maps, got shape {X.shape}")
-    return MapBatch.of(X)
-
-
 def truth_at(rle: str, native_hw: tuple[int, int], resolution: tuple[int, int]) -> np.ndarray:
     """(H, W) uint8 0/1 truth of an RLE at the store's `resolution` (H, W): area-average, majority."""
     return resize_mask(rle_decode(rle, native_hw), *resolution)

@@ -1,5 +1,5 @@
 """Post-processing of an entry's maps, chosen on honest OOF (nnU-Net's rule): each operation is applied to
-the best entry's stored OOF and test maps, written as an entry `<best>+<operation>`, and kept only when its
+the best entry's stored OOF and test maps, written as an entry `<best>.<operation>`, and kept only when its
 OOF mean Dice beats the best entry's. The operations learn nothing, so the OOF maps stay honest; the only
 choice made on the OOF images is keep / drop among a handful of operations.
 

@@ -38,7 +38,6 @@ from carvana.progress import progress_bar
 from oof import Store
 from stacking.evaluate import (
     N_ANGLES,
-    DiceEvaluator,  # noqa: F401  (re-exported: tests and callers import it from here)
     FoldedEvaluator,
     level_thresholds,
     quantize_weights,

@@ -90,7 +90,7 @@ def _submit(config: ExperimentConfig, entry: str | None, out_path: Path, progres
         TestMapReader(store.path, row["entry"]),
         out_path,
         image_size=summary.size,
-        threshold=float(row["threshold"]) if row["threshold"] != "per-angle" else 0.5,
+        threshold=float(row["threshold"]),
         progress=progress,
     )
     record = {
