@@ -18,6 +18,7 @@ _EXPORTS = {
     "stacking.evaluate": ["DiceEvaluator"],
     "stacking.tune": ["TunedParams", "nested_tune"],
     "stacking.leaderboard": ["EntryScore", "read_leaderboard", "write_leaderboard"],
+    "stacking.choice": ["Choice", "choose"],
 }
 __all__ = public_names(_EXPORTS)
 __getattr__ = lazy_getattr(__name__, _EXPORTS)

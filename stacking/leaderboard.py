@@ -1,5 +1,6 @@
 """`RUN/leaderboard.csv`: one row per entry (member, blend, stacker) with its honest OOF mean Dice and,
-from `workbench stack`, its gain over the best member with a car-bootstrap interval (`stacking.uncertainty`).
+from `workbench stack`, its gain over the best member with a car-bootstrap interval (`stacking.uncertainty`)
+and which entries are the two submissions (`stacking.choice`). Rows are in honest OOF order, whatever the choice.
 
 Scores are computed at the data's original size (maps are upsampled bilinearly, then thresholded),
 so they are the competition's metric, not an approximation at the store's resolution.
@@ -28,6 +29,10 @@ from stacking.uncertainty import paired_gains
 LEADING_COLUMNS = ["entry", "kind", "oof_mean_dice", "threshold"]
 # Each entry against the best member (`add_gains`); written after the fold columns, in this order.
 GAIN_COLUMNS = ["gain_over", "gain", "gain_lo", "gain_hi", "gain_positive_share", "gain_by_fold"]
+# The submission choice (`stacking.choice.mark_choice`: "chosen" / "second", and why); after the gains.
+CHOICE_COLUMNS = ["choice", "choice_reason"]
+# Columns that compare an entry with the others of its `workbench stack`: stale in rows kept from an older one.
+RELATIVE_COLUMNS = GAIN_COLUMNS + CHOICE_COLUMNS
 
 
 @dataclass
@@ -145,9 +150,9 @@ def write_leaderboard(
     path: Path, entries: list[EntryScore], keep: Callable[[dict], bool] = lambda row: False
 ) -> list[dict]:
     """Write `entries` plus the existing rows that `keep` accepts (default none), best OOF score first.
-    Kept rows lose their gains: the best member they were measured against may have changed."""
+    Kept rows lose their gains and the choice: the entries they were measured against may have changed."""
     rows: dict[str, dict] = {
-        row["entry"]: {c: v for c, v in row.items() if c not in GAIN_COLUMNS}
+        row["entry"]: {c: v for c, v in row.items() if c not in RELATIVE_COLUMNS}
         for row in read_leaderboard(path)
         if keep(row)
     }
@@ -158,7 +163,7 @@ def write_leaderboard(
         key=lambda c: (
             c != "test_mean_dice",
             not c.startswith("fold"),
-            GAIN_COLUMNS.index(c) if c in GAIN_COLUMNS else len(GAIN_COLUMNS),
+            RELATIVE_COLUMNS.index(c) if c in RELATIVE_COLUMNS else len(RELATIVE_COLUMNS),
             c,
         ),
     )
@@ -188,16 +193,3 @@ def format_table(rows: list[dict[str, object]], extra_columns: tuple[str, ...] =
     lines = ["  ".join(c.ljust(widths[c]) for c in columns)]
     lines += ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns) for r in rows]
     return "\n".join(lines)
-
-
-def chosen_line(row: dict[str, str]) -> str | None:
-    """One line on leaderboard `row` (the chosen entry) against the best member; None without gains."""
-    if not row.get("gain_over"):
-        return None
-    if row["gain_over"] == row["entry"]:
-        return f"chosen: {row['entry']}, the best member itself (gain 0)"
-    return (
-        f"chosen: {row['entry']} gain over {row['gain_over']} {float(row['gain']):+.6f} "
-        f"(95% car bootstrap {float(row['gain_lo']):+.6f} to {float(row['gain_hi']):+.6f}; "
-        f"above 0 in {float(row['gain_positive_share']):.1%} of resamples)"
-    )

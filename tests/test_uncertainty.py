@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from folds import Folds
-from stacking.leaderboard import GAIN_COLUMNS, EntryScore, add_gains, chosen_line, read_leaderboard, write_leaderboard
+from stacking.leaderboard import GAIN_COLUMNS, EntryScore, add_gains, read_leaderboard, write_leaderboard
 from stacking.uncertainty import car_counts, paired_gains, resample_cars
 
 CARS = [f"{i:012x}" for i in (0xA1, 0xB2, 0xC3, 0xD4, 0xE5)]
@@ -68,9 +68,9 @@ def test_car_counts():
     np.testing.assert_array_equal(car_counts(draws, 4), [[2, 1], [0, 1], [1, 1], [0, 0]])
 
 
-def test_leaderboard_gain_columns_and_chosen_line(tmp_path):
+def test_leaderboard_gain_columns(tmp_path):
     """Every row gets its gain over the best member (0 with interval [0, 0] for that member itself), after the
-    fold columns; the chosen line reads the top row; kept rows lose gains measured against an old best."""
+    fold columns; kept rows lose gains measured against an old best. (The chosen line: tests/test_choice.py.)"""
     per_image, fold_of = small_scores()
     folds = Folds(fold_of, 2, "hash")
     kinds = {"a": "member", "b": "member", "c": "blend"}
@@ -89,20 +89,9 @@ def test_leaderboard_gain_columns_and_chosen_line(tmp_path):
         assert [float(g) for g in row["gain_by_fold"].split("/")] == pytest.approx(gain.by_fold, abs=1e-6)
     member = next(r for r in rows if r["entry"] == best.entry)
     assert [member[c] for c in GAIN_COLUMNS[1:5]] == ["0.000000", "0.000000", "0.000000", "0.000"]
-    top = rows[0]
-    expected = (
-        f"chosen: {top['entry']}, the best member itself (gain 0)"
-        if top["entry"] == best.entry
-        else f"chosen: {top['entry']} gain over {best.entry} {float(top['gain']):+.6f} (95% car bootstrap "
-        f"{float(top['gain_lo']):+.6f} to {float(top['gain_hi']):+.6f}; above 0 in "
-        f"{float(top['gain_positive_share']):.1%} of resamples)"
-    )
-    assert chosen_line(top) == expected
-    blend = next(r for r in rows if r["entry"] == "c")
-    assert chosen_line(blend).startswith(f"chosen: c gain over {best.entry} ")
     rescored = EntryScore("a", "member", 0.5, per_image["a"], folds)  # as `fold-train` writes a member
     kept = write_leaderboard(tmp_path / "leaderboard.csv", [rescored], keep=lambda row: True)
-    assert all(not r.get("gain_over") for r in kept) and chosen_line(kept[0]) is None
+    assert all(not r.get("gain_over") for r in kept)
 
 
 def test_no_member_no_gains():
