@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import json
 import shutil
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from carvana.dataset import CarvanaData
 from carvana.submission import read_sample_ids, validate_submission
 from folds import read_folds
 from oof import Store
+from stacking.choice import chosen_row
 from stacking.leaderboard import score_entry
 from tests.conftest import run_cli
 from workbench.config import load_config
@@ -135,8 +137,13 @@ def test_submission_report_and_per_entry_files(stacked_run):
     validate_submission(submission, read_sample_ids(config.data / "sample_submission.csv"), image_size=(96, 64))
     with gzip.open(submission, "rt") as f:
         assert sum(1 for _ in csv.reader(f)) == len(data.test_ids) + 1
+    # The top n_submissions by honest OOF, and the two picks (the chosen entry and the second submission).
+    written = {r["entry"] for r in rows[:2]} | {r["entry"] for r in rows if r.get("choice")}
+    assert {r["choice"] for r in rows if r.get("choice")} == {"chosen", "second"}
     assert sorted(p.name for p in (config.run_dir / "submissions").iterdir()) == sorted(
-        [f"{r['entry']}.csv.gz" for r in rows[:2]] + [f"{r['entry']}.json" for r in rows[:2]])
+        [f"{e}.csv.gz" for e in written] + [f"{e}.json" for e in written])
+    chosen = chosen_row(rows)["entry"]
+    assert json.loads((config.run_dir / "submission.json").read_text())["entry"] == chosen
     charts = ("dice_by_entry.png", "gain_by_entry.png", "dice_by_angle.png", "dice_by_fold.png", "worst.png")
     for name in ("report.md", *charts):
         assert (config.run_dir / "report" / name).stat().st_size > 0
@@ -172,7 +179,13 @@ def test_rerun_resumes_without_refitting(stacked_run, capsys):
     assert "lightgbm: complete, skipped" in out and "mean: complete, skipped" in out
     assert [r["oof_mean_dice"] for r in again] == [r["oof_mean_dice"] for r in rows]
     assert [r["gain_lo"] for r in again] == [r["gain_lo"] for r in rows]  # the bootstrap is seeded
-    assert f"chosen: {rows[0]['entry']}" in out and (rows[0]["kind"] == "member" or "95% car bootstrap" in out)
+    picks = [(r["entry"], r.get("choice"), r.get("choice_reason")) for r in rows]
+    assert [(r["entry"], r.get("choice"), r.get("choice_reason")) for r in again] == picks  # so is the choice
+    chosen, second = (next(r for r in rows if r.get("choice") == c) for c in ("chosen", "second"))
+    lines = out.splitlines()
+    chosen_at = lines.index(f"chosen: {chosen['entry']} {chosen['choice_reason']}")  # the leaderboard's record
+    assert lines[chosen_at + 1] == f"second submission: {second['entry']} {second['choice_reason']}"
+    assert chosen["entry"] != second["entry"]
 
 
 def test_submit_blend_and_score_verbs(stacked_run, tmp_path):
@@ -182,6 +195,11 @@ def test_submit_blend_and_score_verbs(stacked_run, tmp_path):
     one = tmp_path / "one.csv.gz"
     result = run_cli("submit", "--config", str(path), "--entry", "mean", "--out", str(one))
     assert result.returncode == 0, result.stderr
+    default = tmp_path / "default.csv.gz"  # `submit`'s default entry is the one `stack` chose
+    result = run_cli("submit", "--config", str(path), "--out", str(default))
+    assert result.returncode == 0, result.stderr
+    chosen = json.loads((config.run_dir / "submission.json").read_text())["entry"]
+    assert json.loads((tmp_path / "default.json").read_text())["entry"] == chosen == chosen_row(rows)["entry"]
     score = run_cli("score", str(one), "--truth", str(truth), "--size", "96x64")
     assert score.returncode == 0, score.stderr
     mean_row = next(r for r in rows if r["entry"] == "mean")

@@ -1,6 +1,7 @@
 """`workbench stack` / `make stack`: blends, learned stackers and the tuned blend over the members' OOF
 maps, the mean of the learned ones, each scored honestly with car-grouped CV, the leaderboard, the report
-and the submission from the best entry by honest OOF score (never by test score).
+and the submissions: the chosen entry (`stacking.choice`: the best by honest OOF score when its gain over the
+simpler candidates is clear of the noise, never chosen by test score) and a second one.
 
 The verb opens the Run (data checked once), streams the members' maps through the one cross-fit loop
 (`stacking.crossfit.fit_predict`) for every entry and stores the entry's maps in a second store,
@@ -18,9 +19,10 @@ from carvana.atomic import copy_atomic
 from carvana.errors import WorkbenchError
 from oof import Store, rebuild, recover
 from stacking.blenders import make_blender
+from stacking.choice import Choice, choose, mark_choice
 from stacking.crossfit import Entry, EntryT, TestClock, fit_predict
 from stacking.ensemble import ENTRIES_MEAN, entries_mean_spec, is_learned, write_entries_mean
-from stacking.leaderboard import EntryScore, add_gains, chosen_line, format_table, score_entries, write_leaderboard
+from stacking.leaderboard import EntryScore, add_gains, format_table, score_entries, write_leaderboard
 from stacking.maps import TestMaps, TrainMaps
 from stacking.pixel_stacker import make_stacker
 from stacking.postprocess import postprocess_spec, postprocessed_name, write_postprocessed
@@ -188,15 +190,15 @@ def _stack(run: Run, start: float, progress: bool) -> list[dict]:
     scores += stack_postprocessed(run, scores, progress, clock)
     print(f"test maps: {clock.seconds:.1f} s (every entry's test maps written by this stack, together)")
     add_gains(scores)
+    choice = choose(scores)
+    mark_choice(scores, choice)  # recorded in the leaderboard: `workbench submit` reads it back
     rows = write_leaderboard(config.run_dir / "leaderboard.csv", scores)
     print(f"\n{config.run_dir / 'leaderboard.csv'} (stack took {time.time() - start:.0f} s):")
     print(format_table(rows))
-    line = chosen_line(rows[0])  # rows[0] is what `workbench submit` picks by default
-    if line:
-        print(line)
+    print("\n".join(choice.lines()))
     print(f"report: {write_report(config.run_dir, run.data, rows, run.entries_store, run.members_store) / 'report.md'}")
     print(f"member report: {report_members(config.run_dir, rows, train)}")
-    write_submissions(run, rows, progress)
+    write_submissions(run, rows, choice, progress)
     return rows
 
 
@@ -248,18 +250,19 @@ def stack_postprocessed(run: Run, scores: list[EntryScore], progress: bool, cloc
     return [s for s in scored if s.oof_mean_dice > best.oof_mean_dice]
 
 
-def write_submissions(run: Run, rows: list[dict], progress: bool) -> None:
-    """One submission per top entry in RUN/submissions/ (for `workbench blend`), and the best entry's
-    (by honest OOF score) as RUN/submission.csv.gz."""
+def write_submissions(run: Run, rows: list[dict], choice: Choice, progress: bool) -> None:
+    """One submission per top entry by honest OOF, and for the chosen and the second entries, in
+    RUN/submissions/ (for `workbench blend` and Kaggle's two picks); the chosen entry's as RUN/submission.csv.gz."""
     config = run.config
     folder = config.run_dir / "submissions"
-    for row in rows[: max(1, config.stack.n_submissions)]:
-        submit(config, entry=row["entry"], out_path=folder / f"{row['entry']}.csv.gz", progress=progress, run=run)
-    best = rows[0]["entry"]
+    top = [row["entry"] for row in rows[: max(1, config.stack.n_submissions)]]
+    for entry in dict.fromkeys([*top, choice.entry, *([choice.second] if choice.second else [])]):
+        submit(config, entry=entry, out_path=folder / f"{entry}.csv.gz", progress=progress, run=run)
     path = config.run_dir / SUBMISSION
-    copy_atomic(folder / f"{best}.json", path.with_name("submission.json"))
-    copy_atomic(folder / f"{best}.csv.gz", path)
-    print(f"\n{path}: from {best} (best honest OOF mean Dice {float(rows[0]['oof_mean_dice']):.6f})")
+    copy_atomic(folder / f"{choice.entry}.json", path.with_name("submission.json"))
+    copy_atomic(folder / f"{choice.entry}.csv.gz", path)
+    second = f"; second submission: {folder / f'{choice.second}.csv.gz'}" if choice.second else ""
+    print(f"\n{path}: from {choice.entry} (the chosen entry){second}")
     score = local_score(config, path, run=run)
     if score is not None:
         print(f"local score against {config.data / 'test_masks.csv'}: mean Dice {score.mean_dice:.6f}")

@@ -19,6 +19,7 @@ from carvana.submission import (
 )
 from carvana.validate import DataSummary
 from oof import Store
+from stacking.choice import chosen_row
 from stacking.leaderboard import read_leaderboard
 from workbench.config import ExperimentConfig
 from workbench.run import Run
@@ -44,12 +45,12 @@ def entry_store(config: ExperimentConfig, kind: str) -> Store:
     return Store(config.run_dir / ("oof" if kind == "member" else "stack"))
 
 
-def best_entry(config: ExperimentConfig) -> dict[str, str]:
-    """The leaderboard row with the best honest OOF mean Dice (never chosen by test score)."""
+def chosen_entry(config: ExperimentConfig) -> dict[str, str]:
+    """The leaderboard row of the entry `workbench stack` chose (`stacking.choice`; never by test score)."""
     rows = read_leaderboard(config.run_dir / "leaderboard.csv")
     if not rows:
         raise WorkbenchError(f"{config.run_dir / 'leaderboard.csv'}: no leaderboard yet; run `workbench stack` first")
-    return max(rows, key=lambda r: float(r["oof_mean_dice"]))
+    return chosen_row(rows)
 
 
 def submit(
@@ -61,7 +62,8 @@ def submit(
     run: Run | None = None,
 ) -> Path:
     """Write `RUN/submission.csv.gz` (or `out_path`, never one of the run's own files) from `entry`'s test
-    maps (default: the best entry); `run`, when the caller has opened it, saves checking the data again."""
+    maps (default: the entry `workbench stack` chose); `run`, when the caller has opened it, saves checking
+    the data again."""
     default = config.run_dir / SUBMISSION
     out_path = Path(out_path or default)
     refuse_overwrite("--out", out_path, record_path(out_path), lambda p: output_role(p, config.run_dir), str(default))
@@ -78,7 +80,7 @@ def record_path(out_path: Path) -> Path:
 
 def _submit(config: ExperimentConfig, entry: str | None, out_path: Path, progress: bool, summary: DataSummary) -> Path:
     rows = {r["entry"]: r for r in read_leaderboard(config.run_dir / "leaderboard.csv")}
-    row = best_entry(config) if entry is None else rows.get(entry)
+    row = chosen_entry(config) if entry is None else rows.get(entry)
     if row is None:
         raise WorkbenchError(f"{config.run_dir / 'leaderboard.csv'}: no entry {entry!r}; valid: {', '.join(rows)}")
     store = entry_store(config, row["kind"])
