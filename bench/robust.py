@@ -80,10 +80,13 @@ def read_leaderboard(run: Path) -> list[dict[str, str]]:
 
 
 def summarise(name: str, rows: list[dict[str, str]]) -> dict[str, object]:
-    """Best member, chosen entry (the leaderboard's first row) and the chosen entry's gains, for one dataset."""
+    """Best member, chosen entry (the one `workbench stack` chose and submitted, `stacking.choice`) and the
+    chosen entry's gains, for one dataset."""
+    from stacking.choice import chosen_row
+
     members = [r for r in rows if r["kind"] == "member"]
     best = max(members, key=lambda r: float(r["oof_mean_dice"]))
-    chosen = rows[0]
+    chosen = chosen_row(rows)
 
     def test(row: dict[str, str]) -> float | None:
         return float(row["test_mean_dice"]) if row.get("test_mean_dice") else None
@@ -137,8 +140,10 @@ def render(datasets: list[Dataset], runs: dict[str, Path], *, config: Path, cars
     return "\n".join([
         f"`python -m bench.robust{' --quick' if quick else ''}`: `workbench demo --config {config}` unchanged on "
         f"{len(datasets)} studio datasets ({cars[0]} train / {cars[1]} test cars each; variants in "
-        "`carvana/synth/variants.py`). The chosen entry is the leaderboard's first row (best honest, car-grouped "
-        "OOF mean Dice); test is the held-out synthetic truth, never used to choose.",
+        "`carvana/synth/variants.py`). The chosen entry is the one `workbench stack` submits (`stacking.choice`: "
+        "the best honest, car-grouped OOF mean Dice when its gain over the best member and the plain mean is clear "
+        "of the car-bootstrap noise, else the simplest of those); test is the held-out synthetic truth, never "
+        "used to choose.",
         "", markdown_table(head, table), "", f"- {spread}.",
         "", "Every entry, honest OOF mean Dice (test mean Dice):", "",
         markdown_table(["entry"] + [ds.name for ds in datasets], by_entry)])

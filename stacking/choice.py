@@ -139,8 +139,8 @@ def mark_choice(scores: Sequence[EntryScore], choice: Choice) -> None:
 
 def chosen_row(rows: Sequence[dict[str, str]]) -> dict[str, str]:
     """The leaderboard row `workbench stack` chose; without a recorded choice (a leaderboard of members that
-    `fold-train` wrote, where the rule's choice is the best member) the row with the best honest OOF score."""
+    `fold-train` wrote, where the rule's choice is the best member) the first row, which `write_leaderboard`
+    makes the best by honest OOF."""
     if not rows:
         raise ValueError("chosen_row() needs at least one leaderboard row")
-    marked = [r for r in rows if r.get(CHOICE) == CHOSEN]
-    return marked[0] if marked else max(rows, key=lambda r: float(r["oof_mean_dice"]))
+    return next((r for r in rows if r.get(CHOICE) == CHOSEN), rows[0])

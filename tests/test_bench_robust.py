@@ -22,6 +22,8 @@ def test_summary_names_best_member_chosen_entry_and_gains() -> None:
     assert abs(s["gain_oof"] - 0.0032) < 1e-9 and abs(s["gain_test"] - 0.0025) < 1e-9
     assert abs(s["worst_learned_gap"] - (0.9740 - 0.9758)) < 1e-9  # lightgbm, a learned entry below the member
     assert summarise("d", [r for r in ROWS if r["kind"] in ("member", "blend")])["worst_learned_gap"] is None
+    marked = [dict(r, choice="chosen") if r["entry"] == "mean" else r for r in ROWS]  # as `stack` records it
+    assert summarise("d", marked)["chosen"] == "mean"  # not the top row: the choice `workbench stack` made
 
 
 def test_render_reads_the_runs_leaderboards(tmp_path: Path) -> None:

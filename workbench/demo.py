@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+from stacking.choice import chosen_row
 from workbench.config import ExperimentConfig
 from workbench.fold_train import fold_train
 from workbench.runfolder import open_run_dir
@@ -25,7 +26,7 @@ def run_demo(config: ExperimentConfig) -> None:
     score = local_score(config, submission)
     print("\n== demo summary ==")
     print(f"best entry by honest OOF mean Dice: {rows[0]['entry']} ({float(rows[0]['oof_mean_dice']):.6f})")
-    print(f"submission: {submission}")
+    print(f"submission: {submission} (from {chosen_row(rows)['entry']}: see the `chosen:` line above)")
     if score is not None:
         print(f"local score (synthetic test truth): {score.mean_dice:.6f}")
     print(f"report: {config.run_dir / 'report' / 'report.md'}")
