@@ -7,7 +7,7 @@ CONFIG ?= configs/demo.yaml
 RUN ?= runs/$(basename $(notdir $(CONFIG)))
 LIB := carvana folds oof zoo stacking workbench
 
-.PHONY: setup setup-gpu lint test demo folds fold-train stack tune submit blend dashboard tensorboard bench bench-robust bench-scale bench-import bench-pseudo clean-demo
+.PHONY: setup setup-gpu lint test demo folds fold-train stack tune submit blend dashboard tensorboard bench bench-robust bench-scale bench-import bench-pseudo bench-regime clean-demo
 
 setup: $(VENV)/.installed
 
@@ -61,6 +61,9 @@ bench-import: setup
 
 bench-pseudo: setup
 	$(PY) -m bench.pseudo_round
+
+bench-regime: setup
+	$(PY) -m bench.regime
 
 bench-scale: setup
 	$(PY) -m bench.scale --fraction $(or $(FRACTION),0.05) --out bench/_scratch/scale

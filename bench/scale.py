@@ -7,11 +7,10 @@ Builds in DIR: `data/` in the Kaggle layout with round(318 F) train cars and rou
 x 16 angles at 1918x1280 (a few studio cars are rendered and their photos and masks reused as hard
 links; every car has its own id, its row in the CSVs and its files), `config.yaml` (5 car-grouped
 folds, no zoo, `configs/kaggle.yaml`'s stack section), `run/folds.csv`, and a store of 7 members' OOF
-and test maps at 1918x1280 made from the truths with per-member errors: soft boundaries of different
-widths, boundaries biased in or out, thin parts (antennas, spokes) missed, occasional blobs and holes,
-and one weak fold each. Unless `--prepare-only`, runs `workbench stack` and `workbench submit` as
-subprocesses, recording seconds, peak RSS of the process tree and bytes on disk, extrapolates linearly
-to the full competition, and writes the section to bench/RESULTS.md.
+and test maps at 1918x1280 at Carvana's accuracy (`bench.calibrated`: members 0.996-0.997, errors partly
+shared, test maps as fold means; one member fails in one fold). Unless `--prepare-only`, runs `workbench
+stack` and `workbench submit` as subprocesses, recording seconds, peak RSS of the process tree and bytes on
+disk, extrapolates linearly to the full competition, and writes the section to bench/RESULTS.md.
 """
 from __future__ import annotations
 
@@ -26,27 +25,28 @@ import threading
 import time
 from pathlib import Path
 
-import cv2
-import numpy as np
 import yaml
 
+from bench.calibrated import Style, write_members
 from bench.common import machine_description, markdown_table, replace_results_section
 from carvana.dataset import KAGGLE_SIZE, N_ANGLES, read_rle_csv
-from carvana.rle import rle_decode
 
 REPO = Path(__file__).resolve().parent.parent
 TITLE = "Kaggle-size rehearsal (bench.scale)"
 KAGGLE_TRAIN_CARS, KAGGLE_TEST_CARS = 318, 6254
 SIZE = KAGGLE_SIZE  # W x H
 TEMPLATE_CARS = (4, 2)  # rendered train and test studio cars whose photos and masks are reused
-# Per member: boundary softness (Gaussian sigma, px), boundary bias (px, + grows), thin parts lost (opening side,
-# px, 0 = none), chance of a blob or hole per image. Named after configs/kaggle.yaml's zoo.
-MEMBERS = {
-    "unet_resnet34_512": (2.4, 1, 9, 0.05), "unet_resnet34_1024": (1.4, 0, 5, 0.03),
-    "fpn_efficientnet-b0_1024": (1.6, -1, 7, 0.04), "unet_efficientnet-b0_1024": (1.3, 0, 5, 0.03),
-    "keras_unet_1024": (1.8, 1, 7, 0.06), "unet_resnet34_1280": (0.9, 0, 3, 0.02),
-    "linknet_resnet34_1280": (1.0, -1, 3, 0.02),
-}
+# Members at Carvana's accuracy (bench.calibrated), named after configs/kaggle.yaml's zoo: the low-resolution
+# ones softer and with wider missed thin parts, the Keras one biased out, one failing in a fold.
+MEMBERS = [
+    Style("unet_resnet34_512", softness=1.4, offset=1.9, thin=11),
+    Style("unet_resnet34_1024", offset=1.75),
+    Style("fpn_efficientnet-b0_1024", offset=1.8, bias=-0.2),
+    Style("unet_efficientnet-b0_1024", offset=1.7, thin=9),
+    Style("keras_unet_1024", offset=1.8, bias=0.3, weak_fold=3),
+    Style("unet_resnet34_1280", offset=1.6),
+    Style("linknet_resnet34_1280", offset=1.65, softness=1.0),
+]
 
 
 def car_ids(prefix: str, n: int) -> list[str]:
@@ -89,53 +89,6 @@ def prepare_data(out: Path, n_train: int, n_test: int) -> Path:
     for name, lines in rows.items():
         (data / name).write_text("\n".join(lines) + "\n")
     return data
-
-
-def member_map(truth: np.ndarray, member: str, img: str, weak: bool) -> np.ndarray:
-    """(H, W) uint8 probability x 255 of a synthetic member for a truth (H, W) 0/1."""
-    sigma, bias, thin, p_blob = MEMBERS[member]
-    rng = np.random.default_rng(int(hashlib.sha256(f"{member}/{img}".encode()).hexdigest()[:8], 16))
-    mask = truth * np.uint8(255)
-    if thin:  # thin parts narrower than the kernel vanish
-        mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (thin, thin)))
-    if bias:
-        kernel = np.ones((2 * abs(bias) + 1,) * 2, np.uint8)
-        mask = cv2.dilate(mask, kernel) if bias > 0 else cv2.erode(mask, kernel)
-    if rng.random() < p_blob:
-        y, x = int(rng.integers(0, mask.shape[0])), int(rng.integers(0, mask.shape[1]))
-        axes = (int(rng.integers(10, 60)), int(rng.integers(10, 60)))
-        cv2.ellipse(mask, (x, y), axes, float(rng.uniform(0, 180)), 0, 360, 255 - int(mask[y, x]), -1)
-    sigma *= 2.5 if weak else 1.0
-    return cv2.GaussianBlur(mask, (0, 0), sigma * float(rng.uniform(0.8, 1.2)))
-
-
-def write_member(run_dir: Path, data: Path, member: str) -> None:
-    """One member's OOF maps (each by 'its' fold, the member weak in one fold) and test maps."""
-    from folds import read_folds
-    from oof import Store
-
-    folds = read_folds(run_dir / "folds.csv")
-    store = Store(run_dir / "oof")
-    rles, test_rles = read_rle_csv(data / "train_masks.csv"), read_rle_csv(data / "test_masks.csv")
-    present = store.path.is_dir() and member in store.members()
-    if present and (len(store.ids(member, "train")), len(store.ids(member, "test"))) == (len(rles), len(test_rles)):
-        return
-    weak_fold = list(MEMBERS).index(member) % folds.n_folds
-    shape = (SIZE[1], SIZE[0])
-    cache: dict[str, np.ndarray] = {}
-
-    def truth_of(rles: dict[str, str], img: str) -> np.ndarray:  # cars share a few template masks
-        rle = rles[img]
-        key = hashlib.sha256(rle.encode()).hexdigest()
-        if key not in cache:
-            cache[key] = rle_decode(rle, shape)
-        return cache[key]
-
-    with store.open_member(member, {"name": member, "bench": "scale"}, folds.hash, shape, reset=present) as writer:
-        for img, k in sorted(folds.fold_of.items()):
-            writer.write("train", img, member_map(truth_of(rles, img), member, img, k == weak_fold), fold=k)
-        for img in sorted(test_rles):
-            writer.write("test", img, member_map(truth_of(test_rles, img), member, img, False))
 
 
 def write_config(out: Path, data: Path, n_trials: int) -> Path:
@@ -274,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     from joblib import Parallel, delayed
 
-    Parallel(n_jobs=args.jobs)(delayed(write_member)(args.out / "run", data, m) for m in MEMBERS)
+    groups = [MEMBERS[i :: args.jobs] for i in range(args.jobs)]  # each process writes its members' maps
+    Parallel(n_jobs=args.jobs)(delayed(write_members)(args.out / "run", data, g, tag="scale") for g in groups)
     stages["write member maps"] = {"seconds": time.perf_counter() - start, "peak_rss": 0}
     print(f"prepared {args.out}: {n_train} train + {n_test} test photos, {len(MEMBERS)} members", flush=True)
     if args.prepare_only:
