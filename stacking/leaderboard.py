@@ -38,7 +38,7 @@ RELATIVE_COLUMNS = GAIN_COLUMNS + CHOICE_COLUMNS
 @dataclass
 class EntryScore:
     entry: str
-    kind: str  # member | blend | stacker
+    kind: str  # member | blend | stacker | cnn | tuned | ensemble | postprocess (stacking.choice.KIND_ORDER)
     threshold: float
     oof_per_image: dict[str, float]  # train image id -> Dice
     folds: Folds
