@@ -274,3 +274,21 @@ def test_logistic_design_is_the_scaled_features_beside_the_one_hot_angle():
     np.testing.assert_array_equal(design[:, 5:], one_hot)
     with pytest.raises(ValueError, match="angle 1..16"):
         LogisticDesign().fit(X).transform(np.column_stack([X[:, :5], np.full(500, 17, np.float32)]))
+
+
+@pytest.mark.parametrize("name", list(STACKERS))
+@pytest.mark.parametrize("disagree", [False, True], ids=["all-certain", "certain-but-disagreeing"])
+def test_stackers_give_probabilities_where_members_are_certain(name, disagree):
+    """Members at 0 and 255 only (Carvana's 99.7% of pixels): an empty uncertain band (every member agrees)
+    or a band of certain but disagreeing members; the stacker fits and its maps stay in [0, 1]."""
+    X = np.zeros((6, 3, 16, 12), dtype=np.uint8)
+    X[:, :, :8] = 255
+    if disagree:
+        X[:, 0, 8:] = 255  # member 0 also says car below the roofline
+    truth = np.zeros((6, 16, 12), dtype=np.uint8)
+    truth[:, :8] = 1
+    angles = np.arange(6) % 16 + 1
+    model = make_stacker(name, lo=0.02, hi=0.98, max_pixels=1000, random_state=0).fit(X, truth, angles)
+    out = model.predict_proba(X, angles)
+    assert out.dtype == np.float32 and out.min() >= 0.0 and out.max() <= 1.0
+    assert (out[:, :8] >= 0.5).all()
