@@ -21,7 +21,7 @@ lint: setup
 	$(PY) -m ruff check . && $(PY) -m ruff format --check $(LIB) && $(PY) -m mypy $(LIB)
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadfile  # one worker per core; a file's tests share a worker (and its fixtures)
 
 demo: setup
 	$(WB) demo --config $(CONFIG)

@@ -161,7 +161,7 @@ def test_driver_killed_then_rerun_trains_no_fold_twice(cluster, tiny_data, tmp_p
                "--address", cluster, "--gpus-per-job", "0", "--member", MEMBER]
     driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first = run_dir / "members" / MEMBER / "fold0" / "done.json"
-    deadline = time.time() + 120
+    deadline = time.time() + 300  # generous: a loaded box (or a parallel test beside it) starts Ray slowly
     while not first.exists() and time.time() < deadline and driver.poll() is None:
         time.sleep(0.1)
     os.kill(driver.pid, signal.SIGKILL)
@@ -183,7 +183,7 @@ def _wait_for_claim_owners_to_exit(run_dir: Path) -> None:
     """Ray ends the killed driver's tasks shortly after; until then their claims are (rightly) live."""
     from workbench.claims import read_claim
 
-    deadline = time.time() + 60
+    deadline = time.time() + 120
     for claim in run_dir.glob("members/*/fold*/claim.json"):
         owner = read_claim(claim) or {}
         while owner.get("pid") and time.time() < deadline:

@@ -30,6 +30,13 @@ tune:
 """
 
 
+def _terminal_sigint() -> None:
+    """In the child before exec: SIGINT as a terminal's foreground job has it. A process started with SIGINT
+    ignored (pytest-xdist's workers ignore it; so does `cmd &` in a script) passes that on, and Python then
+    keeps ignoring it: the command would rightly never see a Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def ctrl_c(config: Path, verb: str, marker: str, after: float = 0.0, *extra: str) -> str:
     """`workbench VERB --config CONFIG` in a session of its own, sent SIGINT as a group `after` seconds after
     `marker` shows on its stderr; returns the stderr, having checked what a Ctrl-C must print."""
@@ -39,6 +46,7 @@ def ctrl_c(config: Path, verb: str, marker: str, after: float = 0.0, *extra: str
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         start_new_session=True,
+        preexec_fn=_terminal_sigint,
     )
     assert proc.stderr is not None
     seen = b""

@@ -199,7 +199,7 @@ def test_sigkill_then_resume_keeps_ema_and_swa_state(tmp_path):
     process = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT.format(repo=str(REPO), folder=str(run_dir))],
                                stderr=subprocess.DEVNULL)
     log = run_dir / "log.csv"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 240
     while not (log.exists() and len(log.read_text().splitlines()) >= 3) and time.monotonic() < deadline:
         time.sleep(0.05)  # two epochs done: the SWA average has started
     process.send_signal(signal.SIGKILL)
