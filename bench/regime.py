@@ -107,7 +107,7 @@ def section(results: dict[str, dict], args: argparse.Namespace) -> str:
         f"{machine_description()}: {args.cars * 16} train and {args.test_cars * 16} test photos at 1918x1280, "
         "5 car-grouped folds, members from `bench.calibrated`, configs/kaggle.yaml's stack section.",
         markdown_table(["set", "best member (OOF / test)", "chosen", "gain OOF", "gain test",
-                        "max honest OOF (its test gain)", "worst learned entry vs best member (OOF)"], summary),
+                        "max honest OOF (its test gain)", "worst non-member entry vs best member (OOF)"], summary),
         f"The chosen entry is at or above the best member on the test truth in {rule_hits} of {len(results)} sets; "
         f"choosing the maximum honest OOF would be in {max_hits} of {len(results)}.",
     ]
