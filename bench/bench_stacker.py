@@ -20,7 +20,8 @@ from bench.bench_trial import HEIGHT, N_MEMBERS, WIDTH, synthetic_image
 from bench.common import markdown_table, median_seconds
 from carvana.metric import dice
 from stacking.blenders import MeanBlender
-from stacking.features import band_levels, band_mask, sample_band_features
+from stacking.features import band_levels, band_mask, member_mean, sample_band_features
+from stacking.maps import MapBatch, TrainMaps
 from stacking.pixel_stacker import PixelStacker
 
 TITLE = "Pixel stacker: LightGBM on the uncertain band vs the mean blend"
@@ -54,7 +55,8 @@ def build_sample(n_images: int, max_pixels: int, lo_level: int, hi_level: int) -
 
 def timed_fit(sample, max_pixels: int, n_jobs: int) -> tuple[PixelStacker, float]:
     start = time.perf_counter()
-    stacker = PixelStacker(max_pixels=max_pixels, lgbm_params={"n_jobs": n_jobs}).fit_sample(sample)
+    # the sample is drawn once and fitted by several models: the stacker's private door for that
+    stacker = PixelStacker(max_pixels=max_pixels, lgbm_params={"n_jobs": n_jobs})._fit_sample(sample)
     return stacker, time.perf_counter() - start
 
 
@@ -62,13 +64,13 @@ def held_out_quality(stacker: PixelStacker, held: list, lo_level: int, hi_level:
     """Mean Dice of stacker and mean blend at 0.5, band share, share of the mean blend's errors in the band."""
     stacked, blended, n_band, n_errors, n_errors_in_band = [], [], 0, 0, 0
     for maps, truth, angle in held:
-        mean = MeanBlender().fit(maps[None]).predict_proba(maps[None])[0]
+        mean = member_mean(maps)
         band = band_mask(maps, lo_level, hi_level)
         errors = (mean >= 0.5) != (truth != 0)
         n_band += np.count_nonzero(band)
         n_errors += np.count_nonzero(errors)
         n_errors_in_band += np.count_nonzero(errors & band)
-        stacked.append(dice(stacker.predict_image(maps, angle) >= 0.5, truth))
+        stacked.append(dice(stacker.predict_proba(MapBatch.of(maps[None], angles=[angle]))[0] >= 0.5, truth))
         blended.append(dice(mean >= 0.5, truth))
     n_pixels = len(held) * held[0][1].size
     return dict(stacked=float(np.mean(stacked)), blended=float(np.mean(blended)), band=n_band / n_pixels,
@@ -92,10 +94,12 @@ def run(quick: bool) -> str:
     def per_image(predict) -> float:
         return median_seconds(lambda: [predict(maps, angle) for maps, _, angle in held], repeats=3, warmup=0) / n_held
 
-    predict_default = per_image(stacker.predict_image)
-    predict_one, predict_two = per_image(one.predict_image), per_image(two.predict_image)
-    mean_blender = MeanBlender().fit(held[0][0][None])
-    predict_mean = per_image(lambda maps, angle: mean_blender.predict_proba(maps[None]))
+    def predictor(model):
+        return lambda maps, angle: model.predict_proba(MapBatch.of(maps[None], angles=[angle]))
+
+    predict_default = per_image(predictor(stacker))
+    predict_one, predict_two = per_image(predictor(one)), per_image(predictor(two))
+    predict_mean = per_image(predictor(MeanBlender().fit(TrainMaps.from_arrays(held[0][0][None], None))))
     quality = held_out_quality(stacker, held, lo_level, hi_level)
 
     rows_fit = sample.labels.size

@@ -2,11 +2,9 @@
 
 Every blender follows the stacking entries' one input type (`stacking.maps`): `fit(X)` takes a
 `TrainMaps` (streamed labelled batches) and returns self, `predict_proba(X)` takes a `MapBatch` and
-returns (N, H, W) float32 probabilities. For convenience arrays are accepted too and wrapped:
-X (N, M, H, W) uint8 levels (probability x 255) or floats in [0, 1], y (N, H, W) 0/1. Members are
-converted to float32 one at a time, so predicting on a batch costs the output plus one member, never a
-float copy of all of X. uint8 levels go through a 256-entry table of the blend's per-member term, so a
-member costs one float32 array: no float copy of it, no per-pixel log or multiply.
+returns (N, H, W) float32 probabilities (arrays are wrapped by `TrainMaps.from_arrays` and `MapBatch.of`).
+A member's uint8 levels go through a 256-entry table of the blend's per-member term, so predicting on a
+batch costs the output plus one float32 array per member: no float copy of X, no per-pixel log or multiply.
 """
 
 from __future__ import annotations
@@ -21,18 +19,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from carvana.errors import WorkbenchError
 from stacking.evaluate import DiceEvaluator, FoldsView
-from stacking.maps import MapBatch, TrainMaps, as_train_maps
-
-
-def _check_members(X: np.ndarray) -> np.ndarray:
-    """X as an array (N, M, H, W) of uint8 levels or floats in [0, 1]."""
-    X = np.asarray(X)
-    if X.ndim != 4:
-        raise ValueError(f"X must be (N, M, H, W) member maps, got shape {X.shape}")
-    if X.dtype != np.uint8 and (not np.issubdtype(X.dtype, np.floating) or X.min() < 0 or X.max() > 1):
-        raise ValueError(f"X must be uint8 levels or floats in [0, 1], got {X.dtype}")
-    return X
-
+from stacking.maps import MapBatch, TrainMaps
 
 _PROBABILITY = np.arange(256, dtype=np.float32) / np.float32(255)  # level -> the probability it stands for
 
@@ -41,20 +28,12 @@ def _sum_terms(
     X: np.ndarray, term: Callable[[int, np.ndarray], np.ndarray], members: Iterable[int] | None = None
 ) -> np.ndarray:
     """(N, H, W) float32 sum over `members` (default all) of term(m, member m's float32 probabilities), one
-    member at a time. For uint8 levels `term` is applied to the 256 levels' probabilities and looked up: the
-    same float32 values, for one (N, H, W) array per member."""
+    member at a time, for X (N, M, H, W) uint8 levels: `term` is applied to the 256 levels' probabilities and
+    looked up, one (N, H, W) array per member."""
     total = np.zeros(X.shape[:1] + X.shape[2:], dtype=np.float32)
     for m in range(X.shape[1]) if members is None else members:
-        member = X[:, m]
-        total += term(m, _PROBABILITY)[member] if member.dtype == np.uint8 else term(m, member.astype(np.float32))
+        total += term(m, _PROBABILITY)[X[:, m]]
     return total
-
-
-def _levels(image_members: np.ndarray) -> np.ndarray:
-    """(M, H, W) uint8 levels of one image; floats are rounded to the nearest of the 256 levels."""
-    if image_members.dtype == np.uint8:
-        return image_members
-    return np.rint(image_members * 255).astype(np.uint8)
 
 
 class _Blender(BaseEstimator):
@@ -63,17 +42,15 @@ class _Blender(BaseEstimator):
     name: ClassVar[str]
     learned: ClassVar[bool] = False  # True where fit learns from the truth (weights), not only the member count
 
-    def fit(self, X: TrainMaps | np.ndarray, y: np.ndarray | None = None) -> _Blender:
+    def fit(self, X: TrainMaps, y: None = None) -> _Blender:
         """Fixed blenders learn only the member count of X (no pass over the maps)."""
-        if not isinstance(X, TrainMaps):
-            _check_members(X)
-        self.n_members_ = as_train_maps(X, y).n_members
+        self.n_members_ = X.n_members
         return self
 
-    def predict_proba(self, X: MapBatch | np.ndarray) -> np.ndarray:
+    def predict_proba(self, X: MapBatch) -> np.ndarray:
         """Blended probabilities (N, H, W) float32 of a batch of N images' maps (N, M, H, W)."""
         check_is_fitted(self)
-        maps = X.maps if isinstance(X, MapBatch) else _check_members(X)
+        maps = X.maps
         if maps.shape[1] != self.n_members_:
             raise ValueError(f"X has {maps.shape[1]} members, the blender was fitted on {self.n_members_}")
         # float32 sums of weights that add up to 1 can land an ulp outside [0, 1] where every member is certain
@@ -162,24 +139,9 @@ class WeightedMeanBlender(_Blender):
         self.max_passes = max_passes
         self.random_state = random_state
 
-    def fit(self, X: TrainMaps | np.ndarray, y: np.ndarray | None = None) -> WeightedMeanBlender:
-        """Learn weights from the streamed evaluator of TrainMaps X (shared by every fit on its folds), or
-        from arrays X (N, M, H, W) and truth y (N, H, W) 0/1."""
-        if isinstance(X, TrainMaps):
-            return self.fit_evaluator(X.evaluator())
-        if y is None:
-            raise ValueError("WeightedMeanBlender.fit needs the truth y (N, H, W)")
-        X = _check_members(X)
-        train = as_train_maps(X, y)
-        evaluator = DiceEvaluator(train.n_members)
-        for batch in train.batches():
-            assert batch.truth is not None
-            for maps, truth in zip(batch.maps, batch.truth):
-                evaluator.add_image(maps, truth, 1)
-        return self.fit_evaluator(evaluator)
-
-    def fit_evaluator(self, evaluator: DiceEvaluator | FoldsView) -> WeightedMeanBlender:
-        """Learn weights from a ready evaluator (e.g. one streamed from the OOF store)."""
+    def fit(self, X: TrainMaps, y: None = None) -> WeightedMeanBlender:
+        """Learn weights from the streamed evaluator of X's folds (shared by every fit on them)."""
+        evaluator = X.evaluator()
         self.n_members_ = evaluator.n_members
         self.weights_, self.score_ = search_simplex_weights(
             evaluator, self.threshold, self.initial_step, self.n_halvings, self.max_passes, self.random_state
@@ -202,18 +164,17 @@ class SelectedBlend(_Blender):
     name = "selected"
     learned = True
 
-    def __init__(self, threshold: float = 0.5, max_steps: int = 20, inner: bool = False) -> None:
+    def __init__(self, *, threshold: float = 0.5, max_steps: int = 20, inner: bool = False) -> None:
         self.threshold = threshold
         self.max_steps = max_steps
         self.inner = inner
 
-    def fit(self, X: TrainMaps | np.ndarray, y: np.ndarray | None = None) -> SelectedBlend:
-        """Select on the shared evaluator of X's folds (arrays X, y: one fold, no inner folds)."""
+    def fit(self, X: TrainMaps, y: None = None) -> SelectedBlend:
+        """Select on the shared evaluator of X's folds (inner folds: X's folds, when `inner`)."""
         from stacking.selection import select
 
-        train = X if isinstance(X, TrainMaps) else as_train_maps(_check_members(X), y)
-        view = train.evaluator()
-        self.n_members_ = train.n_members
+        view = X.evaluator()
+        self.n_members_ = X.n_members
         self.weights_, path, self.n_steps_ = select(view.folded, view.folds, self.threshold, self.max_steps, self.inner)
         self.score_ = float(path.scores[self.n_steps_])
         return self

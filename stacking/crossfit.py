@@ -20,7 +20,7 @@ import numpy as np
 
 from carvana.progress import progress_bar
 from oof.format import to_uint8
-from stacking.maps import MapBatch, ReadMaps, TestMaps, TrainMaps, read_batch
+from stacking.maps import MapBatch, TestMaps, TrainMaps, read_batch
 
 EntryT = TypeVar("EntryT", bound="Entry")
 
@@ -123,17 +123,19 @@ def predict_test(model: Entry, test: TestMaps, *, n_jobs: int = 1) -> Iterator[t
     chunks = test.chunks()
     if n_jobs == 1 or len(chunks) < 2:
         for ids in chunks:
-            yield _predict_chunk(model, test.read, ids)
+            yield _predict_chunk(model, test, ids)
         return
     import joblib
 
-    jobs = (joblib.delayed(_predict_chunk)(model, test.read, ids) for ids in chunks)
+    jobs = (joblib.delayed(_predict_chunk)(model, test, ids) for ids in chunks)
     yield from joblib.Parallel(n_jobs=n_jobs, return_as="generator", pre_dispatch="2*n_jobs")(jobs)
 
 
-def _predict_chunk(model: Entry, read: ReadMaps, ids: tuple[str, ...]) -> tuple[tuple[str, ...], np.ndarray]:
+def _predict_chunk(model: Entry, test: TestMaps, ids: tuple[str, ...]) -> tuple[tuple[str, ...], np.ndarray]:
     """The chunk's (n, H, W) uint8 levels, rounded as the store rounds them. Predicted image by image: a
     worker holds one image's member maps (17 MB at 1918x1280 with 7 members) and the entry's float temporaries,
     not a chunk's, while the model travels once per chunk."""
-    levels = [to_uint8(model.predict_proba(read_batch(read, (img,)))[0], f"test map of {img}") for img in ids]
+    levels = [
+        to_uint8(model.predict_proba(read_batch(test.read, (img,), test.photo))[0], f"test map of {img}") for img in ids
+    ]
     return ids, np.stack(levels)

@@ -1,7 +1,9 @@
 """The one input type of every stacking entry: batches of member maps with their ids and angles.
 
 * `MapBatch`: n images' member maps (n, M, H, W) uint8 levels (probability x 255), their ids, angles
-  1..16 and, for train images, truths (n, H, W) uint8 0/1. `predict_proba` of every entry takes one.
+  1..16, for train images truths (n, H, W) uint8 0/1, and, where the source knows the data folder, the
+  photos on demand (`photos()`: only an entry that looks at them pays for decoding them).
+  `predict_proba` of every entry takes one.
 * `TrainMaps`: the labelled train images of some folds, streamed as MapBatches of at most `chunk`
   images from a reader (the OOF store, or arrays already in memory). `fit` of every entry takes one.
   `folds(ks)` is the same source restricted to folds `ks`; `evaluator()` is the exact Dice evaluator
@@ -15,12 +17,13 @@ holds only the pixels whose decision can change (see `stacking.evaluate`).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from carvana.dataset import angle_of
+from carvana.dataset import CarvanaData, angle_of
 from carvana.resize import resize_mask
 from carvana.rle import rle_decode
 from stacking.evaluate import DiceEvaluator, FoldedEvaluator, FoldsView
@@ -30,19 +33,18 @@ ReadMaps = Callable[[Sequence[str]], np.ndarray]  # ids -> (n, M, H, W) uint8
 ReadTruth = Callable[[str], np.ndarray]  # id -> (H, W) uint8 0/1 at the maps' resolution
 
 
-def as_train_maps(X: TrainMaps | np.ndarray, y: np.ndarray | None = None) -> TrainMaps:
-    """X itself, or arrays X (N, M, H, W) uint8 / floats in [0, 1] and y (N, H, W) as an in-memory TrainMaps
-    (y may be None for entries that learn nothing from the truth)."""
-    if isinstance(X, TrainMaps):
-        if y is not None:
-            raise ValueError("fit on TrainMaps takes no separate y: the truths come with the maps")
-        return X
-    X = np.asarray(X)
-    if X.ndim != 4:
-        raise ValueError(f"X must be (N, M, H, W) member maps, got shape {X.shape}")
-    if y is not None and np.shape(y) != X.shape[:1] + X.shape[2:]:
-        raise ValueError(f"y must be (N, H, W) = {X.shape[:1] + X.shape[2:]}, got {np.shape(y)}")
-    return TrainMaps.from_arrays(X, y)
+ReadPhoto = Callable[[str], np.ndarray]  # id -> (H0, W0, 3) uint8 RGB photo at its own size
+
+
+@dataclass(frozen=True)
+class PhotoReader:
+    """id -> the photo of `split` in the Kaggle layout at `data` (picklable: test-map workers carry it)."""
+
+    data: Path
+    split: str
+
+    def __call__(self, img: str) -> np.ndarray:
+        return CarvanaData(self.data).load_image(img, self.split)
 
 
 def truth_at(rle: str, native_hw: tuple[int, int], resolution: tuple[int, int]) -> np.ndarray:
@@ -52,12 +54,14 @@ def truth_at(rle: str, native_hw: tuple[int, int], resolution: tuple[int, int]) 
 
 @dataclass(frozen=True)
 class MapBatch:
-    """n images: maps (n, M, H, W) uint8, ids (n,), angles (n,) int 1..16, truth (n, H, W) 0/1 or None."""
+    """n images: maps (n, M, H, W) uint8, ids (n,), angles (n,) int 1..16, truth (n, H, W) 0/1 or None, and
+    `photo` (id -> photo) where the source has the data folder."""
 
     maps: np.ndarray
     ids: tuple[str, ...]
     angles: np.ndarray
     truth: np.ndarray | None = None
+    photo: ReadPhoto | None = None
 
     def __post_init__(self) -> None:
         if self.maps.ndim != 4 or self.maps.dtype != np.uint8:
@@ -77,6 +81,12 @@ class MapBatch:
     def n_members(self) -> int:
         return int(self.maps.shape[1])
 
+    def photos(self) -> Iterator[np.ndarray]:
+        """Each image's (H0, W0, 3) uint8 photo, in order, decoded on demand."""
+        if self.photo is None:
+            raise ValueError("this batch carries no photos: build its TrainMaps/TestMaps with a `photo` reader")
+        return (self.photo(img) for img in self.ids)
+
     @classmethod
     def of(
         cls,
@@ -84,18 +94,21 @@ class MapBatch:
         ids: Sequence[str] | None = None,
         angles: Sequence[int] | None = None,
         truth: np.ndarray | None = None,
+        photo: ReadPhoto | None = None,
     ) -> MapBatch:
         """A batch from arrays; floats in [0, 1] are rounded to levels, ids default to their positions and
         angles to 1 (for entries that ignore them)."""
         maps = np.asarray(maps)
+        if maps.ndim != 4:
+            raise ValueError(f"X must be (N, M, H, W) member maps, got shape {maps.shape}")
         if maps.dtype != np.uint8:
             if not np.issubdtype(maps.dtype, np.floating) or maps.size and (maps.min() < 0 or maps.max() > 1):
                 raise ValueError(f"X must be uint8 levels or floats in [0, 1], got {maps.dtype}")
             maps = np.rint(maps * 255).astype(np.uint8)
-        n = maps.shape[0] if maps.ndim == 4 else 0
+        n = maps.shape[0]
         ids = tuple(ids) if ids is not None else tuple(str(i) for i in range(n))
         levels = np.ones(n, dtype=np.int64) if angles is None else np.asarray(angles, dtype=np.int64)
-        return cls(maps, ids, levels, None if truth is None else np.asarray(truth, dtype=np.uint8))
+        return cls(maps, ids, levels, None if truth is None else np.asarray(truth, dtype=np.uint8), photo)
 
 
 @dataclass
@@ -118,6 +131,7 @@ class TrainMaps:
     folds_in: tuple[int, ...] | None = None
     threshold_range: tuple[float, float] = (0.2, 0.8)  # thresholds the shared evaluator must answer for
     shared: _Shared = field(default_factory=_Shared)
+    photo: ReadPhoto | None = None
 
     @property
     def all_folds(self) -> tuple[int, ...]:
@@ -150,16 +164,7 @@ class TrainMaps:
         unknown = set(ks) - set(self.all_folds)
         if unknown:
             raise ValueError(f"folds {sorted(unknown)} are not among the run's folds {list(self.all_folds)}")
-        return TrainMaps(
-            self.read,
-            self.truth,
-            self.fold_of,
-            self.members,
-            self.chunk,
-            tuple(sorted(ks)),
-            self.threshold_range,
-            self.shared,
-        )
+        return replace(self, folds_in=tuple(sorted(ks)))
 
     def batches(self, with_truth: bool = True) -> Iterator[MapBatch]:
         """The images in id order, `chunk` at a time; truths decoded once per pass."""
@@ -168,7 +173,7 @@ class TrainMaps:
         for start in range(0, len(ids), self.chunk):
             part = ids[start : start + self.chunk]
             truth = np.stack([self.truth(img) for img in part]) if with_truth else None
-            yield MapBatch(self.read(part), tuple(part), np.array([angle_of(i) for i in part]), truth)
+            yield MapBatch(self.read(part), tuple(part), np.array([angle_of(i) for i in part]), truth, self.photo)
 
     def images(self) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
         """(maps (M, H, W) uint8, truth (H, W), angle) one image at a time (the pixel stackers' stream)."""
@@ -181,9 +186,7 @@ class TrainMaps:
         """The exact Dice evaluator of this source's images: one DiceEvaluator per fold of the run, built
         in one streamed pass on first use and shared by every fold subset and entry."""
         if self.shared.evaluator is None:
-            root = TrainMaps(
-                self.read, self.truth, self.fold_of, self.members, self.chunk, None, self.threshold_range, self.shared
-            )
+            root = replace(self, folds_in=None)
             evaluators = {k: DiceEvaluator(self.n_members, self.threshold_range) for k in self.all_folds}
             ids: dict[int, list[str]] = {k: [] for k in self.all_folds}
             for batch in root.batches():
@@ -216,14 +219,25 @@ class TrainMaps:
         fold: Sequence[int] | None = None,
         chunk: int = CHUNK,
         threshold_range: tuple[float, float] = (0.2, 0.8),
+        *,
+        angles: Sequence[int] | None = None,
     ) -> TrainMaps:
         """In-memory source: maps (N, M, H, W) uint8 (or floats in [0, 1]), truth (N, H, W) 0/1.
 
-        ids default to `<12 hex>_<NN>`-like names whose angle cycles 1..16; fold defaults to 0 for all."""
+        ids default to `<12 hex>_<NN>`-like names whose angle cycles 1..16, or is `angles` (N,) 1..16 when
+        given; fold defaults to 0 for all."""
         batch = MapBatch.of(maps)
         n = len(batch)
         truth = None if truth is None else np.asarray(truth, dtype=np.uint8)
-        ids = list(ids) if ids is not None else [f"{i // 16:012x}_{i % 16 + 1:02d}" for i in range(n)]
+        shape = batch.maps.shape[:1] + batch.maps.shape[2:]
+        if truth is not None and truth.shape != shape:
+            raise ValueError(f"truth must be (N, H, W) = {shape}, got {truth.shape}")
+        if ids is None:
+            cycle = [i % 16 + 1 for i in range(n)] if angles is None else [int(a) for a in angles]
+            if len(cycle) != n or any(not 1 <= a <= 16 for a in cycle):
+                raise ValueError(f"angles must be ({n},) values 1..16, got {list(cycle)}")
+            ids = [f"{i // 16:012x}_{a:02d}" if angles is None else f"{i:012x}_{a:02d}" for i, a in enumerate(cycle)]
+        ids = list(ids)
         position = {img: i for i, img in enumerate(ids)}
         fold_of = dict(zip(ids, [int(k) for k in (fold if fold is not None else np.zeros(n, int))], strict=True))
         members = tuple(f"m{m}" for m in range(batch.n_members))
@@ -251,19 +265,20 @@ class TestMaps:
     read: ReadMaps
     ids: tuple[str, ...]
     chunk: int = CHUNK
+    photo: ReadPhoto | None = None
 
     def batches(self) -> Iterator[MapBatch]:
         for part in self.chunks():
-            yield read_batch(self.read, part)
+            yield read_batch(self.read, part, self.photo)
 
     def chunks(self) -> list[tuple[str, ...]]:
         """The ids of each batch, in order."""
         return [tuple(self.ids[start : start + self.chunk]) for start in range(0, len(self.ids), self.chunk)]
 
 
-def read_batch(read: ReadMaps, ids: tuple[str, ...]) -> MapBatch:
+def read_batch(read: ReadMaps, ids: tuple[str, ...], photo: ReadPhoto | None = None) -> MapBatch:
     """The unlabelled MapBatch of `ids` (their angles from the ids)."""
-    return MapBatch(read(ids), ids, np.array([angle_of(i) for i in ids]))
+    return MapBatch(read(ids), ids, np.array([angle_of(i) for i in ids]), photo=photo)
 
 
 @dataclass(frozen=True)

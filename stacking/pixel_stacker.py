@@ -15,7 +15,7 @@ If the sampled band pixels are all one class (or there are none) there is nothin
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +24,6 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from carvana.errors import WorkbenchError
-from stacking.blenders import _check_members, _levels
 from stacking.features import (
     N_ANGLES,
     BandSample,
@@ -40,8 +39,6 @@ from stacking.maps import MapBatch, TrainMaps
 
 WEIGHTINGS = ("pixel", "dice")  # every sampled band pixel alike, or weighted to follow per-image Dice
 PREDICT_CHUNK = 2**18  # band pixels featurised at a time when predicting: bounded memory per image
-
-Images = Iterable[tuple[np.ndarray, np.ndarray, int]]
 
 
 def _lightgbm(random_state: int, params: dict | None) -> Any:
@@ -181,28 +178,17 @@ class PixelStacker(BaseEstimator):
         self.max_band_share = max_band_share
         self.weighting = weighting
 
-    def fit(
-        self,
-        X: TrainMaps | np.ndarray | Images,
-        y: np.ndarray | None = None,
-        angles: np.ndarray | None = None,
-        n_images: int | None = None,
-    ) -> PixelStacker:
-        """Fit on a TrainMaps (streamed batches), on arrays X (N, M, H, W) uint8 (or floats in [0, 1]),
-        y (N, H, W) 0/1, angles (N,) 1..16, or on an iterable X of (maps (M, H, W) uint8, truth (H, W), angle)
-        streamed one image at a time (then y and angles are None; `n_images`, if known, saves featurising
-        pixels that get cut).
-        """
+    def fit(self, X: TrainMaps, y: None = None) -> PixelStacker:
+        """Fit on the band pixels of X's images, streamed one image at a time."""
         _level2(self.model)
         lo_level, hi_level = band_levels(self.lo, self.hi)
-        images, n_images = self._fit_images(X, y, angles, n_images)
-        return self.fit_sample(
-            sample_band_features(images, lo_level, hi_level, self.max_pixels, self.random_state, n_images)
+        return self._fit_sample(
+            sample_band_features(X.images(), lo_level, hi_level, self.max_pixels, self.random_state, X.n_images)
         )
 
-    def fit_sample(self, sample: BandSample) -> PixelStacker:
+    def _fit_sample(self, sample: BandSample) -> PixelStacker:
         """Fit on a ready `sample_band_features` sample drawn with this stacker's lo, hi, max_pixels and
-        random_state (build it once per fold and fit several level-2 models on it)."""
+        random_state (a benchmark builds it once and fits several level-2 models on it)."""
         spec = _level2(self.model)
         drawn = (sample.lo_level, sample.hi_level, sample.max_pixels, sample.random_state)
         if drawn != (*band_levels(self.lo, self.hi), self.max_pixels, self.random_state):
@@ -225,25 +211,16 @@ class PixelStacker(BaseEstimator):
             self.model_.fit(sample.features, sample.labels, **fit_params)
         return self
 
-    def predict_proba(self, X: MapBatch | np.ndarray, angles: np.ndarray | None = None) -> np.ndarray:
-        """Probabilities (N, H, W) float32 of a MapBatch, or of X (N, M, H, W) uint8 (or floats in [0, 1])
-        with angles (N,) 1..16."""
+    def predict_proba(self, X: MapBatch) -> np.ndarray:
+        """Probabilities (N, H, W) float32 of a batch's images."""
         check_is_fitted(self, "n_members_")
-        if isinstance(X, MapBatch):
-            angles, X = X.angles, X.maps
-        X = _check_members(X)
-        angles = np.asarray(angles)
-        if angles.shape != X.shape[:1]:
-            raise ValueError(f"angles must be (N,) = ({X.shape[0]},), got {angles.shape}")
-        out = np.empty(X.shape[:1] + X.shape[2:], dtype=np.float32)
-        for i in range(X.shape[0]):
-            out[i] = self.predict_image(_levels(X[i]), int(angles[i]))
+        out = np.empty(X.maps.shape[:1] + X.maps.shape[2:], dtype=np.float32)
+        for i in range(len(X)):
+            out[i] = self._predict_image(X.maps[i], int(X.angles[i]))
         return out
 
-    def predict_image(self, maps: np.ndarray, angle: int) -> np.ndarray:
+    def _predict_image(self, maps: np.ndarray, angle: int) -> np.ndarray:
         """Probability map (H, W) float32 of one image's maps (M, H, W) uint8 and its angle 1..16."""
-        check_is_fitted(self, "n_members_")
-        maps = np.asarray(maps)
         check_image(maps, angle, self.n_members_)
         out = member_mean(maps)
         if self.model_ is None:
@@ -266,27 +243,6 @@ class PixelStacker(BaseEstimator):
             return band
         doubt = np.abs(mean.reshape(-1)[band] - np.float32(0.5))
         return np.sort(band[np.argpartition(doubt, cap - 1)[:cap]])
-
-    def _fit_images(self, X: Any, y: Any, angles: Any, n_images: int | None) -> tuple[Images, int | None]:
-        """The fit input as a stream of (maps, truth, angle) and its length if known."""
-        if isinstance(X, TrainMaps):
-            if y is not None or angles is not None:
-                raise ValueError("fit on TrainMaps takes no separate y or angles: they come with the maps")
-            return X.images(), X.n_images
-        if isinstance(X, np.ndarray):
-            X = _check_members(X)
-            if y is None or angles is None:
-                raise ValueError("fit on arrays needs the truth y (N, H, W) and angles (N,)")
-            y, angles = np.asarray(y), np.asarray(angles)
-            if y.shape != X.shape[:1] + X.shape[2:] or angles.shape != X.shape[:1]:
-                raise ValueError(
-                    f"y must be (N, H, W) = {X.shape[:1] + X.shape[2:]} and angles (N,), "
-                    f"got {y.shape} and {angles.shape}"
-                )
-            return ((_levels(X[i]), y[i], int(angles[i])) for i in range(X.shape[0])), X.shape[0]
-        if y is not None or angles is not None:
-            raise ValueError("fit on a stream of (maps, truth, angle) takes no separate y or angles")
-        return X, n_images
 
 
 def make_stacker(name: str, **params: Any) -> PixelStacker:

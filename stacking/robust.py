@@ -51,7 +51,7 @@ class Guarded(BaseEstimator):
         self.params = params
         self.margin = margin
 
-    def make(self) -> Entry:
+    def _make(self) -> Entry:
         return make_stacker(self.stacker, **(self.params or {}))
 
     def fit(self, X: TrainMaps, y: None = None) -> Guarded:
@@ -59,12 +59,12 @@ class Guarded(BaseEstimator):
         self.inner_: dict[int, tuple[float, float]] = {}
         for j in folds if len(folds) > 1 else ():
             rest, held = X.folds([k for k in folds if k != j]), X.folds([j])
-            model = entry_per_image(self.make().fit(rest), held).mean()
+            model = entry_per_image(self._make().fit(rest), held).mean()
             fallback = SelectedBlend().fit(rest)
             self.inner_[j] = (float(model), held.evaluator().score(0.5, fallback.weights_))
         gain = np.mean([m - f for m, f in self.inner_.values()]) if self.inner_ else -np.inf
         self.used_ = "model" if gain > self.margin else "fallback"
-        self.model_ = (self.make() if self.used_ == "model" else SelectedBlend()).fit(X)
+        self.model_ = (self._make() if self.used_ == "model" else SelectedBlend()).fit(X)
         print(
             f"{self.stacker} (guarded) on folds {list(folds)}: inner mean Dice gain over the selected blend "
             f"{gain:+.5f}; "

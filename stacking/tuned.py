@@ -80,7 +80,7 @@ class TunedBlend(BaseEstimator):
             """The weighted blend's weights on the same folds: the study's first trial after the baseline."""
             if not (self.warm_start and space.tune_weights and X.n_members > 1):
                 return []
-            weights = WeightedMeanBlender().fit_evaluator(X.evaluator()).weights_
+            weights = WeightedMeanBlender().fit(X).weights_
             return [{f"w_{m}": float(w) for m, w in zip(X.members, weights)}]
 
         self.params_ = tune_study(

@@ -21,6 +21,7 @@ from stacking.features import (
     sample_band_features,
     window_sides,
 )
+from stacking.maps import MapBatch, TrainMaps
 from stacking.pixel_stacker import (
     STACKERS,
     Level2Model,
@@ -53,6 +54,14 @@ def toy_data(n: int = 12, height: int = 48, width: int = 64, seed: int = 0):
 @pytest.fixture(scope="module")
 def toy():
     return toy_data()
+
+
+def train(X, y, angles) -> TrainMaps:
+    return TrainMaps.from_arrays(X, y, angles=angles)
+
+
+def batch(X, angles=None) -> MapBatch:
+    return MapBatch.of(X, angles=angles)
 
 
 def stream(X, y, angles):
@@ -112,27 +121,27 @@ def test_band_mask_and_band_share_match_the_per_pixel_rule(toy, lo, hi):
     bands = [slow_band(X[i], lo, hi) for i in range(4)]
     for i in range(4):
         np.testing.assert_array_equal(band_mask(X[i], lo_level, hi_level), bands[i])
-    stacker = PixelStacker(lo=lo, hi=hi).fit(X[:4], y[:4], angles[:4])
+    stacker = PixelStacker(lo=lo, hi=hi).fit(train(X[:4], y[:4], angles[:4]))
     assert stacker.band_share_ == sum(b.sum() for b in bands) / y[:4].size
     assert stacker.n_band_pixels_ == stacker.n_fit_pixels_ == sum(b.sum() for b in bands)
 
 
 def test_default_band_is_a_minority_of_pixels_on_the_toy_maps(toy):
     X, y, angles = toy
-    assert 0.02 < PixelStacker().fit(X, y, angles).band_share_ < 0.15
+    assert 0.02 < PixelStacker().fit(train(X, y, angles)).band_share_ < 0.15
 
 
 @pytest.mark.parametrize("model", ["lightgbm", "logistic"])
 def test_fit_predict_shapes_range_and_consensus_pixels_get_the_members_mean(toy, model):
     X, y, angles = toy
-    stacker = PixelStacker(model=model).fit(X[:8], y[:8], angles[:8])
+    stacker = PixelStacker(model=model).fit(train(X[:8], y[:8], angles[:8]))
     assert stacker.model_ is not None and stacker.n_members_ == 3
-    out = stacker.predict_proba(X[8:], angles[8:])
+    out = stacker.predict_proba(batch(X[8:], angles[8:]))
     assert out.shape == (4, 48, 64) and out.dtype == np.float32
     assert out.min() >= 0 and out.max() <= 1
-    np.testing.assert_array_equal(stacker.predict_image(X[9], int(angles[9])), out[1])
-    np.testing.assert_array_equal(stacker.predict_proba(X[8:] / 255.0, angles[8:]), out)  # float input
-    mean = MeanBlender().fit(X[8:]).predict_proba(X[8:])
+    np.testing.assert_array_equal(stacker.predict_proba(batch(X[9:10], angles[9:10]))[0], out[1])
+    np.testing.assert_array_equal(stacker.predict_proba(batch(X[8:] / 255.0, angles[8:])), out)  # float input
+    mean = MeanBlender().fit(train(X[8:], None, None)).predict_proba(batch(X[8:]))
     consensus = ~np.stack([slow_band(X[i], 0.02, 0.98) for i in range(8, 12)])
     assert consensus.mean() > 0.5
     np.testing.assert_allclose(out[consensus], mean[consensus], atol=1e-6)
@@ -147,12 +156,12 @@ def test_sampling_budget_is_respected_and_spread_evenly_over_images(toy):
     sample = sample_band_features(stream(X, y, angles), lo_level, hi_level, max_pixels=60)
     assert sample.features.shape == (60, 15) and sample.labels.shape == (60,)
     assert np.bincount(sample.features[:, -1].astype(int) - 1).tolist() == [5] * 12  # angle = image here
-    stacker = PixelStacker(max_pixels=60).fit(X, y, angles)
+    stacker = PixelStacker(max_pixels=60).fit(train(X, y, angles))
     assert stacker.n_fit_pixels_ == 60 and stacker.n_band_pixels_ == sum(bands)
-    odd_budget = PixelStacker(max_pixels=100).fit(X, y, angles)
+    odd_budget = PixelStacker(max_pixels=100).fit(train(X, y, angles))
     assert odd_budget.n_fit_pixels_ == 12 * (100 // 12) <= 100
     with pytest.raises(ValueError, match="max_pixels"):
-        PixelStacker(max_pixels=11).fit(X, y, angles)
+        PixelStacker(max_pixels=11).fit(train(X, y, angles))
 
 
 def test_dice_weights_follow_each_images_car_and_band(toy):
@@ -168,11 +177,12 @@ def test_dice_weights_follow_each_images_car_and_band(toy):
         expected += [band / 5 / (int(y[i].sum()) + predicted)] * 5  # 5 rows of each image (previous test)
     expected = np.array(expected) / np.mean(expected)
     np.testing.assert_allclose(sample.weights, expected, rtol=1e-5)
-    pooled = PixelStacker(max_pixels=600, model="logistic").fit(X[:8], y[:8], angles[:8])
-    weighted = PixelStacker(max_pixels=600, model="logistic", weighting="dice").fit(X[:8], y[:8], angles[:8])
-    assert not np.array_equal(pooled.predict_proba(X[8:], angles[8:]), weighted.predict_proba(X[8:], angles[8:]))
+    pooled = PixelStacker(max_pixels=600, model="logistic").fit(train(X[:8], y[:8], angles[:8]))
+    weighted = PixelStacker(max_pixels=600, model="logistic", weighting="dice").fit(train(X[:8], y[:8], angles[:8]))
+    held = batch(X[8:], angles[8:])
+    assert not np.array_equal(pooled.predict_proba(held), weighted.predict_proba(held))
     with pytest.raises(ValueError, match="weighting"):
-        PixelStacker(max_pixels=600, weighting="area").fit(X[:8], y[:8], angles[:8])
+        PixelStacker(max_pixels=600, weighting="area").fit(train(X[:8], y[:8], angles[:8]))
 
 
 def test_streaming_fit_equals_array_fit(toy):
@@ -184,50 +194,53 @@ def test_streaming_fit_equals_array_fit(toy):
     np.testing.assert_array_equal(streamed.features, known.features)
     np.testing.assert_array_equal(streamed.labels, known.labels)
     assert known.max_held == 60 and 60 < streamed.max_held <= 150  # uncut, the stream would hold 184 rows
-    from_arrays = PixelStacker(max_pixels=600).fit(X[:8], y[:8], angles[:8])
-    from_stream = PixelStacker(max_pixels=600).fit(stream(X[:8], y[:8], angles[:8]))
+    from_arrays = PixelStacker(max_pixels=600).fit(train(X[:8], y[:8], angles[:8]))
+    one_at_a_time = TrainMaps.from_arrays(X[:8], y[:8], chunk=1, angles=angles[:8])
+    from_stream = PixelStacker(max_pixels=600).fit(one_at_a_time)
     assert from_stream.n_fit_pixels_ == from_arrays.n_fit_pixels_ <= 600
-    np.testing.assert_array_equal(from_stream.predict_proba(X[8:], angles[8:]),
-                                  from_arrays.predict_proba(X[8:], angles[8:]))
+    np.testing.assert_array_equal(from_stream.predict_proba(batch(X[8:], angles[8:])),
+                                  from_arrays.predict_proba(batch(X[8:], angles[8:])))
 
 
 def test_fit_sample_equals_fit_and_checks_the_sample_settings(toy):
     X, y, angles = toy
     sample = sample_band_features(stream(X[:8], y[:8], angles[:8]), *band_levels(0.02, 0.98), 300, 0)
-    direct = PixelStacker(max_pixels=300).fit(X[:8], y[:8], angles[:8])
-    from_sample = PixelStacker(max_pixels=300).fit_sample(sample)
-    np.testing.assert_array_equal(from_sample.predict_proba(X[8:], angles[8:]), direct.predict_proba(X[8:], angles[8:]))
+    direct = PixelStacker(max_pixels=300).fit(train(X[:8], y[:8], angles[:8]))
+    from_sample = PixelStacker(max_pixels=300)._fit_sample(sample)
+    held = batch(X[8:], angles[8:])
+    np.testing.assert_array_equal(from_sample.predict_proba(held), direct.predict_proba(held))
     assert from_sample.band_share_ == direct.band_share_
     with pytest.raises(ValueError, match="not this stacker's settings"):
-        PixelStacker(max_pixels=300, hi=0.9).fit_sample(sample)
+        PixelStacker(max_pixels=300, hi=0.9)._fit_sample(sample)
 
 
 def test_deterministic_for_a_seed(toy):
     X, y, angles = toy
 
     def fit(seed: int) -> PixelStacker:
-        return PixelStacker(max_pixels=240, random_state=seed).fit(X[:8], y[:8], angles[:8])
+        return PixelStacker(max_pixels=240, random_state=seed).fit(train(X[:8], y[:8], angles[:8]))
 
     first, again, other = fit(0), fit(0), fit(1)
-    np.testing.assert_array_equal(first.predict_proba(X[8:], angles[8:]), again.predict_proba(X[8:], angles[8:]))
-    assert not np.array_equal(first.predict_proba(X[8:], angles[8:]), other.predict_proba(X[8:], angles[8:]))
+    held = batch(X[8:], angles[8:])
+    np.testing.assert_array_equal(first.predict_proba(held), again.predict_proba(held))
+    assert not np.array_equal(first.predict_proba(held), other.predict_proba(held))
 
 
 def test_lightgbm_beats_the_mean_blend_on_held_out_images(toy):
     X, y, angles = toy
-    stacker = PixelStacker().fit(X[:8], y[:8], angles[:8])
+    stacker = PixelStacker().fit(train(X[:8], y[:8], angles[:8]))
     held = slice(8, 12)
-    stacked = mean_dice(stacker.predict_proba(X[held], angles[held]) >= 0.5, y[held])
-    blended = mean_dice(MeanBlender().fit(X[held]).predict_proba(X[held]) >= 0.5, y[held])
+    stacked = mean_dice(stacker.predict_proba(batch(X[held], angles[held])) >= 0.5, y[held])
+    blended = mean_dice(MeanBlender().fit(train(X[held], None, None)).predict_proba(batch(X[held])) >= 0.5, y[held])
     assert stacked > blended + 0.001
 
 
 def test_one_class_band_sample_falls_back_to_the_members_mean(toy):
     X, y, angles = toy
-    stacker = PixelStacker().fit(X[:4], np.ones_like(y[:4]), angles[:4])
+    stacker = PixelStacker().fit(train(X[:4], np.ones_like(y[:4]), angles[:4]))
     assert stacker.model_ is None
-    np.testing.assert_allclose(stacker.predict_proba(X[4:6], angles[4:6]),
-                               MeanBlender().fit(X[4:6]).predict_proba(X[4:6]), atol=1e-6)
+    np.testing.assert_allclose(stacker.predict_proba(batch(X[4:6], angles[4:6])),
+                               MeanBlender().fit(train(X[4:6], None, None)).predict_proba(batch(X[4:6])), atol=1e-6)
 
 
 def test_registry_and_make_stacker():
@@ -237,7 +250,7 @@ def test_registry_and_make_stacker():
     with pytest.raises(WorkbenchError, match="lightgbm, logistic"):
         make_stacker("xgboost")
     with pytest.raises(WorkbenchError, match="valid names"):
-        PixelStacker(model="xgboost").fit(np.zeros((1, 2, 4, 4), np.uint8), np.zeros((1, 4, 4)), np.ones(1))
+        PixelStacker(model="xgboost").fit(train(np.zeros((1, 2, 4, 4), np.uint8), np.zeros((1, 4, 4)), [1]))
     with pytest.raises(ValueError, match="duplicate"):
         _registry([STACKERS["lightgbm"], Level2Model("lightgbm", STACKERS["logistic"].build, dict, "sample_weight")])
     assert clone(PixelStacker(lo=0.1, lgbm_params={"n_estimators": 5})).get_params()["lo"] == 0.1
@@ -245,19 +258,17 @@ def test_registry_and_make_stacker():
 
 def test_input_errors(toy):
     X, y, angles = toy
-    with pytest.raises(ValueError, match="angles"):
-        PixelStacker().fit(X, y)
-    with pytest.raises(ValueError, match="angle must be"):
-        PixelStacker().fit(X[:2], y[:2], np.array([1, 17]))
+    with pytest.raises(ValueError, match="angles must be"):
+        PixelStacker().fit(train(X[:2], y[:2], np.array([1, 17])))
     with pytest.raises(ValueError, match="lo < 0.5 < hi"):
-        PixelStacker(lo=0.6).fit(X[:2], y[:2], angles[:2])
+        PixelStacker(lo=0.6).fit(train(X[:2], y[:2], angles[:2]))
     with pytest.raises(ValueError, match="lightgbm"):
-        PixelStacker(model="logistic", lgbm_params={"n_jobs": 1}).fit(X[:4], y[:4], angles[:4])
-    stacker = PixelStacker().fit(X[:4], y[:4], angles[:4])
+        PixelStacker(model="logistic", lgbm_params={"n_jobs": 1}).fit(train(X[:4], y[:4], angles[:4]))
+    stacker = PixelStacker().fit(train(X[:4], y[:4], angles[:4]))
     with pytest.raises(ValueError, match="members"):
-        stacker.predict_proba(X[:2, :2], angles[:2])
-    with pytest.raises(ValueError, match="no separate y"):
-        PixelStacker().fit(stream(X, y, angles), y)
+        stacker.predict_proba(batch(X[:2, :2], angles[:2]))
+    with pytest.raises(ValueError, match="angle must be"):
+        stacker.predict_proba(batch(X[:2], np.array([1, 17])))
 
 
 def test_logistic_design_is_the_scaled_features_beside_the_one_hot_angle():
@@ -288,7 +299,7 @@ def test_stackers_give_probabilities_where_members_are_certain(name, disagree):
     truth = np.zeros((6, 16, 12), dtype=np.uint8)
     truth[:, :8] = 1
     angles = np.arange(6) % 16 + 1
-    model = make_stacker(name, lo=0.02, hi=0.98, max_pixels=1000, random_state=0).fit(X, truth, angles)
-    out = model.predict_proba(X, angles)
+    model = make_stacker(name, lo=0.02, hi=0.98, max_pixels=1000, random_state=0).fit(train(X, truth, angles))
+    out = model.predict_proba(batch(X, angles))
     assert out.dtype == np.float32 and out.min() >= 0.0 and out.max() <= 1.0
     assert (out[:, :8] >= 0.5).all()

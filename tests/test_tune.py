@@ -83,7 +83,7 @@ def test_tuned_blend_starts_from_the_weighted_blend_of_its_folds(tmp_path):
     X = TrainMaps.from_evaluator(folded, MEMBERS).folds([0, 1])
     space = TuneSpace(per_angle=False)
     model = TunedBlend(storage=url, study="w", n_trials=4, space=space).fit(X)
-    weighted = WeightedMeanBlender().fit_evaluator(X.evaluator())
+    weighted = WeightedMeanBlender().fit(X)
     trials = optuna.load_study(study_name=model.study_, storage=url).trials
     assert model.study_ == "w-outer2" and len(trials) == 4 and trials[0].user_attrs["baseline"]
     assert trials[1].user_attrs["warm_start"] and trials[1].value == pytest.approx(weighted.score_, abs=1e-12)

@@ -17,7 +17,7 @@ from carvana.errors import WorkbenchError
 from carvana.validate import DataSummary, check_data
 from folds import Folds
 from oof import Store
-from stacking.maps import CHUNK, StoreReader, TestMaps, TrainMaps, truth_at
+from stacking.maps import CHUNK, PhotoReader, StoreReader, TestMaps, TrainMaps, truth_at
 from workbench.config import ExperimentConfig
 from workbench.fingerprint import check_fingerprint
 from workbench.runfolder import open_run_dir
@@ -99,7 +99,9 @@ class Run:
             members,
             chunk,
             threshold_range=self.config.tune.threshold_range,
+            photo=PhotoReader(self.data.root, "train"),
         )
 
     def test_maps(self, members: Sequence[str], chunk: int = CHUNK) -> TestMaps:
-        return TestMaps(StoreReader(self.members_store, tuple(members), "test"), tuple(self.data.test_ids), chunk)
+        reader = StoreReader(self.members_store, tuple(members), "test")
+        return TestMaps(reader, tuple(self.data.test_ids), chunk, photo=PhotoReader(self.data.root, "test"))

@@ -147,9 +147,7 @@ def cnn_stacker(config: ExperimentConfig) -> Entry:
     from zoo.cnn_stacker import CnnStacker  # torch is imported only when the entry is fitted
 
     width, height = config.stack.cnn_size
-    return CnnStacker(
-        data=str(config.data), height=height, width=width, epochs=config.stack.cnn_epochs, seed=config.seed
-    )
+    return CnnStacker(height=height, width=width, epochs=config.stack.cnn_epochs, seed=config.seed)
 
 
 def stack(config: ExperimentConfig, progress: bool = True) -> list[dict]:

@@ -14,8 +14,6 @@ its maps to the stack store like every entry's.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import cv2
 import numpy as np
 import torch
@@ -23,7 +21,6 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
-from carvana.dataset import CarvanaData
 from stacking.maps import MapBatch, TrainMaps
 from zoo.torch_losses import soft_dice
 from zoo.train_torch import device_and_amp, seed_everything
@@ -80,7 +77,6 @@ class CnnStacker(BaseEstimator):
     def __init__(
         self,
         *,
-        data: str,
         height: int = 64,
         width: int = 96,
         epochs: int = 8,
@@ -88,7 +84,6 @@ class CnnStacker(BaseEstimator):
         lr: float = 3e-3,
         seed: int = 0,
     ) -> None:
-        self.data = data
         self.height = height
         self.width = width
         self.epochs = epochs
@@ -98,18 +93,17 @@ class CnnStacker(BaseEstimator):
 
     def _inputs(self, batch: MapBatch) -> tuple[np.ndarray, np.ndarray]:
         """(n, 3 + M, h, w) float32 photo and maps in [0, 1] and (n, 1, h, w) float32 mean logit, reduced."""
-        data, size = CarvanaData(Path(self.data)), (self.width, self.height)
+        size = (self.width, self.height)
         rows, bases = [], []
-        for img, maps in zip(batch.ids, batch.maps):
-            split = "train" if data.image_path(img, "train").exists() else "test"
-            photo = cv2.resize(data.load_image(img, split), size, interpolation=cv2.INTER_AREA)
+        for photo, maps in zip(batch.photos(), batch.maps):
+            photo = cv2.resize(photo, size, interpolation=cv2.INTER_AREA)
             small = np.stack([cv2.resize(m, size, interpolation=cv2.INTER_AREA) for m in maps]).astype(np.float32) / 255
             rows.append(np.concatenate([photo.transpose(2, 0, 1).astype(np.float32) / 255, small]))
             bases.append(_logit(small.mean(axis=0))[None])
         return np.stack(rows), np.stack(bases).astype(np.float32)
 
     def fit(self, X: TrainMaps, y: None = None) -> CnnStacker:
-        """Train on every image of X (photos loaded by id from `data`), `epochs` passes."""
+        """Train on every image of X (its batches carry the photos), `epochs` passes."""
         if self.height % 4 or self.width % 4:
             raise ValueError(f"CnnStacker: height and width must be multiples of 4, got {self.height}x{self.width}")
         seed_everything(self.seed)
