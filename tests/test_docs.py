@@ -90,6 +90,10 @@ def test_relative_links_resolve_inside_the_repository(path):
         assert file.exists(), f"{path.name}: {link} does not exist"
         if fragment and file.suffix == ".md":
             assert fragment in anchors(file), f"{path.name}: {link}: no heading #{fragment} in {file.name}"
+    for span in CODE_SPAN.findall(prose(path.read_text())):  # a path named in code, as `../shared/X.md` was
+        if span.startswith("../"):
+            outside = not (path.parent / span).resolve().is_relative_to(REPO)
+            assert not outside, f"{path.name}: `{span}` is outside the repository"
 
 
 @pytest.mark.parametrize("path", PAGES, ids=lambda p: str(p.relative_to(REPO)))
