@@ -16,8 +16,8 @@ from bench.common import markdown_table
 from carvana.dataset import CarvanaData
 from zoo.cache import cached_split
 from zoo.fold_data import FoldData
-from zoo.members import TorchMember
 from zoo.spec import MemberSpec, PredictConfig, TrainConfig
+from zoo.torch_member import TorchMember
 
 TITLE = "Full resolution: crop vs whole-photo training, tiled vs whole prediction"
 PHOTO = (320, 479)  # (H, W): a quarter of the Kaggle size (CPU), odd width like Kaggle's 1918 / 4

@@ -41,7 +41,7 @@ class DecodingImages:
 def one_epoch(spec: MemberSpec, fold_data: FoldData, work_dir: Path) -> tuple[float, float]:
     """(images/s, data-wait share) of one training epoch, from the loop's own log."""
     if spec.framework == "keras":
-        from zoo.keras_unet import train_keras_fold as train
+        from zoo.train_keras import train_keras_fold as train
     else:
         from zoo.train_torch import train_fold as train
     work_dir.mkdir(parents=True)

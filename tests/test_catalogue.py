@@ -35,20 +35,21 @@ def small(spec: MemberSpec) -> MemberSpec:
 def forward(spec: MemberSpec, images: np.ndarray, work_dir: Path) -> np.ndarray:
     """(N, H, W) float32 probabilities of an untrained member for (N, H, W, 3) uint8 images."""
     if spec.framework == "baseline":
-        from zoo.members import fit_avg_mask, load_member
+        from zoo.avg_mask import fit_avg_mask
+        from zoo.members import load_member
 
         angles, masks = np.arange(1, len(images) + 1), (images[..., 0] > 128).astype(np.uint8)
         np.save(work_dir / "avg_mask.npy", fit_avg_mask(masks, angles, np.arange(len(images))))
         return load_member(spec, [work_dir / "avg_mask.npy"]).predict_proba(images, angles=angles)
     if spec.framework == "keras":
-        from zoo.keras_unet import build_keras_unet
+        from zoo.keras_models import build_keras_unet
 
         logits = np.asarray(build_keras_unet(spec)(images.astype(np.float32) / 255, training=False))[..., 0]
     else:
         import torch
 
+        from zoo.torch_member import to_tensor
         from zoo.torch_models import build_torch_model
-        from zoo.train_torch import to_tensor
 
         with torch.no_grad():
             logits = build_torch_model(spec).eval()(to_tensor(images))[:, 0].numpy()
@@ -94,4 +95,28 @@ def test_light_modules_load_no_framework():
             "zoo.registry, stacking, stacking.leaderboard, workbench; "
             "print(sorted(m for m in ('torch', 'tensorflow', 'optuna', 'lightgbm', 'sklearn') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert result.stdout.strip() == "[]"
+
+
+PREDICT_ONLY = """
+import sys, tempfile
+from pathlib import Path
+import numpy as np, torch
+from zoo.members import load_member
+from zoo.registry import MEMBERS
+from zoo.torch_models import build_torch_model
+import zoo.keras_member
+spec = MEMBERS["simple_cnn_128"]
+path = Path(tempfile.mkdtemp()) / "best.pt"
+torch.save({"model": build_torch_model(spec).state_dict()}, path)
+maps = load_member(spec, [path]).predict_proba(np.zeros((1, 64, 96, 3), np.uint8))
+assert maps.shape == (1, 64, 96)
+print(sorted(m for m in ("albumentations", "zoo.train_torch", "zoo.train_keras", "zoo.augment") if m in sys.modules))
+"""
+
+
+def test_predicting_maps_imports_no_training_loop():
+    """A trained member predicts (as the test maps and pseudo-labels are made) without its family's training
+    module or the augmentation library."""
+    result = subprocess.run([sys.executable, "-c", PREDICT_ONLY], capture_output=True, text=True, check=True, cwd=REPO)
     assert result.stdout.strip() == "[]"

@@ -18,13 +18,11 @@ import numpy as np
 import pytest
 
 from zoo.fold_data import FoldData
-from zoo.keras_unet import (
-    KerasMember,
-    build_keras_unet,
-    train_keras_fold,
-)
+from zoo.keras_member import KerasMember
+from zoo.keras_models import build_keras_unet
 from zoo.recipe import plateau_step
 from zoo.spec import MemberSpec, PredictConfig, TrainConfig
+from zoo.train_keras import train_keras_fold
 from zoo.train_log import LOG_COLUMNS
 
 # Keras's own save_weights trips NumPy 2's __array__ deprecation; nothing here to act on
@@ -105,9 +103,10 @@ def test_plateau_step_matches_torch():
 def test_accumulating_two_half_batches_steps_like_one_full_batch():
     import keras
 
-    from zoo.keras_unet import _tf, _train_step
+    from zoo.keras_models import load_keras
+    from zoo.train_keras import _train_step
 
-    tf, _ = _tf()
+    tf, _ = load_keras()
 
     def fresh():  # no batch norm: then the gradient of the batch mean loss splits exactly
         model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(1, 3, padding="same")])
@@ -205,7 +204,7 @@ from pathlib import Path
 import numpy as np
 sys.path.insert(0, {repo!r})
 from tests.test_keras_unet import KILL_SPEC, fold_data
-from zoo.keras_unet import train_keras_fold
+from zoo.train_keras import train_keras_fold
 folder = Path({folder!r})
 train_keras_fold(KILL_SPEC, fold_data(np.load(folder / "images.npy"), np.load(folder / "masks.npy")), folder / "run",
                  progress=False)

@@ -88,8 +88,8 @@ def test_losses_compute_what_they_name():
 
 def test_keras_loss_matches_the_torch_loss():
     pytest.importorskip("tensorflow")
-    from zoo.keras_unet import _tf
-    from zoo.keras_unet import segmentation_loss as keras_loss
+    from zoo.keras_losses import segmentation_loss as keras_loss
+    from zoo.keras_models import load_keras as _tf
 
     tf, _ = _tf()
     rng = np.random.default_rng(1)
@@ -161,7 +161,8 @@ def test_options_the_keras_loop_cannot_honour_are_refused_by_key(tiny_config):
 @pytest.mark.slow
 def test_keras_trains_on_crops_with_cosine_and_clipping(tmp_path):
     pytest.importorskip("tensorflow")
-    from zoo.keras_unet import KerasMember, train_keras_fold
+    from zoo.keras_member import KerasMember
+    from zoo.train_keras import train_keras_fold
 
     spec = dataclasses.replace(MEMBERS["keras_unet_64"], train=TrainConfig(
         epochs=2, batch_size=4, crop=(32, 64), schedule="cosine", clip_grad=1.0, loss="bce_logdice", border_weight=2))

@@ -26,8 +26,9 @@ from zoo.geometry import (
 from zoo.predict import SHIFT_PX, predict_photos, tta_views
 from zoo.registry import MEMBERS
 from zoo.spec import MemberSpec, PredictConfig, TrainConfig
+from zoo.torch_member import to_tensor, torch_net
 from zoo.torch_models import IMAGENET_STATS, SimpleCNN, build_torch_model, input_stats
-from zoo.train_torch import CropsDataset, to_tensor, torch_net
+from zoo.train_torch import CropsDataset
 
 ODD = MemberSpec("unet_test_resnet_64", "unet", 64, 95, "tu-test_resnet", decoder_channels=(64, 32, 16, 8))
 

@@ -13,7 +13,7 @@ _EXPORTS = {
     "zoo.predict": ["predict_photos"],
     "zoo.torch_models": ["build_torch_model"],
     "zoo.train_torch": ["train_fold"],
-    "zoo.keras_unet": ["train_keras_fold"],
+    "zoo.train_keras": ["train_keras_fold"],
     "zoo.runner": ["claim_member", "run_member_fold", "predict_member_test", "member_finished"],
 }
 __all__ = public_names(_EXPORTS)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from carvana.atomic import atomic_path, read_marker, write_json_atomic
+from carvana.atomic import read_marker, write_json_atomic
 from carvana.dataset import CarvanaData, angle_of
 from carvana.errors import WorkbenchError
 from carvana.progress import progress_bar
@@ -27,7 +27,7 @@ from zoo.board import board_dir
 from zoo.cache import cached_pseudo, cached_split
 from zoo.faults import die_for_tests
 from zoo.fold_data import FoldData, PseudoData, split_fold
-from zoo.members import fit_avg_mask, load_member
+from zoo.members import load_member
 from zoo.pseudo import PseudoSet
 from zoo.spec import MemberSpec
 
@@ -123,12 +123,11 @@ def fit(spec: MemberSpec, data: FoldData, work_dir: Path, progress: bool, board:
     """Train the member on one fold; return the checkpoint its predictions load from. `board` is
     the folder for its TensorBoard events (None: none written)."""
     if spec.arch == "avg_mask":
-        path = work_dir / "avg_mask.npy"
-        with atomic_path(path) as tmp:
-            np.save(tmp, fit_avg_mask(data.masks, data.angles, np.concatenate([data.train_idx, data.val_idx])))
-        return path
+        from zoo.avg_mask import train_avg_mask
+
+        return train_avg_mask(spec, data, work_dir, progress, board)
     if spec.framework == "keras":
-        from zoo.keras_unet import train_keras_fold
+        from zoo.train_keras import train_keras_fold
 
         return train_keras_fold(spec, data, work_dir, progress, board)
     from zoo.train_torch import train_fold

@@ -41,10 +41,9 @@ from zoo.recipe import (
 )
 from zoo.spec import MemberSpec
 from zoo.torch_losses import border_px, segmentation_loss
+from zoo.torch_member import device_and_amp, to_tensor, torch_net
 from zoo.torch_models import build_torch_model, check_logits, input_stats
 from zoo.train_log import write_log
-
-Stats = tuple[tuple[float, ...], tuple[float, ...]] | None
 
 
 class CropsDataset(Dataset):
@@ -82,35 +81,6 @@ class CropsDataset(Dataset):
         else:
             target, weight = pseudo.target_and_weight(mask)
         return to_tensor(image, self.stats), torch.from_numpy(target)[None], torch.from_numpy(weight)[None]
-
-
-def to_tensor(images: np.ndarray, stats: Stats = None) -> torch.Tensor:
-    """(..., h, w, 3) uint8 -> (..., 3, h, w) float32 in [0, 1], or normalised by (mean, std)."""
-    tensor = torch.from_numpy(np.array(images, dtype=np.float32)).div_(255)  # a copy: memmaps are read-only
-    if stats is not None:
-        tensor = (tensor - torch.tensor(stats[0])) / torch.tensor(stats[1])
-    return tensor.movedim(-1, -3)
-
-
-def torch_net(models: list, device: torch.device, amp: bool, stats: Stats, name: str = "network"):
-    """`net((B, h, w, 3) uint8) -> (B, h, w) float32`: the models' mean sigmoid, in eval mode.
-    `name` (the member's) names it when a model's output is not (B, 1, h, w) logits."""
-
-    def net(batch: np.ndarray) -> np.ndarray:
-        x = to_tensor(batch, stats).to(device)
-        with torch.no_grad(), torch.autocast(device.type, enabled=amp):
-            logits = [check_logits(model.eval()(x), x, name).float() for model in models]
-            proba = torch.stack([torch.sigmoid(z)[:, 0] for z in logits]).mean(0)
-        return proba.cpu().numpy()
-
-    return net
-
-
-def device_and_amp() -> tuple[torch.device, bool]:
-    """CUDA with mixed precision when present, CPU otherwise."""
-    if torch.cuda.is_available():
-        return torch.device("cuda"), True
-    return torch.device("cpu"), False
 
 
 def seed_everything(seed: int) -> None:

@@ -1,4 +1,4 @@
-"""The Keras/TensorFlow U-Net member (after R1 and R2): model, fold training, prediction.
+"""Training one Keras U-Net member on one fold, top to bottom, resumable after any kill.
 
 Same recipe and files as `zoo.train_torch.train_fold`: the shared `zoo.recipe` (seeds, LR schedule and
 plateau, early stopping, best checkpoint by validation mean Dice on whole padded photos, the log rows),
@@ -6,9 +6,7 @@ the same training samples (`zoo.geometry.training_pair`: augmented, padded, crop
 seeds), `train.loss` bce_dice or bce_logdice with `border_weight`, `clip_grad`, gradient
 accumulation, `log.csv` with `LOG_COLUMNS`, TensorBoard events, a progress bar, GPU with mixed
 precision when present. EMA, SWA, the Lovasz loss and pretrained encoders are PyTorch-only: a Keras
-member asking for them is refused when the config loads (`zoo.spec.KERAS_UNSUPPORTED`). TensorFlow is
-imported inside functions so the workbench starts fast; the model outputs logits (sigmoid in the loss and
-in prediction), as the PyTorch members do.
+member asking for them is refused when the config loads (`zoo.spec.KERAS_UNSUPPORTED`).
 
 Resume: after every epoch `last.npz` (weights, optimizer variables, state as JSON) is replaced
 atomically in one file, so a kill at any moment leaves either the previous or the new epoch.
@@ -16,14 +14,10 @@ atomically in one file, so a kill at any moment leaves either the previous or th
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import queue
-import sys
 import threading
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -35,106 +29,13 @@ from zoo.augment import build_augment
 from zoo.board import N_OVERLAYS, EpochBoard
 from zoo.fold_data import FoldData
 from zoo.geometry import training_pair
-from zoo.predict import predict_photos
-from zoo.recipe import (
-    end_epoch,
-    epoch_lr,
-    epoch_seed,
-    evaluate,
-    fold_seed,
-    keep_training,
-    new_state,
-    overlay_maps,
-)
+from zoo.keras_losses import segmentation_loss
+from zoo.keras_member import keras_net
+from zoo.keras_models import build_keras_unet, load_keras
+from zoo.recipe import end_epoch, epoch_lr, epoch_seed, evaluate, fold_seed, keep_training, new_state, overlay_maps
 from zoo.spec import MemberSpec, TrainConfig
 from zoo.torch_losses import border_px
 from zoo.train_log import write_log
-
-
-def _tf():
-    """(tensorflow, keras), configured once: quiet logs, all cores, mixed precision on a GPU."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if "tensorflow" not in sys.modules and importlib.util.find_spec("triton") is not None:
-        # Triton (which torch.optim loads through torch._dynamo) segfaults when imported after
-        # TensorFlow, so a process that trains both families must load it first.
-        import triton  # noqa: F401
-    import keras
-    import tensorflow as tf
-
-    if not getattr(_tf, "done", False):
-        try:  # only possible before TensorFlow's runtime starts; later calls keep the first setting
-            tf.config.threading.set_intra_op_parallelism_threads(os.cpu_count() or 1)
-            tf.config.threading.set_inter_op_parallelism_threads(os.cpu_count() or 1)
-        except RuntimeError:
-            pass
-        gpus = tf.config.list_physical_devices("GPU")
-        for gpu in gpus:
-            try:  # take GPU memory as needed, not all of it up front
-                tf.config.experimental.set_memory_growth(gpu, True)
-            except RuntimeError:
-                pass
-        if gpus:
-            keras.mixed_precision.set_global_policy("mixed_float16")
-        _tf.done = True
-    return tf, keras
-
-
-def build_keras_unet(spec: MemberSpec):
-    """U-Net: `spec.depth` conv-BN-ReLU blocks (two 3x3 convs) with max-pool down, `spec.filters`
-    doubling per step, a centre block, UpSampling2D + skip concatenation up, a 1x1 conv to one logit.
-
-    Fully convolutional: input (h, w, 3) float in [0, 1] for any h, w divisible by 2**depth (photos
-    padded, crops, tiles); output (h, w, 1) float32 logits.
-    """
-    _, keras = _tf()
-    layers = keras.layers
-    inputs = keras.Input((None, None, 3), name="image")
-    x, skips = inputs, []
-    for level in range(spec.depth):
-        x = _conv_block(layers, x, spec.filters * 2**level, f"down{level}")
-        skips.append(x)
-        x = layers.MaxPooling2D(2, name=f"pool{level}")(x)
-    x = _conv_block(layers, x, spec.filters * 2**spec.depth, "centre")
-    for level in reversed(range(spec.depth)):
-        x = layers.UpSampling2D(2, name=f"upsample{level}")(x)
-        x = layers.Concatenate(name=f"skip{level}")([x, skips[level]])
-        x = _conv_block(layers, x, spec.filters * 2**level, f"up{level}")
-    logits = layers.Conv2D(1, 1, dtype="float32", name="logits")(x)  # float32 even under mixed precision
-    return keras.Model(inputs, logits, name=spec.name)
-
-
-def _conv_block(layers, x, filters: int, name: str):
-    for i in (1, 2):
-        x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv{i}")(x)
-        # momentum 0.9 = PyTorch's 0.1: Keras's 0.99 leaves the running statistics far from the
-        # data after the few hundred steps of a short run, and inference then fails
-        x = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn{i}")(x)
-        x = layers.Activation("relu", name=f"{name}_relu{i}")(x)
-    return x
-
-
-def segmentation_loss(logits, target, cfg: TrainConfig, band_px: int):
-    """`cfg.loss` (bce_dice or bce_logdice, with `cfg.border_weight`) of (B, h, w, 1) logits against
-    (B, h, w, 1) float 0/1 targets, as `zoo.torch_losses.segmentation_loss` computes it."""
-    import tensorflow as tf  # not _tf(): this runs inside traced functions
-
-    weights = tf.ones_like(target)
-    if cfg.border_weight != 1:
-        k = 2 * band_px + 1
-        band = tf.nn.max_pool2d(target, k, 1, "SAME") + tf.nn.max_pool2d(-target, k, 1, "SAME")
-        weights = 1 + (cfg.border_weight - 1) * band
-    bce_map = tf.nn.sigmoid_cross_entropy_with_logits(labels=target, logits=logits)
-    bce = tf.reduce_sum(weights * bce_map) / tf.reduce_sum(weights)
-
-    def flat(t):  # (N, H, W, 1) -> (N, H * W)
-        return tf.reshape(t, [tf.shape(t)[0], -1])
-
-    proba, target, weights = flat(tf.sigmoid(logits)), flat(target), flat(weights)
-    soft_dice = tf.reduce_mean(
-        (2 * tf.reduce_sum(weights * proba * target, 1) + 1)
-        / (tf.reduce_sum(weights * proba, 1) + tf.reduce_sum(weights * target, 1) + 1)
-    )
-    return bce - tf.math.log(soft_dice) if cfg.loss == "bce_logdice" else bce + (1 - soft_dice)
 
 
 def train_keras_fold(
@@ -145,7 +46,7 @@ def train_keras_fold(
     `work_dir/last.npz` holds everything to resume (weights, optimizer variables, epoch, best score,
     plateau and early-stopping counters, learning rate, history); `log.csv` has one row per epoch.
     """
-    tf, keras = _tf()
+    tf, keras = load_keras()
     cfg = spec.train
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -185,11 +86,6 @@ def train_keras_fold(
         board.epoch(state["history"][-1], *overlay_maps(net, data.images, data.val_idx, spec, N_OVERLAYS))
     board.close()
     return best_path
-
-
-def keras_net(models: list):
-    """`net((B, h, w, 3) uint8) -> (B, h, w) float32`: the models' mean sigmoid."""
-    return lambda batch: np.mean([_sigmoid(_logits(model, batch)) for model in models], axis=0)
 
 
 def _build_optimizer(keras, cfg: TrainConfig):
@@ -292,12 +188,6 @@ def _train_epoch(step, batches, accumulate: int, n_batches: int, desc: str, prog
     return total / max(n_batches, 1), time.perf_counter() - start, wait
 
 
-def _logits(model, images: np.ndarray) -> np.ndarray:
-    """(B, h, w, 3) uint8 -> (B, h, w) float32 logits."""
-    logits = model.predict_on_batch(np.asarray(images, dtype=np.float32) / 255)  # a compiled, retrace-free call
-    return np.asarray(logits)[..., 0].astype(np.float32)
-
-
 def _save_best(model, path: Path) -> None:
     with atomic_path(path) as tmp:  # the temp name ends in .weights.h5, as Keras insists
         model.save_weights(tmp)
@@ -322,44 +212,3 @@ def _resume(path: Path, model, optimizer) -> dict:
         state = json.loads(str(saved["state"]))
     optimizer.learning_rate.assign(state["lr"])
     return state
-
-
-class KerasMember:
-    """Fold models of one Keras member; several checkpoints are averaged (the test set)."""
-
-    def __init__(self, spec: MemberSpec, checkpoint_paths: list[Path]) -> None:
-        if not checkpoint_paths:
-            raise WorkbenchError(f"member {spec.name}: no checkpoints given; train its folds first")
-        self.spec = spec
-        self.models = []
-        for path in checkpoint_paths:
-            if not Path(path).exists():
-                raise WorkbenchError(f"{path} is missing; re-run the member's fold training")
-            self.models.append(_load_model(spec, Path(path)))
-
-    def predict_proba(self, images: np.ndarray, angles: np.ndarray | None = None) -> np.ndarray:
-        """(N, H, W, 3) uint8 -> (N, H, W) float32 probabilities in [0, 1] (angles are unused)."""
-        return predict_photos(keras_net(self.models), np.asarray(images), self.spec, self.spec.train.batch_size)
-
-
-def _load_model(spec: MemberSpec, path: Path):
-    """The model of `spec` with the weights in `path`. Keras only warns (UserWarning) about layers it
-    could not fill, which then keep random weights: here that is an error."""
-    model = build_keras_unet(spec)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        raised: list[str] = []
-        try:
-            model.load_weights(path)
-        except ValueError as error:
-            raised.append(str(error))
-    problems = raised + [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
-    if problems:
-        raise WorkbenchError(
-            f"{path} does not fit member {spec.name} ({problems[0].splitlines()[0]}); retrain that fold"
-        )
-    return model
-
-
-def _sigmoid(logits: np.ndarray) -> np.ndarray:
-    return (0.5 * (1 + np.tanh(0.5 * logits))).astype(np.float32)  # tanh form cannot overflow
