@@ -7,12 +7,12 @@ CONFIG ?= configs/demo.yaml
 RUN ?= runs/$(basename $(notdir $(CONFIG)))
 LIB := carvana folds oof zoo stacking workbench
 
-.PHONY: setup setup-gpu lint test demo folds fold-train stack tune submit blend dashboard tensorboard bench bench-robust bench-scale bench-import bench-pseudo bench-regime clean-demo
+.PHONY: setup setup-gpu lint fix test test-fast demo folds fold-train stack tune submit blend dashboard tensorboard bench bench-robust bench-scale bench-import bench-pseudo bench-regime clean-demo
 
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV) && $(PY) -m pip install -q --upgrade pip && $(PY) -m pip install -q -e '.[test,ray]' && touch $@
+	$(PYTHON) -m venv $(VENV) && $(PY) -m pip install -q --upgrade pip && $(PY) -m pip install -q -e '.[all,test]' && touch $@
 
 setup-gpu: setup
 	$(PY) -m pip uninstall -q -y tensorflow-cpu && $(PY) -m pip install -q -e '.[gpu]'
@@ -20,8 +20,14 @@ setup-gpu: setup
 lint: setup
 	$(PY) -m ruff check . && $(PY) -m ruff format --check $(LIB) && $(PY) -m mypy $(LIB)
 
+fix: setup
+	$(PY) -m ruff check --fix . && $(PY) -m ruff format $(LIB)  # what make lint checks, fixed where ruff can
+
 test: setup
 	$(PY) -m pytest -q -n auto --dist loadfile  # one worker per core; a file's tests share a worker (and its fixtures)
+
+test-fast: setup
+	$(PY) -m pytest -q -n auto --dist loadfile -m "not slow"
 
 demo: setup
 	$(WB) demo --config $(CONFIG)
