@@ -15,8 +15,10 @@ import pytest
 from tests.conftest import REPO
 from workbench.config import load_config
 from zoo.archs import SMP_ARCHS
+from zoo.families import ARCH_FAMILIES, build_network, load_member, member_net, train_member_fold
+from zoo.fold_data import FoldData
 from zoo.registry import MEMBERS
-from zoo.spec import FAMILIES, MemberSpec
+from zoo.spec import MemberSpec
 
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 PACKAGES = ["carvana", "carvana.submission", "carvana.synth", "folds", "oof", "zoo", "stacking", "workbench"]
@@ -33,27 +35,15 @@ def small(spec: MemberSpec) -> MemberSpec:
 
 
 def forward(spec: MemberSpec, images: np.ndarray, work_dir: Path) -> np.ndarray:
-    """(N, H, W) float32 probabilities of an untrained member for (N, H, W, 3) uint8 images."""
-    if spec.framework == "baseline":
-        from zoo.avg_mask import fit_avg_mask
-        from zoo.members import load_member
-
+    """(N, H, W) float32 probabilities of an untrained member for (N, H, W, 3) uint8 images, through its
+    family's row of `zoo.families` (a baseline, which has no network, fitted to masks made from the images)."""
+    if not spec.family.build:
         angles, masks = np.arange(1, len(images) + 1), (images[..., 0] > 128).astype(np.uint8)
-        np.save(work_dir / "avg_mask.npy", fit_avg_mask(masks, angles, np.arange(len(images))))
-        return load_member(spec, [work_dir / "avg_mask.npy"]).predict_proba(images, angles=angles)
-    if spec.framework == "keras":
-        from zoo.keras_models import build_keras_unet
-
-        logits = np.asarray(build_keras_unet(spec)(images.astype(np.float32) / 255, training=False))[..., 0]
-    else:
-        import torch
-
-        from zoo.torch_member import to_tensor
-        from zoo.torch_models import build_torch_model
-
-        with torch.no_grad():
-            logits = build_torch_model(spec).eval()(to_tensor(images))[:, 0].numpy()
-    return (1 / (1 + np.exp(-logits))).astype(np.float32)
+        train_idx = np.arange(len(images))
+        data = FoldData(0, [f"{i:012x}_{a:02d}" for i, a in enumerate(angles)], images, masks, train_idx,
+                        train_idx[:0], train_idx[:0])
+        return load_member(spec, [train_member_fold(spec, data, work_dir)]).predict_proba(images, angles=angles)
+    return member_net(spec, [build_network(spec)])(images)
 
 
 @pytest.mark.parametrize("name", [
@@ -74,7 +64,7 @@ def test_shipped_config_loads(path, tmp_path):
     assert config.name == path.stem and config.data.parts  # a data folder is named
     assert len({s.name for s in config.zoo}) == len(config.zoo)
     for spec in config.zoo:  # members resolved against the catalogue, or defined in full
-        assert spec.name in MEMBERS or spec.arch in FAMILIES
+        assert spec.name in MEMBERS or spec.arch in ARCH_FAMILIES
 
 
 def test_shipped_configs_exist():
@@ -102,13 +92,12 @@ PREDICT_ONLY = """
 import sys, tempfile
 from pathlib import Path
 import numpy as np, torch
-from zoo.members import load_member
+from zoo.families import build_network, load_member
 from zoo.registry import MEMBERS
-from zoo.torch_models import build_torch_model
 import zoo.keras_member
 spec = MEMBERS["simple_cnn_128"]
 path = Path(tempfile.mkdtemp()) / "best.pt"
-torch.save({"model": build_torch_model(spec).state_dict()}, path)
+torch.save({"model": build_network(spec).state_dict()}, path)
 maps = load_member(spec, [path]).predict_proba(np.zeros((1, 64, 96, 3), np.uint8))
 assert maps.shape == (1, 64, 96)
 print(sorted(m for m in ("albumentations", "zoo.train_torch", "zoo.train_keras", "zoo.augment") if m in sys.modules))

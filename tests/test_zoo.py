@@ -17,10 +17,9 @@ from folds import read_folds
 from oof import Store
 from workbench.config import load_config
 from workbench.fold_train import fold_train
+from zoo.families import load_member, train_member_fold
 from zoo.fold_data import FoldData, split_fold
-from zoo.members import load_member
 from zoo.registry import MEMBERS
-from zoo.runner import fit
 from zoo.spec import MemberSpec, TrainConfig
 
 TINY_TRAIN = TrainConfig(epochs=1, batch_size=4)
@@ -54,7 +53,7 @@ def test_member_trains_one_epoch_and_predicts(spec, tmp_path):
 
     spec = dataclasses.replace(spec, train=TINY_TRAIN)
     data = tiny_fold_data()
-    checkpoint = fit(spec, data, tmp_path, progress=False)
+    checkpoint = train_member_fold(spec, data, tmp_path, progress=False)
     assert checkpoint.exists()
     if spec.arch != "avg_mask":
         log = (tmp_path / "log.csv").read_text().splitlines()
@@ -73,9 +72,10 @@ def test_resume_continues_from_last_epoch(tmp_path):
 
     data = tiny_fold_data()
     spec = dataclasses.replace(MEMBERS["unet_test_resnet_64"], train=TrainConfig(epochs=1, batch_size=4))
-    fit(spec, data, tmp_path, progress=False)
+    train_member_fold(spec, data, tmp_path, progress=False)
     first = (tmp_path / "log.csv").read_text().splitlines()
-    fit(dataclasses.replace(spec, train=TrainConfig(epochs=2, batch_size=4)), data, tmp_path, progress=False)
+    longer = dataclasses.replace(spec, train=TrainConfig(epochs=2, batch_size=4))
+    train_member_fold(longer, data, tmp_path, progress=False)
     second = (tmp_path / "log.csv").read_text().splitlines()
     assert second[:2] == first and len(second) == 3 and second[2].startswith("2,")
 

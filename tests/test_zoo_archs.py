@@ -13,12 +13,11 @@ from carvana.errors import WorkbenchError
 from tests.test_zoo import tiny_fold_data
 from workbench.config import load_config
 from zoo.archs import SMP_ARCHS
+from zoo.families import ARCH_FAMILIES, load_member, train_member_fold
 from zoo.fold_data import FoldData
 from zoo.geometry import padded_size
-from zoo.members import load_member
 from zoo.registry import MEMBERS
-from zoo.runner import fit
-from zoo.spec import FAMILIES, MemberSpec, PredictConfig, TrainConfig
+from zoo.spec import MemberSpec, PredictConfig, TrainConfig
 
 TINY_TRAIN = TrainConfig(epochs=1, batch_size=4)
 TINY_DECODERS = {  # smp options (`builder_args`) that shrink each decoder to a few thousand weights
@@ -58,7 +57,7 @@ def test_accepted_smp_archs_are_the_installed_smp_archs():
     import segmentation_models_pytorch as smp
 
     assert set(SMP_ARCHS) == set(smp.MODEL_ARCHITECTURES_MAPPING)  # a new smp arch needs a row in zoo.archs
-    assert set(SMP_ARCHS) <= set(FAMILIES) and {"unet", "fpn", "linknet"} <= set(SMP_ARCHS)
+    assert set(SMP_ARCHS) <= set(ARCH_FAMILIES) and {"unet", "fpn", "linknet"} <= set(SMP_ARCHS)
 
 
 def trains_and_predicts(spec: MemberSpec, tmp_path) -> None:
@@ -72,7 +71,7 @@ def trains_and_predicts(spec: MemberSpec, tmp_path) -> None:
         logits = build_torch_model(spec).eval()(torch.rand(2, 3, height, width))
     assert logits.shape == (2, 1, height, width)
     data = few_images(spec.height, spec.width)
-    checkpoint = fit(spec, data, tmp_path, progress=False)
+    checkpoint = train_member_fold(spec, data, tmp_path, progress=False)
     assert len((tmp_path / "log.csv").read_text().splitlines()) == 2  # header + epoch 1
     maps = load_member(spec, [checkpoint]).predict_proba(np.asarray(data.images[data.oof_idx]))
     assert maps.shape == (2, spec.height, spec.width) and maps.dtype == np.float32
@@ -177,7 +176,7 @@ def test_wrong_output_shape_is_one_clear_error(builder, got, tmp_path):
     spec = MemberSpec("wrong_64", "custom", 64, 96, builder=builder, train=TINY_TRAIN)
     expected = r"member wrong_64: the network maps images \(4, 3, 64, 96\) to " + got
     with pytest.raises(WorkbenchError, match=expected + r".*\(B, 1, H, W\) = \(4, 1, 64, 96\)"):
-        fit(spec, few_images(64, 96), tmp_path, progress=False)
+        train_member_fold(spec, few_images(64, 96), tmp_path, progress=False)
 
 
 def test_builder_that_cannot_build_is_one_clear_error():

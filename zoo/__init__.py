@@ -9,7 +9,7 @@ _EXPORTS = {
     "zoo.registry": ["MEMBERS", "resolve_members"],
     "zoo.spec": ["MemberSpec", "TrainConfig", "PredictConfig"],
     "zoo.fold_data": ["FoldData"],
-    "zoo.members": ["load_member"],
+    "zoo.families": ["FAMILIES", "family_of", "build_network", "load_member", "train_member_fold"],
     "zoo.predict": ["predict_photos"],
     "zoo.torch_models": ["build_torch_model"],
     "zoo.train_torch": ["train_fold"],

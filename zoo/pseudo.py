@@ -207,7 +207,7 @@ def _labeller(
     """label(ids, desc, progress) -> (img, (H, W) uint8 label levels at `resolution`) for each id, in order: the
     mean of the models' probabilities, predicted a chunk of photos at a time (or, leaky, the mean of the
     sources' stored fold-averaged test maps)."""
-    from zoo.members import load_member
+    from zoo.families import load_member
     from zoo.runner import PREDICT_CHUNK, member_dir
 
     stored = Store(Path(run_dir) / "oof")

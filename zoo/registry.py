@@ -13,9 +13,8 @@ import dataclasses
 from typing import Any
 
 from zoo.archs import CUSTOM
+from zoo.families import ARCH_FAMILIES
 from zoo.spec import MemberSpec, PredictConfig, TrainConfig, member_name
-
-KERAS_TRAIN = {"optimizer": "rmsprop", "lr": 1e-3}  # R2 used RMSprop (1e-4 at full scale; higher for short demos)
 
 
 def _spec(arch: str, height: int, width: int, encoder: str = "", **fields) -> MemberSpec:
@@ -103,9 +102,10 @@ def _resolve(entry: object, train_defaults: dict, predict_defaults: dict, where:
     if "decoder_channels" in entry:
         entry["decoder_channels"] = tuple(entry["decoder_channels"])
     arch = entry.get("arch", base.arch if base else "")
-    keras_defaults = KERAS_TRAIN if arch == "keras_unet" else {}
+    # the family's training defaults come under the config's (not an arch: MemberSpec says why)
+    family_train = ARCH_FAMILIES[arch].train_defaults if isinstance(arch, str) and arch in ARCH_FAMILIES else {}
     try:
-        entry.update(train=TrainConfig(**{**keras_defaults, **train}), predict=PredictConfig(**predict))
+        entry.update(train=TrainConfig(**{**family_train, **train}), predict=PredictConfig(**predict))
     except ValueError as error:
         raise ValueError(f"member {entry.get('name') or where}: {error}") from None
     if base is not None:

@@ -25,9 +25,9 @@ from folds import Folds
 from oof import Store
 from zoo.board import board_dir
 from zoo.cache import cached_pseudo, cached_split
+from zoo.families import load_member, train_member_fold
 from zoo.faults import die_for_tests
 from zoo.fold_data import FoldData, PseudoData, split_fold
-from zoo.members import load_member
 from zoo.pseudo import PseudoSet
 from zoo.spec import MemberSpec
 
@@ -89,7 +89,7 @@ def run_member_fold(
     train_idx, val_idx, oof_idx = split_fold(ids, folds, fold, spec.train.seed)
     assert masks is not None  # the train split has masks
     fold_data = FoldData(fold, ids, images, masks, train_idx, val_idx, oof_idx, pseudo_data(pseudo, spec, data, cache))
-    checkpoint = fit(spec, fold_data, work_dir, progress, board_dir(run_dir, spec.name, fold))
+    checkpoint = train_member_fold(spec, fold_data, work_dir, progress, board_dir(run_dir, spec.name, fold))
     member = load_member(spec, [checkpoint])
     oof_ids = [ids[i] for i in oof_idx]
     with store.open_member(spec.name, spec.to_dict(), folds.hash, resolution) as writer:
@@ -117,22 +117,6 @@ def pseudo_data(pseudo: PseudoSet | None, spec: MemberSpec, data: CarvanaData, c
     return PseudoData(
         images, levels, cfg.labels, cfg.uncertain if cfg.ignore_uncertain else None, spec.train.pseudo_share
     )
-
-
-def fit(spec: MemberSpec, data: FoldData, work_dir: Path, progress: bool, board: Path | None = None) -> Path:
-    """Train the member on one fold; return the checkpoint its predictions load from. `board` is
-    the folder for its TensorBoard events (None: none written)."""
-    if spec.arch == "avg_mask":
-        from zoo.avg_mask import train_avg_mask
-
-        return train_avg_mask(spec, data, work_dir, progress, board)
-    if spec.framework == "keras":
-        from zoo.train_keras import train_keras_fold
-
-        return train_keras_fold(spec, data, work_dir, progress, board)
-    from zoo.train_torch import train_fold
-
-    return train_fold(spec, data, work_dir, progress, board)
 
 
 def predict_member_test(

@@ -14,28 +14,13 @@ from typing import Any
 
 from oof.format import MEMBER_PATTERN
 from zoo.archs import CUSTOM, SMP_ARCHS, SMP_RESERVED, SmpArch, check_builder_args, import_builder
+from zoo.families import ARCH_FAMILIES, Family
 from zoo.geometry import padded_size
 
 SCHEDULES = ("plateau", "cosine", "cyclic")
 LOSSES = ("bce_dice", "bce_logdice", "lovasz")
 TTA_VIEWS = ("hflip", "shift")
-# What the Keras loop cannot honour: (key, value that is fine, why / the fix).
-KERAS_UNSUPPORTED = (
-    ("train.ema", 0.0, "EMA weights are PyTorch-only; remove it or use a PyTorch member"),
-    ("train.swa_epochs", 0, "SWA is PyTorch-only; remove it or use a PyTorch member"),
-    ("train.loss", "bce_dice|bce_logdice", "the Keras loop has bce_dice and bce_logdice; pick one"),
-    ("encoder_weights", None, "the Keras U-Net has no pretrained encoder; remove it or use an smp member"),
-    ("train.pseudo", "", "pseudo-label training is PyTorch-only; remove it or use a PyTorch member"),
-)
 PSEUDO_FIELDS = {"pseudo": "", "pseudo_share": 0.25}  # their defaults: left out of a spec while unset
-FAMILIES = {
-    # arch -> framework
-    "avg_mask": "baseline",
-    "simple_cnn": "torch",
-    **dict.fromkeys(SMP_ARCHS, "torch"),
-    CUSTOM: "torch",
-    "keras_unet": "keras",
-}
 BUILDER_FIELDS = {"builder": "", "builder_args": {}, "builder_multiple": 32}  # their defaults
 
 
@@ -160,7 +145,7 @@ class MemberSpec:
     `multiple` (1918 -> 1920), and its maps are cropped back."""
 
     name: str
-    arch: str  # one of FAMILIES
+    arch: str  # one of zoo.families.ARCH_FAMILIES
     height: int
     width: int
     encoder: str = ""  # smp encoder name (resnet18, efficientnet-b0, tu-mobilenetv3_small_050, ...)
@@ -178,14 +163,13 @@ class MemberSpec:
         check_field_types(self, f"member {self.name}")
         if not MEMBER_PATTERN.match(self.name):
             raise ValueError(f"member name {self.name!r}: use letters, digits, '_', '-' and '.' only")
-        if self.arch not in FAMILIES:
-            raise ValueError(f"member {self.name}: arch {self.arch!r} unknown; valid: {', '.join(FAMILIES)}")
+        if self.arch not in ARCH_FAMILIES:
+            raise ValueError(f"member {self.name}: arch {self.arch!r} unknown; valid: {', '.join(ARCH_FAMILIES)}")
         self._check_builder()
         if self.arch in SMP_ARCHS:
             self._check_smp(SMP_ARCHS[self.arch])
-        if self.framework == "keras":
-            self._check_keras()
-        if self.train.pseudo and self.framework == "baseline":
+        self._check_unsupported()
+        if self.train.pseudo and not self.family.looks_at_photos:
             raise ValueError(f"member {self.name}: arch {self.arch} looks at no photo: `train.pseudo` cannot apply")
         self._check_window(self.train.crop, "train.crop")
         self._check_window(self.predict.tile, "predict.tile")
@@ -229,17 +213,20 @@ class MemberSpec:
                 f"use height and width >= {smp.min_side}"
             )
 
-    def _check_keras(self) -> None:
-        for key, fine, fix in KERAS_UNSUPPORTED:
+    def _check_unsupported(self) -> None:
+        """Settings the family's loop cannot honour (its `unsupported` row) are refused by key."""
+        for key, fine, fix in self.family.unsupported:
             value = getattr(self.train, key[6:]) if key.startswith("train.") else getattr(self, key)
             if value not in (str(fine).split("|") if isinstance(fine, str) else [fine]):
-                raise ValueError(f"member {self.name}: `{key}: {value}` cannot be honoured by the Keras loop; {fix}")
+                raise ValueError(
+                    f"member {self.name}: `{key}: {value}` cannot be honoured by the {self.family.title} loop; {fix}"
+                )
 
     def _check_window(self, window: tuple[int, int] | None, key: str) -> None:
         """A crop or tile fits the padded photo and keeps the network's multiple."""
         if window is None:
             return
-        if self.framework == "baseline":
+        if not self.family.looks_at_photos:
             raise ValueError(f"member {self.name}: `{key}` does not apply to arch {self.arch}; remove it")
         min_side = SMP_ARCHS[self.arch].min_side if self.arch in SMP_ARCHS else 0
         if min(window) < min_side:
@@ -266,8 +253,13 @@ class MemberSpec:
         return SMP_ARCHS[self.arch].multiple if self.arch in SMP_ARCHS else 1
 
     @property
+    def family(self) -> Family:
+        """The member's row of `zoo.families`: its framework and where its code is."""
+        return ARCH_FAMILIES[self.arch]
+
+    @property
     def framework(self) -> str:
-        return FAMILIES[self.arch]
+        return self.family.name
 
     def to_dict(self) -> dict:
         """The spec as plain data. Outside arch custom the builder's fields are left out while unset, and so are

@@ -6,7 +6,7 @@ the same training samples (`zoo.geometry.training_pair`: augmented, padded, crop
 seeds), `train.loss` bce_dice or bce_logdice with `border_weight`, `clip_grad`, gradient
 accumulation, `log.csv` with `LOG_COLUMNS`, TensorBoard events, a progress bar, GPU with mixed
 precision when present. EMA, SWA, the Lovasz loss and pretrained encoders are PyTorch-only: a Keras
-member asking for them is refused when the config loads (`zoo.spec.KERAS_UNSUPPORTED`).
+member asking for them is refused when the config loads (the Keras row of `zoo.families`).
 
 Resume: after every epoch `last.npz` (weights, optimizer variables, state as JSON) is replaced
 atomically in one file, so a kill at any moment leaves either the previous or the new epoch.
