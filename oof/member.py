@@ -132,6 +132,11 @@ def record_sessions(member_dir: Path, generation: str, n_maps: dict[str, int]) -
     )
 
 
+def record_result(member_dir: Path, generation: str, result: dict) -> None:
+    """Keep a finished writer's result (JSON-serialisable, e.g. a tuned entry's tuned-on score) in member.json."""
+    _update(member_dir, generation, lambda meta: meta.update(result=result))
+
+
 def replace_spec(member_dir: Path, generation: str, spec: dict) -> None:
     """Set the spec of a member being built (e.g. an import's provenance, complete only once its maps are read)."""
     _update(member_dir, generation, lambda meta: meta.update(spec=canonical_spec(spec)))

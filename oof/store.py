@@ -36,7 +36,7 @@ from oof.format import (
     to_uint8,
     write_atomic,
 )
-from oof.member import META_NAME, load_meta, open_meta, record_sessions, stale_message
+from oof.member import META_NAME, load_meta, open_meta, record_result, record_sessions, stale_message
 
 # One thread by default: from a warm page cache on 2 cores, 2-4 threads were never faster than 1 and up to
 # 3x slower (bench_store), a map decoding in under a millisecond. They may pay off on a slow network disk.
@@ -263,6 +263,10 @@ class MemberWriter:
             session = split if fold is None else f"train/{fold_dir_name(int(fold))}"
         self.n_written[session] = self.n_written.get(session, 0) + 1
         return path
+
+    def record(self, result: dict) -> None:
+        """Keep `result` (JSON-serialisable) in member.json as the member's "result" (`Store.metadata`)."""
+        record_result(self.store.path / self.member, self.meta["generation"], result)
 
     def close(self) -> None:
         """Record this writer's counts in member.json (under the member's lock)."""

@@ -14,9 +14,9 @@ _EXPORTS = {
     "stacking.crossfit": ["cross_fit", "fit_predict"],
     "stacking.blenders": ["make_blender"],
     "stacking.pixel_stacker": ["PixelStacker", "make_stacker"],
-    "stacking.tuned": ["TunedBlend"],
+    "stacking.tuned": ["TunedBlend", "nested_tune"],
     "stacking.evaluate": ["DiceEvaluator"],
-    "stacking.tune": ["TunedParams", "nested_tune"],
+    "stacking.tune": ["TunedParams"],
     "stacking.leaderboard": ["EntryScore", "read_leaderboard", "write_leaderboard"],
     "stacking.choice": ["Choice", "choose"],
 }

@@ -10,29 +10,24 @@ images of some folds. The search space (`TuneSpace`) has these parameters:
 * `w_<member>` (tune_weights, 2+ members): weights in [0, 1], normalised by the evaluator; all zero
   counts as equal weights.
 
-`nested_tune` makes the tuning honest: the params applied to fold k's images come from a study that
-never scored a fold-k image; the full study (all folds) gives the params for the test set.
-Studies live in any Optuna storage; several processes may work on one study at once.
+`stacking.tuned` makes the tuned blend an entry and the tuning honest (`nested_tune`): the params applied to
+fold k's images come from a study that never scored a fold-k image; the full study (all folds) gives the
+params for the test set. Studies live in any Optuna storage (`stacking.storage`); several processes may work
+on one study at once.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import random
 import socket
-import time
-import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import optuna
-import sqlalchemy
 
-from carvana.atomic import file_lock, pid_alive
+from carvana.atomic import pid_alive
 from carvana.errors import WorkbenchError
 from carvana.progress import progress_bar
 from oof import Store
@@ -42,13 +37,11 @@ from stacking.evaluate import (
     level_thresholds,
     quantize_weights,
 )
-from stacking.sqlite_url import sqlite_path
-from stacking.storage import fail_silent_trials
+from stacking.storage import fail_silent_trials, open_storage, quiet_experimental
 
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
 METRIC = "mean Dice"  # the objective's name, shown by optuna-dashboard
 ATTR = "workbench_tune"  # the study's user attr holding the members, folds, space and context it was tuned with
-HEARTBEAT_SECONDS, GRACE_SECONDS = 10, 30  # server databases: a dead worker's trial fails after 30 s
 COMPLETE, RUNNING = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING
 _ALIVE = (COMPLETE, RUNNING, optuna.trial.TrialState.WAITING)  # trials that will end COMPLETE unless they fail
 
@@ -142,70 +135,6 @@ class TunedParams:
         )
 
 
-def open_storage(url: str) -> optuna.storages.BaseStorage:
-    """An Optuna storage for `url`: `journal:PATH` (a journal file, safe on NFS) or an RDB URL (sqlite, postgresql).
-
-    Server databases get heartbeats, so a trial whose worker died on any host is failed after GRACE_SECONDS.
-    SQLite gets none (the heartbeat thread's writes contend for the file lock: +130 ms a trial); there,
-    as for journals, a RUNNING trial whose worker process on this host has died is failed instead.
-    """
-    if url.startswith("journal:"):
-        from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-        return JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
-    if url.startswith("sqlite:"):
-        with _sqlite_lock(url):  # workers starting at once would race to create the tables
-            storage = optuna.storages.RDBStorage(url)
-            _fast_sqlite(storage.engine)
-        return storage
-    for attempt in range(3):  # the same race on a server database: the loser finds the tables made
-        try:
-            with _quiet_experimental():
-                return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS)
-        except sqlalchemy.exc.DBAPIError:
-            if attempt == 2:
-                raise
-            time.sleep(1 + random.random())
-    raise AssertionError("unreachable: the last attempt returns or raises")
-
-
-@contextlib.contextmanager
-def _sqlite_lock(url: str) -> Iterator[None]:
-    """Hold an exclusive flock on `<database>.lock` (nothing for an in-memory database)."""
-    path = sqlite_path(url)
-    if path is None:
-        yield
-        return
-    with file_lock(Path(f"{path}.lock")):
-        yield
-
-
-def _fast_sqlite(engine: Any) -> None:
-    """WAL journal, fsync only at checkpoints: Optuna commits once per parameter, and a synced commit
-    (~10 ms on a plain disk) made a 20-parameter trial cost ~0.5 s. A crash can lose the last trials,
-    never corrupt the file. WAL needs a local disk; over NFS use `journal:PATH`."""
-    from sqlalchemy import event
-
-    def set_pragmas(connection: Any, _record: object) -> None:
-        cursor = connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.close()
-
-    event.listen(engine, "connect", set_pragmas)
-    engine.dispose()  # connections opened while creating the tables lack the pragmas
-    with engine.connect():  # switch to WAL now, under the caller's lock (it needs the file to itself)
-        pass
-
-
-@contextlib.contextmanager
-def _quiet_experimental() -> Iterator[None]:
-    """Silence Optuna's ExperimentalWarning for heartbeats (experimental in name since Optuna 2.9)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        yield
-
-
 def tune_study(
     evaluator: FoldedEvaluator,
     folds: Sequence[int],
@@ -215,6 +144,7 @@ def tune_study(
     study_name: str,
     n_trials: int,
     seed: int,
+    *,
     context: Mapping[str, object] | None = None,
     progress: bool = False,
     user_attrs: Mapping[str, object] | None = None,
@@ -293,7 +223,7 @@ def best_params(study: optuna.Study, members: Sequence[str], space: TuneSpace) -
 
 def _count_trials(study: optuna.Study) -> tuple[int, int]:
     """(COMPLETE, live RUNNING) trials, after failing the RUNNING trials of workers that died."""
-    with _quiet_experimental():
+    with quiet_experimental():
         optuna.storages.fail_stale_trials(study)  # heartbeat storages only; a no-op elsewhere
     fail_silent_trials(study)  # journal storages: workers dead on any host
     trials = study.get_trials(deepcopy=False)
@@ -330,7 +260,7 @@ def _open_study(
         _check_attrs(study, attrs)
         return study
     study.set_user_attr(ATTR, attrs)  # one write, so a worker loading the study sees all of it or nothing
-    with _quiet_experimental():
+    with quiet_experimental():
         study.set_metric_names([METRIC])
     for key, value in labels.items():  # readable labels for the dashboard, never compared
         study.set_user_attr(key, _jsonable(value))
@@ -358,86 +288,6 @@ def _jsonable(value: object) -> object:
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
     return value
-
-
-@dataclass
-class NestedResult:
-    """Honest (nested) and tuned-on scores of a tuning, and the params to apply to the test set.
-
-    honest_per_image: {img: Dice} where fold k's images use the params of the study that never saw
-    fold k; tuned_on: the full study's best value (optimistic: tuned and scored on the same images);
-    params: the full study's best (apply these to the test set); outer: {k: outer-k study's best}.
-    """
-
-    honest_per_image: dict[str, float]
-    honest_mean: float
-    tuned_on: float
-    baseline: float  # threshold 0.5, equal weights, all folds
-    params: TunedParams
-    outer: dict[int, TunedParams]
-
-    def to_dict(self) -> dict:
-        return {
-            "honest_mean": self.honest_mean,
-            "tuned_on": self.tuned_on,
-            "baseline": self.baseline,
-            "params": self.params.to_dict(),
-            "outer": {str(k): p.to_dict() for k, p in self.outer.items()},
-        }
-
-
-def nested_tune(
-    evaluator: FoldedEvaluator,
-    n_folds: int,
-    members: Sequence[str],
-    space: TuneSpace,
-    storage: str | optuna.storages.BaseStorage,
-    name: str,
-    n_trials: int,
-    seed: int,
-    context: Mapping[str, object] | None = None,
-    progress: bool = False,
-    user_attrs: Mapping[str, object] | None = None,
-) -> NestedResult:
-    """Study `{name}-outer{k}` on folds != k for each k (scored on fold k), then study `name` on all folds,
-    through the one cross-fit loop (`stacking.crossfit`) with the tuned blend as its entry.
-
-    Each study gets `n_trials` complete trials (see `tune_study`), so the whole costs (n_folds + 1) x n_trials.
-    """
-    from stacking.crossfit import cross_fit
-    from stacking.maps import TrainMaps
-    from stacking.tuned import TunedBlend
-
-    all_folds = list(range(n_folds))
-    if evaluator.folds != all_folds:
-        raise ValueError(f"the evaluator holds folds {evaluator.folds}, expected 0..{n_folds - 1}")
-    train = TrainMaps.from_evaluator(evaluator, members)
-
-    def make() -> TunedBlend:
-        return TunedBlend(
-            storage=storage,
-            study=name,
-            n_trials=n_trials,
-            seed=seed,
-            space=space,
-            context=context,
-            user_attrs=user_attrs,
-            progress=progress,
-        )
-
-    outer: dict[int, TunedParams] = {}
-    honest: dict[str, float] = {}
-    for k, model in cross_fit(make, train):
-        if k is None:
-            full = model.params_
-            break
-        outer[k] = model.params_
-        scores = evaluator.per_image(outer[k].threshold, outer[k].weights, [k])
-        ids = evaluator.ids.get(k) or [f"fold{k}/{i}" for i in range(scores.size)]
-        honest.update(zip(ids, scores.tolist(), strict=True))
-    return NestedResult(
-        honest, float(np.mean(list(honest.values()))), full.value, evaluator.score(0.5, None, all_folds), full, outer
-    )
 
 
 def blend_levels(maps: np.ndarray, params: TunedParams) -> tuple[np.ndarray, int]:

@@ -9,11 +9,15 @@ coordinate search does, so it starts from them and refines thresholds and weight
 processes and `workbench stack` share the same studies. Its maps are stored so that thresholding at
 0.5 gives exactly the tuned decision: the blend is remapped piecewise-linearly so that its angle's
 threshold lands on 0.5.
+
+`nested_tune` (`workbench tune`) makes the tuning honest through the same loop: the params applied to fold
+k's images come from the study that never scored a fold-k image.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,6 +25,8 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
 from stacking.blenders import WeightedMeanBlender
+from stacking.crossfit import cross_fit
+from stacking.evaluate import FoldedEvaluator
 from stacking.maps import MapBatch, TrainMaps
 from stacking.tune import TunedParams, TuneSpace, blend_levels, levels_mask, levels_proba, tune_study
 
@@ -104,3 +110,59 @@ class TunedBlend(BaseEstimator):
         """(n, H, W) float32 maps whose >= 0.5 pixels are the tuned decision."""
         check_is_fitted(self, "params_")
         return np.stack([tuned_map(maps, int(a), self.params_) for maps, a in zip(X.maps, X.angles)])
+
+
+@dataclass
+class NestedResult:
+    """Honest (nested) and tuned-on scores of a tuning, and the params to apply to the test set.
+
+    honest_per_image: {img: Dice} where fold k's images use the params of the study that never saw
+    fold k; tuned_on: the full study's best value (optimistic: tuned and scored on the same images);
+    params: the full study's best (apply these to the test set); outer: {k: outer-k study's best}.
+    """
+
+    honest_per_image: dict[str, float]
+    honest_mean: float
+    tuned_on: float
+    baseline: float  # threshold 0.5, equal weights, all folds
+    params: TunedParams
+    outer: dict[int, TunedParams]
+
+    def to_dict(self) -> dict:
+        return {
+            "honest_mean": self.honest_mean,
+            "tuned_on": self.tuned_on,
+            "baseline": self.baseline,
+            "params": self.params.to_dict(),
+            "outer": {str(k): p.to_dict() for k, p in self.outer.items()},
+        }
+
+
+def nested_tune(evaluator: FoldedEvaluator, blend: TunedBlend, *, members: Sequence[str], n_folds: int) -> NestedResult:
+    """Study `<study>-outer<k>` on folds != k for each k (scored on fold k), then study `<study>` on all folds,
+    through the one cross-fit loop (`stacking.crossfit`) with new blends of the unfitted `blend`'s settings.
+
+    Each study gets `n_trials` complete trials (see `tune_study`), so the whole costs (n_folds + 1) x n_trials.
+    """
+    all_folds = list(range(n_folds))
+    if evaluator.folds != all_folds:
+        raise ValueError(f"the evaluator holds folds {evaluator.folds}, expected 0..{n_folds - 1}")
+    train = TrainMaps.from_evaluator(evaluator, members)
+
+    outer: dict[int, TunedParams] = {}
+    honest: dict[str, float] = {}
+
+    def make() -> TunedBlend:  # the same settings, the storage object shared (sklearn's clone would copy it)
+        return TunedBlend(**blend.get_params(deep=False))
+
+    for k, model in cross_fit(make, train):
+        if k is None:
+            full = model.params_
+            break
+        outer[k] = model.params_
+        scores = evaluator.per_image(outer[k].threshold, outer[k].weights, [k])
+        ids = evaluator.ids.get(k) or [f"fold{k}/{i}" for i in range(scores.size)]
+        honest.update(zip(ids, scores.tolist(), strict=True))
+    return NestedResult(
+        honest, float(np.mean(list(honest.values()))), full.value, evaluator.score(0.5, None, all_folds), full, outer
+    )

@@ -323,7 +323,7 @@ def test_torch_and_sqlite_words_for_a_full_disk_are_named(small_fs):
     import optuna
     import torch
 
-    from stacking.sqlite_url import sqlite_url
+    from stacking.storage import sqlite_url
     from workbench.failures import explain
 
     fill_disk(small_fs)

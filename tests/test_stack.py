@@ -171,12 +171,21 @@ def test_member_report_is_written(stacked_run):
         assert part in text
 
 
-def test_rerun_resumes_without_refitting(stacked_run, capsys):
+def test_rerun_resumes_without_refitting(stacked_run, capsys, monkeypatch):
     path, rows = stacked_run
     config = load_config(path)
+    from stacking.tuned import TunedBlend
+
+    def refit(*_):
+        raise AssertionError("a complete entry was fitted again")
+
+    monkeypatch.setattr(TunedBlend, "fit", refit)  # the tuned-on score is recorded with the entry's maps
     again = stack(config, progress=False)
     out = capsys.readouterr().out
-    assert "lightgbm: complete, skipped" in out and "mean: complete, skipped" in out
+    for entry in ("lightgbm", "mean", "tuned"):
+        assert f"{entry}: complete, skipped" in out
+    tuned_on = [r["tuned_on_mean_dice"] for r in again if r["entry"] == "tuned"]
+    assert tuned_on == [r["tuned_on_mean_dice"] for r in rows if r["entry"] == "tuned"] and tuned_on[0]
     assert [r["oof_mean_dice"] for r in again] == [r["oof_mean_dice"] for r in rows]
     assert [r["gain_lo"] for r in again] == [r["gain_lo"] for r in rows]  # the bootstrap is seeded
     picks = [(r["entry"], r.get("choice"), r.get("choice_reason")) for r in rows]

@@ -19,6 +19,7 @@ from carvana.errors import WorkbenchError
 from carvana.metric import dice
 from oof.format import to_uint8
 from stacking.evaluate import DiceEvaluator
+from stacking.storage import open_storage
 from stacking.tune import (
     WORKER,
     TunedParams,
@@ -27,11 +28,9 @@ from stacking.tune import (
     blend_mask,
     blend_proba,
     build_folded_evaluator,
-    nested_tune,
-    open_storage,
     tune_study,
 )
-from stacking.tuned import tuned_map
+from stacking.tuned import TunedBlend, nested_tune, tuned_map
 from tests.conftest import TUNE_MEMBERS as MEMBERS
 from tests.conftest import make_evaluator, make_images
 
@@ -143,10 +142,12 @@ def test_dead_workers_running_trial_is_failed_and_replaced(tmp_path):
 
 def test_nested_outer_study_never_sees_its_fold():
     """Poison fold 0's truths: the outer-0 study must not change at all, every study that sees fold 0 must."""
-    run = dict(n_folds=3, members=MEMBERS, space=TuneSpace(), name="blend", n_trials=12, seed=3)
+    def blend(storage) -> TunedBlend:
+        return TunedBlend(storage=storage, space=TuneSpace(), study="blend", n_trials=12, seed=3)
+
     clean_storage, poisoned_storage = optuna.storages.InMemoryStorage(), optuna.storages.InMemoryStorage()
-    clean = nested_tune(make_evaluator(), storage=clean_storage, **run)
-    poisoned = nested_tune(make_evaluator(poison_fold=0), storage=poisoned_storage, **run)
+    clean = nested_tune(make_evaluator(), blend(clean_storage), members=MEMBERS, n_folds=3)
+    poisoned = nested_tune(make_evaluator(poison_fold=0), blend(poisoned_storage), members=MEMBERS, n_folds=3)
     assert values(clean_storage, "blend-outer0") == values(poisoned_storage, "blend-outer0")
     assert clean.outer[0].params == poisoned.outer[0].params
     for name in ["blend-outer1", "blend-outer2", "blend"]:
@@ -157,7 +158,8 @@ def test_nested_outer_study_never_sees_its_fold():
 
 def test_nested_result_is_consistent():
     folded, storage = make_evaluator(), optuna.storages.InMemoryStorage()
-    result = nested_tune(folded, 3, MEMBERS, TuneSpace(), storage, "blend", n_trials=8, seed=0)
+    blend = TunedBlend(storage=storage, space=TuneSpace(), study="blend", n_trials=8, seed=0)
+    result = nested_tune(folded, blend, members=MEMBERS, n_folds=3)
     assert sorted(result.honest_per_image) == [f"img{i:02d}" for i in range(12)]
     for k, params in result.outer.items():
         expected = folded.per_image(params.threshold, params.weights, [k])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from carvana.errors import WorkbenchError
-from stacking.sqlite_url import sqlite_path
+from stacking.storage import sqlite_path
 from workbench.config import ExperimentConfig
 from workbench.runfolder import open_run_dir
 from workbench.tune import storage_url
@@ -31,7 +31,7 @@ def serve_dashboard(config: ExperimentConfig, *, host: str = "127.0.0.1", port: 
     require_storage(url)
     from optuna_dashboard import run_server
 
-    from stacking.tune import open_storage
+    from stacking.storage import open_storage
 
     storage = open_storage(url)
     print(f"optuna-dashboard for {url} at http://{host}:{port}/ (Ctrl-C stops it)", flush=True)

@@ -98,7 +98,7 @@ def _database_error(error: Exception, storage: str | None) -> str | None:
     if "disk is full" in text or "disk i/o" in text:
         return None  # left to the disk-full check
     if any(word in text for word in ("not a database", "malformed", "no such table", "file is encrypted")):
-        from stacking.sqlite_url import sqlite_path
+        from stacking.storage import sqlite_path
 
         path = (sqlite_path(storage) if storage else None) or storage
         return (

@@ -3,41 +3,35 @@ maps, the mean of the learned ones, each scored honestly with car-grouped CV, th
 and the submissions: the chosen entry (`stacking.choice`: the best by honest OOF score when its gain over the
 simpler candidates is clear of the noise, never chosen by test score) and a second one.
 
-The verb opens the Run (data checked once), streams the members' maps through the one cross-fit loop
-(`stacking.crossfit.fit_predict`) for every entry and stores the entry's maps in a second store,
-`RUN/stack/`, beside the members' `RUN/oof/`; a re-run skips entries already complete for the same
-members and settings.
+The verb opens the Run (data checked once), fits the config's entries (`workbench.entries`: the table of
+entries and the one function that builds any entry's maps) through the one cross-fit loop and stores their
+maps in a second store, `RUN/stack/`, beside the members' `RUN/oof/`; a re-run skips entries already
+complete for the same members and settings.
 """
 
 from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable
 
 from carvana.atomic import copy_atomic
 from carvana.errors import WorkbenchError
-from oof import Store, rebuild, recover
-from stacking.blenders import make_blender
+from oof import recover
 from stacking.choice import Choice, choose, mark_choice
-from stacking.crossfit import Entry, EntryT, TestClock, fit_predict
+from stacking.crossfit import MapWriter, TestClock
 from stacking.ensemble import ENTRIES_MEAN, entries_mean_spec, is_learned, write_entries_mean
 from stacking.leaderboard import EntryScore, add_gains, format_table, score_entries, write_leaderboard
-from stacking.maps import TestMaps, TrainMaps
-from stacking.pixel_stacker import make_stacker
 from stacking.postprocess import postprocess_spec, postprocessed_name, write_postprocessed
-from stacking.robust import Guarded
 from workbench.compute import parallel_backend
 from workbench.config import ExperimentConfig
+from workbench.entries import EntryContext, build_entry, build_estimator, planned_entries
 from workbench.imports import imported_members
 from workbench.report import report_members, write_report
 from workbench.run import Run
 from workbench.runlock import run_lock
 from workbench.submit import SUBMISSION, local_score, submit
-from workbench.tune import TUNED_ENTRY, complete_members, tuned_blend_factory
+from workbench.tune import complete_members
 from zoo.runner import member_finished
-
-CNN_ENTRY = "cnn_stacker"
 
 
 def finished_members(run: Run) -> list[str]:
@@ -70,86 +64,6 @@ def finished_members(run: Run) -> list[str]:
     return names
 
 
-def entry_spec(name: str, model: Entry, members: list[str], member_store: Store, data: dict) -> dict:
-    """What an entry's maps depend on: its settings, the exact member maps it was fitted on and the data."""
-    params = {k: repr(v) for k, v in model.get_params().items() if k != "progress"}
-    return {
-        "entry": name,
-        "params": params,
-        "members": members,
-        "data": data,
-        "member_generations": [member_store.metadata(m)["generation"] for m in members],
-    }
-
-
-def entry_complete(store: Store, name: str, spec: dict, n_train: int, n_test: int) -> bool:
-    if not store.path.is_dir() or name not in store.members():
-        return False
-    try:
-        meta = store.metadata(name)
-    except WorkbenchError:  # a damaged member.json: the entry is rebuilt (beside it, swapped in when complete)
-        return False
-    return meta["spec"] == spec and len(store.ids(name, "train")) == n_train and len(store.ids(name, "test")) == n_test
-
-
-def run_entry(
-    run: Run,
-    name: str,
-    make: Callable[[], EntryT],
-    train: TrainMaps,
-    test: TestMaps,
-    progress: bool,
-    clock: TestClock | None = None,
-) -> EntryT | None:
-    """The entry's honest OOF maps and test maps in RUN/stack (skipped when complete); the fit on all folds."""
-    store = run.entries_store
-    spec = entry_spec(
-        name, make(), list(train.members), run.members_store, {k: v for k, v in run.fingerprint.items() if k != "data"}
-    )
-    if entry_complete(store, name, spec, train.n_images, len(test.ids)):
-        print(f"{name}: complete, skipped")
-        return None
-    with (
-        rebuild(store, name) as beside,
-        beside.open_member(name, spec, run.folds.hash, run.resolution) as writer,
-        parallel_backend(run.config.compute) as n_jobs,
-    ):
-        return fit_predict(make, train, test, writer, progress=progress, desc=name, n_jobs=n_jobs, clock=clock)
-
-
-def entry_factories(config: ExperimentConfig) -> dict[str, tuple[str, Callable[[], Entry]]]:
-    """{entry name: (kind, a function making an unfitted estimator)} of the config's blends and stackers."""
-    entries: dict[str, tuple[str, Callable[[], Entry]]] = {}
-    for name in config.stack.blends:
-        entries[name] = ("blend", functools.partial(make_blender, name))
-    lo, hi = config.stack.band
-    for name in config.stack.stackers:
-        params = {
-            "lo": lo,
-            "hi": hi,
-            "max_pixels": config.stack.max_pixels,
-            "random_state": config.seed,
-            "max_band_share": config.stack.max_band_share,
-            "weighting": config.stack.weighting,
-        }
-        make: Callable[[], Entry]
-        if config.stack.guard:
-            make = functools.partial(Guarded, stacker=name, params=params)
-        else:
-            make = functools.partial(make_stacker, name, **params)
-        entries[name] = ("stacker", make)
-    if config.stack.cnn_epochs:
-        entries[CNN_ENTRY] = ("cnn", lambda: cnn_stacker(config))
-    return entries
-
-
-def cnn_stacker(config: ExperimentConfig) -> Entry:
-    from zoo.cnn_stacker import CnnStacker  # torch is imported only when the entry is fitted
-
-    width, height = config.stack.cnn_size
-    return CnnStacker(height=height, width=width, epochs=config.stack.cnn_epochs, seed=config.seed)
-
-
 def stack(config: ExperimentConfig, progress: bool = True) -> list[dict]:
     """Fit and score every entry, write the leaderboard, and return its rows (best first)."""
     start = time.time()
@@ -164,15 +78,15 @@ def stack(config: ExperimentConfig, progress: bool = True) -> list[dict]:
 def _stack(run: Run, start: float, progress: bool) -> list[dict]:
     config = run.config
     members = finished_members(run)
-    train, test = run.train_maps(members), run.test_maps(members)
     kinds = {m: "member" for m in members}
     imported = set(imported_members(run.members_store))
-    clock = TestClock()
-    for name, (kind, make) in entry_factories(config).items():
-        run_entry(run, name, make, train, test, progress, clock)
-        kinds[name] = kind
-    tuned_on = stack_tuned(run, members, train, test, progress, clock)
-    kinds[TUNED_ENTRY] = "tuned"
+    clock, results = TestClock(), {}
+    maps = {tuple(members): (run.train_maps(members), run.test_maps(members))}
+    for planned in planned_entries(EntryContext.of(run, members, progress)):
+        if planned.members not in maps:
+            maps[planned.members] = (run.train_maps(planned.members), run.test_maps(planned.members))
+        results[planned.name] = build_estimator(run, planned, *maps[planned.members], clock, progress)
+        kinds[planned.name] = planned.kind
     learned = [name for name, kind in kinds.items() if is_learned(name, kind)]
     if config.stack.entries_mean and len(learned) >= 2:
         stack_entries_mean(run, learned, clock)
@@ -183,8 +97,8 @@ def _stack(run: Run, start: float, progress: bool) -> list[dict]:
     for score in scores:
         if score.entry in imported:
             score.extra["source"] = "imported"
-    tuned = next(s for s in scores if s.entry == TUNED_ENTRY)
-    tuned.extra["tuned_on_mean_dice"] = f"{tuned_on:.6f}"  # optimistic: tuned and scored on the same images
+        for key, value in (results.get(score.entry) or {}).items():
+            score.extra[key] = f"{value:.6f}"  # tuned_on_mean_dice: optimistic, tuned and scored on the same images
     scores += stack_postprocessed(run, scores, progress, clock)
     print(f"test maps: {clock.seconds:.1f} s (every entry's test maps written by this stack, together)")
     add_gains(scores)
@@ -195,52 +109,36 @@ def _stack(run: Run, start: float, progress: bool) -> list[dict]:
     print(format_table(rows))
     print("\n".join(choice.lines()))
     print(f"report: {write_report(config.run_dir, run.data, rows, run.entries_store, run.members_store) / 'report.md'}")
-    print(f"member report: {report_members(config.run_dir, rows, train)}")
+    print(f"member report: {report_members(config.run_dir, rows, maps[tuple(members)][0])}")
     write_submissions(run, rows, choice, progress)
     return rows
-
-
-def stack_tuned(
-    run: Run, members: list[str], train: TrainMaps, test: TestMaps, progress: bool, clock: TestClock
-) -> float:
-    """The tuned blend through the same loop (its studies shared with `workbench tune`); its tuned-on score."""
-    tuned_members = list(run.config.tune.members or members)
-    if tuned_members != members:
-        train, test = run.train_maps(tuned_members), run.test_maps(tuned_members)
-    make = tuned_blend_factory(run, tuned_members, progress)
-    model = run_entry(run, TUNED_ENTRY, make, train, test, progress, clock)
-    return (model or make().fit(train)).params_.value  # a skipped entry: its finished study answers at once
 
 
 def stack_entries_mean(run: Run, entries: list[str], clock: TestClock) -> None:
     """The mean of the learned entries' stored maps (`stacking.ensemble`); rebuilt when one of them changed."""
     store = run.entries_store
-    spec = entries_mean_spec(store, entries)
-    n_train, n_test = len(store.ids(entries[0], "train")), len(store.ids(entries[0], "test"))
-    if entry_complete(store, ENTRIES_MEAN, spec, n_train, n_test):
-        print(f"{ENTRIES_MEAN}: complete, skipped")
-        return
-    start = time.perf_counter()
-    with (
-        rebuild(store, ENTRIES_MEAN) as beside,
-        beside.open_member(ENTRIES_MEAN, spec, run.folds.hash, run.resolution) as writer,
-    ):
+    n_maps = len(store.ids(entries[0], "train")), len(store.ids(entries[0], "test"))
+    started = time.perf_counter()
+
+    def write(writer: MapWriter) -> None:
         write_entries_mean(store, entries, writer, clock)
-    print(f"{ENTRIES_MEAN}: the mean of {', '.join(entries)}, {time.perf_counter() - start:.1f} s")
+        print(f"{ENTRIES_MEAN}: the mean of {', '.join(entries)}, {time.perf_counter() - started:.1f} s")
+
+    build_entry(run, ENTRIES_MEAN, entries_mean_spec(store, entries), n_maps, write)
 
 
 def stack_postprocessed(run: Run, scores: list[EntryScore], progress: bool, clock: TestClock) -> list[EntryScore]:
     """nnU-Net's rule: each of `stack.postprocess` applied to the best entry, kept only if it beats it on OOF."""
     best = max(scores, key=lambda s: s.oof_mean_dice)
-    source, store = run.members_store if best.kind == "member" else run.entries_store, run.entries_store
+    source = run.members_store if best.kind == "member" else run.entries_store
+    n_maps = len(source.ids(best.entry, "train")), len(source.ids(best.entry, "test"))
     candidates = []
     for operation in run.config.stack.postprocess:
         name, spec = postprocessed_name(best.entry, operation), postprocess_spec(source, best.entry, operation)
-        n_test = len(source.ids(best.entry, "test"))
-        if not entry_complete(store, name, spec, len(source.ids(best.entry, "train")), n_test):
-            with rebuild(store, name) as beside, beside.open_member(name, spec, run.folds.hash, run.resolution) as w:
-                write_postprocessed(source, best.entry, operation, w, clock)
-        candidates.append((store, name, "postprocess"))
+        build_entry(
+            run, name, spec, n_maps, functools.partial(write_postprocessed, source, best.entry, operation, clock=clock)
+        )
+        candidates.append((run.entries_store, name, "postprocess"))
     scored = score_entries(candidates, run.data, run.folds, run.summary.size, progress=progress)
     for s in scored:
         verdict = "kept" if s.oof_mean_dice > best.oof_mean_dice else "not kept"

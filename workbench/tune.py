@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -19,7 +18,7 @@ from carvana.errors import WorkbenchError
 from carvana.interrupts import quiet_optuna_interrupts
 from folds import Folds
 from oof import Store
-from stacking.sqlite_url import sqlite_url
+from stacking.storage import sqlite_url
 from workbench.config import ExperimentConfig, config_to_dict
 from workbench.imports import imported_members
 from workbench.run import Run
@@ -27,8 +26,8 @@ from workbench.runfolder import OPTUNA_DB, TUNE_JSON
 from workbench.runlock import run_lock
 
 if TYPE_CHECKING:
-    from stacking.tune import NestedResult, TuneSpace
-    from stacking.tuned import TunedBlend
+    from stacking.tune import TuneSpace
+    from stacking.tuned import NestedResult, TunedBlend
 
 TUNED_ENTRY = "tuned"
 
@@ -84,22 +83,27 @@ def tune_space(config: ExperimentConfig) -> TuneSpace:
     return TuneSpace(per_angle=tune.per_angle, tune_weights=tune.tune_weights, threshold_range=tune.threshold_range)
 
 
-def tuned_blend_factory(run: Run, members: list[str], progress: bool) -> Callable[[], TunedBlend]:
-    """Makes the run's TunedBlend: its studies are named from what the trials depend on, so `workbench tune`
-    and `workbench stack` (any number of processes) share them."""
+def study_context(run: Run, members: list[str]) -> dict:
+    """What the tuned blend's trials depend on besides the config: the folds and the members' maps."""
+    return {
+        "folds_hash": run.folds.hash,
+        "generations": {m: run.members_store.metadata(m)["generation"] for m in members},
+    }
+
+
+def tuned_blend(config: ExperimentConfig, members: list[str], context: dict, progress: bool) -> TunedBlend:
+    """The run's TunedBlend: its studies are named from what the trials depend on (`context`, the members, the
+    config's `tune`), so `workbench tune` and `workbench stack` (any number of processes) share them."""
     import optuna
 
     from stacking.tuned import TunedBlend
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial would bury the summary
     quiet_optuna_interrupts()
-    config, store = run.config, run.members_store
-    context = {"folds_hash": run.folds.hash, "generations": {m: store.metadata(m)["generation"] for m in members}}
-    name = study_name(config, context, members)
     labels = {"run": str(config.run_dir), "entry": TUNED_ENTRY, "members": ", ".join(members)}
-    return lambda: TunedBlend(
+    return TunedBlend(
         storage=storage_url(config),
-        study=name,
+        study=study_name(config, context, members),
         n_trials=config.tune.n_trials,
         seed=config.tune.seed,
         space=tune_space(config),
@@ -119,27 +123,14 @@ def tune_run(config: ExperimentConfig, progress: bool = True) -> NestedResult:
 
 def _tune_run(run: Run, progress: bool) -> NestedResult:
 
-    from stacking.tune import nested_tune
+    from stacking.tuned import nested_tune
 
     config, folds, store = run.config, run.folds, run.members_store
     members = tune_members(config, store, folds)
     run.check_resolution(members)
-    blend = tuned_blend_factory(run, members, progress)()
+    blend = tuned_blend(config, members, study_context(run, members), progress)
     evaluator = run.train_maps(members).evaluator().folded
-    assert blend.space is not None  # tuned_blend_factory always sets it
-    result = nested_tune(
-        evaluator,
-        folds.n_folds,
-        members,
-        blend.space,
-        blend.storage,
-        blend.study,
-        blend.n_trials,
-        blend.seed,
-        context=blend.context,
-        progress=progress,
-        user_attrs=blend.user_attrs,
-    )
+    result = nested_tune(evaluator, blend, members=members, n_folds=folds.n_folds)
     path = config.run_dir / TUNE_JSON
     write_json_atomic(
         path,

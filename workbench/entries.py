@@ -1,0 +1,192 @@
+"""The table of stacking entries: which entries a config runs, how each is made, and the one function that
+builds any entry's maps in the run's stack store.
+
+Every entry is a scikit-learn estimator with one door, `fit(TrainMaps)` and `predict_proba(MapBatch)`
+(`stacking.crossfit.Entry`). `ENTRY_TYPES` names every kind the workbench knows: the blends
+(`stacking.blenders.BLENDERS`), the pixel stackers (`stacking.pixel_stacker.STACKERS`, guarded by inner folds
+when `stack.guard`), the CNN stacker (torch, in `zoo`) and the Optuna-tuned blend. `planned_entries` reads a
+config's `stack` section and lists what this run fits, in order; `build_entry` builds one entry's maps (skip
+when complete for the same members and settings, rebuild beside and swap in, write), for the estimators
+through the one cross-fit loop and for the entries made from stored maps (the mean of the learned entries,
+post-processing) through their own writers.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from carvana.errors import WorkbenchError
+from oof import Store, rebuild
+from stacking.blenders import BLENDERS, make_blender
+from stacking.crossfit import Entry, MapWriter, TestClock, fit_predict
+from stacking.maps import TestMaps, TrainMaps
+from stacking.pixel_stacker import STACKERS, make_stacker
+from stacking.robust import Guarded
+from workbench.compute import parallel_backend
+from workbench.config import ExperimentConfig
+from workbench.run import Run
+from workbench.tune import TUNED_ENTRY, study_context, tuned_blend
+
+CNN_ENTRY = "cnn_stacker"
+
+
+@dataclass(frozen=True)
+class EntryContext:
+    """What making a run's entries takes: the config, the members stacked, the tuned blend's members and the
+    context its studies are named from (`workbench.tune.study_name`), and whether to draw progress bars."""
+
+    config: ExperimentConfig
+    members: tuple[str, ...]
+    tuned_members: tuple[str, ...]
+    study_context: dict
+    progress: bool = False
+
+    @classmethod
+    def of(cls, run: Run, members: list[str], progress: bool) -> EntryContext:
+        tuned = list(run.config.tune.members or members)
+        return cls(run.config, tuple(members), tuple(tuned), study_context(run, tuned), progress)
+
+
+@dataclass(frozen=True)
+class EntryType:
+    """A kind of entry: its leaderboard name and kind, and `make(context)` -> a new unfitted estimator."""
+
+    name: str
+    kind: str  # "blend" | "stacker" | "cnn" | "tuned" (the leaderboard's kind column)
+    make: Callable[[EntryContext], Entry]
+    tuned_members: bool = False  # fitted on `tune.members` (the tuned blend) rather than every stacked member
+
+
+def _blend(name: str, context: EntryContext) -> Entry:
+    return make_blender(name)
+
+
+def _stacker(name: str, context: EntryContext) -> Entry:
+    stack = context.config.stack
+    lo, hi = stack.band
+    params = {
+        "lo": lo,
+        "hi": hi,
+        "max_pixels": stack.max_pixels,
+        "random_state": context.config.seed,
+        "max_band_share": stack.max_band_share,
+        "weighting": stack.weighting,
+    }
+    return Guarded(stacker=name, params=params) if stack.guard else make_stacker(name, **params)
+
+
+def _cnn(context: EntryContext) -> Entry:
+    from zoo.cnn_stacker import CnnStacker  # torch is imported only when a config asks for the entry
+
+    config = context.config
+    width, height = config.stack.cnn_size
+    return CnnStacker(height=height, width=width, epochs=config.stack.cnn_epochs, seed=config.seed)
+
+
+def _tuned(context: EntryContext) -> Entry:
+    return tuned_blend(context.config, list(context.tuned_members), context.study_context, context.progress)
+
+
+def _registry(types: list[EntryType]) -> dict[str, EntryType]:
+    registry: dict[str, EntryType] = {}
+    for entry in types:
+        if entry.name in registry:
+            raise ValueError(f"duplicate entry name {entry.name!r}")
+        registry[entry.name] = entry
+    return registry
+
+
+ENTRY_TYPES = _registry(
+    [EntryType(name, "blend", functools.partial(_blend, name)) for name in BLENDERS]
+    + [EntryType(name, "stacker", functools.partial(_stacker, name)) for name in STACKERS]
+    + [EntryType(CNN_ENTRY, "cnn", _cnn), EntryType(TUNED_ENTRY, "tuned", _tuned, tuned_members=True)]
+)
+
+
+@dataclass(frozen=True)
+class PlannedEntry:
+    """One entry a stack fits: its name, kind, the members it is fitted on, and a maker of new estimators."""
+
+    name: str
+    kind: str
+    members: tuple[str, ...]
+    make: Callable[[], Entry]
+
+
+def planned_entries(context: EntryContext) -> list[PlannedEntry]:
+    """The config's entries in the order they are fitted: `stack.blends`, `stack.stackers`, the CNN stacker when
+    `stack.cnn_epochs` > 0, and the tuned blend (always)."""
+    stack = context.config.stack
+    names = [*stack.blends, *stack.stackers, *([CNN_ENTRY] if stack.cnn_epochs else []), TUNED_ENTRY]
+    planned = []  # the names are the table's: the config refuses others when it is loaded
+    for name in names:
+        entry = ENTRY_TYPES[name]
+        members = context.tuned_members if entry.tuned_members else context.members
+        planned.append(PlannedEntry(name, entry.kind, members, functools.partial(entry.make, context)))
+    return planned
+
+
+def estimator_spec(planned: PlannedEntry, member_store: Store, data: dict) -> dict:
+    """What an estimator entry's maps depend on: its settings, the exact member maps it is fitted on, the data."""
+    params = {k: repr(v) for k, v in planned.make().get_params().items() if k != "progress"}
+    return {
+        "entry": planned.name,
+        "params": params,
+        "members": list(planned.members),
+        "data": data,
+        "member_generations": [member_store.metadata(m)["generation"] for m in planned.members],
+    }
+
+
+def entry_complete(store: Store, name: str, spec: dict, n_train: int, n_test: int) -> bool:
+    """Whether `name` in `store` holds every map (n_train OOF, n_test test) for exactly `spec`."""
+    if not store.path.is_dir() or name not in store.members():
+        return False
+    try:
+        meta = store.metadata(name)
+    except WorkbenchError:  # a damaged member.json: the entry is rebuilt (beside it, swapped in when complete)
+        return False
+    return meta["spec"] == spec and len(store.ids(name, "train")) == n_train and len(store.ids(name, "test")) == n_test
+
+
+def build_entry(
+    run: Run, name: str, spec: dict, n_maps: tuple[int, int], write: Callable[[MapWriter], dict | None]
+) -> dict | None:
+    """Build entry `name`'s maps in the run's stack store unless they are complete for `spec` (then print that
+    it was skipped): rebuilt beside the old maps by `write(writer)`, swapped in once complete. `write` may
+    return a result worth keeping (e.g. the tuned blend's tuned-on score), recorded in the entry's member.json;
+    returns that result (the recorded one for a skipped entry), or None."""
+    store = run.entries_store
+    if entry_complete(store, name, spec, *n_maps):
+        print(f"{name}: complete, skipped")
+        return store.metadata(name).get("result")
+    with rebuild(store, name) as beside, beside.open_member(name, spec, run.folds.hash, run.resolution) as writer:
+        result = write(writer)
+        if result is not None:
+            writer.record(result)
+    return result
+
+
+def build_estimator(
+    run: Run, planned: PlannedEntry, train: TrainMaps, test: TestMaps, clock: TestClock, progress: bool
+) -> dict | None:
+    """An estimator entry through the one cross-fit loop: honest OOF maps, then test maps from the fit on every
+    fold (joblib workers under the run's compute engine)."""
+    spec = estimator_spec(planned, run.members_store, {k: v for k, v in run.fingerprint.items() if k != "data"})
+
+    def write(writer: MapWriter) -> dict | None:
+        with parallel_backend(run.config.compute) as n_jobs:
+            model = fit_predict(
+                planned.make, train, test, writer, progress=progress, desc=planned.name, n_jobs=n_jobs, clock=clock
+            )
+        return fitted_result(model)
+
+    return build_entry(run, planned.name, spec, (train.n_images, len(test.ids)), write)
+
+
+def fitted_result(model: Entry) -> dict | None:
+    """What a fitted entry reports beyond its maps: the tuned blend's score on the images it was tuned on."""
+    params = getattr(model, "params_", None)
+    return None if params is None else {"tuned_on_mean_dice": float(params.value)}
