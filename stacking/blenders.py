@@ -9,6 +9,7 @@ batch costs the output plus one float32 array per member: no float copy of X, no
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from itertools import permutations
 from typing import ClassVar
@@ -18,6 +19,7 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
 from carvana.errors import WorkbenchError
+from carvana.registry import by_name
 from stacking.evaluate import DiceEvaluator, FoldsView
 from stacking.maps import MapBatch, TrainMaps
 
@@ -226,16 +228,11 @@ def search_simplex_weights(
     return weights, best
 
 
-def _registry(classes: list[type[_Blender]]) -> dict[str, type[_Blender]]:
-    registry: dict[str, type[_Blender]] = {}
-    for cls in classes:
-        if cls.name in registry:
-            raise ValueError(f"duplicate blender name {cls.name!r}: {registry[cls.name].__name__} and {cls.__name__}")
-        registry[cls.name] = cls
-    return registry
+_registry = functools.partial(by_name, what="blender")
 
-
-BLENDERS = _registry([MeanBlender, LogitMeanBlender, VoteBlender, WeightedMeanBlender, SelectedBlend])
+BLENDERS: dict[str, type[_Blender]] = _registry(
+    [MeanBlender, LogitMeanBlender, VoteBlender, WeightedMeanBlender, SelectedBlend]
+)
 
 
 def make_blender(name: str, **params: object) -> _Blender:

@@ -15,6 +15,7 @@ If the sampled band pixels are all one class (or there are none) there is nothin
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from carvana.errors import WorkbenchError
+from carvana.registry import by_name
 from stacking.features import (
     N_ANGLES,
     BandSample,
@@ -120,14 +122,7 @@ class Level2Model:
     weight_param: str  # the fit's keyword argument taking per-row sample weights
 
 
-def _registry(models: list[Level2Model]) -> dict[str, Level2Model]:
-    registry: dict[str, Level2Model] = {}
-    for model in models:
-        if model.name in registry:
-            raise ValueError(f"duplicate stacker name {model.name!r}")
-        registry[model.name] = model
-    return registry
-
+_registry = functools.partial(by_name, what="stacker")
 
 STACKERS = _registry(
     [

@@ -194,10 +194,6 @@ def test_core_install_tunes_and_serves_the_dashboard(core_venv, stacked):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="workbench/stack.py does not call carvana.extras.require_extra for stack.cnn_epochs yet "
-    "(issue 22 item 6): the core install prints torch's ModuleNotFoundError traceback"
-)
 def test_core_install_asks_for_the_torch_extra_for_the_cnn_stacker(core_venv, stacked, tmp_path):
     config = tmp_path / "cnn.yaml"
     config.write_text(stacked.read_text().replace("n_submissions: 2}", "n_submissions: 2, cnn_epochs: 1}"))

@@ -80,11 +80,12 @@ def cmd_folds(args: argparse.Namespace) -> None:
 
 def cmd_import_member(args: argparse.Namespace) -> None:
     from workbench.imports import import_member
+    from workbench.runfolder import RunPaths
 
     config = _config(args)
     record = import_member(config, args.name, args.oof, args.test, folds_file=args.folds, logits=args.logits)
     print(
-        f"imported {args.name} into {config.run_dir / 'oof' / args.name} ({record['n_files']} maps, "
+        f"imported {args.name} into {RunPaths(config.run_dir).members / args.name} ({record['n_files']} maps, "
         f"{record['format']}); `workbench stack` stacks it beside the zoo's members"
     )
 

@@ -19,6 +19,7 @@ from carvana.atomic import write_text_atomic
 from carvana.dataset import parse_size
 from carvana.errors import WorkbenchError
 from folds import STRATIFY
+from workbench.runfolder import RunPaths
 from zoo.pseudo import PseudoSetConfig
 from zoo.registry import resolve_members
 from zoo.spec import MemberSpec, yaml_scalar
@@ -387,6 +388,6 @@ def config_to_dict(config: typing.Any) -> dict:
 def save_resolved(config: ExperimentConfig) -> Path:
     """Write the resolved config to RUN/config.yaml atomically."""
     config.run_dir.mkdir(parents=True, exist_ok=True)
-    path = config.run_dir / "config.yaml"
+    path = RunPaths(config.run_dir).config_yaml
     write_text_atomic(path, yaml.safe_dump(config_to_dict(config), sort_keys=False))
     return path

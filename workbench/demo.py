@@ -8,10 +8,10 @@ import time
 from stacking.choice import chosen_row
 from workbench.config import ExperimentConfig
 from workbench.fold_train import fold_train
-from workbench.runfolder import open_run_dir
+from workbench.runfolder import RunPaths, open_run_dir
 from workbench.stack import stack
 from workbench.steps import FOLDS_CSV, describe_folds, ensure_data, make_folds
-from workbench.submit import SUBMISSION, local_score
+from workbench.submit import local_score
 
 
 def run_demo(config: ExperimentConfig) -> None:
@@ -22,14 +22,14 @@ def run_demo(config: ExperimentConfig) -> None:
     print(f"\n{config.run_dir / FOLDS_CSV}: {folds.n_folds} car-grouped folds\n{describe_folds(folds)}\n")
     fold_train(config)
     rows = stack(config)
-    submission = config.run_dir / SUBMISSION
+    submission = RunPaths(config.run_dir).submission
     score = local_score(config, submission)
     print("\n== demo summary ==")
     print(f"best entry by honest OOF mean Dice: {rows[0]['entry']} ({float(rows[0]['oof_mean_dice']):.6f})")
     print(f"submission: {submission} (from {chosen_row(rows)['entry']}: see the `chosen:` line above)")
     if score is not None:
         print(f"local score (synthetic test truth): {score.mean_dice:.6f}")
-    print(f"report: {config.run_dir / 'report' / 'report.md'}")
+    print(f"report: {RunPaths(config.run_dir).report / 'report.md'}")
     print(f"Optuna dashboard: make dashboard  (or: workbench dashboard --config {config_path_hint(config)})")
     print(f"blend the top submissions: make blend  -> {config.run_dir / 'blend.csv.gz'}")
     print(f"demo finished in {(time.time() - start) / 60:.1f} min")

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from carvana.errors import WorkbenchError
+from carvana.extras import require_extra
+from carvana.registry import by_name
 from oof import Store, rebuild
 from stacking.blenders import BLENDERS, make_blender
 from stacking.crossfit import Entry, MapWriter, TestClock, fit_predict
@@ -89,14 +91,7 @@ def _tuned(context: EntryContext) -> Entry:
     return tuned_blend(context.config, list(context.tuned_members), context.study_context, context.progress)
 
 
-def _registry(types: list[EntryType]) -> dict[str, EntryType]:
-    registry: dict[str, EntryType] = {}
-    for entry in types:
-        if entry.name in registry:
-            raise ValueError(f"duplicate entry name {entry.name!r}")
-        registry[entry.name] = entry
-    return registry
-
+_registry = functools.partial(by_name, what="entry")
 
 ENTRY_TYPES = _registry(
     [EntryType(name, "blend", functools.partial(_blend, name)) for name in BLENDERS]
@@ -119,6 +114,8 @@ def planned_entries(context: EntryContext) -> list[PlannedEntry]:
     """The config's entries in the order they are fitted: `stack.blends`, `stack.stackers`, the CNN stacker when
     `stack.cnn_epochs` > 0, and the tuned blend (always)."""
     stack = context.config.stack
+    if stack.cnn_epochs:  # a core install has no PyTorch: one line naming the extra, before any entry is fitted
+        require_extra("torch", "torch", "stack.cnn_epochs > 0 (the CNN stacker)")
     names = [*stack.blends, *stack.stackers, *([CNN_ENTRY] if stack.cnn_epochs else []), TUNED_ENTRY]
     planned = []  # the names are the table's: the config refuses others when it is loaded
     for name in names:

@@ -15,6 +15,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from workbench.runfolder import ENTRIES_DIR, MEMBERS_DIR
+
 __all__ = ["explain", "free_space_needed"]
 
 DISK_FULL_WORDS = (
@@ -48,7 +50,7 @@ def free_space_needed(run_dir: Path) -> int:
     """Bytes one more member or entry needs, estimated as the largest one the run already holds (its maps)."""
     sizes = [
         _folder_size(d)
-        for store in ("oof", "stack", "members")
+        for store in (MEMBERS_DIR, ENTRIES_DIR, "members")
         if (run_dir / store).is_dir()
         for d in (run_dir / store).iterdir()
         if d.is_dir()

@@ -23,6 +23,7 @@ from workbench.compute import LocalEngine, Outcome, RayEngine, make_engine
 from workbench.config import ExperimentConfig
 from workbench.jobs import FOLD, TEST_SHARD, Job, run_job
 from workbench.run import Run
+from workbench.runfolder import RunPaths
 from workbench.runlock import run_lock
 from workbench.steps import make_folds
 from zoo.pseudo import load_pseudo_set
@@ -291,7 +292,7 @@ def _write_member_rows(run: Run, folds: Folds, start: float) -> None:
         store.check_coverage(spec.name, folds.fold_of, folds.hash)
         store.check_test(spec.name, run.data.test_ids)
     scores = score_entries([(store, s.name, "member") for s in finished], run.data, folds, run.summary.size)
-    path = config.run_dir / "leaderboard.csv"
+    path = RunPaths(config.run_dir).leaderboard
     with file_lock(path.with_name(f".{path.name}.lock")):
         # Blend and stacker rows were built on the old member maps: they return with the next `stack`.
         rows = write_leaderboard(path, scores, keep=lambda row: row["kind"] == "member")

@@ -24,6 +24,7 @@ from oof import Store
 from stacking.leaderboard import upsampled_dice
 from stacking.maps import TrainMaps
 from stacking.member_report import collapsed_folds, error_correlation, leave_one_out
+from workbench.runfolder import RunPaths
 
 N_TOP = 6  # entries shown in the by-angle and by-fold views
 N_WORST = 6
@@ -34,7 +35,7 @@ def write_report(run_dir: Path, data: CarvanaData, rows: list[dict], entry_store
     import matplotlib
 
     matplotlib.use("Agg")
-    folder = run_dir / "report"
+    folder = RunPaths(run_dir).report
     folder.mkdir(parents=True, exist_ok=True)
     top = rows[:N_TOP]
     angles = [f"angle{a:02d}" for a in range(1, 17)]
@@ -270,7 +271,7 @@ def write_member_report(
         f"fitted on every fold; the leave-one-out effect is its mean Dice on those same images minus the "
         f"Dice without the member (in-sample, for orientation only).\n\n{selection}\n"
     )
-    folder = run_dir / "report"
+    folder = RunPaths(run_dir).report
     folder.mkdir(parents=True, exist_ok=True)
     write_text_atomic(folder / "members.md", text)
     return folder / "members.md"

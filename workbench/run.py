@@ -20,10 +20,8 @@ from oof import Store
 from stacking.maps import CHUNK, PhotoReader, StoreReader, TestMaps, TrainMaps, truth_at
 from workbench.config import ExperimentConfig
 from workbench.fingerprint import check_fingerprint
-from workbench.runfolder import open_run_dir
+from workbench.runfolder import RunPaths, open_run_dir
 from workbench.steps import FOLDS_CSV, load_folds
-
-MEMBERS_DIR, ENTRIES_DIR = "oof", "stack"
 
 
 @dataclass
@@ -49,6 +47,11 @@ class Run:
         return self.config.run_dir
 
     @property
+    def paths(self) -> RunPaths:
+        """Every path of the run folder (`workbench.runfolder.RunPaths`)."""
+        return RunPaths(self.config.run_dir)
+
+    @property
     def native_hw(self) -> tuple[int, int]:
         """(H, W) of the photos."""
         return self.summary.size[1], self.summary.size[0]
@@ -67,11 +70,11 @@ class Run:
 
     @cached_property
     def members_store(self) -> Store:
-        return Store(self.run_dir / MEMBERS_DIR)
+        return Store(self.paths.members)
 
     @cached_property
     def entries_store(self) -> Store:
-        return Store(self.run_dir / ENTRIES_DIR)
+        return Store(self.paths.entries)
 
     def check_resolution(self, members: Sequence[str]) -> None:
         """Refuse members whose maps are not at the config's store resolution (nothing is overwritten)."""

@@ -16,13 +16,23 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from carvana.atomic import TEMP_MARK, write_json_atomic
 from carvana.errors import WorkbenchError
 from workbench.fingerprint import COMPARED, DATA_JSON
 
-__all__ = ["FOLDS_CSV", "LOCK_NAME", "MARKER", "RUN_FILES", "is_run_folder", "open_run_dir", "output_role"]
+__all__ = [
+    "FOLDS_CSV",
+    "LOCK_NAME",
+    "MARKER",
+    "RUN_FILES",
+    "RunPaths",
+    "is_run_folder",
+    "open_run_dir",
+    "output_role",
+]
 
 MARKER = "workbench-run.json"
 FOLDS_CSV, LEADERBOARD_CSV, CONFIG_YAML = "folds.csv", "leaderboard.csv", "config.yaml"
@@ -30,7 +40,65 @@ TUNE_JSON, OPTUNA_DB = "tune.json", "optuna.db"
 LOCK_NAME = ".run.lock"
 # The run's top-level files that verbs read back (SQLite's journals start with optuna.db too).
 RUN_FILES = (MARKER, FOLDS_CSV, DATA_JSON, CONFIG_YAML, LEADERBOARD_CSV, TUNE_JSON, OPTUNA_DB, LOCK_NAME)
-OUTPUT_DIRS = ("submissions",)  # the only subfolder outputs may go to (`stack` writes one file per entry there)
+SUBMISSIONS_DIR = "submissions"
+OUTPUT_DIRS = (SUBMISSIONS_DIR,)  # the only subfolder outputs may go to (`stack` writes one file per entry there)
+MEMBERS_DIR, ENTRIES_DIR, REPORT_DIR = "oof", "stack", "report"
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Every path of a run folder the verbs read or write, named in one place (`Run.paths`, or
+    `RunPaths(config.run_dir)` where no Run is open)."""
+
+    root: Path
+
+    @property
+    def folds_csv(self) -> Path:
+        return self.root / FOLDS_CSV
+
+    @property
+    def config_yaml(self) -> Path:
+        return self.root / CONFIG_YAML
+
+    @property
+    def leaderboard(self) -> Path:
+        return self.root / LEADERBOARD_CSV
+
+    @property
+    def tune_json(self) -> Path:
+        return self.root / TUNE_JSON
+
+    @property
+    def optuna_db(self) -> Path:
+        return self.root / OPTUNA_DB
+
+    @property
+    def submission(self) -> Path:
+        """The chosen entry's submission, the one to upload."""
+        return self.root / "submission.csv.gz"
+
+    @property
+    def submissions(self) -> Path:
+        """One submission per top, chosen and second entry (for `workbench blend` and Kaggle's two picks)."""
+        return self.root / SUBMISSIONS_DIR
+
+    @property
+    def report(self) -> Path:
+        return self.root / REPORT_DIR
+
+    @property
+    def members(self) -> Path:
+        """The members' OOF and test maps (`oof.Store`)."""
+        return self.root / MEMBERS_DIR
+
+    @property
+    def entries(self) -> Path:
+        """The stacking entries' maps (`oof.Store`)."""
+        return self.root / ENTRIES_DIR
+
+    def store(self, kind: str) -> Path:
+        """The store holding a leaderboard entry of `kind`: members' maps for members, else the entries'."""
+        return self.members if kind == "member" else self.entries
 
 
 def is_run_folder(folder: Path) -> bool:

@@ -29,7 +29,7 @@ from workbench.imports import imported_members
 from workbench.report import report_members, write_report
 from workbench.run import Run
 from workbench.runlock import run_lock
-from workbench.submit import SUBMISSION, local_score, submit
+from workbench.submit import local_score, submit
 from workbench.tune import complete_members
 from zoo.runner import member_finished
 
@@ -104,8 +104,8 @@ def _stack(run: Run, start: float, progress: bool) -> list[dict]:
     add_gains(scores)
     choice = choose(scores)
     mark_choice(scores, choice)  # recorded in the leaderboard: `workbench submit` reads it back
-    rows = write_leaderboard(config.run_dir / "leaderboard.csv", scores)
-    print(f"\n{config.run_dir / 'leaderboard.csv'} (stack took {time.time() - start:.0f} s):")
+    rows = write_leaderboard(run.paths.leaderboard, scores)
+    print(f"\n{run.paths.leaderboard} (stack took {time.time() - start:.0f} s):")
     print(format_table(rows))
     print("\n".join(choice.lines()))
     print(f"report: {write_report(config.run_dir, run.data, rows, run.entries_store, run.members_store) / 'report.md'}")
@@ -150,11 +150,11 @@ def write_submissions(run: Run, rows: list[dict], choice: Choice, progress: bool
     """One submission per top entry by honest OOF, and for the chosen and the second entries, in
     RUN/submissions/ (for `workbench blend` and Kaggle's two picks); the chosen entry's as RUN/submission.csv.gz."""
     config = run.config
-    folder = config.run_dir / "submissions"
+    folder = run.paths.submissions
     top = [row["entry"] for row in rows[: max(1, config.stack.n_submissions)]]
     for entry in dict.fromkeys([*top, choice.entry, *([choice.second] if choice.second else [])]):
         submit(config, entry=entry, out_path=folder / f"{entry}.csv.gz", progress=progress, run=run)
-    path = config.run_dir / SUBMISSION
+    path = run.paths.submission
     copy_atomic(folder / f"{choice.entry}.json", path.with_name("submission.json"))
     copy_atomic(folder / f"{choice.entry}.csv.gz", path)
     second = f"; second submission: {folder / f'{choice.second}.csv.gz'}" if choice.second else ""

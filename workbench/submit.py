@@ -23,10 +23,8 @@ from stacking.choice import chosen_row
 from stacking.leaderboard import read_leaderboard
 from workbench.config import ExperimentConfig
 from workbench.run import Run
-from workbench.runfolder import output_role
+from workbench.runfolder import RunPaths, output_role
 from workbench.runlock import run_lock
-
-SUBMISSION = "submission.csv.gz"
 
 
 @dataclass(frozen=True)
@@ -42,14 +40,14 @@ class TestMapReader:
 
 def entry_store(config: ExperimentConfig, kind: str) -> Store:
     """Members' maps are in RUN/oof, blends' and stackers' in RUN/stack."""
-    return Store(config.run_dir / ("oof" if kind == "member" else "stack"))
+    return Store(RunPaths(config.run_dir).store(kind))
 
 
 def chosen_entry(config: ExperimentConfig) -> dict[str, str]:
     """The leaderboard row of the entry `workbench stack` chose (`stacking.choice`; never by test score)."""
-    rows = read_leaderboard(config.run_dir / "leaderboard.csv")
+    rows = read_leaderboard(RunPaths(config.run_dir).leaderboard)
     if not rows:
-        raise WorkbenchError(f"{config.run_dir / 'leaderboard.csv'}: no leaderboard yet; run `workbench stack` first")
+        raise WorkbenchError(f"{RunPaths(config.run_dir).leaderboard}: no leaderboard yet; run `workbench stack` first")
     return chosen_row(rows)
 
 
@@ -64,7 +62,7 @@ def submit(
     """Write `RUN/submission.csv.gz` (or `out_path`, never one of the run's own files) from `entry`'s test
     maps (default: the entry `workbench stack` chose); `run`, when the caller has opened it, saves checking
     the data again."""
-    default = config.run_dir / SUBMISSION
+    default = RunPaths(config.run_dir).submission
     out_path = Path(out_path or default)
     refuse_overwrite("--out", out_path, record_path(out_path), lambda p: output_role(p, config.run_dir), str(default))
     run = run or Run.open(config)
@@ -79,10 +77,11 @@ def record_path(out_path: Path) -> Path:
 
 
 def _submit(config: ExperimentConfig, entry: str | None, out_path: Path, progress: bool, summary: DataSummary) -> Path:
-    rows = {r["entry"]: r for r in read_leaderboard(config.run_dir / "leaderboard.csv")}
+    leaderboard = RunPaths(config.run_dir).leaderboard
+    rows = {r["entry"]: r for r in read_leaderboard(leaderboard)}
     row = chosen_entry(config) if entry is None else rows.get(entry)
     if row is None:
-        raise WorkbenchError(f"{config.run_dir / 'leaderboard.csv'}: no entry {entry!r}; valid: {', '.join(rows)}")
+        raise WorkbenchError(f"{leaderboard}: no entry {entry!r}; valid: {', '.join(rows)}")
     store = entry_store(config, row["kind"])
     ids = read_sample_ids(config.data / SAMPLE_CSV)
     out_path.parent.mkdir(parents=True, exist_ok=True)

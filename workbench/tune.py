@@ -22,7 +22,7 @@ from stacking.storage import sqlite_url
 from workbench.config import ExperimentConfig, config_to_dict
 from workbench.imports import imported_members
 from workbench.run import Run
-from workbench.runfolder import OPTUNA_DB, TUNE_JSON
+from workbench.runfolder import RunPaths
 from workbench.runlock import run_lock
 
 if TYPE_CHECKING:
@@ -38,7 +38,7 @@ def storage_url(config: ExperimentConfig) -> str:
     (stacking.storage)."""
     from stacking.storage import check_storage
 
-    url = config.tune.storage or sqlite_url(config.run_dir / OPTUNA_DB)
+    url = config.tune.storage or sqlite_url(RunPaths(config.run_dir).optuna_db)
     return check_storage(url, config.compute.engine)
 
 
@@ -131,7 +131,7 @@ def _tune_run(run: Run, progress: bool) -> NestedResult:
     blend = tuned_blend(config, members, study_context(run, members), progress)
     evaluator = run.train_maps(members).evaluator().folded
     result = nested_tune(evaluator, blend, members=members, n_folds=folds.n_folds)
-    path = config.run_dir / TUNE_JSON
+    path = RunPaths(config.run_dir).tune_json
     write_json_atomic(
         path,
         {
