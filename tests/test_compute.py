@@ -206,3 +206,26 @@ def test_a_failed_job_is_reported_and_the_others_finish(two_fold_config, capsys)
     assert (config.run_dir / "members" / "simple_cnn_64" / "fold0" / "done.json").exists()
     assert member_finished(config.run_dir, config.member("avg_mask_128"), 2)
     assert "\navg_mask_128,member," in (config.run_dir / "leaderboard.csv").read_text()
+
+
+def test_fold_train_checks_the_data_once_however_many_jobs(two_fold_config, monkeypatch, tmp_path):
+    """The driver checks the data; its jobs (member x fold, test shards) trust that check (`make demo` ran the
+    data check 26 times before)."""
+    import carvana.validate
+    import workbench.run
+    import workbench.steps
+
+    calls = []
+    real = carvana.validate.check_data
+
+    def counting(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    for module in (carvana.validate, workbench.run, workbench.steps):
+        monkeypatch.setattr(module, "check_data", counting)
+    path = tmp_path / "baseline.yaml"
+    path.write_text(two_fold_config.read_text().split("  members:")[0] + "  members: [avg_mask_128]\n")
+    fold_train(load_config(path), progress=False)
+    assert member_finished(load_config(path).run_dir, load_config(path).zoo[0], 2)  # 2 fold jobs, 1 test shard
+    assert len(calls) == 1

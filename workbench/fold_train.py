@@ -22,7 +22,7 @@ from workbench.claims import ClaimedElsewhere, claimed, is_stale, read_claim
 from workbench.compute import LocalEngine, Outcome, RayEngine, make_engine
 from workbench.config import ExperimentConfig
 from workbench.jobs import FOLD, TEST_SHARD, Job, run_job
-from workbench.run import Run
+from workbench.run import CheckedData, Run
 from workbench.runfolder import RunPaths
 from workbench.runlock import run_lock
 from workbench.steps import make_folds
@@ -78,7 +78,7 @@ def _fold_train(
     run: Run, member: str | None, fold: int | None, retrain: tuple[str, ...], progress: bool, job_index: int | None
 ) -> None:
     config = run.config
-    folds = make_folds(config)
+    folds = make_folds(config, summary=run.summary)
     selected = _without_labels(
         config,
         folds,
@@ -90,7 +90,7 @@ def _fold_train(
         claim_member(config.run_dir, spec, folds.hash, retrain=spec.name in retrain)
         if spec.name in retrain:
             run.members_store.open_member(spec.name, spec.to_dict(), folds.hash, run.resolution, reset=True).close()
-    failures = _drive(config, selected, folds.n_folds, progress)
+    failures = _drive(config, selected, folds.n_folds, progress, run.checked)
     _write_member_rows(run, folds, start)
     if failures:
         raise WorkbenchError(
@@ -161,12 +161,14 @@ def _warn_if_older_labels(
         )
 
 
-def _drive(config: ExperimentConfig, selected: list[tuple[MemberSpec, int]], n_folds: int, progress: bool) -> list[str]:
+def _drive(
+    config: ExperimentConfig, selected: list[tuple[MemberSpec, int]], n_folds: int, progress: bool, checked: CheckedData
+) -> list[str]:
     """Run the selected fold jobs and the test shards they complete; return the failed jobs' names."""
     engine = make_engine(config.compute, run_job)
     with contextlib.ExitStack() as held:
         held.callback(engine.close)
-        driver = _Driver(resolve_compute(config, engine), engine, held, n_folds, progress)
+        driver = _Driver(resolve_compute(config, engine), engine, held, n_folds, progress, checked)
         for spec, k in selected:
             if fold_done(driver.config.run_dir, spec, k):
                 print(f"{spec.name} fold {k}: done, skipped")
@@ -188,6 +190,7 @@ class _Driver:
     held: contextlib.ExitStack
     n_folds: int
     progress: bool
+    checked: CheckedData
     failures: list[str] = dataclasses.field(default_factory=list)
     shards_left: dict[str, int] = dataclasses.field(default_factory=dict)
 
@@ -197,7 +200,8 @@ class _Driver:
 
     def submit(self, kind: str, member: str, index: int) -> None:
         compute = self.config.compute
-        job = Job(self.config, kind, member, index, self.n_shards if kind == TEST_SHARD else 1, self.progress)
+        n_shards = self.n_shards if kind == TEST_SHARD else 1
+        job = Job(self.config, kind, member, index, n_shards, self.progress, self.checked)
         self.engine.submit(job, compute.gpus_per_job or 0, compute.cpus_per_job or 1)
 
     def submit_test(self, spec: MemberSpec) -> None:

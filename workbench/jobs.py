@@ -18,7 +18,7 @@ from pathlib import Path
 
 from workbench.claims import ClaimedElsewhere, claimed
 from workbench.config import ExperimentConfig
-from workbench.run import Run
+from workbench.run import CheckedData, Run
 from zoo.pseudo import label_fold, load_pseudo_set, pseudo_dir
 from zoo.runner import fold_done, member_dir, predict_member_test, run_member_fold
 from zoo.spec import MemberSpec
@@ -39,6 +39,7 @@ class Job:
     index: int
     n_shards: int = 1
     progress: bool = True
+    checked: CheckedData | None = None  # the driver's data check, trusted by the job (None: the job checks)
 
     def __str__(self) -> str:
         if self.kind in (FOLD, PSEUDO):
@@ -71,7 +72,7 @@ def run_job(job: Job) -> dict:
 
 def _run_claimed(job: Job, task_id: str | None, numbers: dict) -> dict:
     config = job.config
-    run = Run.open(config)
+    run = Run.open(config, job.checked)
     data, folds, store, resolution = run.data, run.folds, run.members_store, run.resolution
     where = {**provenance(job, task_id), "numbers": numbers}
     if job.kind == PSEUDO:

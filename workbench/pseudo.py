@@ -46,7 +46,7 @@ def pseudo_label(config: ExperimentConfig, progress: bool = True) -> None:
                     print(f"{cfg.name}/fold{k}: current, skipped")
                     continue
                 engine.submit(
-                    Job(resolved, PSEUDO, cfg.name, k, 1, progress),
+                    Job(resolved, PSEUDO, cfg.name, k, 1, progress, run.checked),
                     compute.gpus_per_job or 0,
                     compute.cpus_per_job or 1,
                 )

@@ -24,6 +24,15 @@ from workbench.runfolder import RunPaths, open_run_dir
 from workbench.steps import FOLDS_CSV, load_folds
 
 
+@dataclass(frozen=True)
+class CheckedData:
+    """A verb's data check (summary) and the data fingerprint it matched, handed by the driver to its jobs so that
+    no job checks the data again (`make demo` checked it 26 times before)."""
+
+    summary: DataSummary
+    fingerprint: dict
+
+
 @dataclass
 class Run:
     """A run folder with its config, checked data (`summary`) and folds."""
@@ -34,10 +43,13 @@ class Run:
     fingerprint: dict = field(default_factory=dict)
 
     @classmethod
-    def open(cls, config: ExperimentConfig) -> Run:
+    def open(cls, config: ExperimentConfig, checked: CheckedData | None = None) -> Run:
         """Refuse a folder that is not a run (workbench.runfolder), check the data once (headers and CSVs,
-        see carvana.validate), refuse data other than the run's (workbench.fingerprint), and open the run."""
+        see carvana.validate), refuse data other than the run's (workbench.fingerprint), and open the run.
+        A job of a verb passes the driver's `checked` data instead: the driver checked it, the job trusts that."""
         open_run_dir(config.run_dir)
+        if checked is not None:
+            return cls(config, CarvanaData(config.data), checked.summary, checked.fingerprint)
         data, summary = CarvanaData(config.data), check_data(config.data)
         has_folds = (config.run_dir / FOLDS_CSV).is_file()
         return cls(config, data, summary, check_fingerprint(config.run_dir, data, summary, record=has_folds))
@@ -45,6 +57,11 @@ class Run:
     @property
     def run_dir(self) -> Path:
         return self.config.run_dir
+
+    @property
+    def checked(self) -> CheckedData:
+        """This run's data check, for the jobs the verb hands work to."""
+        return CheckedData(self.summary, self.fingerprint)
 
     @property
     def paths(self) -> RunPaths:

@@ -29,12 +29,12 @@ def ensure_data(config: ExperimentConfig) -> DataSummary:
     return check_data(config.data)
 
 
-def make_folds(config: ExperimentConfig, from_file: Path | None = None) -> Folds:
+def make_folds(config: ExperimentConfig, from_file: Path | None = None, summary: DataSummary | None = None) -> Folds:
     """Write RUN/folds.csv: car-grouped, stratified, seeded, or (`from_file`) a teammate's `id,fold` or
     `img,fold` file, checked car by car. Refuses to replace a different one, and a run folder that is no run
-    (a folder of someone else's: workbench.runfolder)."""
+    (a folder of someone else's: workbench.runfolder). `summary`: the caller's data check (else it runs here)."""
     open_run_dir(config.run_dir)
-    summary = check_data(config.data)
+    summary = summary or check_data(config.data)
     data = CarvanaData(config.data)
     check_fingerprint(config.run_dir, data, summary, record=(config.run_dir / FOLDS_CSV).exists())
     if from_file is not None:
