@@ -23,7 +23,7 @@ from torch import nn
 
 from stacking.maps import MapBatch, TrainMaps
 from zoo.torch_losses import soft_dice
-from zoo.train_torch import device_and_amp, seed_everything
+from zoo.torch_member import device_and_amp, seed_everything
 
 EPS = 1e-3  # member probabilities are clipped to [EPS, 1 - EPS] before the logit
 

@@ -8,6 +8,7 @@ Nothing here trains: predicting maps imports neither `zoo.train_torch` nor its a
 from __future__ import annotations
 
 import dataclasses
+import random
 from pathlib import Path
 
 import numpy as np
@@ -70,3 +71,10 @@ class TorchMember:
 
     def predict_proba(self, images: np.ndarray, angles: np.ndarray | None = None) -> np.ndarray:
         return predict_photos(self.net, np.asarray(images), self.spec, PREDICT_BATCH)
+
+
+def seed_everything(seed: int) -> None:
+    """Python's, NumPy's and PyTorch's generators seeded alike (training loops and the CNN stacker)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

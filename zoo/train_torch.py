@@ -41,7 +41,7 @@ from zoo.recipe import (
 )
 from zoo.spec import MemberSpec
 from zoo.torch_losses import border_px, segmentation_loss
-from zoo.torch_member import device_and_amp, to_tensor, torch_net
+from zoo.torch_member import device_and_amp, seed_everything, to_tensor, torch_net
 from zoo.torch_models import build_torch_model, check_logits, input_stats
 from zoo.train_log import write_log
 
@@ -81,12 +81,6 @@ class CropsDataset(Dataset):
         else:
             target, weight = pseudo.target_and_weight(mask)
         return to_tensor(image, self.stats), torch.from_numpy(target)[None], torch.from_numpy(weight)[None]
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def train_fold(
