@@ -27,6 +27,7 @@ SPLITS = ("train", "test")
 MAP_SUFFIX = ".npy.zst"
 FORMAT = "npy+zstd"
 FORMAT_VERSION = 1
+CAR_LEVEL = 128  # car = probability >= 0.5 = level >= 128 of a map stored as probability x 255: its one home
 ZSTD_LEVEL = 3  # level 1 is ~2x faster to write but no smaller; above 3 costs write time for ~2% size
 MEMBER_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 FOLD_DIR_PATTERN = re.compile(r"^fold(\d+)$")

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from oof.format import CAR_LEVEL
 from stacking.evaluate import FoldsView
 from stacking.maps import TrainMaps
 
@@ -37,7 +38,7 @@ def error_correlation(train: TrainMaps) -> np.ndarray:
     n_members = train.n_members
     sums, products, n = np.zeros(n_members), np.zeros((n_members, n_members)), 0
     for maps, truth, _ in train.images():  # one image at a time: M x H x W floats at most
-        errors = ((maps >= 128) != (truth > 0)).reshape(n_members, -1).astype(np.float32)
+        errors = ((maps >= CAR_LEVEL) != (truth > 0)).reshape(n_members, -1).astype(np.float32)
         sums += errors.sum(axis=1)
         products += errors @ errors.T
         n += errors.shape[1]

@@ -22,6 +22,7 @@ import numpy as np
 from scipy import ndimage
 
 from oof import Store
+from oof.format import CAR_LEVEL
 from stacking.crossfit import MapWriter, TestClock, write_each_map
 
 MAX_HOLE_SHARE = 0.005
@@ -79,9 +80,11 @@ def postprocess_map(proba: np.ndarray, operation: str) -> np.ndarray:
     """(H, W) uint8 map whose >= 128 pixels are `operation` applied to the >= 128 pixels of `proba`."""
     if operation not in OPERATIONS:
         raise ValueError(f"unknown post-processing {operation!r}; valid: {', '.join(OPERATIONS)}")
-    car = proba >= 128
+    car = proba >= CAR_LEVEL
     kept = OPERATIONS[operation](car)
-    return np.where(kept & ~car, np.maximum(proba, 128), np.where(car & ~kept, np.minimum(proba, 127), proba))
+    return np.where(
+        kept & ~car, np.maximum(proba, CAR_LEVEL), np.where(car & ~kept, np.minimum(proba, CAR_LEVEL - 1), proba)
+    )
 
 
 def postprocessed_name(entry: str, operation: str) -> str:

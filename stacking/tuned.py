@@ -24,6 +24,7 @@ import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
+from oof.format import CAR_LEVEL
 from stacking.blenders import WeightedMeanBlender
 from stacking.crossfit import cross_fit
 from stacking.evaluate import FoldedEvaluator
@@ -46,8 +47,9 @@ def tuned_map(maps: np.ndarray, angle: int, params: TunedParams) -> np.ndarray:
     t = float(params.threshold[angle - 1])
     remapped = np.where(proba < t, 0.5 * proba / t, 0.5 + 0.5 * (proba - t) / (1 - t))
     car = levels_mask(level_sum, total, angle, params)
-    # Pin the decision against float and uint8 rounding: car >= 128/255, background <= 127/255.
-    return np.where(car, np.maximum(remapped, 128 / 255), np.minimum(remapped, 127 / 255)).astype(np.float32)
+    # Pin the decision against float and uint8 rounding: car at or above the car level, background below it.
+    car_floor, background_ceiling = CAR_LEVEL / 255, (CAR_LEVEL - 1) / 255
+    return np.where(car, np.maximum(remapped, car_floor), np.minimum(remapped, background_ceiling)).astype(np.float32)
 
 
 class TunedBlend(BaseEstimator):

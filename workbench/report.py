@@ -21,6 +21,7 @@ from carvana.atomic import write_text_atomic
 from carvana.dataset import CarvanaData
 from carvana.rle import rle_decode
 from oof import Store
+from oof.format import CAR_LEVEL
 from stacking.leaderboard import upsampled_dice
 from stacking.maps import TrainMaps
 from stacking.member_report import collapsed_folds, error_correlation, leave_one_out
@@ -79,7 +80,7 @@ def _overlay_grid(data: CarvanaData, store: Store, entry: str, worst: list[tuple
         photo = data.load_image(img)
         truth = data.load_mask(img).astype(bool)
         proba = cv2.resize(store.read(entry, "train", img), truth.shape[::-1], interpolation=cv2.INTER_LINEAR)
-        pred = proba >= 128
+        pred = proba >= CAR_LEVEL
         tile = photo.copy()
         tile[pred & ~truth] = (0.4 * tile[pred & ~truth] + 0.6 * np.array([255, 0, 0])).astype(np.uint8)
         tile[truth & ~pred] = (0.4 * tile[truth & ~pred] + 0.6 * np.array([0, 80, 255])).astype(np.uint8)
@@ -97,7 +98,7 @@ def _test_grid(data: CarvanaData, store: Store, entry: str, ids: list[str]) -> n
     for img in ids:
         photo = data.load_image(img, "test")
         proba = cv2.resize(store.read(entry, "test", img), photo.shape[1::-1], interpolation=cv2.INTER_LINEAR)
-        car = (proba >= 128).astype(np.uint8)
+        car = (proba >= CAR_LEVEL).astype(np.uint8)
         tile = photo.copy()
         tile[car > 0] = (0.6 * tile[car > 0] + 0.4 * np.array([0, 200, 0])).astype(np.uint8)
         contours, _ = cv2.findContours(car, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)

@@ -16,6 +16,7 @@ import numpy as np
 
 from carvana.dataset import angle_of, car_of
 from folds import Folds
+from oof.format import CAR_LEVEL
 
 VAL_CAR_SHARE = 0.15
 
@@ -33,7 +34,7 @@ class PseudoData:
     def target_and_weight(self, levels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(target, weight) float32 maps of (augmented) label levels: weight 0 where the label is uncertain."""
         proba = levels.astype(np.float32) / 255
-        target = (levels >= 128).astype(np.float32) if self.labels == "hard" else proba
+        target = (levels >= CAR_LEVEL).astype(np.float32) if self.labels == "hard" else proba
         if self.ignore is None:
             return target, np.ones_like(proba)
         low, high = self.ignore
