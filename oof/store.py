@@ -9,6 +9,9 @@ Layout of `Store(run_dir / "oof")`:
 Every map is (H, W) uint8 probability x 255 at the store's one resolution. The fold that produced an
 OOF map is part of its path, so it lands atomically with the map and a fold job never touches
 another fold's files: member x fold jobs can write one member at the same time.
+
+About 300 lines: the store and its writer keep every rule about a member's folder (identity, generation,
+resolution, paths, atomic writes) in one class each; `oof.member` holds the member.json side.
 """
 
 from __future__ import annotations

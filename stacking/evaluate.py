@@ -1,5 +1,8 @@
 """Fast, exact mean per-image Dice for Optuna trials over members' uint8 probability maps.
 
+(About 380 lines: the evaluator, its per-fold views and the brute-force reference it is tested against share
+one decision rule, stated once below; splitting them would split the rule's one home.)
+
 The decision rule (the fast path and `brute_force_mean_dice` share it, so they agree exactly):
 
 * Member maps are uint8 levels v_m = probability x 255, shape (H, W) per image.

@@ -27,9 +27,41 @@ from sklearn.utils.validation import check_is_fitted
 from oof.format import CAR_LEVEL
 from stacking.blenders import WeightedMeanBlender
 from stacking.crossfit import cross_fit
-from stacking.evaluate import FoldedEvaluator
+from stacking.evaluate import FoldedEvaluator, level_thresholds, quantize_weights
 from stacking.maps import MapBatch, TrainMaps
-from stacking.tune import TunedParams, TuneSpace, blend_levels, levels_mask, levels_proba, tune_study
+from stacking.tune import TunedParams, TuneSpace, tune_study
+
+
+def blend_levels(maps: np.ndarray, params: TunedParams) -> tuple[np.ndarray, int]:
+    """(S, sum W): the (H, W) int32 sum S of the integer weights W times one image's maps (M, H, W) uint8, added
+    member by member (no int64 copy of the maps: 255 x sum W stays inside int32, see WEIGHT_SCALE). The products
+    are int32 whatever NumPy's promotion rules (NumPy 1.26 would multiply in uint16 and wrap)."""
+    w = quantize_weights(params.weights, len(maps))
+    level_sum = np.zeros(maps.shape[1:], dtype=np.int32)
+    for weight, member in zip(w, maps):
+        if weight:
+            level_sum += np.multiply(member, np.int32(weight), dtype=np.int32)
+    return level_sum, int(w.sum())
+
+
+def blend_proba(maps: np.ndarray, params: TunedParams) -> np.ndarray:
+    """(H, W) float32 blend S / (255 sum W) of one image's maps (M, H, W) uint8 under the tuned weights."""
+    return levels_proba(*blend_levels(maps, params))
+
+
+def blend_mask(maps: np.ndarray, angle: int, params: TunedParams) -> np.ndarray:
+    """(H, W) bool car mask of one image's maps (M, H, W) uint8 at angle 1..16, by the evaluator's exact rule."""
+    return levels_mask(*blend_levels(maps, params), angle, params)
+
+
+def levels_proba(level_sum: np.ndarray, total: int) -> np.ndarray:
+    """`blend_proba` from a ready `blend_levels` (S, sum W)."""
+    return (level_sum / float(255 * total)).astype(np.float32)
+
+
+def levels_mask(level_sum: np.ndarray, total: int, angle: int, params: TunedParams) -> np.ndarray:
+    """`blend_mask` from a ready `blend_levels` (S, sum W)."""
+    return level_sum >= level_thresholds(params.threshold, total)[int(angle) - 1]
 
 
 def study_for(study: str, held_out: tuple[int, ...]) -> str:

@@ -16,8 +16,8 @@ from stacking.evaluate import DiceEvaluator
 from stacking.maps import MapBatch, StoreReader, TrainMaps
 from stacking.maps import TestMaps as MapsOfTest  # not a pytest class
 from stacking.pixel_stacker import PixelStacker
-from stacking.tune import TuneSpace, best_params, blend_mask
-from stacking.tuned import TunedBlend
+from stacking.tune import TuneSpace, best_params
+from stacking.tuned import TunedBlend, blend_mask
 
 N_CARS, H, W, N_MEMBERS = 6, 24, 32, 3
 

@@ -24,13 +24,10 @@ from stacking.tune import (
     WORKER,
     TunedParams,
     TuneSpace,
-    blend_levels,
-    blend_mask,
-    blend_proba,
     build_folded_evaluator,
     tune_study,
 )
-from stacking.tuned import TunedBlend, nested_tune, tuned_map
+from stacking.tuned import TunedBlend, blend_levels, blend_mask, blend_proba, nested_tune, tuned_map
 from tests.conftest import TUNE_MEMBERS as MEMBERS
 from tests.conftest import make_evaluator, make_images
 

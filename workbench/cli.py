@@ -1,4 +1,8 @@
-"""The `workbench` command: thin verbs that parse arguments and call one library function each."""
+"""The `workbench` command: thin verbs that parse arguments and call one library function each.
+
+Over 300 lines only because it holds the parser of all 14 verbs (their options and help) beside the verbs;
+no verb does more than parse, call and print.
+"""
 
 from __future__ import annotations
 

@@ -5,6 +5,9 @@ and writes the members' leaderboard rows once, at the end.
 Finished work is skipped (a fold's `done.json`, a shard's marker, a member's `test.json`), so re-running
 the same command after any kill resumes the rest. Claims keep parallel processes (a second driver, a
 manual or SLURM fan-out) from running one job twice.
+
+About 300 lines: the plan, the driver's loop and the members' rows share the driver's state and its resume
+rules; split apart they would pass that state through every call.
 """
 
 from __future__ import annotations
