@@ -48,7 +48,11 @@ def retrain_hint(member: str) -> str:
     return f"re-run `workbench fold-train --retrain {member}`"
 
 
+# The run folder's stores and the folders beside them, named once (`workbench.runfolder.RunPaths` gives the paths)
+MEMBERS_STORE = "oof"  # RUN/oof holds the members' OOF and test maps
 ENTRIES_STORE = "stack"  # RUN/stack holds stacking entries, rebuilt by `workbench stack`, not `fold-train`
+TRAINED_DIR = "members"  # RUN/members/<member>/fold<k>: checkpoints, logs, claims and markers of training
+CACHE_DIR = "cache"  # RUN/cache: photos and masks decoded at a member's input size
 
 
 def redo_hint(member_dir: Path) -> str:

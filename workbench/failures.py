@@ -15,6 +15,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from oof.format import TRAINED_DIR
 from workbench.runfolder import ENTRIES_DIR, MEMBERS_DIR
 
 __all__ = ["explain", "free_space_needed"]
@@ -50,7 +51,7 @@ def free_space_needed(run_dir: Path) -> int:
     """Bytes one more member or entry needs, estimated as the largest one the run already holds (its maps)."""
     sizes = [
         _folder_size(d)
-        for store in (MEMBERS_DIR, ENTRIES_DIR, "members")
+        for store in (MEMBERS_DIR, ENTRIES_DIR, TRAINED_DIR)
         if (run_dir / store).is_dir()
         for d in (run_dir / store).iterdir()
         if d.is_dir()

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from carvana.atomic import TEMP_MARK, write_json_atomic
 from carvana.errors import WorkbenchError
+from oof.format import CACHE_DIR, ENTRIES_STORE, MEMBERS_STORE, TRAINED_DIR
 from workbench.fingerprint import COMPARED, DATA_JSON
 
 __all__ = [
@@ -42,7 +43,7 @@ LOCK_NAME = ".run.lock"
 RUN_FILES = (MARKER, FOLDS_CSV, DATA_JSON, CONFIG_YAML, LEADERBOARD_CSV, TUNE_JSON, OPTUNA_DB, LOCK_NAME)
 SUBMISSIONS_DIR = "submissions"
 OUTPUT_DIRS = (SUBMISSIONS_DIR,)  # the only subfolder outputs may go to (`stack` writes one file per entry there)
-MEMBERS_DIR, ENTRIES_DIR, REPORT_DIR = "oof", "stack", "report"
+MEMBERS_DIR, ENTRIES_DIR, REPORT_DIR = MEMBERS_STORE, ENTRIES_STORE, "report"
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,15 @@ class RunPaths:
     def entries(self) -> Path:
         """The stacking entries' maps (`oof.Store`)."""
         return self.root / ENTRIES_DIR
+
+    @property
+    def trained(self) -> Path:
+        """The members' checkpoints, logs, claims and markers (`zoo.runner.member_dir`)."""
+        return self.root / TRAINED_DIR
+
+    @property
+    def cache(self) -> Path:
+        return self.root / CACHE_DIR
 
     def store(self, kind: str) -> Path:
         """The store holding a leaderboard entry of `kind`: members' maps for members, else the entries'."""

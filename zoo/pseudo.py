@@ -33,7 +33,7 @@ from carvana.progress import progress_bar
 from carvana.resize import resize_image, resize_proba
 from folds import Folds
 from oof import Store
-from oof.format import check_member_name, fold_dir_name
+from oof.format import MEMBERS_STORE, check_member_name, fold_dir_name
 from zoo.spec import MemberSpec, check_field_types
 
 __all__ = ["LABELS", "PseudoSet", "PseudoSetConfig", "label_fold", "load_pseudo_set", "pseudo_dir", "set_current"]
@@ -210,7 +210,7 @@ def _labeller(
     from zoo.families import load_member
     from zoo.runner import PREDICT_CHUNK, member_dir
 
-    stored = Store(Path(run_dir) / "oof")
+    stored = Store(Path(run_dir) / MEMBERS_STORE)
     members = (
         []
         if cfg.leaky

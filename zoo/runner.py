@@ -23,6 +23,7 @@ from carvana.progress import progress_bar
 from carvana.resize import resize_image, resize_proba
 from folds import Folds
 from oof import Store
+from oof.format import CACHE_DIR, TRAINED_DIR
 from zoo.board import board_dir
 from zoo.cache import cached_pseudo, cached_split
 from zoo.families import load_member, train_member_fold
@@ -35,7 +36,7 @@ PREDICT_CHUNK = 16  # images predicted and written at a time: bounded memory at 
 
 
 def member_dir(run_dir: Path, spec: MemberSpec) -> Path:
-    return run_dir / "members" / spec.name
+    return run_dir / TRAINED_DIR / spec.name
 
 
 def claim_member(run_dir: Path, spec: MemberSpec, folds_hash: str, retrain: bool = False) -> Path:
@@ -84,7 +85,7 @@ def run_member_fold(
     work_dir = member_dir(run_dir, spec) / f"fold{fold}"
     work_dir.mkdir(parents=True, exist_ok=True)
     start = time.time()
-    cache = cache_dir or run_dir / "cache"
+    cache = cache_dir or run_dir / CACHE_DIR
     ids, images, masks = cached_split(data, "train", spec.height, spec.width, cache)
     train_idx, val_idx, oof_idx = split_fold(ids, folds, fold, spec.train.seed)
     assert masks is not None  # the train split has masks
