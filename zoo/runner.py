@@ -11,7 +11,7 @@ import json
 import os
 import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,16 +19,16 @@ import numpy as np
 from carvana.atomic import read_marker, write_json_atomic
 from carvana.dataset import CarvanaData, angle_of
 from carvana.errors import WorkbenchError
-from carvana.progress import progress_bar
 from carvana.resize import resize_image, resize_proba
 from folds import Folds
-from oof import Store
+from oof import MemberWriter, Store
 from oof.format import CACHE_DIR, TRAINED_DIR
 from zoo.board import board_dir
 from zoo.cache import cached_pseudo, cached_split
-from zoo.families import load_member, train_member_fold
+from zoo.families import Member, load_member, train_member_fold
 from zoo.faults import die_for_tests
 from zoo.fold_data import FoldData, PseudoData, split_fold
+from zoo.pipeline import StageTimes, run_in_line, run_pipeline
 from zoo.pseudo import PseudoSet
 from zoo.spec import MemberSpec
 
@@ -93,9 +93,19 @@ def run_member_fold(
     checkpoint = train_member_fold(spec, fold_data, work_dir, progress, board_dir(run_dir, spec.name, fold))
     member = load_member(spec, [checkpoint])
     oof_ids = [ids[i] for i in oof_idx]
+    position = {ids[i]: i for i in oof_idx}
     with store.open_member(spec.name, spec.to_dict(), folds.hash, resolution) as writer:
-        for chunk in _chunks(list(oof_idx), desc=f"{spec.name} fold {fold}: OOF maps", progress=progress):
-            _write_maps(writer, member, images[np.array(chunk)], [ids[i] for i in chunk], "train", resolution, fold)
+        predict_maps(
+            writer,
+            member,
+            oof_ids,
+            lambda img: np.asarray(images[position[img]]),  # the cached photos: "decoding" is a read
+            "train",
+            resolution,
+            fold,
+            desc=f"{spec.name} fold {fold}: OOF maps",
+            progress=progress,
+        )
     write_json_atomic(
         work_dir / "done.json",
         {
@@ -149,13 +159,19 @@ def predict_member_test(
 
     session = "test" if n_shards == 1 else f"test/shard{index}-of-{n_shards}"
     desc = f"{spec.name}: test maps{'' if n_shards == 1 else f' shard {index + 1}/{n_shards}'}"
-    with (
-        store.open_member(spec.name, spec.to_dict(), folds.hash, resolution, session=session) as writer,
-        ThreadPoolExecutor(os.cpu_count() or 2) as pool,
-    ):
-        for chunk in _chunks(todo, desc=f"{desc} ({folds.n_folds} folds averaged)", progress=progress):
-            _write_maps(writer, member, np.stack(list(pool.map(load, chunk))), chunk, "test", resolution, None)
-            die_for_tests("IN_TEST_SHARD", index)
+    with store.open_member(spec.name, spec.to_dict(), folds.hash, resolution, session=session) as writer:
+        predict_maps(
+            writer,
+            member,
+            todo,
+            load,
+            "test",
+            resolution,
+            None,
+            desc=f"{desc} ({folds.n_folds} folds averaged)",
+            progress=progress,
+            after_chunk=lambda _: die_for_tests("IN_TEST_SHARD", index),
+        )
     marker.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(marker, {"folds": done})
     return True
@@ -196,16 +212,45 @@ def member_finished(run_dir: Path, spec: MemberSpec, n_folds: int) -> bool:
     return read_marker(folder / "test.json") == {"folds": fold_records(run_dir, spec, n_folds)}
 
 
-def _write_maps(
-    writer, member, batch: np.ndarray, chunk: list[str], split: str, resolution: tuple[int, int], fold: int | None
-) -> None:
-    """Predict `batch` ((n, h, w, 3) uint8 at the member's size), resize to the store's, write."""
-    angles = np.array([angle_of(img) for img in chunk])
-    for img, proba in zip(chunk, member.predict_proba(batch, angles=angles)):
-        writer.write(split, img, resize_proba(proba, *resolution), fold=fold)
+def predict_maps(
+    writer: MemberWriter,
+    member: Member,
+    ids: list[str],
+    load: Callable[[str], np.ndarray],
+    split: str,
+    resolution: tuple[int, int],
+    fold: int | None,
+    desc: str,
+    progress: bool = True,
+    after_chunk: Callable[[int], None] | None = None,
+) -> StageTimes:
+    """Maps of `ids` into `writer` at `resolution`: photos by `load` (id -> (h, w, 3) uint8 at the member's
+    size), predicted `PREDICT_CHUNK` at a time, resized and written; decode, predict and write overlapped
+    (`zoo.pipeline`), or one after another with WORKBENCH_PREDICT_IN_LINE=1 (the same maps, byte for byte)."""
 
+    def predict(photos: np.ndarray, names: list[str]) -> np.ndarray:
+        return member.predict_proba(photos, angles=np.array([angle_of(img) for img in names]))
 
-def _chunks(items: list, desc: str, progress: bool):
-    starts = range(0, len(items), PREDICT_CHUNK)
-    for start in progress_bar(starts, desc=desc, leave=False, disable=not progress, unit="chunk"):
-        yield items[start : start + PREDICT_CHUNK]
+    def write(img: str, proba: np.ndarray) -> dict[str, int]:
+        # A writer per map: MemberWriter counts are plain dict updates, so the pool's threads count apart
+        # and this thread adds them up (`on_written`).
+        own = MemberWriter(writer.store, writer.member, writer.meta, writer.test_session)
+        own.write(split, img, resize_proba(proba, *resolution), fold=fold)
+        return own.n_written
+
+    def count(n_written: dict[str, int]) -> None:
+        for session, n in n_written.items():
+            writer.n_written[session] = writer.n_written.get(session, 0) + n
+
+    run = run_in_line if os.environ.get("WORKBENCH_PREDICT_IN_LINE") == "1" else run_pipeline
+    return run(
+        ids,
+        load,
+        predict,
+        write,
+        chunk=PREDICT_CHUNK,
+        after_chunk=after_chunk,
+        on_written=count,
+        desc=desc,
+        progress=progress,
+    )
