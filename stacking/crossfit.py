@@ -4,17 +4,20 @@ every fold for the test maps. Nothing else in the workbench fits an entry for ho
 An entry is any scikit-learn-style estimator over the stacking input type (`stacking.maps`):
 `fit(TrainMaps) -> self` and `predict_proba(MapBatch) -> (n, H, W) float32`.
 
-The test maps (100,064 photos at Kaggle's size: the slow part for a pixel stacker) can be predicted
-by `n_jobs` joblib workers, chunk by chunk, under whatever joblib backend the caller has set (loky
-processes, or Ray's backend: `workbench.compute.parallel_backend`); the caller alone writes them.
+`fit_predict_all` runs the loop for several entries in one pass over the maps: each entry's fits first (kept,
+k + 1 per entry), then one read of every train chunk and of every test photo's member maps for all entries
+together (each given its members' columns), so a stack of E entries reads the test maps once, not E times.
+`fit_predict` is the same for one entry. The test maps (100,064 photos at Kaggle's size: the slow part) can
+be predicted by `n_jobs` joblib workers, chunk by chunk, under whatever joblib backend the caller has set
+(loky processes, or Ray's backend: `workbench.compute.parallel_backend`); the caller alone writes them.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Protocol, TypeVar, cast
 
 import numpy as np
 
@@ -68,6 +71,18 @@ def cross_fit(make: Callable[[], EntryT], train: TrainMaps) -> Iterator[tuple[in
     yield None, make().fit(train)
 
 
+@dataclass(frozen=True)
+class CrossFitEntry:
+    """One entry of a pass: `make()` -> a new estimator, `train` the maps its fits read (its own members), `writer`
+    where its maps go, and `columns` its members' positions among the maps the pass reads (None: all, in order)."""
+
+    name: str
+    make: Callable[[], Entry]
+    train: TrainMaps
+    writer: MapWriter
+    columns: tuple[int, ...] | None = None
+
+
 def fit_predict(
     make: Callable[[], EntryT],
     train: TrainMaps,
@@ -82,60 +97,164 @@ def fit_predict(
     """Write the entry's honest OOF map of every train image (fold k's from the fit without fold k) and,
     when `test` is given, its test maps from the fit on every fold (predicted by `n_jobs` joblib workers);
     return that last fit. Prints the seconds spent on the train images (fits and OOF maps) and on the test
-    maps (bench.scale reads the line), and adds the latter to `clock`."""
-    bar = progress_bar(
-        total=train.n_images + (len(test.ids) if test else 0),
-        desc=f"{desc}: cross-fit",
-        leave=False,
-        disable=not progress,
+    maps (bench.scale reads the line), and adds the latter to `clock`. `fit_predict_all` with one entry."""
+    entry = CrossFitEntry(desc, make, train, writer)
+    model = fit_predict_all([entry], train, test, progress=progress, n_jobs=n_jobs, clock=clock)[0]
+    return cast(EntryT, model)  # made by `make`
+
+
+def fit_predict_all(
+    entries: Sequence[CrossFitEntry],
+    train: TrainMaps,
+    test: TestMaps | None,
+    *,
+    progress: bool = False,
+    n_jobs: int = 1,
+    clock: TestClock | None = None,
+) -> list[Entry]:
+    """`fit_predict` for several entries in one pass over the maps: each entry's fits on every fold but k and on
+    every fold (reading its own `train`), then ONE read of each train chunk of `train` (every entry's fit without
+    the chunk's fold predicts it) and ONE read of each test photo's maps of `test` (every entry's fit on all folds
+    predicts it, `n_jobs` joblib workers over the chunks). `train` and `test` read the union of the entries'
+    members; each entry is given its `columns`. Maps equal fit_predict's entry by entry, byte for byte. Returns
+    the fits on every fold; prints each entry's seconds (its share of the shared passes) and adds the test
+    pass's to `clock`."""
+    fits = [_fit_folds(entry, progress) for entry in entries]
+    oof_seconds = _write_oof(entries, fits, train, progress)
+    test_seconds, start = [0.0] * len(entries), time.perf_counter()
+    if test is not None:
+        test_seconds = _write_test(entries, [full for _, full, _ in fits], test, n_jobs, progress)
+        if clock is not None:
+            clock.seconds += time.perf_counter() - start
+    for entry, (_, _, fit_seconds), oof, on_test in zip(entries, fits, oof_seconds, test_seconds):
+        print(f"{entry.name}: cross-fit {fit_seconds + oof:.1f} s on train images, {on_test:.1f} s on test maps")
+    return [full for _, full, _ in fits]
+
+
+def _fit_folds(entry: CrossFitEntry, progress: bool) -> tuple[dict[int, Entry], Entry, float]:
+    """({k: the entry fitted on every fold but k}, the entry fitted on every fold, the fits' seconds)."""
+    start, bar = (
+        time.perf_counter(),
+        progress_bar(
+            total=len(entry.train.all_folds) + 1,
+            desc=f"{entry.name}: fits",
+            unit="fit",
+            leave=False,
+            disable=not progress,
+        ),
     )
-    model, start, test_start = None, time.perf_counter(), None
     with bar:  # closed on an error too, so that the CLI's one-line message starts its own line
-        for k, model in cross_fit(make, train):
-            if k is None:
-                test_start = time.perf_counter()  # the fit on all folds is done: the rest is test-map work
-            if k is None and test is None:
-                break
-            predicted: Iterator[tuple[tuple[str, ...], np.ndarray]]
-            if k is not None:
-                predicted = ((b.ids, model.predict_proba(b)) for b in train.folds([k]).batches(with_truth=False))
-            else:
-                assert test is not None  # without test maps the loop stopped above
-                predicted = predict_test(model, test, n_jobs=n_jobs)
-            for ids, probas in predicted:
-                for img, proba in zip(ids, probas):
-                    writer.write("train" if k is not None else "test", img, proba, fold=k)
-                bar.update(len(ids))
-    end = time.perf_counter()
-    test_start = test_start or end
-    print(f"{desc}: cross-fit {test_start - start:.1f} s on train images, {end - test_start:.1f} s on test maps")
-    if clock is not None:
-        clock.seconds += end - test_start
-    assert model is not None  # cross_fit yields at least the fit on all folds
-    return model
+        fits = {}
+        for k, model in cross_fit(entry.make, entry.train):
+            fits[k] = model
+            bar.update(1)
+    full = fits.pop(None)  # cross_fit ends with the fit on every fold
+    return {k: m for k, m in fits.items() if k is not None}, full, time.perf_counter() - start
+
+
+def _write_oof(
+    entries: Sequence[CrossFitEntry],
+    fits: Sequence[tuple[dict[int, Entry], Entry, float]],
+    train: TrainMaps,
+    progress: bool,
+) -> list[float]:
+    """Every entry's OOF maps from one read of each chunk of `train` (fold by fold, as each entry's own source
+    would chunk it); returns each entry's seconds: its predictions and writes plus its share of the reads."""
+    spent, read = np.zeros(len(entries)), 0.0
+    desc = entries[0].name if len(entries) == 1 else f"{len(entries)} entries"
+    with progress_bar(total=train.n_images, desc=f"{desc}: OOF maps", leave=False, disable=not progress) as bar:
+        for k in train.all_folds:
+            start = time.perf_counter()
+            for batch in train.folds([k]).batches(with_truth=False):
+                read += time.perf_counter() - start
+                for i, (entry, (by_fold, _, _)) in enumerate(zip(entries, fits)):
+                    start = time.perf_counter()
+                    for img, proba in zip(batch.ids, by_fold[k].predict_proba(select_members(batch, entry.columns))):
+                        entry.writer.write("train", img, proba, fold=k)
+                    spent[i] += time.perf_counter() - start
+                bar.update(len(batch))
+                start = time.perf_counter()
+    return list(spent + read / len(entries))
+
+
+def _write_test(
+    entries: Sequence[CrossFitEntry], models: Sequence[Entry], test: TestMaps, n_jobs: int, progress: bool
+) -> list[float]:
+    """Every entry's test maps from one read of each test photo's maps; returns each entry's share of the pass's
+    wall seconds, in proportion to its predictions' and writes' seconds (the reads shared evenly)."""
+    start, spent = time.perf_counter(), np.zeros(len(entries) + 1)
+    columns = [entry.columns for entry in entries]
+    desc = entries[0].name if len(entries) == 1 else f"{len(entries)} entries"
+    with progress_bar(total=len(test.ids), desc=f"{desc}: test maps", leave=False, disable=not progress) as bar:
+        for ids, levels, seconds in predict_test_all(models, columns, test, n_jobs=n_jobs):
+            spent += seconds
+            for i, entry in enumerate(entries):
+                written = time.perf_counter()
+                for img, level in zip(ids, levels[i]):
+                    entry.writer.write("test", img, level)
+                spent[i] += time.perf_counter() - written
+            bar.update(len(ids))
+    wall, shares = time.perf_counter() - start, spent[:-1] + spent[-1] / len(entries)
+    return list(wall * shares / max(shares.sum(), 1e-12))
 
 
 def predict_test(model: Entry, test: TestMaps, *, n_jobs: int = 1) -> Iterator[tuple[tuple[str, ...], np.ndarray]]:
-    """(ids, (n, H, W) uint8 levels: the store's format) of every chunk of `test`, in order. With `n_jobs` != 1
-    and more than one chunk, joblib workers read and predict the chunks (at most 2 x n_jobs in flight, so
-    memory stays bounded by chunks, not by the test set); the model is sent to each worker with its chunk, and
-    the worker sends back levels, a quarter of the float maps' bytes."""
+    """(ids, (n, H, W) uint8 levels: the store's format) of every chunk of `test`, in order (`predict_test_all`
+    with one model)."""
+    for ids, levels, _ in predict_test_all([model], [None], test, n_jobs=n_jobs):
+        yield ids, levels[0]
+
+
+def predict_test_all(
+    models: Sequence[Entry], columns: Sequence[tuple[int, ...] | None], test: TestMaps, *, n_jobs: int = 1
+) -> Iterator[tuple[tuple[str, ...], list[np.ndarray], np.ndarray]]:
+    """(ids, [each model's (n, H, W) uint8 levels], seconds (len(models) + 1,): each model's predictions, then the
+    reads) of every chunk of `test`, in order, each photo's maps read once for every model (model i sees its
+    `columns[i]`). With `n_jobs` != 1 and more than one chunk, joblib workers read and predict the chunks (at
+    most 2 x n_jobs in flight, so memory stays bounded by chunks, not by the test set); every model is sent to
+    each worker with its chunk, and the worker sends back levels, a quarter of the float maps' bytes."""
     chunks = test.chunks()
     if n_jobs == 1 or len(chunks) < 2:
         for ids in chunks:
-            yield _predict_chunk(model, test, ids)
+            yield _predict_chunk(models, columns, test, ids)
         return
     import joblib
 
-    jobs = (joblib.delayed(_predict_chunk)(model, test, ids) for ids in chunks)
+    jobs = (joblib.delayed(_predict_chunk)(models, columns, test, ids) for ids in chunks)
     yield from joblib.Parallel(n_jobs=n_jobs, return_as="generator", pre_dispatch="2*n_jobs")(jobs)
 
 
-def _predict_chunk(model: Entry, test: TestMaps, ids: tuple[str, ...]) -> tuple[tuple[str, ...], np.ndarray]:
-    """The chunk's (n, H, W) uint8 levels, rounded as the store rounds them. Predicted image by image: a
-    worker holds one image's member maps (17 MB at 1918x1280 with 7 members) and the entry's float temporaries,
-    not a chunk's, while the model travels once per chunk."""
-    levels = [
-        to_uint8(model.predict_proba(read_batch(test.read, (img,), test.photo))[0], f"test map of {img}") for img in ids
-    ]
-    return ids, np.stack(levels)
+def _predict_chunk(
+    models: Sequence[Entry], columns: Sequence[tuple[int, ...] | None], test: TestMaps, ids: tuple[str, ...]
+) -> tuple[tuple[str, ...], list[np.ndarray], np.ndarray]:
+    """The chunk's (n, H, W) uint8 levels of each model, rounded as the store rounds them, and the seconds spent
+    (each model's, then the reads'). Predicted image by image: a worker holds one image's member maps (17 MB at
+    1918x1280 with 7 members) and the entries' float temporaries, not a chunk's, while the models travel once per
+    chunk."""
+    levels: list[list[np.ndarray]] = [[] for _ in models]
+    seconds = np.zeros(len(models) + 1)
+    for img in ids:
+        start = time.perf_counter()
+        batch = read_batch(test.read, (img,), test.photo)
+        seconds[-1] += time.perf_counter() - start
+        for i, (model, members) in enumerate(zip(models, columns)):
+            start = time.perf_counter()
+            proba = model.predict_proba(select_members(batch, members))[0]
+            levels[i].append(to_uint8(proba, f"test map of {img}"))
+            seconds[i] += time.perf_counter() - start
+    return ids, [np.stack(each) for each in levels], seconds
+
+
+def select_members(batch: MapBatch, columns: tuple[int, ...] | None) -> MapBatch:
+    """The batch with only the member maps at `columns` (None: the batch itself)."""
+    return batch if columns is None else replace(batch, maps=batch.maps[:, list(columns)])
+
+
+def member_columns(members: Sequence[str], read: Sequence[str]) -> tuple[int, ...] | None:
+    """The positions of `members` among the `read` members, or None when they are all of them, in order."""
+    if tuple(members) == tuple(read):
+        return None
+    missing = sorted(set(members) - set(read))
+    if missing:
+        raise ValueError(f"members {missing} are not among the maps read ({list(read)})")
+    return tuple(list(read).index(m) for m in members)

@@ -5,16 +5,18 @@ Every entry is a scikit-learn estimator with one door, `fit(TrainMaps)` and `pre
 (`stacking.crossfit.Entry`). `ENTRY_TYPES` names every kind the workbench knows: the blends
 (`stacking.blenders.BLENDERS`), the pixel stackers (`stacking.pixel_stacker.STACKERS`, guarded by inner folds
 when `stack.guard`), the CNN stacker (torch, in `zoo`) and the Optuna-tuned blend. `planned_entries` reads a
-config's `stack` section and lists what this run fits, in order; `build_entry` builds one entry's maps (skip
-when complete for the same members and settings, rebuild beside and swap in, write), for the estimators
-through the one cross-fit loop and for the entries made from stored maps (the mean of the learned entries,
-post-processing) through their own writers.
+config's `stack` section and lists what this run fits, in order. `build_estimators` builds every estimator's
+maps through the one cross-fit loop in one pass over the members' maps (`stacking.crossfit.fit_predict_all`);
+`build_entry` builds one entry made from stored maps (the mean of the learned entries, post-processing) through
+its own writer. Both skip an entry complete for the same members and settings, and rebuild the others beside
+their old maps, swapped in once complete.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from carvana.errors import WorkbenchError
@@ -22,7 +24,7 @@ from carvana.extras import require_extra
 from carvana.registry import by_name
 from oof import Store, rebuild
 from stacking.blenders import BLENDERS, make_blender
-from stacking.crossfit import Entry, MapWriter, TestClock, fit_predict
+from stacking.crossfit import CrossFitEntry, Entry, MapWriter, TestClock, fit_predict_all, member_columns
 from stacking.maps import TestMaps, TrainMaps
 from stacking.pixel_stacker import STACKERS, make_stacker
 from stacking.robust import Guarded
@@ -166,21 +168,63 @@ def build_entry(
     return result
 
 
-def build_estimator(
-    run: Run, planned: PlannedEntry, train: TrainMaps, test: TestMaps, clock: TestClock, progress: bool
-) -> dict | None:
-    """An estimator entry through the one cross-fit loop: honest OOF maps, then test maps from the fit on every
-    fold (joblib workers under the run's compute engine)."""
-    spec = estimator_spec(planned, run.members_store, {k: v for k, v in run.fingerprint.items() if k != "data"})
+class MemberMaps:
+    """The run's TrainMaps and TestMaps of each tuple of members, made once (entries with the same members share
+    one TrainMaps, so one evaluator pass)."""
 
-    def write(writer: MapWriter) -> dict | None:
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self.made: dict[tuple[str, ...], tuple[TrainMaps, TestMaps]] = {}
+
+    def __call__(self, members: tuple[str, ...]) -> tuple[TrainMaps, TestMaps]:
+        if members not in self.made:
+            self.made[members] = (self.run.train_maps(members), self.run.test_maps(members))
+        return self.made[members]
+
+
+def build_estimators(
+    run: Run, planned: Sequence[PlannedEntry], maps: MemberMaps, clock: TestClock, progress: bool
+) -> dict[str, dict | None]:
+    """Every estimator entry not yet complete through the one cross-fit loop, together (`fit_predict_all`): each
+    entry's fits, then one read of the members' maps of every train chunk and test photo for all of them (the
+    union of their members; test maps by joblib workers under the run's compute engine). Each entry is rebuilt
+    beside its old maps and swapped in once its test maps are written; complete ones are skipped. Returns each
+    entry's result (`fitted_result`, the recorded one for a skipped entry), in the planned order."""
+    store, results, todo = run.entries_store, {}, []
+    data = {k: v for k, v in run.fingerprint.items() if k != "data"}
+    for entry in planned:
+        spec, (train, test) = estimator_spec(entry, run.members_store, data), maps(entry.members)
+        if entry_complete(store, entry.name, spec, train.n_images, len(test.ids)):
+            print(f"{entry.name}: complete, skipped")
+            results[entry.name] = store.metadata(entry.name).get("result")
+        else:
+            todo.append((entry, spec))
+    if todo:
+        results.update(_build_together(run, todo, maps, clock, progress))
+    return {entry.name: results[entry.name] for entry in planned}
+
+
+def _build_together(
+    run: Run, todo: list[tuple[PlannedEntry, dict]], maps: MemberMaps, clock: TestClock, progress: bool
+) -> dict[str, dict | None]:
+    """Each entry's maps written beside its old ones (its own writer), all swapped in after the test pass."""
+    read = tuple(dict.fromkeys(m for entry, _ in todo for m in entry.members))  # the union, each member once
+    results: dict[str, dict | None] = {}
+    with contextlib.ExitStack() as opened:
+        jobs, writers = [], []
+        for entry, spec in todo:
+            beside = opened.enter_context(rebuild(run.entries_store, entry.name))
+            writer = opened.enter_context(beside.open_member(entry.name, spec, run.folds.hash, run.resolution))
+            columns = member_columns(entry.members, read)
+            jobs.append(CrossFitEntry(entry.name, entry.make, maps(entry.members)[0], writer, columns))
+            writers.append(writer)
         with parallel_backend(run.config.compute) as n_jobs:
-            model = fit_predict(
-                planned.make, train, test, writer, progress=progress, desc=planned.name, n_jobs=n_jobs, clock=clock
-            )
-        return fitted_result(model)
-
-    return build_entry(run, planned.name, spec, (train.n_images, len(test.ids)), write)
+            models = fit_predict_all(jobs, *maps(read), progress=progress, n_jobs=n_jobs, clock=clock)
+        for job, writer, model in zip(jobs, writers, models):
+            result = results[job.name] = fitted_result(model)
+            if result is not None:
+                writer.record(result)
+    return results
 
 
 def fitted_result(model: Entry) -> dict | None:

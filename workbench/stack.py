@@ -4,9 +4,10 @@ and the submissions: the chosen entry (`stacking.choice`: the best by honest OOF
 simpler candidates is clear of the noise, never chosen by test score) and a second one.
 
 The verb opens the Run (data checked once), fits the config's entries (`workbench.entries`: the table of
-entries and the one function that builds any entry's maps) through the one cross-fit loop and stores their
-maps in a second store, `RUN/stack/`, beside the members' `RUN/oof/`; a re-run skips entries already
-complete for the same members and settings.
+entries and the functions that build their maps) through the one cross-fit loop, every entry's maps
+predicted in one pass over the members' maps (each test photo's maps read once for all entries), and stores
+them in a second store, `RUN/stack/`, beside the members' `RUN/oof/`; a re-run skips entries already complete
+for the same members and settings.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from stacking.leaderboard import EntryScore, add_gains, format_table, score_entr
 from stacking.postprocess import postprocess_spec, postprocessed_name, write_postprocessed
 from workbench.compute import parallel_backend
 from workbench.config import ExperimentConfig
-from workbench.entries import EntryContext, build_entry, build_estimator, planned_entries
+from workbench.entries import EntryContext, MemberMaps, build_entry, build_estimators, planned_entries
 from workbench.imports import imported_members
 from workbench.report import report_members, write_report
 from workbench.run import Run
@@ -80,13 +81,10 @@ def _stack(run: Run, start: float, progress: bool) -> list[dict]:
     members = finished_members(run)
     kinds = {m: "member" for m in members}
     imported = set(imported_members(run.members_store))
-    clock, results = TestClock(), {}
-    maps = {tuple(members): (run.train_maps(members), run.test_maps(members))}
-    for planned in planned_entries(EntryContext.of(run, members, progress)):
-        if planned.members not in maps:
-            maps[planned.members] = (run.train_maps(planned.members), run.test_maps(planned.members))
-        results[planned.name] = build_estimator(run, planned, *maps[planned.members], clock, progress)
-        kinds[planned.name] = planned.kind
+    clock, maps = TestClock(), MemberMaps(run)
+    planned = planned_entries(EntryContext.of(run, members, progress))
+    results = build_estimators(run, planned, maps, clock, progress)  # one pass over the members' maps for all
+    kinds.update({entry.name: entry.kind for entry in planned})
     learned = [name for name, kind in kinds.items() if is_learned(name, kind)]
     if config.stack.entries_mean and len(learned) >= 2:
         stack_entries_mean(run, learned, clock)
@@ -109,7 +107,7 @@ def _stack(run: Run, start: float, progress: bool) -> list[dict]:
     print(format_table(rows))
     print("\n".join(choice.lines()))
     print(f"report: {write_report(config.run_dir, run.data, rows, run.entries_store, run.members_store) / 'report.md'}")
-    print(f"member report: {report_members(config.run_dir, rows, maps[tuple(members)][0])}")
+    print(f"member report: {report_members(config.run_dir, rows, maps(tuple(members))[0])}")
     write_submissions(run, rows, choice, progress)
     return rows
 
