@@ -78,3 +78,17 @@ def test_a_size_that_is_not_whole_pixels_is_one_error_line(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("data: x\noof:\n  resolution: [480.7, 320.2]\n")
     assert_user_error(run_cli("folds", "--config", str(path)), "bad.yaml", "`oof.resolution`", "[480, 320]", "480.7")
+
+
+def test_predict_compile_is_a_member_setting_that_leaves_old_specs_alone():
+    """`predict.compile` (torch.compile before predicting) is read from the config; left at its default it is not
+    part of the member's spec, so members made before the setting existed keep their spec and hash."""
+    from zoo.registry import MEMBERS
+    from zoo.spec import PredictConfig
+
+    spec = MEMBERS["unet_resnet18_64"]
+    assert "compile" not in spec.to_dict()["predict"]
+    compiled = dataclasses.replace(spec, predict=PredictConfig(compile=True))
+    assert compiled.to_dict()["predict"]["compile"] is True and compiled.hash != spec.hash
+    with pytest.raises(ValueError, match="predict"):
+        PredictConfig(compile="yes")

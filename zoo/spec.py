@@ -113,6 +113,7 @@ class PredictConfig:
     tile: tuple[int, int] | None = None  # [h, w] tiles of the padded photo, blended by a smooth window
     overlap: int = 64  # px shared by neighbouring tiles
     tta: tuple[str, ...] = ("hflip",)  # any of: hflip, shift (vertical shifts of SHIFT_PX, undone)
+    compile: bool = False  # PyTorch members: torch.compile the fold models before predicting (pays off on a GPU)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tile", _size_pair(self.tile, "predict.tile"))
@@ -263,7 +264,8 @@ class MemberSpec:
 
     def to_dict(self) -> dict:
         """The spec as plain data. Outside arch custom the builder's fields are left out while unset, and so are
-        the pseudo-label fields, so the specs and hashes of members made before those fields existed stay the same."""
+        the pseudo-label fields and `predict.compile`, so the specs and hashes of members made before those fields
+        existed stay the same."""
         spec = dataclasses.asdict(self)
         for key, default in BUILDER_FIELDS.items():
             if self.arch != CUSTOM and spec[key] == default:
@@ -271,6 +273,8 @@ class MemberSpec:
         for key, default in PSEUDO_FIELDS.items():
             if not self.train.pseudo and spec["train"][key] == default:
                 del spec["train"][key]
+        if not self.predict.compile:  # added later: the specs of members made before it stay the same
+            del spec["predict"]["compile"]
         return spec
 
     def __hash__(self) -> int:  # `builder_args` is a dict, which Python cannot hash: use the spec's sha256

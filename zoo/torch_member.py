@@ -4,7 +4,7 @@ that the training loop validates with too.
 
 On CUDA the photos travel as uint8 from pinned memory (a quarter of float32's bytes, copied asynchronously),
 are scaled and normalised on the device, and run in the channels-last layout under autocast (bfloat16 where
-the card has it, float16 otherwise); WORKBENCH_TORCH_COMPILE=1 compiles the fold models. A whole-photo
+the card has it, float16 otherwise); `predict.compile: true` compiles the fold models. A whole-photo
 member without resizing is padded, flipped and shifted on the device too (`predict_on_device`). On CPU
 every map is made exactly as before (NumPy padding and views, float32), which the tests compare against.
 
@@ -14,7 +14,6 @@ Nothing here trains: predicting maps imports neither `zoo.train_torch` nor its a
 from __future__ import annotations
 
 import dataclasses
-import os
 import random
 from pathlib import Path
 
@@ -91,16 +90,21 @@ def member_net(spec: MemberSpec, models: list):
     """`torch_net` of `spec`'s models on the best device, with its encoder's input statistics."""
     device, amp = device_and_amp()
     return torch_net(
-        prediction_models(models, device), device, amp, input_stats(spec), spec.name, device.type == "cuda"
+        prediction_models(models, device, spec.predict.compile),
+        device,
+        amp,
+        input_stats(spec),
+        spec.name,
+        device.type == "cuda",
     )
 
 
-def prediction_models(models: list, device: torch.device) -> list:
-    """The models on `device` in eval mode: channels-last on CUDA, compiled when WORKBENCH_TORCH_COMPILE=1."""
+def prediction_models(models: list, device: torch.device, compiled: bool = False) -> list:
+    """The models on `device` in eval mode: channels-last on CUDA, compiled when `compiled` (`predict.compile`)."""
     models = [model.to(device).eval() for model in models]
     if device.type == "cuda":
         models = [model.to(memory_format=torch.channels_last) for model in models]
-    if os.environ.get("WORKBENCH_TORCH_COMPILE") == "1":
+    if compiled:
         models = [torch.compile(model) for model in models]
     return models
 
@@ -141,7 +145,7 @@ class TorchMember:
             model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["model"])
             models.append(model)
         self.device, self.amp = device_and_amp()
-        self.models = prediction_models(models, self.device)
+        self.models = prediction_models(models, self.device, spec.predict.compile)
         stats, channels_last = input_stats(spec), self.device.type == "cuda"
         self.net = torch_net(self.models, self.device, self.amp, stats, spec.name, channels_last)
 
