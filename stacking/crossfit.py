@@ -133,16 +133,8 @@ def fit_predict_all(
 
 def _fit_folds(entry: CrossFitEntry, progress: bool) -> tuple[dict[int, Entry], Entry, float]:
     """({k: the entry fitted on every fold but k}, the entry fitted on every fold, the fits' seconds)."""
-    start, bar = (
-        time.perf_counter(),
-        progress_bar(
-            total=len(entry.train.all_folds) + 1,
-            desc=f"{entry.name}: fits",
-            unit="fit",
-            leave=False,
-            disable=not progress,
-        ),
-    )
+    n_fits, start = len(entry.train.all_folds) + 1, time.perf_counter()
+    bar = progress_bar(total=n_fits, desc=f"{entry.name}: fits", unit="fit", leave=False, disable=not progress)
     with bar:  # closed on an error too, so that the CLI's one-line message starts its own line
         fits = {}
         for k, model in cross_fit(entry.make, entry.train):
@@ -158,8 +150,9 @@ def _write_oof(
     train: TrainMaps,
     progress: bool,
 ) -> list[float]:
-    """Every entry's OOF maps from one read of each chunk of `train` (fold by fold, as each entry's own source
-    would chunk it); returns each entry's seconds: its predictions and writes plus its share of the reads."""
+    """Every entry's OOF maps from one read of each chunk of `train` (fold by fold, chunked as `fit_predict` chunks
+    an entry's own source of the same `chunk`); returns each entry's seconds: its predictions and writes plus its
+    share of the reads."""
     spent, read = np.zeros(len(entries)), 0.0
     desc = entries[0].name if len(entries) == 1 else f"{len(entries)} entries"
     with progress_bar(total=train.n_images, desc=f"{desc}: OOF maps", leave=False, disable=not progress) as bar:
