@@ -212,9 +212,17 @@ def predict_test_all(
             yield _predict_chunk(models, columns, test, ids)
         return
     import joblib
+    from joblib.parallel import get_active_backend
 
-    jobs = (joblib.delayed(_predict_chunk)(models, columns, test, ids) for ids in chunks)
-    yield from joblib.Parallel(n_jobs=n_jobs, return_as="generator", pre_dispatch="2*n_jobs")(jobs)
+    jobs = [joblib.delayed(_predict_chunk)(models, columns, test, ids) for ids in chunks]  # specs, not maps
+    if get_active_backend()[0].supports_return_generator:
+        yield from joblib.Parallel(n_jobs=n_jobs, return_as="generator", pre_dispatch="2*n_jobs")(jobs)
+        return
+    # Ray's joblib backend returns lists only: windows of 2 x n_jobs chunks keep memory bounded by chunks all the same
+    window = 2 * joblib.effective_n_jobs(n_jobs)
+    with joblib.Parallel(n_jobs=n_jobs) as parallel:
+        for start in range(0, len(jobs), window):
+            yield from parallel(jobs[start : start + window])
 
 
 def _predict_chunk(

@@ -148,6 +148,29 @@ def test_one_pass_writes_every_entry_byte_identical_to_the_per_entry_path(toy_st
         assert len(job.writer.maps) == len(ids) + len(test_ids)
 
 
+@pytest.mark.slow
+def test_ray_workers_predict_the_one_pass_in_windows_of_chunks(toy_store, tmp_path):
+    """Ray's joblib backend returns no generator: the chunks go in windows, and the maps are the serial ones."""
+    pytest.importorskip("ray")
+    from workbench.compute import parallel_backend
+    from workbench.config import ComputeConfig
+
+    store, ids, fold, test_ids = toy_store
+    runs = []
+    for engine in ("serial", "ray"):
+        jobs = [CrossFitEntry(name, make, toy_sources(store, members, ids, fold, test_ids)[0], MemoryWriter(),
+                              member_columns(members, MEMBERS))
+                for name, members, make in toy_entries(f"sqlite:///{tmp_path / engine}.db")[4:8]]
+        if engine == "serial":
+            fit_predict_all(jobs, *toy_sources(store, MEMBERS, ids, fold, test_ids))
+        else:
+            with parallel_backend(ComputeConfig(engine="ray", cpu_workers=2)) as n_jobs:
+                fit_predict_all(jobs, *toy_sources(store, MEMBERS, ids, fold, test_ids), n_jobs=n_jobs)
+        runs.append(jobs)
+    for serial, ray in zip(*runs):
+        assert_same_maps(ray.writer, serial.writer, ray.name)
+
+
 def test_each_test_photo_is_read_once_for_every_entry(toy_store, tmp_path, capsys):
     store, ids, fold, test_ids = toy_store
     CountingReader.counts = Counter()
