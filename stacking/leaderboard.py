@@ -80,30 +80,31 @@ def test_truth(data: CarvanaData) -> dict[str, str] | None:
 
 
 def score_entry(
-    store: Store, entry: str, kind: str, data: CarvanaData, folds: Folds, size: tuple[int, int]
+    store: Store, entry: str, kind: str, data: CarvanaData, folds: Folds, native_hw: tuple[int, int]
 ) -> EntryScore:
     """`score_entries` for one entry."""
-    return score_entries([(store, entry, kind)], data, folds, size)[0]
+    return score_entries([(store, entry, kind)], data, folds, native_hw)[0]
 
 
 def score_entries(
     entries: Sequence[tuple[Store, str, str]],
     data: CarvanaData,
     folds: Folds,
-    size: tuple[int, int],
+    native_hw: tuple[int, int],
     progress: bool = False,
 ) -> list[EntryScore]:
     """OOF (and, with test truth, test) per-image Dice at threshold 0.5 of each (store, entry, kind)'s maps
-    (a member in the OOF store, or a blend / stacker in the stack store); `size` is the photos' (W, H).
+    (a member in the OOF store, or a blend / stacker in the stack store); `native_hw` is the photos' (H, W).
 
     One pass per split: each truth is decoded once and every entry's map of that image scored against it."""
-    shape = (size[1], size[0])
-    oof = _score_split(entries, "train", data.train_rles, shape, progress)
+    oof = _score_split(entries, "train", data.train_rles, native_hw, progress)
     truth = test_truth(data)
     test: list[dict[str, float] | None] = [None] * len(entries)
     if truth is not None:
         scorable = [i for i, (store, entry, _) in enumerate(entries) if set(store.ids(entry, "test")) == set(truth)]
-        for i, scores in zip(scorable, _score_split([entries[i] for i in scorable], "test", truth, shape, progress)):
+        for i, scores in zip(
+            scorable, _score_split([entries[i] for i in scorable], "test", truth, native_hw, progress)
+        ):
             test[i] = scores
     return [
         EntryScore(entry, kind, 0.5, scores, folds, test_scores)

@@ -157,10 +157,10 @@ def test_postprocessing_is_kept_only_when_it_beats_the_best_entry_on_oof(stacked
     entries, data = Store(config.run_dir / "stack"), CarvanaData(config.data)
     folds = read_folds(config.run_dir / "folds.csv")
     store = Store(config.run_dir / ("oof" if best["kind"] == "member" else "stack"))
-    best_oof = score_entry(store, best["entry"], best["kind"], data, folds, (96, 64)).oof_mean_dice
+    best_oof = score_entry(store, best["entry"], best["kind"], data, folds, (64, 96)).oof_mean_dice
     for operation in config.stack.postprocess:
         name = f"{best['entry']}.{operation}"
-        oof = score_entry(entries, name, "postprocess", data, folds, (96, 64)).oof_mean_dice
+        oof = score_entry(entries, name, "postprocess", data, folds, (64, 96)).oof_mean_dice
         assert (name in {r["entry"] for r in rows}) == (oof > best_oof)
 
 

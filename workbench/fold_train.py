@@ -298,7 +298,7 @@ def _write_member_rows(run: Run, folds: Folds, start: float) -> None:
     for spec in finished:
         store.check_coverage(spec.name, folds.fold_of, folds.hash)
         store.check_test(spec.name, run.data.test_ids)
-    scores = score_entries([(store, s.name, "member") for s in finished], run.data, folds, run.summary.size)
+    scores = score_entries([(store, s.name, "member") for s in finished], run.data, folds, run.native_hw)
     path = RunPaths(config.run_dir).leaderboard
     with file_lock(path.with_name(f".{path.name}.lock")):
         # Blend and stacker rows were built on the old member maps: they return with the next `stack`.

@@ -91,7 +91,7 @@ def _stack(run: Run, start: float, progress: bool) -> list[dict]:
         kinds[ENTRIES_MEAN] = "ensemble"
     stores = {"member": run.members_store}
     entries = [(stores.get(kind, run.entries_store), name, kind) for name, kind in kinds.items()]
-    scores = score_entries(entries, run.data, run.folds, run.summary.size, progress=progress)
+    scores = score_entries(entries, run.data, run.folds, run.native_hw, progress=progress)
     for score in scores:
         if score.entry in imported:
             score.extra["source"] = "imported"
@@ -137,7 +137,7 @@ def stack_postprocessed(run: Run, scores: list[EntryScore], progress: bool, cloc
             run, name, spec, n_maps, functools.partial(write_postprocessed, source, best.entry, operation, clock=clock)
         )
         candidates.append((run.entries_store, name, "postprocess"))
-    scored = score_entries(candidates, run.data, run.folds, run.summary.size, progress=progress)
+    scored = score_entries(candidates, run.data, run.folds, run.native_hw, progress=progress)
     for s in scored:
         verdict = "kept" if s.oof_mean_dice > best.oof_mean_dice else "not kept"
         print(f"{s.entry}: OOF mean Dice {s.oof_mean_dice:.6f} vs {best.entry} {best.oof_mean_dice:.6f}: {verdict}")
