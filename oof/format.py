@@ -53,6 +53,7 @@ MEMBERS_STORE = "oof"  # RUN/oof holds the members' OOF and test maps
 ENTRIES_STORE = "stack"  # RUN/stack holds stacking entries, rebuilt by `workbench stack`, not `fold-train`
 TRAINED_DIR = "members"  # RUN/members/<member>/fold<k>: checkpoints, logs, claims and markers of training
 CACHE_DIR = "cache"  # RUN/cache: photos and masks decoded at a member's input size
+BOARDS_DIR = "tensorboard"  # RUN/tensorboard/<member>/fold<k>: training curves and validation overlays
 
 
 def redo_hint(member_dir: Path) -> str:

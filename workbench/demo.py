@@ -31,7 +31,7 @@ def run_demo(config: ExperimentConfig) -> None:
         print(f"local score (synthetic test truth): {score.mean_dice:.6f}")
     print(f"report: {RunPaths(config.run_dir).report / 'report.md'}")
     print(f"Optuna dashboard: make dashboard  (or: workbench dashboard --config {config_path_hint(config)})")
-    print(f"blend the top submissions: make blend  -> {config.run_dir / 'blend.csv.gz'}")
+    print(f"blend the top submissions: make blend  -> {RunPaths(config.run_dir).blend}")
     print(f"demo finished in {(time.time() - start) / 60:.1f} min")
 
 

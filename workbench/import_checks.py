@@ -99,7 +99,7 @@ def _check_folds(run: Run, theirs: dict[str, int], source: str) -> None:
     if differ:
         raise WorkbenchError(
             f"{source}: the maps were made with other folds: {len(differ)} of {len(ours)} cars are held out by "
-            f"another fold than in {run.run_dir / 'folds.csv'} (e.g. {', '.join(differ[:3])}), so their OOF maps "
+            f"another fold than in {run.paths.folds_csv} (e.g. {', '.join(differ[:3])}), so their OOF maps "
             "would leak into every learned entry's honest score; retrain on the run's folds "
             "(`workbench folds --export FILE`), or adopt theirs in a new run "
             "(`workbench folds --from FILE --run-dir NEW`)"

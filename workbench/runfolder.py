@@ -21,7 +21,7 @@ from pathlib import Path
 
 from carvana.atomic import TEMP_MARK, write_json_atomic
 from carvana.errors import WorkbenchError
-from oof.format import CACHE_DIR, ENTRIES_STORE, MEMBERS_STORE, TRAINED_DIR
+from oof.format import BOARDS_DIR, CACHE_DIR, ENTRIES_STORE, MEMBERS_STORE, TRAINED_DIR
 from workbench.fingerprint import COMPARED, DATA_JSON
 
 __all__ = [
@@ -105,6 +105,16 @@ class RunPaths:
     @property
     def cache(self) -> Path:
         return self.root / CACHE_DIR
+
+    @property
+    def boards(self) -> Path:
+        """TensorBoard's event files, a folder per member x fold (`make tensorboard`)."""
+        return self.root / BOARDS_DIR
+
+    @property
+    def blend(self) -> Path:
+        """`make blend`'s output: the vote of the submissions in `submissions/`."""
+        return self.root / "blend.csv.gz"
 
     def store(self, kind: str) -> Path:
         """The store holding a leaderboard entry of `kind`: members' maps for members, else the entries'."""

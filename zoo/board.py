@@ -14,12 +14,14 @@ from typing import Any
 import cv2
 import numpy as np
 
+from oof.format import BOARDS_DIR
+
 N_OVERLAYS = 3  # validation photos shown per epoch
 SCALARS = {"train_loss": 1, "val_mean_dice": 2, "lr": 3, "images_per_s": 5}  # tag -> log row column
 
 
 def board_dir(run_dir: Path, member: str, fold: int) -> Path:
-    return Path(run_dir) / "tensorboard" / member / f"fold{fold}"
+    return Path(run_dir) / BOARDS_DIR / member / f"fold{fold}"
 
 
 class EpochBoard:
