@@ -85,8 +85,9 @@ def test_ctrl_c_at_several_moments_prints_one_line_and_the_run_goes_on(tiny_data
     ctrl_c(config, "fold-train", "epoch 1/1")  # a PyTorch member training
     run_cli(config, "fold-train")
     ctrl_c(config, "tune", "-outer0: ", 0.5)  # inside an Optuna trial
-    ctrl_c(config, "stack", "logistic: cross-fit", 0.2)  # the stacker's fits and its test maps' worker processes
-    ctrl_c(config, "stack", "tuned: cross-fit", 0.5)
+    ctrl_c(config, "stack", "logistic: fits", 0.2)  # the stacker's fits (worker processes importing)
+    ctrl_c(config, "stack", "tuned: fits", 0.5)  # inside a study of the tuned blend
+    ctrl_c(config, "stack", "entries: test maps")  # every entry's test maps, in the one pass's workers
     run_cli(config, "stack")
     for after in (0.0, 0.05, 0.1):  # the submission's encoding workers starting
         ctrl_c(config, "submit", "writing submission", after)

@@ -205,7 +205,7 @@ def test_stack_and_submit_are_refused_while_a_retrain_holds_the_run(zoo_config, 
     assert cli(zoo_config, "fold-train").returncode == 0
     seen = {}
 
-    def during_retrain(config, selected, n_folds, progress):
+    def during_retrain(config, selected, n_folds, progress, checked):
         seen.update({verb: cli(zoo_config, verb) for verb in ("stack", "submit", "tune", "fold-train")})
         return []
 
@@ -223,7 +223,7 @@ def test_fold_train_processes_share_the_run(zoo_config, monkeypatch):
 
     seen = {}
 
-    def during_train(config, selected, n_folds, progress):
+    def during_train(config, selected, n_folds, progress, checked):
         seen.update({verb: cli(zoo_config, *verb.split()) for verb in
                      ("fold-train", "fold-train --retrain avg_mask_32", "stack")})
         return []
