@@ -150,6 +150,15 @@ def entry_complete(store: Store, name: str, spec: dict, n_train: int, n_test: in
     return meta["spec"] == spec and len(store.ids(name, "train")) == n_train and len(store.ids(name, "test")) == n_test
 
 
+def skipped(store: Store, name: str, spec: dict, n_maps: tuple[int, int]) -> tuple[bool, dict | None]:
+    """(True, the result recorded with it) when `name` is complete for `spec`, saying that it is skipped; else
+    (False, None): the one "skip when complete" of every entry."""
+    if not entry_complete(store, name, spec, *n_maps):
+        return False, None
+    print(f"{name}: complete, skipped")
+    return True, store.metadata(name).get("result")
+
+
 def build_entry(
     run: Run, name: str, spec: dict, n_maps: tuple[int, int], write: Callable[[MapWriter], dict | None]
 ) -> dict | None:
@@ -158,9 +167,9 @@ def build_entry(
     return a result worth keeping (e.g. the tuned blend's tuned-on score), recorded in the entry's member.json;
     returns that result (the recorded one for a skipped entry), or None."""
     store = run.entries_store
-    if entry_complete(store, name, spec, *n_maps):
-        print(f"{name}: complete, skipped")
-        return store.metadata(name).get("result")
+    complete, recorded = skipped(store, name, spec, n_maps)
+    if complete:
+        return recorded
     with rebuild(store, name) as beside, beside.open_member(name, spec, run.folds.hash, run.resolution) as writer:
         result = write(writer)
         if result is not None:
@@ -194,10 +203,8 @@ def build_estimators(
     data = {k: v for k, v in run.fingerprint.items() if k != "data"}
     for entry in planned:
         spec, (train, test) = estimator_spec(entry, run.members_store, data), maps(entry.members)
-        if entry_complete(store, entry.name, spec, train.n_images, len(test.ids)):
-            print(f"{entry.name}: complete, skipped")
-            results[entry.name] = store.metadata(entry.name).get("result")
-        else:
+        complete, results[entry.name] = skipped(store, entry.name, spec, (train.n_images, len(test.ids)))
+        if not complete:
             todo.append((entry, spec))
     if todo:
         results.update(_build_together(run, todo, maps, clock, progress))
