@@ -21,6 +21,7 @@ from sklearn.utils.validation import check_is_fitted
 from carvana.errors import WorkbenchError
 from carvana.registry import by_name
 from stacking.evaluate import DiceEvaluator, FoldsView
+from stacking.levels import pointwise_levels
 from stacking.maps import MapBatch, TrainMaps
 
 _PROBABILITY = np.arange(256, dtype=np.float32) / np.float32(255)  # level -> the probability it stands for
@@ -57,6 +58,10 @@ class _Blender(BaseEstimator):
             raise ValueError(f"X has {maps.shape[1]} members, the blender was fitted on {self.n_members_}")
         # float32 sums of weights that add up to 1 can land an ulp outside [0, 1] where every member is certain
         return np.clip(self._blend(maps), 0.0, 1.0)
+
+    def predict_levels(self, X: MapBatch) -> np.ndarray:
+        """The store's (N, H, W) uint8 levels of `predict_proba(X)`, computed where the members disagree only."""
+        return pointwise_levels(self.predict_proba, X)
 
     def _blend(self, X: np.ndarray) -> np.ndarray:
         raise NotImplementedError

@@ -22,7 +22,7 @@ from typing import Any, Protocol, TypeVar, cast
 import numpy as np
 
 from carvana.progress import progress_bar
-from oof.format import to_uint8
+from stacking.levels import predict_levels
 from stacking.maps import MapBatch, TestMaps, TrainMaps, read_batch
 
 EntryT = TypeVar("EntryT", bound="Entry")
@@ -39,6 +39,9 @@ class Entry(Protocol):
 
 
 class MapWriter(Protocol):
+    """Where an entry's maps go (an `oof` member writer): the pass hands it (H, W) uint8 levels, the store's format
+    (`stacking.levels.predict_levels`)."""
+
     def write(self, split: str, img: str, proba: np.ndarray, fold: int | None = None) -> Any: ...
 
 
@@ -162,8 +165,8 @@ def _write_oof(
                 read += time.perf_counter() - start
                 for i, (entry, (by_fold, _, _)) in enumerate(zip(entries, fits)):
                     start = time.perf_counter()
-                    for img, proba in zip(batch.ids, by_fold[k].predict_proba(select_members(batch, entry.columns))):
-                        entry.writer.write("train", img, proba, fold=k)
+                    for img, level in zip(batch.ids, predict_levels(by_fold[k], select_members(batch, entry.columns))):
+                        entry.writer.write("train", img, level, fold=k)
                     spent[i] += time.perf_counter() - start
                 bar.update(len(batch))
                 start = time.perf_counter()
@@ -228,7 +231,7 @@ def predict_test_all(
 def _predict_chunk(
     models: Sequence[Entry], columns: Sequence[tuple[int, ...] | None], test: TestMaps, ids: tuple[str, ...]
 ) -> tuple[tuple[str, ...], list[np.ndarray], np.ndarray]:
-    """The chunk's (n, H, W) uint8 levels of each model, rounded as the store rounds them, and the seconds spent
+    """The chunk's (n, H, W) uint8 levels of each model (`stacking.levels.predict_levels`), and the seconds spent
     (each model's, then the reads'). Predicted image by image: a worker holds one image's member maps (17 MB at
     1918x1280 with 7 members) and the entries' float temporaries, not a chunk's, while the models travel once per
     chunk."""
@@ -240,8 +243,7 @@ def _predict_chunk(
         seconds[-1] += time.perf_counter() - start
         for i, (model, members) in enumerate(zip(models, columns)):
             start = time.perf_counter()
-            proba = model.predict_proba(select_members(batch, members))[0]
-            levels[i].append(to_uint8(proba, f"test map of {img}"))
+            levels[i].append(predict_levels(model, select_members(batch, members))[0])
             seconds[i] += time.perf_counter() - start
     return ids, [np.stack(each) for each in levels], seconds
 

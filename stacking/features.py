@@ -24,6 +24,7 @@ rationals); every other pixel is in the band, the only pixels a stacker learns f
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Sized
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ import cv2
 import numpy as np
 
 from carvana.dataset import N_ANGLES
+from oof.format import to_uint8
 
 REFERENCE_HEIGHT = 640  # the context windows are 5 and 17 px at this height and scale with the image
 CONTEXT_SIDES = (5, 17)
@@ -74,13 +76,32 @@ def band_levels(lo: float, hi: float) -> tuple[int, int]:
 
 def band_mask(maps: np.ndarray, lo_level: int, hi_level: int) -> np.ndarray:
     """(H, W) bool: True where the members do not agree with confidence (see the module docstring)."""
-    return (maps.max(axis=0) > lo_level) & (maps.min(axis=0) < hi_level)
+    return band_of_range(maps.min(axis=0), maps.max(axis=0), lo_level, hi_level)
 
 
-def member_mean(maps: np.ndarray) -> np.ndarray:
-    """(H, W) float32 mean probability of maps (M, H, W) uint8, from the exact integer level sum."""
-    total = maps.sum(axis=0, dtype=np.uint16 if maps.shape[0] <= 257 else np.uint32)
+def band_of_range(lowest: np.ndarray, highest: np.ndarray, lo_level: int, hi_level: int) -> np.ndarray:
+    """`band_mask` from the members' lowest and highest level at each pixel (a batch's `level_range`)."""
+    return (highest > lo_level) & (lowest < hi_level)
+
+
+def level_sum(maps: np.ndarray) -> np.ndarray:
+    """(H, W) exact integer sum of maps (M, H, W) uint8 over the members (uint16 up to 257 members)."""
+    return maps.sum(axis=0, dtype=np.uint16 if maps.shape[0] <= 257 else np.uint32)
+
+
+def member_mean(maps: np.ndarray, total: np.ndarray | None = None) -> np.ndarray:
+    """(H, W) float32 mean probability of maps (M, H, W) uint8, from the exact integer level sum (`total`:
+    its `level_sum` if already computed)."""
+    total = level_sum(maps) if total is None else total
     return total.astype(np.float32) * np.float32(1 / (255 * maps.shape[0]))
+
+
+@functools.lru_cache(maxsize=16)
+def mean_levels(n_members: int) -> np.ndarray:
+    """(255 M + 1,) uint8: the store's level of `member_mean` for each level sum of M members, so that
+    mean_levels(M)[level_sum(maps)] == to_uint8(member_mean(maps)) without a float map."""
+    sums = np.arange(255 * n_members + 1)[None]
+    return to_uint8(sums.astype(np.float32) * np.float32(1 / (255 * n_members)), "members' mean")[0]
 
 
 def check_image(maps: np.ndarray, angle: int, n_members: int | None = None) -> None:

@@ -16,6 +16,7 @@ holds only the pixels whose decision can change (see `stacking.evaluate`).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -80,6 +81,12 @@ class MapBatch:
     @property
     def n_members(self) -> int:
         return int(self.maps.shape[1])
+
+    @functools.cached_property
+    def level_range(self) -> tuple[np.ndarray, np.ndarray]:
+        """(lowest, highest) (n, H, W) uint8 level of the members at every pixel, computed once per batch: the
+        entries of a pass share it (the members are unanimous where the two are equal)."""
+        return self.maps.min(axis=1), self.maps.max(axis=1)
 
     def photos(self) -> Iterator[np.ndarray]:
         """Each image's (H0, W0, 3) uint8 photo, in order, decoded on demand."""

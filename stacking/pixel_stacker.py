@@ -16,7 +16,7 @@ If the sampled band pixels are all one class (or there are none) there is nothin
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,13 +26,17 @@ from sklearn.utils.validation import check_is_fitted
 
 from carvana.errors import WorkbenchError
 from carvana.registry import by_name
+from oof.format import to_uint8
 from stacking.features import (
     N_ANGLES,
     BandSample,
     band_levels,
     band_mask,
+    band_of_range,
     check_image,
     feature_names,
+    level_sum,
+    mean_levels,
     member_mean,
     pixel_features,
     sample_band_features,
@@ -214,19 +218,44 @@ class PixelStacker(BaseEstimator):
             out[i] = self._predict_image(X.maps[i], int(X.angles[i]))
         return out
 
+    def predict_levels(self, X: MapBatch) -> np.ndarray:
+        """The store's (N, H, W) uint8 levels of `predict_proba(X)`: the consensus pixels' levels looked up from
+        the members' level sum, only the band's probabilities rounded."""
+        check_is_fitted(self, "n_members_")
+        out = np.empty(X.maps.shape[:1] + X.maps.shape[2:], dtype=np.uint8)
+        lo_level, hi_level = band_levels(self.lo, self.hi)
+        for i, (maps, angle, img, lowest, highest) in enumerate(zip(X.maps, X.angles, X.ids, *X.level_range)):
+            check_image(maps, int(angle), self.n_members_)
+            total = level_sum(maps)
+            np.take(mean_levels(maps.shape[0]), total, out=out[i])
+            flat = out[i].reshape(-1)
+            band = band_of_range(lowest, highest, lo_level, hi_level)
+            for index, proba in self._band_probabilities(maps, int(angle), member_mean(maps, total), band):
+                flat[index] = to_uint8(proba.astype(np.float32)[None], f"map of {img}")[0]
+        return out
+
     def _predict_image(self, maps: np.ndarray, angle: int) -> np.ndarray:
         """Probability map (H, W) float32 of one image's maps (M, H, W) uint8 and its angle 1..16."""
         check_image(maps, angle, self.n_members_)
-        out = member_mean(maps)
-        if self.model_ is None:
-            return out
-        band = self._capped(np.flatnonzero(band_mask(maps, *band_levels(self.lo, self.hi))), out)
+        mean = member_mean(maps)
+        out = mean.copy()
         flat = out.reshape(-1)
-        for start in range(0, band.size, PREDICT_CHUNK):
-            index = band[start : start + PREDICT_CHUNK]
-            features = pixel_features(maps, angle, index, mean=out)
-            flat[index] = self.model_.predict_proba(features)[:, 1]
+        band = band_mask(maps, *band_levels(self.lo, self.hi))
+        for index, proba in self._band_probabilities(maps, angle, mean, band):
+            flat[index] = proba
         return out
+
+    def _band_probabilities(
+        self, maps: np.ndarray, angle: int, mean: np.ndarray, band: np.ndarray
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(flat indices, the level-2 model's probabilities) of the image's `band` pixels ((H, W) bool, capped),
+        PREDICT_CHUNK at a time (none without a model), every chunk's features from the members' `mean` as it came."""
+        if self.model_ is None:
+            return
+        pixels = self._capped(np.flatnonzero(band), mean)
+        for start in range(0, pixels.size, PREDICT_CHUNK):
+            index = pixels[start : start + PREDICT_CHUNK]
+            yield index, self.model_.predict_proba(pixel_features(maps, angle, index, mean=mean))[:, 1]
 
     def _capped(self, band: np.ndarray, mean: np.ndarray) -> np.ndarray:
         """At most max_band_share of the image's pixels: the band pixels whose members' mean is nearest 0.5

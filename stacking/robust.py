@@ -21,6 +21,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from stacking.blenders import SelectedBlend
 from stacking.crossfit import Entry
+from stacking.levels import predict_levels
 from stacking.maps import MapBatch, TrainMaps
 from stacking.pixel_stacker import make_stacker
 
@@ -75,3 +76,7 @@ class Guarded(BaseEstimator):
     def predict_proba(self, X: MapBatch) -> np.ndarray:
         check_is_fitted(self, "model_")
         return self.model_.predict_proba(X)
+
+    def predict_levels(self, X: MapBatch) -> np.ndarray:
+        check_is_fitted(self, "model_")
+        return predict_levels(self.model_, X)

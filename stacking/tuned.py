@@ -28,6 +28,7 @@ from oof.format import CAR_LEVEL
 from stacking.blenders import WeightedMeanBlender
 from stacking.crossfit import cross_fit
 from stacking.evaluate import FoldedEvaluator, level_thresholds, quantize_weights
+from stacking.levels import pointwise_levels
 from stacking.maps import MapBatch, TrainMaps
 from stacking.tune import TunedParams, TuneSpace, tune_study
 
@@ -144,6 +145,10 @@ class TunedBlend(BaseEstimator):
         """(n, H, W) float32 maps whose >= 0.5 pixels are the tuned decision."""
         check_is_fitted(self, "params_")
         return np.stack([tuned_map(maps, int(a), self.params_) for maps, a in zip(X.maps, X.angles)])
+
+    def predict_levels(self, X: MapBatch) -> np.ndarray:
+        """The store's (n, H, W) uint8 levels of `predict_proba(X)`, computed where the members disagree only."""
+        return pointwise_levels(self.predict_proba, X)
 
 
 @dataclass

@@ -10,6 +10,7 @@ import pytest
 from sklearn.base import BaseEstimator
 
 from oof import Store
+from oof.format import CAR_LEVEL
 from stacking.blenders import MeanBlender, WeightedMeanBlender
 from stacking.crossfit import cross_fit, fit_predict, predict_test
 from stacking.evaluate import DiceEvaluator
@@ -151,10 +152,11 @@ def test_tuned_blend_names_its_study_by_the_folds_left_out(tmp_path):
     assert study.metric_names == ["mean Dice"]
     assert study.user_attrs["outer_fold"] == 1 and study.user_attrs["entry"] == "tuned"
     assert sorted(img for _, img in writer.maps) == sorted(ids)
-    for (_, img), (proba, k) in writer.maps.items():
+    for (_, img), (levels, k) in writer.maps.items():  # the pass writes the store's levels
         outer = optuna.load_study(study_name=f"blend-outer{k}", storage=url)
         params = best_params(outer, train.members, TuneSpace(per_angle=False))
-        np.testing.assert_array_equal(proba >= 0.5, blend_mask(maps[ids.index(img)], int(img[-2:]), params))
+        assert levels.dtype == np.uint8
+        np.testing.assert_array_equal(levels >= CAR_LEVEL, blend_mask(maps[ids.index(img)], int(img[-2:]), params))
 
 
 def test_test_maps_predicted_by_joblib_workers_equal_the_serial_ones(stored):

@@ -1,7 +1,8 @@
 """Every entry of the table (`workbench.entries.ENTRY_TYPES`) keeps the one contract: scikit-learn's estimator
 rules (keyword-only settings stored as given and nothing else set in `__init__`, clone, NotFittedError before
 fit, fit returns self) and the one door, `fit(TrainMaps)` and `predict_proba(MapBatch)` -> (n, H, W) float32
-probabilities; and the config decides which entries a stack fits."""
+probabilities, whose store levels `stacking.levels.predict_levels` gives exactly; and the config decides which
+entries a stack fits."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
 from carvana.dataset import CarvanaData, angle_of, car_of
+from oof.format import to_uint8
+from stacking.levels import predict_levels
 from stacking.maps import PhotoReader, TrainMaps
 from stacking.pixel_stacker import STACKERS
 from workbench.config import load_config
@@ -67,6 +70,14 @@ def test_every_entry_keeps_the_estimator_contract(name, guard, train, tmp_path, 
     out = entry.predict_proba(held)
     assert out.shape == (len(held), *held.maps.shape[2:]) and out.dtype == np.float32
     assert out.min() >= 0.0 and out.max() <= 1.0
+    # The store's levels (`stacking.levels`): equal to the rounded probabilities, also where members are unanimous
+    maps = held.maps.copy()
+    maps[:, :, : maps.shape[2] // 2] = maps[:, :1, : maps.shape[2] // 2]  # the top half: every member as member 0
+    maps[:, :, :2] = 255
+    maps[:, :, -2:] = 0
+    batch = dataclasses.replace(held, maps=maps)
+    rounded = np.stack([to_uint8(p, "map") for p in entry.predict_proba(batch)])
+    assert np.array_equal(predict_levels(entry, batch), rounded)
 
 
 def test_the_config_decides_which_entries_a_stack_fits(tmp_path, tiny_data_master):
