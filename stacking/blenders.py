@@ -44,6 +44,7 @@ class _Blender(BaseEstimator):
 
     name: ClassVar[str]
     learned: ClassVar[bool] = False  # True where fit learns from the truth (weights), not only the member count
+    fits_on_evaluator: ClassVar[bool] = False  # True where fit reads the maps' shared exact-Dice evaluator
 
     def fit(self, X: TrainMaps, y: None = None) -> _Blender:
         """Fixed blenders learn only the member count of X (no pass over the maps)."""
@@ -129,7 +130,7 @@ class WeightedMeanBlender(_Blender):
     """
 
     name = "weighted_mean"
-    learned = True
+    learned = fits_on_evaluator = True
 
     def __init__(
         self,
@@ -169,7 +170,7 @@ class SelectedBlend(_Blender):
     (its fitting score)."""
 
     name = "selected"
-    learned = True
+    learned = fits_on_evaluator = True
 
     def __init__(self, *, threshold: float = 0.5, max_steps: int = 20, inner: bool = False) -> None:
         self.threshold = threshold

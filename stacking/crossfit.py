@@ -69,9 +69,13 @@ def write_each_map(
 
 def cross_fit(make: Callable[[], EntryT], train: TrainMaps) -> Iterator[tuple[int | None, EntryT]]:
     """(k, a new entry fitted on every fold but k) for each fold k of the run, then (None, one fitted on all)."""
-    for k in train.all_folds:
-        yield k, make().fit(train.folds([j for j in train.all_folds if j != k]))
-    yield None, make().fit(train)
+    for k in (*train.all_folds, None):
+        yield k, make().fit(fitting_folds(train, k))
+
+
+def fitting_folds(train: TrainMaps, k: int | None) -> TrainMaps:
+    """The maps the fit that leaves fold k out is fitted on: every fold but k (k None: every fold)."""
+    return train if k is None else train.folds([j for j in train.all_folds if j != k])
 
 
 @dataclass(frozen=True)
@@ -113,17 +117,20 @@ def fit_predict_all(
     *,
     progress: bool = False,
     n_jobs: int = 1,
+    fit_jobs: int = 1,
     clock: TestClock | None = None,
 ) -> list[Entry]:
     """`fit_predict` for several entries in one pass over the maps: each entry's fits on every fold but k and on
     every fold (reading its own `train`), then ONE read of each train chunk of `train` (every entry's fit without
     the chunk's fold predicts it) and ONE read of each test photo's maps of `test` (every entry's fit on all folds
-    predicts it, `n_jobs` joblib workers over the chunks). `train` and `test` read the union of the entries'
-    members; each entry is given its `columns`. Maps equal fit_predict's entry by entry, byte for byte. Returns
-    the fits on every fold; prints each entry's seconds (its share of the shared passes) and adds the test
-    pass's to `clock`."""
-    fits = [_fit_folds(entry, progress) for entry in entries]
-    oof_seconds = _write_oof(entries, fits, train, progress)
+    predicts it; `n_jobs` joblib workers over the chunks, OOF and test alike). With `fit_jobs` != 1 the fits of every
+    entry and fold run at once in that many joblib workers (each holds its fit's memory: a pixel stacker's
+    sample). `train` and `test` read the union of the entries' members; each entry is given its `columns`. Maps
+    equal fit_predict's entry by entry, byte for byte, whatever the workers. Returns the fits on every fold;
+    prints each entry's seconds (its fits' and its share of the shared passes) and adds the test pass's to
+    `clock`."""
+    fits = _fit_all(entries, fit_jobs) if fit_jobs != 1 else [_fit_folds(entry, progress) for entry in entries]
+    oof_seconds = _write_oof(entries, fits, train, n_jobs, progress)
     test_seconds, start = [0.0] * len(entries), time.perf_counter()
     if test is not None:
         test_seconds = _write_test(entries, [full for _, full, _ in fits], test, n_jobs, progress)
@@ -147,30 +154,61 @@ def _fit_folds(entry: CrossFitEntry, progress: bool) -> tuple[dict[int, Entry], 
     return {k: m for k, m in fits.items() if k is not None}, full, time.perf_counter() - start
 
 
+def _fit_all(entries: Sequence[CrossFitEntry], fit_jobs: int) -> list[tuple[dict[int, Entry], Entry, float]]:
+    """`_fit_folds` of every entry, the fits of all entries and folds by `fit_jobs` joblib workers at once. The
+    exact-Dice evaluator an entry fits on (`fits_on_evaluator`) is built here first, once per source, so that the
+    workers receive it rather than each re-reading the maps."""
+    import joblib
+
+    for entry in entries:
+        if getattr(entry.make(), "fits_on_evaluator", False):
+            entry.train.evaluator()
+    tasks = [(i, k) for i, entry in enumerate(entries) for k in (*entry.train.all_folds, None)]
+    done = joblib.Parallel(n_jobs=fit_jobs)(
+        joblib.delayed(_fit_one)(entries[i].make, entries[i].train, k) for i, k in tasks
+    )
+    fits: list[tuple[dict[int, Entry], Entry, float]] = [({}, cast(Entry, None), 0.0) for _ in entries]
+    for (i, k), (model, seconds) in zip(tasks, done):
+        by_fold, full, spent = fits[i]
+        if k is None:
+            full = model
+        else:
+            by_fold[k] = model
+        fits[i] = (by_fold, full, spent + seconds)
+    return fits
+
+
+def _fit_one(make: Callable[[], Entry], train: TrainMaps, k: int | None) -> tuple[Entry, float]:
+    """(a new entry fitted on every fold but k, its seconds): one task of `_fit_all`."""
+    start = time.perf_counter()
+    return make().fit(fitting_folds(train, k)), time.perf_counter() - start
+
+
 def _write_oof(
     entries: Sequence[CrossFitEntry],
     fits: Sequence[tuple[dict[int, Entry], Entry, float]],
     train: TrainMaps,
+    n_jobs: int,
     progress: bool,
 ) -> list[float]:
-    """Every entry's OOF maps from one read of each chunk of `train` (fold by fold, chunked as `fit_predict` chunks
-    an entry's own source of the same `chunk`); returns each entry's seconds: its predictions and writes plus its
-    share of the reads."""
-    spent, read = np.zeros(len(entries)), 0.0
+    """Every entry's OOF maps from one read of each chunk of `train`, fold by fold (each entry's fit without the
+    fold predicts it; `n_jobs` joblib workers over the chunks as for the test maps); returns each entry's seconds:
+    its predictions and writes plus its share of the reads."""
+    spent = np.zeros(len(entries) + 1)
+    columns = [entry.columns for entry in entries]
     desc = entries[0].name if len(entries) == 1 else f"{len(entries)} entries"
     with progress_bar(total=train.n_images, desc=f"{desc}: OOF maps", leave=False, disable=not progress) as bar:
         for k in train.all_folds:
-            start = time.perf_counter()
-            for batch in train.folds([k]).batches(with_truth=False):
-                read += time.perf_counter() - start
-                for i, (entry, (by_fold, _, _)) in enumerate(zip(entries, fits)):
+            models = [by_fold[k] for by_fold, _, _ in fits]
+            for ids, levels, seconds in predict_test_all(models, columns, train.folds([k]).unlabelled(), n_jobs=n_jobs):
+                spent += seconds
+                for i, entry in enumerate(entries):
                     start = time.perf_counter()
-                    for img, level in zip(batch.ids, predict_levels(by_fold[k], select_members(batch, entry.columns))):
+                    for img, level in zip(ids, levels[i]):
                         entry.writer.write("train", img, level, fold=k)
                     spent[i] += time.perf_counter() - start
-                bar.update(len(batch))
-                start = time.perf_counter()
-    return list(spent + read / len(entries))
+                bar.update(len(ids))
+    return list(spent[:-1] + spent[-1] / len(entries))
 
 
 def _write_test(
@@ -205,10 +243,11 @@ def predict_test_all(
     models: Sequence[Entry], columns: Sequence[tuple[int, ...] | None], test: TestMaps, *, n_jobs: int = 1
 ) -> Iterator[tuple[tuple[str, ...], list[np.ndarray], np.ndarray]]:
     """(ids, [each model's (n, H, W) uint8 levels], seconds (len(models) + 1,): each model's predictions, then the
-    reads) of every chunk of `test`, in order, each photo's maps read once for every model (model i sees its
-    `columns[i]`). With `n_jobs` != 1 and more than one chunk, joblib workers read and predict the chunks (at
-    most 2 x n_jobs in flight, so memory stays bounded by chunks, not by the test set); every model is sent to
-    each worker with its chunk, and the worker sends back levels, a quarter of the float maps' bytes."""
+    reads) of every chunk of `test` (the test maps, or a fold's train maps as `TrainMaps.unlabelled`), in order,
+    each photo's maps read once for every model (model i sees its `columns[i]`). With `n_jobs` != 1 and more than
+    one chunk, joblib workers read and predict the chunks (at most 2 x n_jobs in flight, so memory stays bounded
+    by chunks, not by the test set); every model is sent to each worker with its chunk, and the worker sends back
+    levels, a quarter of the float maps' bytes."""
     chunks = test.chunks()
     if n_jobs == 1 or len(chunks) < 2:
         for ids in chunks:

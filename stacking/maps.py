@@ -182,6 +182,10 @@ class TrainMaps:
             truth = np.stack([self.truth(img) for img in part]) if with_truth else None
             yield MapBatch(self.read(part), tuple(part), np.array([angle_of(i) for i in part]), truth, self.photo)
 
+    def unlabelled(self) -> TestMaps:
+        """The same images as an unlabelled source, chunked alike (predicted chunk by chunk as test maps are)."""
+        return TestMaps(self.read, tuple(self.ids), self.chunk, self.photo)
+
     def images(self) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
         """(maps (M, H, W) uint8, truth (H, W), angle) one image at a time (the pixel stackers' stream)."""
         for batch in self.batches():

@@ -13,7 +13,7 @@ keeps the blend.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from sklearn.base import BaseEstimator
@@ -46,6 +46,8 @@ class Guarded(BaseEstimator):
     Learned: `model_` (the entry used), `used_` ("model" or "fallback"), `inner_` {fold: (model, fallback)}
     inner mean Dice. With fewer than 2 fitting folds there are no inner folds and the fallback is used.
     """
+
+    fits_on_evaluator: ClassVar[bool] = True  # the fallback's inner scores come from the shared evaluator
 
     def __init__(self, *, stacker: str, params: Mapping[str, Any] | None = None, margin: float = 0.0) -> None:
         self.stacker = stacker

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from sklearn.base import BaseEstimator
@@ -87,6 +87,8 @@ def tuned_map(maps: np.ndarray, angle: int, params: TunedParams) -> np.ndarray:
 
 class TunedBlend(BaseEstimator):
     """Blend with Optuna-tuned thresholds and weights. Learned: `params_` (TunedParams), `study_`, `n_members_`."""
+
+    fits_on_evaluator: ClassVar[bool] = True  # its studies score trials on the maps' shared exact-Dice evaluator
 
     def __init__(
         self,

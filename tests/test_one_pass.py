@@ -129,8 +129,9 @@ def toy_entries(storage: str) -> list[tuple[str, tuple[str, ...], Callable[[], E
     ]
 
 
-@pytest.mark.parametrize("n_jobs", [1, 2])
-def test_one_pass_writes_every_entry_byte_identical_to_the_per_entry_path(toy_store, tmp_path, n_jobs):
+@pytest.mark.parametrize("n_jobs, fit_jobs", [(1, 1), (2, 2)])
+def test_one_pass_writes_every_entry_byte_identical_to_the_per_entry_path(toy_store, tmp_path, n_jobs, fit_jobs):
+    """Also with every fit in joblib workers at once (`stack.fit_jobs`) and the OOF and test chunks in workers."""
     store, ids, fold, test_ids = toy_store
     per_entry: dict[str, MemoryWriter] = {}
     for name, members, make in toy_entries(f"sqlite:///{tmp_path / 'per_entry.db'}"):
@@ -141,7 +142,7 @@ def test_one_pass_writes_every_entry_byte_identical_to_the_per_entry_path(toy_st
         if members not in sources:  # entries on the same members share a source, as `workbench stack` shares them
             sources[members] = toy_sources(store, members, ids, fold, test_ids)
         jobs.append(CrossFitEntry(name, make, sources[members][0], MemoryWriter(), member_columns(members, MEMBERS)))
-    models = fit_predict_all(jobs, *toy_sources(store, MEMBERS, ids, fold, test_ids), n_jobs=n_jobs)
+    models = fit_predict_all(jobs, *toy_sources(store, MEMBERS, ids, fold, test_ids), n_jobs=n_jobs, fit_jobs=fit_jobs)
     assert len(models) == len(jobs) and models[-1].params_ is not None
     for job in jobs:
         assert_same_maps(job.writer, per_entry[job.name], job.name)

@@ -82,6 +82,7 @@ class StackConfig:
     entries_mean: bool = True  # the equal mean of every learned entry's maps as one more entry (stacking.ensemble)
     weighting: str = "pixel"  # stackers' loss: "pixel" (pooled band pixels) or "dice" (weights follow per-image Dice)
     n_submissions: int = 3  # top entries also written to RUN/submissions/ for `workbench blend`
+    fit_jobs: int = 1  # entries' fits (each outer fold's and the one on all) at once; -1 = compute.cpu_workers
 
     def __post_init__(self) -> None:
         from stacking.blenders import BLENDERS
@@ -98,6 +99,7 @@ class StackConfig:
         _check_range("stack.max_pixels", self.max_pixels, self.max_pixels >= 1, "use 1 or more")
         _check_range("stack.max_band_share", self.max_band_share, 0 < self.max_band_share <= 1, "need 0 < share <= 1")
         _check_range("stack.n_submissions", self.n_submissions, self.n_submissions >= 1, "use 1 or more")
+        _check_range("stack.fit_jobs", self.fit_jobs, self.fit_jobs >= 1 or self.fit_jobs == -1, "use 1 or more, or -1")
 
 
 def _check_range(key: str, value: object, ok: bool, need: str) -> None:

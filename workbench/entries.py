@@ -226,7 +226,10 @@ def _build_together(
             jobs.append(CrossFitEntry(entry.name, entry.make, maps(entry.members)[0], writer, columns))
             writers.append(writer)
         with parallel_backend(run.config.compute) as n_jobs:
-            models = fit_predict_all(jobs, *maps(read), progress=progress, n_jobs=n_jobs, clock=clock)
+            fit_jobs = n_jobs if run.config.stack.fit_jobs == -1 else run.config.stack.fit_jobs
+            models = fit_predict_all(
+                jobs, *maps(read), progress=progress, n_jobs=n_jobs, fit_jobs=fit_jobs, clock=clock
+            )
         for job, writer, model in zip(jobs, writers, models):
             result = results[job.name] = fitted_result(model)
             if result is not None:
