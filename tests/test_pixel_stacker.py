@@ -303,3 +303,16 @@ def test_stackers_give_probabilities_where_members_are_certain(name, disagree):
     out = model.predict_proba(batch(X, angles))
     assert out.dtype == np.float32 and out.min() >= 0.0 and out.max() <= 1.0
     assert (out[:, :8] >= 0.5).all()
+
+
+@pytest.mark.parametrize("model", ["lightgbm", "logistic"])
+def test_a_band_predicted_in_chunks_equals_one_chunk(toy, model, monkeypatch):
+    """The band is featurised PREDICT_CHUNK pixels at a time; every chunk's context features come from the members'
+    mean, never from the model's answers for the chunks before it (which an in-place map once fed them)."""
+    import stacking.pixel_stacker as pixel_stacker
+
+    X, y, angles = toy
+    stacker = make_stacker(model, max_pixels=20_000).fit(train(X[:8], y[:8], angles[:8]))
+    whole = stacker.predict_proba(batch(X[8:], angles[8:]))
+    monkeypatch.setattr(pixel_stacker, "PREDICT_CHUNK", 7)
+    np.testing.assert_array_equal(stacker.predict_proba(batch(X[8:], angles[8:])), whole)
