@@ -32,6 +32,7 @@ from workbench.steps import make_folds
 from zoo.pseudo import load_pseudo_set
 from zoo.runner import claim_member, finish_member_test, fold_done, member_dir, member_finished
 from zoo.spec import MemberSpec
+from zoo.train_device import loader_workers
 
 __all__ = ["all_jobs", "describe_jobs", "fold_train", "report_outcome", "resolve_compute"]
 
@@ -273,7 +274,7 @@ def resolve_compute(config: ExperimentConfig, engine: LocalEngine | RayEngine) -
             f"compute.gpus_per_job is {gpus} but the Ray cluster has {n_gpus} GPU(s); "
             "lower --gpus-per-job (0 trains on CPUs) or add GPU nodes"
         )
-    workers = max((spec.train.num_workers for spec in config.zoo), default=0)
+    workers = max((loader_workers(spec.train.num_workers, gpus > 0, n_cpus) for spec in config.zoo), default=0)
     cpus = compute.cpus_per_job or min(workers + 1, n_cpus)
     if compute.engine == "ray" and cpus > n_cpus:
         raise WorkbenchError(f"compute.cpus_per_job is {cpus} but the Ray cluster has {n_cpus} CPU(s); lower it")

@@ -50,7 +50,7 @@ class Family:
     net: str = ""  # (spec, networks) -> Net, their mean probability: (B, h, w, 3) uint8 -> (B, h, w) float32
     looks_at_photos: bool = True  # False: crops, tiles and pseudo-labels cannot apply
     train_defaults: dict[str, Any] = field(default_factory=dict)  # under the config's `zoo.train` and the member's
-    # What its loop cannot honour: (key, the value(s) that are fine, "a|b" for several; why / the fix)
+    # What its loop cannot honour: (key, the value(s) that are fine, "a|b" or a tuple for several; why / the fix)
     unsupported: tuple[tuple[str, object, str], ...] = ()
 
 
@@ -97,6 +97,9 @@ FAMILIES = _table(
                 ("train.loss", "bce_dice|bce_logdice", "the Keras loop has bce_dice and bce_logdice; pick one"),
                 ("encoder_weights", None, "the Keras U-Net has no pretrained encoder; remove it or use an smp member"),
                 ("train.pseudo", "", "pseudo-label training is PyTorch-only; remove it or use a PyTorch member"),
+                ("train.channels_last", ("auto", False), "channels-last is PyTorch's; remove it or leave it at auto"),
+                ("train.precision", "auto", "the Keras loop takes mixed float16 on a GPU itself; remove it"),
+                ("train.compile", False, "train-time torch.compile is PyTorch's; remove it or use a PyTorch member"),
             ),
         ),
     ]

@@ -21,6 +21,15 @@ SCHEDULES = ("plateau", "cosine", "cyclic")
 LOSSES = ("bce_dice", "bce_logdice", "lovasz")
 TTA_VIEWS = ("hflip", "shift")
 PSEUDO_FIELDS = {"pseudo": "", "pseudo_share": 0.25}  # their defaults: left out of a spec while unset
+DEVICE_FIELDS = {  # their defaults: added later, left out of a spec while unset
+    "persistent_workers": True,
+    "prefetch_factor": 2,
+    "channels_last": "auto",
+    "precision": "auto",
+    "compile": False,
+}
+LOADING_FIELDS = ("num_workers", "persistent_workers", "prefetch_factor")  # how batches arrive: not in the hash
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 BUILDER_FIELDS = {"builder": "", "builder_args": {}, "builder_multiple": 32}  # their defaults
 
 
@@ -68,7 +77,13 @@ class TrainConfig:
     plateau_patience: int = 4
     early_stop_patience: int = 8
     augment: bool = True
-    num_workers: int = 0  # DataLoader workers; 0 = the main process (right for small CPU runs)
+    # How training uses the machine (zoo.train_device resolves "auto": GPU-box values on CUDA, the CPU's as before)
+    num_workers: int | str = "auto"  # DataLoader processes; auto = min(8, cores) on CUDA, 0 (the main process) on CPU
+    persistent_workers: bool = True  # with workers: keep them (and their copies of the photos) from epoch to epoch
+    prefetch_factor: int = 2  # with workers: batches each one loads ahead
+    channels_last: bool | str = "auto"  # PyTorch: the NHWC layout for model and batches; auto = on CUDA only
+    precision: str = "auto"  # PyTorch autocast: auto (CUDA: bfloat16 where the card has it, else float16; CPU: float32)
+    compile: bool = False  # PyTorch: torch.compile the training model (slow first epoch; pays off on a GPU)
     seed: int = 0
     crop: tuple[int, int] | None = None  # [h, w] random crops of the padded photo (None = whole photos)
     schedule: str = "plateau"  # plateau | cosine | cyclic (cosine restarts every `cycle_epochs`)
@@ -93,6 +108,7 @@ class TrainConfig:
             raise ValueError("epochs, batch_size, accumulate and cycle_epochs must be at least 1")
         if min(self.warmup_epochs, self.swa_epochs) < 0 or self.clip_grad < 0 or not 0 <= self.ema < 1:
             raise ValueError("train: warmup_epochs, swa_epochs and clip_grad must be >= 0, and ema in [0, 1)")
+        self._check_device_fields()
         if self.pseudo and not 1 <= self.pseudo_share * self.batch_size < self.batch_size:
             raise ValueError(
                 f"`train.pseudo_share` is {self.pseudo_share}: with batch_size {self.batch_size} a batch would hold "
@@ -104,6 +120,18 @@ class TrainConfig:
             raise ValueError(f"`train.border_weight` is {self.border_weight}; use 1 (off) or more")
         if self.loss == "lovasz" and self.border_weight != 1:
             raise ValueError("`train.border_weight` weights the BCE and Dice terms; with `loss: lovasz` leave it at 1")
+
+    def _check_device_fields(self) -> None:
+        """The machine settings that are not plain scalars: "auto" or a value of the setting's own type."""
+        workers, layout = self.num_workers, self.channels_last
+        if workers != "auto" and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 0):
+            raise ValueError(f"`train.num_workers` is {workers!r}; use auto or a whole number >= 0 (0 = no workers)")
+        if layout != "auto" and not isinstance(layout, bool):
+            raise ValueError(f"`train.channels_last` is {layout!r}; use auto (on CUDA only), true or false")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"`train.precision` is {self.precision!r}; valid: {', '.join(PRECISIONS)}")
+        if self.prefetch_factor < 1:
+            raise ValueError(f"`train.prefetch_factor` is {self.prefetch_factor}; use 1 or more")
 
 
 @dataclass(frozen=True)
@@ -218,7 +246,8 @@ class MemberSpec:
         """Settings the family's loop cannot honour (its `unsupported` row) are refused by key."""
         for key, fine, fix in self.family.unsupported:
             value = getattr(self.train, key[6:]) if key.startswith("train.") else getattr(self, key)
-            if value not in (str(fine).split("|") if isinstance(fine, str) else [fine]):
+            fine_values = fine if isinstance(fine, tuple) else str(fine).split("|") if isinstance(fine, str) else [fine]
+            if value not in fine_values:
                 raise ValueError(
                     f"member {self.name}: `{key}: {value}` cannot be honoured by the {self.family.title} loop; {fix}"
                 )
@@ -264,14 +293,17 @@ class MemberSpec:
 
     def to_dict(self) -> dict:
         """The spec as plain data. Outside arch custom the builder's fields are left out while unset, and so are
-        the pseudo-label fields and `predict.compile`, so the specs and hashes of members made before those fields
-        existed stay the same."""
+        the pseudo-label fields, the training's machine settings added later (`DEVICE_FIELDS`) and
+        `predict.compile`, so the specs and hashes of members made before those fields existed stay the same."""
         spec = dataclasses.asdict(self)
         for key, default in BUILDER_FIELDS.items():
             if self.arch != CUSTOM and spec[key] == default:
                 del spec[key]
         for key, default in PSEUDO_FIELDS.items():
             if not self.train.pseudo and spec["train"][key] == default:
+                del spec["train"][key]
+        for key, default in DEVICE_FIELDS.items():
+            if spec["train"][key] == default:
                 del spec["train"][key]
         if not self.predict.compile:  # added later: the specs of members made before it stay the same
             del spec["predict"]["compile"]
@@ -284,7 +316,8 @@ class MemberSpec:
     def hash(self) -> str:
         """sha256 of everything that shapes the member's results."""
         shaping = self.to_dict()
-        del shaping["train"]["num_workers"]  # how batches are loaded does not change the results
+        for key in LOADING_FIELDS:  # how batches are loaded does not change the results
+            shaping["train"].pop(key, None)
         text = json.dumps(shaping, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
