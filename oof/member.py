@@ -8,12 +8,13 @@ process loses another's update. The maps themselves are separate files and need 
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime as dt
 import json
 import re
 import shutil
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from carvana.atomic import file_lock
@@ -71,18 +72,26 @@ def load_meta(member_dir: Path) -> dict | None:
     return meta
 
 
-def open_meta(member_dir: Path, spec: dict, folds_hash: str, resolution: tuple[int, int], reset: bool) -> dict:
+def open_meta(
+    member_dir: Path,
+    spec: dict,
+    folds_hash: str,
+    resolution: tuple[int, int],
+    reset: bool,
+    unshaping: Sequence[str] = (),
+) -> dict:
     """Create, verify or (with `reset`) recreate the member's metadata under its lock; return it.
 
     A member whose spec, folds_hash or resolution differs is refused unless `reset`, which deletes
-    all its maps first: old maps must never pass for the new spec's.
+    all its maps first: old maps must never pass for the new spec's. `unshaping`: dotted paths of spec
+    settings that do not change the maps (how batches are loaded), left out of the comparison on both sides.
     """
     spec = canonical_spec(spec)
     folds_hash, size = check_identity(folds_hash, resolution)
     with locked(member_dir):
         meta = None if reset else load_meta(member_dir)
         if meta is not None:
-            _refuse_changes(member_dir, meta, spec, folds_hash, size)
+            _refuse_changes(member_dir, meta, spec, folds_hash, size, unshaping)
             meta["updated"] = now()
         else:
             for split in SPLITS:
@@ -104,10 +113,13 @@ def open_meta(member_dir: Path, spec: dict, folds_hash: str, resolution: tuple[i
     return meta
 
 
-def _refuse_changes(member_dir: Path, meta: dict, spec: dict, folds_hash: str, size: list[int]) -> None:
+def _refuse_changes(
+    member_dir: Path, meta: dict, spec: dict, folds_hash: str, size: list[int], unshaping: Sequence[str]
+) -> None:
     changes = []
-    if meta["spec"] != spec:
-        keys = sorted(k for k in set(meta["spec"]) | set(spec) if meta["spec"].get(k) != spec.get(k))
+    before, now_ = _without(meta["spec"], unshaping), _without(spec, unshaping)
+    if before != now_:
+        keys = sorted(k for k in set(before) | set(now_) if before.get(k) != now_.get(k))
         changes.append(f"spec (keys {', '.join(map(str, keys))})")
     if meta["folds_hash"] != folds_hash:
         changes.append("folds_hash (folds.csv changed)")
@@ -118,6 +130,19 @@ def _refuse_changes(member_dir: Path, meta: dict, spec: dict, folds_hash: str, s
             f"{member_dir}: member {member_dir.name} was written with a different {'; '.join(changes)}; its maps "
             f"would not match: {redo_hint(member_dir)} (or give the new spec a new member name)"
         )
+
+
+def _without(spec: dict, paths: Sequence[str]) -> dict:
+    """A copy of `spec` without the settings at the dotted `paths` (e.g. "train.num_workers"), where present."""
+    spec = copy.deepcopy(spec)
+    for path in paths:
+        *parents, key = path.split(".")
+        node: dict | None = spec
+        for parent in parents:
+            node = node.get(parent) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(key, None)
+    return spec
 
 
 def record_sessions(member_dir: Path, generation: str, n_maps: dict[str, int]) -> None:

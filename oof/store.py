@@ -17,7 +17,7 @@ resolution, paths, atomic writes) in one class each; `oof.member` holds the memb
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -127,6 +127,7 @@ class Store:
         resolution: tuple[int, int],
         reset: bool = False,
         session: str = "test",
+        unshaping: Sequence[str] = (),
     ) -> MemberWriter:
         """Create or reopen `member` and return a writer for it.
 
@@ -134,10 +135,12 @@ class Store:
         must equal what the member was created with, else WorkbenchError; `reset=True` deletes the
         member's maps and starts it afresh. Every member of a store has the same resolution. `session`
         names the writer's test maps in member.json's counts (one per test shard, so none overwrites another's).
+        `unshaping`: dotted paths of spec settings that do not change the maps (e.g. "train.num_workers"), not
+        compared, so a member resumes under other loading settings.
         """
         member_dir = self.path / check_member_name(member)
         self._refuse_other_resolution(member, resolution)
-        meta = open_meta(member_dir, spec, folds_hash, resolution, reset)
+        meta = open_meta(member_dir, spec, folds_hash, resolution, reset, unshaping)
         self._shapes[member] = tuple(meta["resolution"])
         return MemberWriter(self, member, meta, session)
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import multiprocessing
 from pathlib import Path
 
@@ -160,6 +161,26 @@ def test_changed_member_is_refused_and_reset_starts_afresh(tmp_path, change):
     meta = store.metadata("unet_resnet34_32")
     assert meta["folds_hash"] == args["folds_hash"] and tuple(meta["resolution"]) == tuple(args["resolution"])
     assert meta["spec"] == {**args["spec"], "size": list(args["spec"]["size"])}
+
+
+def test_settings_that_do_not_shape_the_maps_may_change_when_a_member_resumes(tmp_path):
+    """A zoo member recorded with `num_workers: 0` resumes with `auto` (zoo.spec.UNSHAPING); any other change is
+    still refused, and a store asked to compare everything still refuses the loading setting too."""
+    from zoo.spec import UNSHAPING, MemberSpec, TrainConfig
+
+    def spec(**train: object) -> MemberSpec:
+        return MemberSpec("unet_resnet18_32", "unet", 32, 48, encoder="resnet18", train=TrainConfig(**train))
+
+    store = Store(tmp_path / "oof")
+    before, after, other = spec(num_workers=0), spec(), spec(epochs=9)
+    assert before.to_dict() != after.to_dict() and before.hash == after.hash
+    store.open_member(after.name, before.to_dict(), FOLDS_HASH, SHAPE, unshaping=UNSHAPING).close()
+    store.open_member(after.name, after.to_dict(), FOLDS_HASH, SHAPE, unshaping=UNSHAPING).close()
+    assert store.metadata(after.name)["spec"] == json.loads(json.dumps(before.to_dict()))  # the record is kept
+    with pytest.raises(WorkbenchError, match=r"different spec \(keys train\)"):
+        store.open_member(after.name, after.to_dict(), FOLDS_HASH, SHAPE)
+    with pytest.raises(WorkbenchError, match=r"different spec \(keys train\)"):
+        store.open_member(after.name, other.to_dict(), FOLDS_HASH, SHAPE, unshaping=UNSHAPING)
 
 
 def test_writer_of_a_member_reset_meanwhile_is_stopped(tmp_path):

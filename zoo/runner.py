@@ -30,7 +30,7 @@ from zoo.faults import die_for_tests
 from zoo.fold_data import FoldData, PseudoData, split_fold
 from zoo.pipeline import StageTimes, run_in_line, run_pipeline
 from zoo.pseudo import PseudoSet
-from zoo.spec import MemberSpec
+from zoo.spec import UNSHAPING, MemberSpec
 
 PREDICT_CHUNK = 16  # images predicted and written at a time: bounded memory at any test size
 
@@ -94,7 +94,7 @@ def run_member_fold(
     member = load_member(spec, [checkpoint])
     oof_ids = [ids[i] for i in oof_idx]
     position = {ids[i]: i for i in oof_idx}
-    with store.open_member(spec.name, spec.to_dict(), folds.hash, resolution) as writer:
+    with store.open_member(spec.name, spec.to_dict(), folds.hash, resolution, unshaping=UNSHAPING) as writer:
         predict_maps(
             writer,
             member,
@@ -159,7 +159,8 @@ def predict_member_test(
 
     session = "test" if n_shards == 1 else f"test/shard{index}-of-{n_shards}"
     desc = f"{spec.name}: test maps{'' if n_shards == 1 else f' shard {index + 1}/{n_shards}'}"
-    with store.open_member(spec.name, spec.to_dict(), folds.hash, resolution, session=session) as writer:
+    opened = store.open_member(spec.name, spec.to_dict(), folds.hash, resolution, session=session, unshaping=UNSHAPING)
+    with opened as writer:
         predict_maps(
             writer,
             member,

@@ -29,6 +29,7 @@ DEVICE_FIELDS = {  # their defaults: added later, left out of a spec while unset
     "compile": False,
 }
 LOADING_FIELDS = ("num_workers", "persistent_workers", "prefetch_factor")  # how batches arrive: not in the hash
+UNSHAPING = tuple(f"train.{key}" for key in LOADING_FIELDS)  # nor compared when a member's store resumes
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 BUILDER_FIELDS = {"builder": "", "builder_args": {}, "builder_multiple": 32}  # their defaults
 
