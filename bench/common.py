@@ -1,6 +1,7 @@
 """Shared helpers for the benchmarks: timing by median of repeats, and a description of the machine."""
 from __future__ import annotations
 
+import csv
 import os
 import platform
 import re
@@ -68,3 +69,30 @@ def replace_results_section(title: str, body: str, path: Path = RESULTS_PATH) ->
     sections[title] = f"{body.strip()}\n\n(Run separately; section written on {time.strftime('%Y-%m-%d')}.)"
     write_text_atomic(path, join_sections(header, sections))
     return path
+
+
+def chosen_entry(log: Path) -> str:
+    """The entry `workbench stack` chose (its `chosen: <entry>` line)."""
+    found = re.search(r"^chosen: ([^\s,]+)", log.read_text(), re.MULTILINE)
+    if not found:
+        raise SystemExit(f"{log}: no `chosen:` line")
+    return found[1]
+
+
+def read_set(out: Path) -> dict:
+    rows = list(csv.DictReader(open(out / "run" / "leaderboard.csv")))
+    oof = {r["entry"]: float(r["oof_mean_dice"]) for r in rows}
+    test = {r["entry"]: float(r["test_mean_dice"]) for r in rows}
+    members = [r["entry"] for r in rows if r["kind"] == "member"]
+    best = max(members, key=oof.__getitem__)
+    chosen = chosen_entry(out / "stack.log")
+    top = max(oof, key=oof.__getitem__)
+    return {"rows": rows, "oof": oof, "test": test, "best": best, "chosen": chosen, "top": top,
+            "test_best": max(test, key=test.__getitem__)}
+
+
+def board_table(rows: list[dict]) -> str:
+    """A run's leaderboard rows (`read_set`'s "rows") as a markdown table: OOF, test, gain and its interval."""
+    table = [[row["entry"], row["kind"], row["oof_mean_dice"], row["test_mean_dice"],
+              row.get("gain", ""), f"{row.get('gain_lo', '')} to {row.get('gain_hi', '')}"] for row in rows]
+    return markdown_table(["entry", "kind", "OOF", "test", "gain over best member", "95% car bootstrap"], table)

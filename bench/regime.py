@@ -17,15 +17,13 @@ A set whose stack finished is reused (delete its folder under --work to redo it)
 from __future__ import annotations
 
 import argparse
-import csv
-import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from bench.calibrated import Style, write_members
-from bench.common import machine_description, markdown_table, replace_results_section
+from bench.common import board_table, machine_description, markdown_table, read_set, replace_results_section
 from bench.scale import REPO, prepare_data, write_config
 
 TITLE = "Regime: stacking at Carvana's accuracy (bench.regime)"
@@ -69,26 +67,6 @@ def run_set(name: str, styles: list[Style], data: Path, work: Path, n_trials: in
     return out
 
 
-def chosen_entry(log: Path) -> str:
-    """The entry `workbench stack` chose (its `chosen: <entry>` line)."""
-    found = re.search(r"^chosen: ([^\s,]+)", log.read_text(), re.MULTILINE)
-    if not found:
-        raise SystemExit(f"{log}: no `chosen:` line")
-    return found[1]
-
-
-def read_set(out: Path) -> dict:
-    rows = list(csv.DictReader(open(out / "run" / "leaderboard.csv")))
-    oof = {r["entry"]: float(r["oof_mean_dice"]) for r in rows}
-    test = {r["entry"]: float(r["test_mean_dice"]) for r in rows}
-    members = [r["entry"] for r in rows if r["kind"] == "member"]
-    best = max(members, key=oof.__getitem__)
-    chosen = chosen_entry(out / "stack.log")
-    top = max(oof, key=oof.__getitem__)
-    return {"rows": rows, "oof": oof, "test": test, "best": best, "chosen": chosen, "top": top,
-            "test_best": max(test, key=test.__getitem__)}
-
-
 def section(results: dict[str, dict], args: argparse.Namespace) -> str:
     summary = []
     for name, r in results.items():
@@ -112,12 +90,7 @@ def section(results: dict[str, dict], args: argparse.Namespace) -> str:
         f"choosing the maximum honest OOF would be in {max_hits} of {len(results)}.",
     ]
     for name, r in results.items():
-        rows = [[row["entry"], row["kind"], row["oof_mean_dice"], row["test_mean_dice"],
-                 row.get("gain", ""), f"{row.get('gain_lo', '')} to {row.get('gain_hi', '')}"]
-                for row in r["rows"]]
-        parts += [f"**{name}** ({', '.join(s.name for s in SETS[name])}):",
-                  markdown_table(["entry", "kind", "OOF", "test", "gain over best member", "95% car bootstrap"],
-                                 rows)]
+        parts += [f"**{name}** ({', '.join(s.name for s in SETS[name])}):", board_table(r["rows"])]
     return "\n\n".join(parts)
 
 
