@@ -92,12 +92,33 @@ def summarise(name: str, rows: list[dict[str, str]]) -> dict[str, object]:
         return float(row["test_mean_dice"]) if row.get("test_mean_dice") else None
 
     gain_test = None if test(chosen) is None or test(best) is None else test(chosen) - test(best)
-    return {"dataset": name, "best_member": best["entry"], "best_oof": float(best["oof_mean_dice"]),
+    top = max(rows, key=lambda r: float(r["oof_mean_dice"]))  # what choosing the maximum would have submitted
+    scored = [r for r in rows if test(r) is not None]
+    test_best = max((test(r) for r in scored), default=None)
+    return {"max": top["entry"], "max_test": test(top), "test_best": test_best,
+            "dataset": name, "best_member": best["entry"], "best_oof": float(best["oof_mean_dice"]),
             "best_test": test(best), "chosen": chosen["entry"], "chosen_oof": float(chosen["oof_mean_dice"]),
             "chosen_test": test(chosen), "gain_oof": float(chosen["oof_mean_dice"]) - float(best["oof_mean_dice"]),
             "gain_test": gain_test,
             "worst_learned_gap": min((float(r["oof_mean_dice"]) - float(best["oof_mean_dice"])
                                       for r in rows if learned(r)), default=None)}
+
+
+def rule_against_max(summaries: list[dict[str, object]]) -> str:
+    """The choice rule scored on the test truth against choosing the maximum honest OOF (issue 19)."""
+
+    def count(key: str, against: str) -> int:
+        return sum(s[key] is not None and s[against] is not None and s[key] >= s[against] for s in summaries)
+
+    n = len(summaries)
+    differs = [f"{s['dataset']}: rule {s['chosen']} {_f(s['chosen_test'])}, max {s['max']} {_f(s['max_test'])}"
+               for s in summaries if s["chosen"] != s["max"]]
+    at_or_above = count("chosen_test", "best_test")
+    return (f"The rule's choice is at or above the best member on the test truth in {at_or_above} "
+            f"of {n} datasets, the maximum honest OOF in {count('max_test', 'best_test')}; the rule's choice is the "
+            f"best entry on the test truth in {count('chosen_test', 'test_best')} of {n}, the maximum in "
+            f"{count('max_test', 'test_best')}. "
+            + (f"Where they differ: {'; '.join(differs)}." if differs else "They chose the same entry everywhere."))
 
 
 def learned(row: dict[str, str]) -> bool:
@@ -137,6 +158,7 @@ def render(datasets: list[Dataset], runs: dict[str, Path], *, config: Path, cars
     if test_gains:
         spread += (f"; on the test truth: mean {statistics.mean(test_gains):+.4f}, min {min(test_gains):+.4f}, "
                    f"max {max(test_gains):+.4f}")
+        spread += "\n- " + rule_against_max(summaries)
     return "\n".join([
         f"`python -m bench.robust{' --quick' if quick else ''}`: `workbench demo --config {config}` unchanged on "
         f"{len(datasets)} studio datasets ({cars[0]} train / {cars[1]} test cars each; variants in "

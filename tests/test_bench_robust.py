@@ -5,7 +5,7 @@ import csv
 from pathlib import Path
 
 from bench.common import replace_results_section, split_sections
-from bench.robust import Dataset, render, summarise
+from bench.robust import Dataset, render, rule_against_max, summarise
 
 ROWS = [  # the order `workbench stack` writes: best honest OOF first
     {"entry": "logistic", "kind": "stacker", "oof_mean_dice": "0.9790", "test_mean_dice": "0.9837"},
@@ -24,6 +24,10 @@ def test_summary_names_best_member_chosen_entry_and_gains() -> None:
     assert summarise("d", [r for r in ROWS if r["kind"] in ("member", "blend")])["worst_learned_gap"] is None
     marked = [dict(r, choice="chosen") if r["entry"] == "mean" else r for r in ROWS]  # as `stack` records it
     assert summarise("d", marked)["chosen"] == "mean"  # not the top row: the choice `workbench stack` made
+    assert summarise("d", marked)["max"] == "logistic" and summarise("d", marked)["test_best"] == 0.9841
+    line = rule_against_max([summarise("d", marked), summarise("e", ROWS)])
+    assert "at or above the best member on the test truth in 1 of 2 datasets, the maximum honest OOF in 2" in line
+    assert "Where they differ: d: rule mean 0.9718, max logistic 0.9837." in line
 
 
 def test_render_reads_the_runs_leaderboards(tmp_path: Path) -> None:
