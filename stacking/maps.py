@@ -124,6 +124,7 @@ class _Shared:
 
     evaluator: FoldedEvaluator | None = None
     n_passes: int = 0  # streamed passes over the maps (tests and benchmarks read it)
+    fits: dict = field(default_factory=dict)  # fits and inner scores shared by fold subsets (`stacking.robust`)
 
 
 @dataclass

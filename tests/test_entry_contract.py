@@ -50,7 +50,7 @@ def context(tmp_path, tiny_data_master, guard: bool = False) -> EntryContext:
     return EntryContext(load_config(path), MEMBERS, MEMBERS, {"folds_hash": "test"}, progress=False)
 
 
-CASES = [(name, False) for name in ENTRY_TYPES] + [(name, True) for name in STACKERS]
+CASES = [(name, False) for name in ENTRY_TYPES] + [(name, True) for name in (*STACKERS, TUNED_ENTRY)]
 
 
 @pytest.mark.parametrize("name, guard", CASES, ids=[f"{n}{'-guarded' if g else ''}" for n, g in CASES])

@@ -123,7 +123,7 @@ def toy_entries(storage: str) -> list[tuple[str, tuple[str, ...], Callable[[], E
           for name in ("mean", "logit_mean", "vote", "weighted_mean", "selected")],
         ("lightgbm", MEMBERS, lambda: make_stacker("lightgbm", **stacker)),
         ("logistic", MEMBERS, lambda: make_stacker("logistic", **stacker)),
-        ("guarded", MEMBERS, lambda: Guarded(stacker="logistic", params=stacker)),
+        ("guarded", MEMBERS, lambda: Guarded(entry=make_stacker("logistic", **stacker))),
         ("weighted_mean_20", ("m2", "m0"), lambda: make_blender("weighted_mean")),
         ("tuned", ("m0", "m2"), lambda: TunedBlend(**tuned)),
     ]

@@ -3,8 +3,9 @@ builds any entry's maps in the run's stack store.
 
 Every entry is a scikit-learn estimator with one door, `fit(TrainMaps)` and `predict_proba(MapBatch)`
 (`stacking.crossfit.Entry`). `ENTRY_TYPES` names every kind the workbench knows: the blends
-(`stacking.blenders.BLENDERS`), the pixel stackers (`stacking.pixel_stacker.STACKERS`, guarded by inner folds
-when `stack.guard`), the CNN stacker (torch, in `zoo`) and the Optuna-tuned blend. `planned_entries` reads a
+(`stacking.blenders.BLENDERS`), the pixel stackers (`stacking.pixel_stacker.STACKERS`), the CNN stacker (torch,
+in `zoo`) and the Optuna-tuned blend; with `stack.guard` the pixel stackers and the tuned blend are guarded by
+inner folds (`stacking.robust`). `planned_entries` reads a
 config's `stack` section and lists what this run fits, in order. `build_estimators` builds every estimator's
 maps through the one cross-fit loop in one pass over the members' maps (`stacking.crossfit.fit_predict_all`);
 `build_entry` builds one entry made from stored maps (the mean of the learned entries, post-processing) through
@@ -78,7 +79,12 @@ def _stacker(name: str, context: EntryContext) -> Entry:
         "max_band_share": stack.max_band_share,
         "weighting": stack.weighting,
     }
-    return Guarded(stacker=name, params=params) if stack.guard else make_stacker(name, **params)
+    return _guarded(name, make_stacker(name, **params), context)
+
+
+def _guarded(name: str, entry: Entry, context: EntryContext) -> Entry:
+    """`entry`, or `entry` guarded by inner folds (`stacking.robust.Guarded`) when the config's `stack.guard`."""
+    return Guarded(entry=entry, name=name) if context.config.stack.guard else entry
 
 
 def _cnn(context: EntryContext) -> Entry:
@@ -90,7 +96,8 @@ def _cnn(context: EntryContext) -> Entry:
 
 
 def _tuned(context: EntryContext) -> Entry:
-    return tuned_blend(context.config, list(context.tuned_members), context.study_context, context.progress)
+    blend = tuned_blend(context.config, list(context.tuned_members), context.study_context, context.progress)
+    return _guarded(TUNED_ENTRY, blend, context)
 
 
 _registry = functools.partial(by_name, what="entry")
