@@ -7,7 +7,7 @@ CONFIG ?= configs/demo.yaml
 RUN ?= runs/$(basename $(notdir $(CONFIG)))
 LIB := carvana folds oof zoo stacking workbench
 
-.PHONY: setup setup-gpu lint fix test test-fast demo folds fold-train stack tune submit blend dashboard tensorboard bench bench-robust bench-scale bench-import bench-pseudo bench-regime clean-demo
+.PHONY: setup setup-gpu lint fix test test-fast demo folds fold-train stack tune submit blend dashboard tensorboard bench bench-robust bench-scale bench-import bench-pseudo bench-regime bench-guard bench-temperature clean-demo
 
 setup: $(VENV)/.installed
 
@@ -70,6 +70,12 @@ bench-pseudo: setup
 
 bench-regime: setup
 	$(PY) -m bench.regime
+
+bench-guard: setup  # after bench-robust: re-stacks its runs with stack.guard off and on
+	$(PY) -m bench.guard
+
+bench-temperature: setup  # after bench-robust and bench-regime: blends with per-member temperatures
+	$(PY) -m bench.temperature
 
 bench-scale: setup
 	$(PY) -m bench.scale --fraction $(or $(FRACTION),0.05) --out bench/_scratch/scale
