@@ -5,12 +5,11 @@ Every entry is a scikit-learn estimator with one door, `fit(TrainMaps)` and `pre
 (`stacking.crossfit.Entry`). `ENTRY_TYPES` names every kind the workbench knows: the blends
 (`stacking.blenders.BLENDERS`), the pixel stackers (`stacking.pixel_stacker.STACKERS`), the CNN stacker (torch,
 in `zoo`) and the Optuna-tuned blend; with `stack.guard` the pixel stackers and the tuned blend are guarded by
-inner folds (`stacking.robust`). `planned_entries` reads a
-config's `stack` section and lists what this run fits, in order. `build_estimators` builds every estimator's
-maps through the one cross-fit loop in one pass over the members' maps (`stacking.crossfit.fit_predict_all`);
-`build_entry` builds one entry made from stored maps (the mean of the learned entries, post-processing) through
-its own writer. Both skip an entry complete for the same members and settings, and rebuild the others beside
-their old maps, swapped in once complete.
+inner folds (`stacking.robust`). `planned_entries` reads a config's `stack` section and lists what this run
+fits, in order. `build_estimators` builds every estimator's maps through the one cross-fit loop in one pass over
+the members' maps (`stacking.crossfit.fit_predict_all`); `build_entry` builds one entry made from stored maps
+(the mean of the learned entries, post-processing) through its own writer. Both skip an entry complete for the
+same members and settings, and rebuild the others beside their old maps, swapped in once complete.
 """
 
 from __future__ import annotations
