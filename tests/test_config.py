@@ -52,7 +52,7 @@ def test_bad_config_cli_exits_cleanly(tmp_path):
 @pytest.mark.parametrize("number", ["5e-2", "0.05", "5.0e-2"])
 def test_a_float_reads_alike_in_every_section(tmp_path, number):
     """YAML 1.1 reads `5e-2` (no dot) as a string: `stack.*` and `zoo.train.*` floats take it as 0.05 alike,
-    by one rule (zoo.spec.yaml_scalar), and refuse a word alike."""
+    by one rule (carvana.yaml_scalars.yaml_scalar), and refuse a word alike."""
     path = tmp_path / "floats.yaml"
     path.write_text(f"data: x\nstack: {{max_band_share: {number}, band: [{number}, 0.9]}}\n"
                     f"zoo: {{train: {{lr: {number}}}, members: [unet_resnet18_64]}}\n")

@@ -21,11 +21,12 @@ import yaml
 from carvana.atomic import write_text_atomic
 from carvana.dataset import parse_size
 from carvana.errors import WorkbenchError
+from carvana.yaml_scalars import yaml_scalar
 from folds import STRATIFY
 from workbench.runfolder import RunPaths
 from zoo.pseudo import PseudoSetConfig
 from zoo.registry import resolve_members
-from zoo.spec import MemberSpec, yaml_scalar
+from zoo.spec import MemberSpec
 
 
 @dataclass(frozen=True)

@@ -31,10 +31,11 @@ from carvana.dataset import CarvanaData, angle_of
 from carvana.errors import WorkbenchError
 from carvana.progress import progress_bar
 from carvana.resize import resize_image, resize_proba
+from carvana.yaml_scalars import check_field_types
 from folds import Folds
 from oof import Store
 from oof.format import MEMBERS_STORE, check_member_name, fold_dir_name
-from zoo.spec import MemberSpec, check_field_types
+from zoo.spec import MemberSpec
 
 __all__ = ["LABELS", "PseudoSet", "PseudoSetConfig", "label_fold", "load_pseudo_set", "pseudo_dir", "set_current"]
 

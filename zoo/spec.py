@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from carvana.yaml_scalars import check_field_types
 from oof.format import MEMBER_PATTERN
 from zoo.archs import CUSTOM, SMP_ARCHS, SMP_RESERVED, SmpArch, check_builder_args, import_builder
 from zoo.families import ARCH_FAMILIES, Family
@@ -32,37 +33,6 @@ LOADING_FIELDS = ("num_workers", "persistent_workers", "prefetch_factor")  # how
 UNSHAPING = tuple(f"train.{key}" for key in LOADING_FIELDS)  # nor compared when a member's store resumes
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 BUILDER_FIELDS = {"builder": "", "builder_args": {}, "builder_multiple": 32}  # their defaults
-
-
-SCALARS: dict[str, type] = {"int": int, "float": float, "str": str, "bool": bool}
-
-
-def yaml_scalar(kind: type, value: object, key: str) -> Any:
-    """`value` from YAML as `kind` (int, float, str or bool): the one rule for every config section.
-
-    Floats accept ints and numeric strings alike (YAML 1.1 reads `5e-2`, without a dot, as a string); ints
-    must be whole numbers, not floats or booleans. TypeError naming `key` otherwise.
-    """
-    if kind is float and isinstance(value, (int, str)) and not isinstance(value, bool):
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise TypeError(f"`{key}` must be {kind.__name__}, got {value!r}")
-    return value
-
-
-def check_field_types(obj: Any, where: str) -> None:
-    """Validate (and normalise) the int / float / str / bool fields of a frozen dataclass from YAML by
-    `yaml_scalar`'s rule; ValueError `where: ...` otherwise."""
-    for f in dataclasses.fields(obj):
-        kind = SCALARS.get(str(f.type))
-        if kind is not None:
-            try:
-                object.__setattr__(obj, f.name, yaml_scalar(kind, getattr(obj, f.name), f.name))
-            except TypeError as error:
-                raise ValueError(f"{where}: {error}") from None
 
 
 @dataclass(frozen=True)
