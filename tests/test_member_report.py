@@ -38,6 +38,17 @@ def test_no_warning_without_a_collapse():
     assert collapsed_folds({"a": [0.95, 0.68, 0.96]}) == [("a", 1)]
 
 
+def test_collapse_is_a_ratio_of_errors_at_any_accuracy():
+    """At 0.997 a fold model at 0.983 has failed though it is only 0.011 below its siblings (3x their errors);
+    a weak member's fold 0.03 lower is noise (1.2x); near-perfect siblings do not make a 0.0005 drop a collapse."""
+    failed = [0.996400, 0.994228, 0.982931, 0.995750, 0.995632]  # bench.regime's failed-fold member
+    healthy = [0.996884, 0.994239, 0.995636, 0.995587, 0.996115]  # its best member: 1.31x at most
+    assert collapsed_folds({"failed": failed, "healthy": healthy}) == [("failed", 2)]
+    assert collapsed_folds({"weak": [0.80, 0.77, 0.81]}) == []
+    assert collapsed_folds({"perfect": [1.0, 0.9995, 1.0]}) == []
+    assert collapsed_folds({"one fold": [0.9]}) == []
+
+
 def test_error_correlation_and_leave_one_out():
     maps, truth, fold = noisy_members(4)
     maps[:, 3] = maps[:, 0]  # a copy errs exactly where its original does

@@ -24,7 +24,7 @@ from oof import Store
 from oof.format import CAR_LEVEL
 from stacking.leaderboard import upsampled_dice
 from stacking.maps import TrainMaps
-from stacking.member_report import collapsed_folds, error_correlation, leave_one_out
+from stacking.member_report import COLLAPSE_RATIO, collapsed_folds, error_correlation, leave_one_out
 from workbench.runfolder import RunPaths
 
 N_TOP = 6  # entries shown in the by-angle and by-fold views
@@ -265,8 +265,9 @@ def write_member_report(
     )
     warnings = "".join(f"- WARNING: {m} collapsed in fold {k}\n" for m, k in collapsed) or "- no collapsed fold\n"
     text = (
-        f"# Members\n\n## Dice by fold\n\nA fold more than 0.03 below the member's worst other fold is "
-        f"flagged as collapsed.\n\n{warnings}\n{per_fold}\n\n## Pairwise error correlation of the OOF maps\n\n"
+        f"# Members\n\n## Dice by fold\n\nA fold whose errors (1 - Dice) are more than {COLLAPSE_RATIO:g} times "
+        f"those of the member's worst other fold is flagged as collapsed.\n\n{warnings}\n{per_fold}\n\n"
+        f"## Pairwise error correlation of the OOF maps\n\n"
         f"Pearson correlation of the members' per-pixel errors (map >= 0.5 vs truth): low values are what "
         f"blending can use.\n\n{errors}\n\n## Ensemble selection on all folds\n\nWeights of `selected` "
         f"fitted on every fold; the leave-one-out effect is its mean Dice on those same images minus the "
