@@ -7,7 +7,7 @@ CONFIG ?= configs/demo.yaml
 RUN ?= runs/$(basename $(notdir $(CONFIG)))
 LIB := carvana folds oof zoo stacking workbench
 
-.PHONY: setup setup-gpu lint fix test test-fast demo folds fold-train stack tune submit blend dashboard tensorboard bench bench-robust bench-scale bench-import bench-pseudo bench-regime bench-guard bench-temperature clean-demo
+.PHONY: setup setup-gpu lint fix test test-fast demo folds fold-train stack tune submit blend dashboard tensorboard bench bench-robust bench-scale bench-import bench-pseudo bench-regime bench-guard bench-temperature bench-stacker-band clean-demo
 
 setup: $(VENV)/.installed
 
@@ -76,6 +76,9 @@ bench-guard: setup  # after bench-robust: re-stacks its runs with stack.guard of
 
 bench-temperature: setup  # after bench-robust and bench-regime: blends with per-member temperatures
 	$(PY) -m bench.temperature
+
+bench-stacker-band: setup  # after bench-robust and bench-regime: the pixel stackers' band, sample and threshold
+	$(PY) -m bench.stacker_band --jobs 2
 
 bench-scale: setup
 	$(PY) -m bench.scale --fraction $(or $(FRACTION),0.05) --out bench/_scratch/scale
