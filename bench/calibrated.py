@@ -99,7 +99,7 @@ class Photo:
         self.shared_field = self.field(img)
         self.thin_parts: dict[int, np.ndarray] = {}
         rng = _rng("roof", img)
-        on_boundary = self.band[np.abs(self.distance) < 1]
+        on_boundary = self.band[np.abs(self.distance) <= 1]  # the pixels either side of it: |d| is 1 there
         self.bumps = []
         if len(on_boundary):
             ys, xs = np.unravel_index(on_boundary, self.shape)
