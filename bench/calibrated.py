@@ -50,7 +50,9 @@ class Style:
     (this one, a bias of 0.2 px, offsets 5% larger or smaller, a softer map, thin parts up to 9 px) scored
     0.9960-0.9967 honest OOF mean Dice, their plain mean 0.9971 (+0.0005 over the best; the published
     spread is +0.0001 to +0.0004), their fold-mean test maps +0.0004 to +0.0006 over their OOF maps. Other
-    cars score otherwise: on `bench.regime`'s data (4 studio cars, seed 0) the same members score lower."""
+    cars score otherwise: on `bench.regime`'s data (4 studio cars, seed 0) the same members score lower. These
+    figures predate the roof blobs (before commit 978d770 no photo got one); with them every member loses a
+    further 0.0004-0.0006 on `bench.regime`'s data (bench/RESULTS.md), and the styles were not recalibrated."""
 
     name: str
     softness: float = 0.8  # logistic scale across the boundary
