@@ -71,6 +71,13 @@ def replace_results_section(title: str, body: str, path: Path = RESULTS_PATH) ->
     return path
 
 
+def publish(title: str, text: str, whole: bool) -> None:
+    """Print a bench's section; write it into RESULTS.md when the bench ran whole (not on a subset)."""
+    print(text)
+    if whole:
+        replace_results_section(title, text)
+
+
 def chosen_entry(log: Path) -> str:
     """The entry `workbench stack` chose (its `chosen: <entry>` line)."""
     found = re.search(r"^chosen: ([^\s,]+)", log.read_text(), re.MULTILINE)

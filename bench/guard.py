@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from bench.common import chosen_entry, machine_description, markdown_table, replace_results_section
+from bench.common import chosen_entry, machine_description, markdown_table, publish
 from bench.robust import DATASETS, WORK_DIR, learned
 
 TITLE = "Guarded entries on the robustness datasets (bench.guard)"
@@ -122,9 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = tuple(board(stack_variant(args.work, name, args.config, guard)) for guard in (False, True))
         print(f"{name}: done", flush=True)
     text = section(results, args.config)
-    print(text)
-    if not args.only:
-        replace_results_section(TITLE, text)
+    publish(TITLE, text, whole=not args.only)
     return 0
 
 

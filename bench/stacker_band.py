@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from joblib import Parallel, delayed
 
-from bench.common import machine_description, markdown_table, replace_results_section
+from bench.common import machine_description, markdown_table, publish
 from bench.robust import DATASETS
 from bench.robust import WORK_DIR as ROBUST_DIR
 from bench.temperature import REGIME_DIR, REGIME_SETS
@@ -84,18 +84,15 @@ def honest_maps_dice(
     """{threshold: {image: Dice}} of the stacker's car-grouped cross-fit OOF maps, one fit per held-out fold."""
     from stacking.crossfit import fitting_folds
     from stacking.pixel_stacker import make_stacker
+    from stacking.robust import batch_dice
 
     out: dict[float, dict[str, float]] = {t: {} for t in thresholds}
     for k in source.all_folds:
         fitted = make_stacker(model, **params).fit(fitting_folds(source, k))
         for batch in source.folds([k]).batches():
-            proba, car = fitted.predict_proba(batch), np.asarray(batch.truth) > 0
+            proba = fitted.predict_proba(batch)
             for t in thresholds:
-                pred = proba >= t
-                tp = np.count_nonzero(pred & car, axis=(1, 2))
-                total = np.count_nonzero(pred, axis=(1, 2)) + np.count_nonzero(car, axis=(1, 2))
-                for img, d in zip(batch.ids, np.where(total == 0, 1.0, 2.0 * tp / np.maximum(total, 1))):
-                    out[t][img] = float(d)
+                out[t].update(zip(batch.ids, batch_dice(proba, np.asarray(batch.truth), t).tolist()))
     return out
 
 
@@ -214,9 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             markdown_table(["set", "cars", "photos", "gain over the best member"], twin_rows),
         ]
     )
-    print(text)
-    if not args.sets and args.models == ["lightgbm", "logistic"]:
-        replace_results_section(TITLE, text)
+    publish(TITLE, text, whole=not args.sets and args.models == ["lightgbm", "logistic"])
     return 0
 
 

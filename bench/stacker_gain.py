@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import machine_description, markdown_table, read_set, replace_results_section
+from bench.common import machine_description, markdown_table, publish, read_set
 from bench.temperature import REGIME_DIR, REGIME_SETS
 
 TITLE = "Regime: where LightGBM's gain over the best member comes from (bench.stacker_gain)"
@@ -129,9 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             markdown_table(header, rows),
         ]
     )
-    print(text)
-    if not args.sets:
-        replace_results_section(TITLE, text)
+    publish(TITLE, text, whole=not args.sets)
     return 0
 
 

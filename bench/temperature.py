@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import machine_description, markdown_table, replace_results_section
+from bench.common import machine_description, markdown_table, publish
 from bench.robust import DATASETS
 from bench.robust import WORK_DIR as ROBUST_DIR
 
@@ -117,9 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                         "temperature range per member over the outer folds"], rows),
         f"- {summary}.",
     ])
-    print(text)
-    if not args.sets:
-        replace_results_section(TITLE, text)
+    publish(TITLE, text, whole=not args.sets)
     return 0
 
 

@@ -36,9 +36,9 @@ from stacking.maps import MapBatch, TrainMaps
 from stacking.uncertainty import Gain, paired_gains
 
 
-def batch_dice(proba: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """Per-image Dice (n,) float64 of maps (n, H, W) thresholded at 0.5 vs truths (n, H, W) 0/1."""
-    pred = proba >= 0.5
+def batch_dice(proba: np.ndarray, truth: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """Per-image Dice (n,) float64 of maps (n, H, W) thresholded at `threshold` vs truths (n, H, W) 0/1."""
+    pred = proba >= threshold
     car = truth > 0
     tp = np.count_nonzero(pred & car, axis=(1, 2))
     total = np.count_nonzero(pred, axis=(1, 2)) + np.count_nonzero(car, axis=(1, 2))
