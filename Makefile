@@ -7,7 +7,7 @@ CONFIG ?= configs/demo.yaml
 RUN ?= runs/$(basename $(notdir $(CONFIG)))
 LIB := carvana folds oof zoo stacking workbench
 
-.PHONY: setup setup-gpu lint fix test test-fast demo folds fold-train stack tune submit blend dashboard tensorboard bench bench-robust bench-scale bench-import bench-pseudo bench-regime bench-guard bench-temperature bench-stacker-band clean-demo
+.PHONY: setup setup-gpu lint fix test test-fast demo folds fold-train stack tune submit blend dashboard tensorboard bench bench-robust bench-scale bench-import bench-pseudo bench-calibrate bench-regime bench-guard bench-temperature bench-stacker-band clean-demo
 
 setup: $(VENV)/.installed
 
@@ -67,6 +67,9 @@ bench-import: setup
 
 bench-pseudo: setup
 	$(PY) -m bench.pseudo_round
+
+bench-calibrate: setup  # bench.calibrated's comparable members against the published spread, on 3 car sets
+	$(PY) -m bench.calibrate
 
 bench-regime: setup  # then where LightGBM's gain comes from on its runs (bench.stacker_gain, seconds)
 	$(PY) -m bench.regime && $(PY) -m bench.stacker_gain

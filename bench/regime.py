@@ -31,16 +31,16 @@ WORK_DIR = REPO / "bench" / "_scratch" / "regime"
 
 COMPARABLE = [
     Style("m_a"),
-    Style("m_b", bias=0.2, offset=1.8),
-    Style("m_c", softness=1.2, offset=1.6),
+    Style("m_b", bias=0.2, offset=1.6),
+    Style("m_c", softness=1.2, offset=1.4),
     Style("m_d", thin=9),
 ]
 SETS: dict[str, list[Style]] = {
-    "comparable": [*COMPARABLE, Style("m_e", offset=1.75, fold_noise=1.0)],
-    "one-dominant": [Style("top", offset=1.3, fold_noise=0.7, thin=5, roof=4.0), *COMPARABLE[1:]],
+    "comparable": [*COMPARABLE, Style("m_e", offset=1.55, fold_noise=0.9)],
+    "one-dominant": [Style("top", offset=1.15, fold_noise=0.6, thin=5, roof=2.5), *COMPARABLE[1:]],
     "failed-fold": [*COMPARABLE, Style("m_f", weak_fold=2)],
     "correlated-pair": [*COMPARABLE, Style("m_a2", softness=1.0, twin="m_a")],
-    "some-angles": [*COMPARABLE, Style("m_g", offset=1.2, weak_angles=(1, 2, 3, 14, 15, 16))],
+    "some-angles": [*COMPARABLE, Style("m_g", offset=1.05, weak_angles=(1, 2, 3, 14, 15, 16))],
 }
 
 

@@ -39,13 +39,13 @@ TEMPLATE_CARS = (4, 2)  # rendered train and test studio cars whose photos and m
 # Members at Carvana's accuracy (bench.calibrated), named after configs/kaggle.yaml's zoo: the low-resolution
 # ones softer and with wider missed thin parts, the Keras one biased out, one failing in a fold.
 MEMBERS = [
-    Style("unet_resnet34_512", softness=1.4, offset=1.9, thin=11),
-    Style("unet_resnet34_1024", offset=1.75),
-    Style("fpn_efficientnet-b0_1024", offset=1.8, bias=-0.2),
-    Style("unet_efficientnet-b0_1024", offset=1.7, thin=9),
-    Style("keras_unet_1024", offset=1.8, bias=0.3, weak_fold=3),
-    Style("unet_resnet34_1280", offset=1.6),
-    Style("linknet_resnet34_1280", offset=1.65, softness=1.0),
+    Style("unet_resnet34_512", softness=1.4, offset=1.7, thin=11),
+    Style("unet_resnet34_1024", offset=1.55),
+    Style("fpn_efficientnet-b0_1024", offset=1.6, bias=-0.2),
+    Style("unet_efficientnet-b0_1024", offset=1.5, thin=9),
+    Style("keras_unet_1024", offset=1.6, bias=0.3, weak_fold=3),
+    Style("unet_resnet34_1280", offset=1.4),
+    Style("linknet_resnet34_1280", offset=1.45, softness=1.0),
 ]
 
 

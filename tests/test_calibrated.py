@@ -36,3 +36,18 @@ def test_a_roof_blob_moves_the_members_boundary():
     assert moved.size > 0
     weight = dict(zip(photo.band.tolist(), sum(photo.bumps).tolist()))
     assert all(weight.get(i, 0.0) > 1e-3 for i in moved.tolist())  # only where a blob is
+
+
+def test_calibrate_scores_every_photo_and_a_perfect_member_at_one(tmp_path):
+    """bench.calibrate's yardstick: each member's OOF and fold-mean maps and the plain mean are scored on every
+    train photo; a member with no error is the truth (Dice 1), an erring one is not."""
+    from bench.calibrate import measure
+    from carvana.synth import generate
+
+    generate(tmp_path, 2, 0, size=(240, 160), seed=0, progress=False)
+    perfect = Style("perfect", softness=0.05, offset=0.0, thin=0, roof=0.0, fold_noise=0.0)
+    scores = measure(tmp_path, [perfect, Style("m", offset=4.0)])
+    assert set(scores) == {"perfect", "perfect test", "m", "m test", "mean"}
+    assert all(len(values) == 32 for values in scores.values())
+    assert min(scores["perfect"]) == min(scores["perfect test"]) == 1.0
+    assert np.mean(scores["m"]) < 0.999
