@@ -184,7 +184,7 @@ def report(args: argparse.Namespace, n_train: int, n_test: int, stages: dict, si
     intro = ("(Run separately; `make bench-scale`.) "
              f"`python -m bench.scale --fraction {args.fraction} --test-fraction {args.test_fraction}` on "
              f"{machine_description()} (mean load average {stages['workbench stack']['load']:.1f} during `workbench "
-             f"stack`: above the core count, other jobs slowed it): {n_train} train photos ({n_train // 16} cars) and "
+             f"stack`, its own workers included): {n_train} train photos ({n_train // 16} cars) and "
              f"{n_test} test photos at {SIZE[0]}x{SIZE[1]}, {len(MEMBERS)} synthetic members, 5 folds, "
              f"configs/kaggle.yaml's stack section ({args.n_trials} trials per tuning study).")
     peak = stages["workbench stack"]["peak_rss"]
