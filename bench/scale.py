@@ -7,8 +7,9 @@ Builds in DIR: `data/` in the Kaggle layout with round(318 F) train cars and rou
 x 16 angles at 1918x1280 (a few studio cars are rendered and their photos and masks reused as hard
 links; every car has its own id, its row in the CSVs and its files), `config.yaml` (5 car-grouped
 folds, no zoo, `configs/kaggle.yaml`'s stack section), `run/folds.csv`, and a store of 7 members' OOF
-and test maps at 1918x1280 at Carvana's accuracy (`bench.calibrated`: members 0.994-0.996 on its template cars, errors partly
-shared, test maps as fold means; one member fails in one fold). Unless `--prepare-only`, runs `workbench
+and test maps at 1918x1280 at Carvana's accuracy (`bench.calibrated`: members 0.994-0.996 on its template
+cars, errors partly shared, test maps as fold means; one member fails in one fold). Unless `--prepare-only`,
+runs `workbench
 stack` and `workbench submit` as subprocesses, recording seconds, peak RSS of the process tree and bytes on
 disk, extrapolates linearly to the full competition, and writes the section to bench/RESULTS.md.
 """
