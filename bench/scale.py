@@ -9,9 +9,8 @@ links; every car has its own id, its row in the CSVs and its files), `config.yam
 folds, no zoo, `configs/kaggle.yaml`'s stack section), `run/folds.csv`, and a store of 7 members' OOF
 and test maps at 1918x1280 at Carvana's accuracy (`bench.calibrated`: members 0.994-0.996 on its template
 cars, errors partly shared, test maps as fold means; one member fails in one fold). Unless `--prepare-only`,
-runs `workbench
-stack` and `workbench submit` as subprocesses, recording seconds, peak RSS of the process tree and bytes on
-disk, extrapolates linearly to the full competition, and writes the section to bench/RESULTS.md.
+runs `workbench stack` and `workbench submit` as subprocesses, recording seconds, peak RSS of the process tree
+and bytes on disk, extrapolates linearly to the full competition, and writes the section to bench/RESULTS.md.
 """
 from __future__ import annotations
 
