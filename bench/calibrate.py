@@ -22,6 +22,7 @@ import numpy as np
 
 from bench.calibrated import Photo, Style, fold_mean_map, oof_map, rle_shape
 from bench.common import machine_description, markdown_table, publish
+from bench.regime import SETS
 from bench.scale import REPO, SIZE
 from carvana.dataset import read_rle_csv
 from carvana.rle import rle_decode
@@ -34,7 +35,7 @@ SEEDS, CARS = [0, 3, 7], 6  # the section in bench/RESULTS.md is written for the
 
 
 def car_set(work: Path, seed: int, n_cars: int) -> Path:
-    """WORK/seedN: `n_cars` studio cars at Kaggle's size (rendered once)."""
+    """WORK/seedS-carsN: `n_cars` studio cars at Kaggle's size, rendered once."""
     from carvana.synth import generate
 
     out = work / f"seed{seed}-cars{n_cars}"
@@ -81,8 +82,6 @@ def section(results: dict[int, dict[str, list[float]]], styles: list[Style], n_c
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench.regime import SETS
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=SEEDS, help="studio seeds: one car set each")
     parser.add_argument("--cars", type=int, default=CARS, help="cars per set (x 16 photos)")
