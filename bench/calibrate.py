@@ -31,6 +31,7 @@ from stacking.robust import batch_dice
 TITLE = "Calibrated members against the published spread (bench.calibrate)"
 WORK_DIR = REPO / "bench" / "_scratch" / "calibrate"
 N_FOLDS = 5
+HALF = 127.5  # p >= 0.5 on the 0-255 levels of the maps
 SEEDS, CARS = [0, 3, 7], 6  # the section in bench/RESULTS.md is written for these only
 
 
@@ -53,7 +54,7 @@ def measure(data: Path, styles: list[Style]) -> dict[str, list[float]]:
     scores: dict[str, list[float]] = {}
 
     def add(name: str, levels: np.ndarray, truth: np.ndarray) -> None:
-        scores.setdefault(name, []).append(float(batch_dice(levels[None] / 255.0, truth[None])[0]))
+        scores.setdefault(name, []).append(float(batch_dice(levels[None], truth[None], threshold=HALF)[0]))
 
     for img in sorted(rles):
         truth = rle_decode(rles[img], shape)

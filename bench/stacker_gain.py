@@ -1,7 +1,7 @@
 """Where the regime bench's LightGBM gain comes from (issue 19): the pixels it decides otherwise than the best member,
 by the generator's error they lie in.
 
-`bench.regime`'s LightGBM gains +0.0008 to +0.0023 honest OOF over the best member, 4-10x what real Carvana stacks
+`bench.regime`'s LightGBM gains +0.0007 to +0.0020 honest OOF over the best member, 3-10x what real Carvana stacks
 gained. `bench.stacker_band` ruled out memorised masks; this bench asks which of the generator's errors
 (`bench.calibrated`) the gain is made on. For each finished regime set, every train photo's OOF masks (map >= 0.5)
 of the best member and of the configured `lightgbm` entry (`workbench stack`'s stored maps) are compared with the
@@ -27,6 +27,7 @@ import numpy as np
 
 from bench.common import machine_description, markdown_table, publish, read_set
 from bench.temperature import REGIME_DIR, REGIME_SETS
+from stacking.robust import batch_dice
 
 TITLE = "Regime: where LightGBM's gain over the best member comes from (bench.stacker_gain)"
 REGIONS = ("thin", "roof", "boundary")
@@ -51,8 +52,7 @@ def dice_parts(member: np.ndarray, stacked: np.ndarray, truth: np.ndarray, label
     """(each region's first-order part of Dice(stacked) - Dice(member), that exact difference), one photo."""
 
     def dice(pred: np.ndarray) -> float:
-        total = pred.sum() + truth.sum()
-        return 1.0 if total == 0 else 2 * np.count_nonzero(pred & truth) / total
+        return float(batch_dice(pred[None], truth[None], threshold=1)[0])
 
     base, size = dice(member), member.sum() + truth.sum()
     changed = member != stacked
