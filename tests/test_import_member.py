@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import re
+import shutil
 from pathlib import Path
 
 import cv2
@@ -185,6 +186,7 @@ def test_members_in_four_formats_import_at_full_resolution_score_as_their_files_
         expected[name] = independent_oof_dice(oof_dir, data, logits=fmt == "npy-logits")
         meta = Store(tmp_path / "run" / "oof").metadata(name)
         assert meta["spec"]["imported"]["n_files"] == 64 and meta["spec"]["imported"]["sources"]["oof"]
+        shutil.rmtree(tmp_path / name)  # the store holds its own copy now; 600 MB of float maps per format
 
     result = run_cli("stack", "--config", str(config))
     assert result.returncode == 0, result.stderr
