@@ -243,3 +243,20 @@ def test_a_checkpoint_of_another_shape_is_a_user_error(one_epoch):
         KerasMember(dataclasses.replace(SPEC, filters=16), [one_epoch / "best.weights.h5"])
     with pytest.raises(WorkbenchError, match="missing"):
         KerasMember(SPEC, [one_epoch / "nothing.weights.h5"])
+
+
+@pytest.mark.slow
+def test_fold_train_runs_a_keras_member_before_a_pytorch_one(tiny_data, tmp_path):
+    """A config may list its members in any order: a Keras job loads TensorFlow, and the PyTorch job after it in
+    the same process loads Triton (through torchvision), which used to segfault the whole `fold-train`."""
+    from tests.conftest import run_cli
+
+    config = tmp_path / "mixed.yaml"
+    config.write_text(
+        f"data: {tiny_data}\nrun_dir: {tmp_path / 'run'}\nfolds: {{n_folds: 2}}\n"
+        "zoo:\n  train: {epochs: 1, batch_size: 8}\n  members: [keras_unet_64, unet_resnet18_64]\n"
+    )
+    result = run_cli("fold-train", "--config", str(config))
+    assert result.returncode == 0, result.stderr[-2000:]
+    for member in ["keras_unet_64", "unet_resnet18_64"]:
+        assert f"{member}/fold1: trained" in result.stdout + result.stderr, member

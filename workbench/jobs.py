@@ -159,7 +159,9 @@ def _compute_settings(config: ExperimentConfig, spec: MemberSpec | None) -> dict
 
 def _keras_threads(threads: int | None) -> str:
     """TensorFlow's thread pools sized like PyTorch's (when TensorFlow has not started yet); its version."""
-    import tensorflow as tf
+    from zoo.keras_models import import_tensorflow
+
+    tf = import_tensorflow()
 
     if threads:
         with contextlib.suppress(RuntimeError):  # already initialised in this process: its pools stay

@@ -13,15 +13,23 @@ import sys
 from zoo.spec import MemberSpec
 
 
-def load_keras():
-    """(tensorflow, keras), configured once: quiet logs, all cores, mixed precision on a GPU."""
+def import_tensorflow():
+    """The tensorflow module, imported quietly and safely: whatever may be a process's first import of
+    TensorFlow goes through here. Triton (which torch.optim and torchvision load through torch._dynamo)
+    segfaults when it is imported after TensorFlow, so a process that runs both families (a Keras member,
+    then a PyTorch one) must load it first."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if "tensorflow" not in sys.modules and importlib.util.find_spec("triton") is not None:
-        # Triton (which torch.optim loads through torch._dynamo) segfaults when imported after
-        # TensorFlow, so a process that trains both families must load it first.
         import triton  # noqa: F401
-    import keras
     import tensorflow as tf
+
+    return tf
+
+
+def load_keras():
+    """(tensorflow, keras), configured once: quiet logs, all cores, mixed precision on a GPU."""
+    tf = import_tensorflow()
+    import keras
 
     if not getattr(load_keras, "done", False):
         try:  # only possible before TensorFlow's runtime starts; later calls keep the first setting
