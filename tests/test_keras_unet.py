@@ -249,7 +249,7 @@ def test_a_checkpoint_of_another_shape_is_a_user_error(one_epoch):
 def test_fold_train_runs_a_keras_member_before_a_pytorch_one(tiny_data, tmp_path):
     """A config may list its members in any order: a Keras job loads TensorFlow, and the PyTorch job after it in
     the same process loads Triton (through torchvision), which used to segfault the whole `fold-train`."""
-    from tests.conftest import run_cli
+    from tests.conftest import run_cli  # not at the top: a subprocess below imports this module bare
 
     config = tmp_path / "mixed.yaml"
     config.write_text(
