@@ -26,6 +26,7 @@ from collections.abc import Iterator
 __all__ = ["during_interrupt", "interrupts_deferred", "quiet_optuna_interrupts", "relay_interrupts"]
 
 RELAY = signal.SIGUSR1  # how the relay thread wakes the main thread; no terminal sends it
+QUIET_TRACKER = "ignore:resource_tracker:UserWarning"  # a warnings filter, as PYTHONWARNINGS takes it
 
 
 def relay_interrupts() -> None:
@@ -38,6 +39,10 @@ def relay_interrupts() -> None:
     # Python 3.11's resource tracker lifts SIGINT's block in the thread that starts it (SIG_UNBLOCK, not the
     # previous mask): started now, before the block, it never starts later.
     resource_tracker.ensure_running()
+    # joblib's own tracker (loky's, started later from this environment) removes the memmapping folder of a pool
+    # that a Ctrl-C stopped mid-task and says so in a UserWarning after the command's `interrupted` line
+    filters = [f for f in os.environ.get("PYTHONWARNINGS", "").split(",") if f and f != QUIET_TRACKER]
+    os.environ["PYTHONWARNINGS"] = ",".join([*filters, QUIET_TRACKER])
     read_end, write_end = os.pipe()
     os.set_blocking(write_end, False)
     signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
