@@ -260,3 +260,22 @@ def test_fold_train_runs_a_keras_member_before_a_pytorch_one(tiny_data, tmp_path
     assert result.returncode == 0, result.stderr[-2000:]
     for member in ["keras_unet_64", "unet_resnet18_64"]:
         assert f"{member}/fold1: trained" in result.stdout + result.stderr, member
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: `compute.threads` 1 is also all cores")
+def test_compute_threads_hold_for_a_keras_member():
+    """A job sizes TensorFlow's pools to `compute.threads`; building the member later must not reset them to
+    all cores (TensorFlow's pools are per process, so this runs in a fresh one)."""
+    code = (
+        "from workbench.jobs import _keras_threads\n"
+        "from zoo.keras_models import build_keras_unet, load_keras\n"
+        "from zoo.spec import MemberSpec\n"
+        "_keras_threads(1)\n"
+        "tf, _ = load_keras()\n"
+        "build_keras_unet(MemberSpec(name='k', arch='keras_unet', height=32, width=32))\n"
+        "print(tf.config.threading.get_intra_op_parallelism_threads(),"
+        " tf.config.threading.get_inter_op_parallelism_threads())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-2:] == ["1", "1"]

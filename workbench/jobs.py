@@ -161,13 +161,7 @@ def _keras_threads(threads: int | None) -> str:
     """TensorFlow's thread pools sized like PyTorch's (when TensorFlow has not started yet); its version."""
     from zoo.keras_models import import_tensorflow
 
-    tf = import_tensorflow()
-
-    if threads:
-        with contextlib.suppress(RuntimeError):  # already initialised in this process: its pools stay
-            tf.config.threading.set_intra_op_parallelism_threads(threads)
-            tf.config.threading.set_inter_op_parallelism_threads(threads)
-    return tf.__version__
+    return import_tensorflow(threads).__version__
 
 
 def _cpu() -> tuple[str, list[str]]:

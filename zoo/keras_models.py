@@ -13,30 +13,36 @@ import sys
 from zoo.spec import MemberSpec
 
 
-def import_tensorflow():
+def import_tensorflow(threads: int | None = None):
     """The tensorflow module, imported quietly and safely: whatever may be a process's first import of
     TensorFlow goes through here. Triton (which torch.optim and torchvision load through torch._dynamo)
     segfaults when it is imported after TensorFlow, so a process that runs both families (a Keras member,
-    then a PyTorch one) must load it first."""
+    then a PyTorch one) must load it first.
+
+    The one home of TensorFlow's thread pools: `threads` sizes them (the workbench's `compute.threads`);
+    the first call without it, all cores. Only possible before TensorFlow's runtime starts; after that the
+    first setting stays."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if "tensorflow" not in sys.modules and importlib.util.find_spec("triton") is not None:
         import triton  # noqa: F401
     import tensorflow as tf
 
+    if threads or not getattr(import_tensorflow, "threads_set", False):
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads or os.cpu_count() or 1)
+            tf.config.threading.set_inter_op_parallelism_threads(threads or os.cpu_count() or 1)
+        except RuntimeError:
+            pass
+        import_tensorflow.threads_set = True
     return tf
 
 
 def load_keras():
-    """(tensorflow, keras), configured once: quiet logs, all cores, mixed precision on a GPU."""
+    """(tensorflow, keras), configured once: quiet logs, GPU memory as needed, mixed precision on a GPU."""
     tf = import_tensorflow()
     import keras
 
     if not getattr(load_keras, "done", False):
-        try:  # only possible before TensorFlow's runtime starts; later calls keep the first setting
-            tf.config.threading.set_intra_op_parallelism_threads(os.cpu_count() or 1)
-            tf.config.threading.set_inter_op_parallelism_threads(os.cpu_count() or 1)
-        except RuntimeError:
-            pass
         gpus = tf.config.list_physical_devices("GPU")
         for gpu in gpus:
             try:  # take GPU memory as needed, not all of it up front
