@@ -158,7 +158,8 @@ def write_leaderboard(
         if keep(row)
     }
     rows.update({e.entry: e.row() for e in entries})
-    ordered = sorted(rows.values(), key=lambda r: -float(r["oof_mean_dice"]))
+    exact = {e.entry: e.oof_mean_dice for e in entries}  # the order `stacking.choice` sees, not the rounded one
+    ordered = sorted(rows.values(), key=lambda r: -exact.get(r["entry"], float(r["oof_mean_dice"])))
     columns = LEADING_COLUMNS + sorted(
         {c for r in ordered for c in r} - set(LEADING_COLUMNS),
         key=lambda c: (

@@ -174,3 +174,13 @@ def test_the_leaderboard_records_the_choice_and_keeps_its_order(tmp_path):
     assert marked == {"a": ("chosen", choice.reason), PLAIN_MEAN: ("second", choice.second_reason)}
     kept = write_leaderboard(path, [], keep=lambda row: row["kind"] == "member")
     assert all(not r.get("choice") for r in kept) and chosen_row(kept)["entry"] == "a"
+
+
+def test_the_leaderboard_orders_by_the_exact_score_where_rounding_ties(tmp_path):
+    """Two entries 1e-7 apart print the same six decimals; the leaderboard's top row is the one `choose`
+    calls the best (the demo's summary names the top row), not whichever came first."""
+    first, better = entry("first", "ensemble", base()), entry("better", "postprocess", base() + 1e-7)
+    assert first.row()["oof_mean_dice"] == better.row()["oof_mean_dice"]
+    rows = write_leaderboard(tmp_path / "leaderboard.csv", [first, better])
+    assert [r["entry"] for r in rows] == ["better", "first"]
+    assert max([first, better], key=lambda s: s.oof_mean_dice).entry == "better"
