@@ -12,6 +12,8 @@ import sys
 
 from zoo.spec import MemberSpec
 
+_threads_set = False  # TensorFlow's thread pools were sized in this process (import_tensorflow)
+
 
 def import_tensorflow(threads: int | None = None):
     """The tensorflow module, imported quietly and safely: whatever may be a process's first import of
@@ -27,13 +29,14 @@ def import_tensorflow(threads: int | None = None):
         import triton  # noqa: F401
     import tensorflow as tf
 
-    if threads or not getattr(import_tensorflow, "threads_set", False):
+    global _threads_set
+    if threads or not _threads_set:
         try:
             tf.config.threading.set_intra_op_parallelism_threads(threads or os.cpu_count() or 1)
             tf.config.threading.set_inter_op_parallelism_threads(threads or os.cpu_count() or 1)
         except RuntimeError:
             pass
-        import_tensorflow.threads_set = True
+        _threads_set = True
     return tf
 
 
