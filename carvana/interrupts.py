@@ -16,10 +16,12 @@ the SIGINT handler (KeyboardInterrupt by default).
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import logging
 import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -27,6 +29,7 @@ __all__ = ["during_interrupt", "interrupts_deferred", "quiet_optuna_interrupts",
 
 RELAY = signal.SIGUSR1  # how the relay thread wakes the main thread; no terminal sends it
 QUIET_TRACKER = "ignore:resource_tracker:UserWarning"  # a warnings filter, as PYTHONWARNINGS takes it
+REDELIVER_AFTER = 0.05  # seconds: a Ctrl-C lost in a finaliser is raised again this long after
 
 
 def relay_interrupts() -> None:
@@ -51,6 +54,23 @@ def relay_interrupts() -> None:
     # Started before the block, so the relay thread is one that the kernel may hand SIGINT to.
     threading.Thread(target=_relay, args=(read_end, main), name="sigint-relay", daemon=True).start()
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    sys.unraisablehook = _redeliver_interrupts(sys.unraisablehook)
+
+
+def _redeliver_interrupts(previous):
+    """An unraisablehook: a Ctrl-C whose KeyboardInterrupt was raised inside a finaliser or callback (Python
+    prints "Exception ignored in" and goes on, so the command would finish as if never stopped) is delivered
+    to the main thread again, to be raised in its next ordinary line; anything else goes to `previous`."""
+
+    def hook(unraisable) -> None:
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):  # once the hook has returned: raised in it, lost
+            later = threading.Timer(REDELIVER_AFTER, _thread.interrupt_main, args=(signal.SIGINT,))
+            later.daemon = True
+            later.start()
+        else:
+            previous(unraisable)
+
+    return hook
 
 
 def _relay(read_end: int, main: int) -> None:
