@@ -131,5 +131,7 @@ def test_a_ctrl_c_raised_inside_a_finaliser_is_not_lost():
         "except KeyboardInterrupt:\n"
         "    print('interrupted')\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60, preexec_fn=_terminal_sigint
+    )
     assert done.stdout.strip() == "interrupted" and "Exception ignored" not in done.stderr, done.stderr
