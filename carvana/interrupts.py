@@ -8,7 +8,9 @@ and never sees the terminal's signal; the command stops its workers itself (pool
 shuts down). The signal still reaches the command: the kernel hands it to a thread that does not block it, whose
 C-level handler marks it for the main thread and writes its number to the wakeup pipe; a relay thread reading
 that pipe sends the main thread SIGUSR1, which wakes a blocking call as SIGINT would, and the main thread runs
-the SIGINT handler (KeyboardInterrupt by default).
+the SIGINT handler (KeyboardInterrupt by default). Where that KeyboardInterrupt is raised inside a finaliser
+(Python prints "Exception ignored" and goes on), the `sys.unraisablehook` it sets delivers it to the main thread
+again a moment later, so a Ctrl-C is never lost.
 
 `quiet_optuna_interrupts()` drops Optuna's report of the trial a Ctrl-C ended (a traceback of the objective and
 "failed with value None"): the command's one `interrupted` line says it.

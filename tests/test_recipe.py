@@ -259,3 +259,61 @@ def test_tensorboard_serves_a_fold_s_validation_dice(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_the_prior_bias_is_the_log_odds_of_the_fold_car_share():
+    from zoo.recipe import prior_logit
+
+    masks = np.zeros((4, 10, 10), np.uint8)
+    masks[0, :2] = 1  # 20% car
+    masks[1, :5] = 1  # 50%
+    assert prior_logit(masks, np.array([0, 1])) == pytest.approx(math.log(0.35 / 0.65))
+    assert prior_logit(masks, np.array([0])) == pytest.approx(math.log(0.2 / 0.8))  # only the fold's images
+    assert prior_logit(masks, np.array([2, 3])) == pytest.approx(math.log(1e-3 / (1 - 1e-3)))  # no car: clipped
+    assert prior_logit(masks, np.array([], int)) == 0.0
+
+
+def test_the_output_layer_is_the_last_one_channel_convolution():
+    from torch import nn
+
+    from zoo.torch_models import SimpleCNN, build_torch_model, output_layer
+
+    smp_model = build_torch_model(BASE)
+    assert output_layer(smp_model) is smp_model.segmentation_head[0]
+    cnn = SimpleCNN()
+    assert output_layer(cnn) is cnn.layers[-1]
+    assert output_layer(nn.Sequential(nn.Conv2d(3, 1, 1, bias=False))) is None  # nothing to set
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("framework", ["torch", "keras"])
+def test_both_loops_start_the_output_bias_at_the_prior(framework, tmp_path):
+    """With a learning rate too small to move it, the trained output bias is where the loop started it."""
+    from zoo.recipe import prior_logit
+
+    data = tiny_fold_data()
+    expected = prior_logit(data.masks, data.train_idx)
+    biases = {}
+    for prior in (True, False):
+        folder = tmp_path / str(prior)
+        folder.mkdir()
+        train = TrainConfig(epochs=1, batch_size=4, augment=False, lr=1e-12, prior_bias=prior)
+        if framework == "torch":
+            from zoo.torch_models import build_torch_model, output_layer
+
+            train_fold(dataclasses.replace(BASE, train=train), data, folder, progress=False)
+            model = build_torch_model(BASE)
+            model.load_state_dict(torch.load(folder / "best.pt", weights_only=True)["model"])
+            biases[prior] = float(output_layer(model).bias[0])
+        else:
+            pytest.importorskip("tensorflow")
+            from zoo.keras_models import build_keras_unet
+            from zoo.train_keras import train_keras_fold
+
+            spec = dataclasses.replace(MEMBERS["keras_unet_64"], train=train)
+            model = build_keras_unet(spec)
+            model.load_weights(train_keras_fold(spec, data, folder, progress=False))
+            biases[prior] = float(np.asarray(model.get_layer("logits").bias)[0])
+    assert expected < -0.5  # the tiny cars cover well under half of each photo
+    assert biases[True] == pytest.approx(expected, abs=1e-4)
+    assert abs(biases[False]) < 0.2  # as the network was built

@@ -22,6 +22,7 @@ from zoo.train_device import DeviceSettings, loader_workers, resolve_train_devic
 
 SPEC = MEMBERS["unet_test_resnet_64"]
 KNOWN_HASH = "9b612c716d49f586"  # unet_test_resnet_64's hash before these settings existed
+BEFORE = {"prior_bias": False}  # the recipe of those days: the output bias started where the network built it
 
 
 def test_cpu_defaults_are_the_demos():
@@ -58,14 +59,16 @@ def test_explicit_settings_win_on_either_device():
 def test_defaults_keep_old_spec_and_hash():
     """The catalogue member hashes as before the settings existed; loading settings never enter the hash, the
     ones that may change results enter the spec (and its hash) only when set."""
-    assert SPEC.hash == KNOWN_HASH
+    before = dataclasses.replace(SPEC, train=TrainConfig(**BEFORE))
+    assert before.hash == KNOWN_HASH
+    assert SPEC.to_dict()["train"]["prior_bias"] is True and SPEC.hash != KNOWN_HASH  # today's recipe: a new hash
     assert not {"persistent_workers", "prefetch_factor", "channels_last", "precision", "compile"} & set(
-        SPEC.to_dict()["train"]
+        before.to_dict()["train"]
     )
     for loading in [{"num_workers": 4}, {"persistent_workers": False}, {"prefetch_factor": 6}]:
-        assert dataclasses.replace(SPEC, train=TrainConfig(**loading)).hash == KNOWN_HASH
+        assert dataclasses.replace(SPEC, train=TrainConfig(**BEFORE, **loading)).hash == KNOWN_HASH
     for shaping in [{"channels_last": True}, {"channels_last": False}, {"precision": "bfloat16"}, {"compile": True}]:
-        changed = dataclasses.replace(SPEC, train=TrainConfig(**shaping))
+        changed = dataclasses.replace(SPEC, train=TrainConfig(**BEFORE, **shaping))
         key, value = next(iter(shaping.items()))
         assert changed.to_dict()["train"][key] == value and changed.hash != KNOWN_HASH
 

@@ -31,9 +31,10 @@ def import_tensorflow(threads: int | None = None):
 
     global _threads_set
     if threads or not _threads_set:
+        pool = threads or os.cpu_count() or 1
         try:
-            tf.config.threading.set_intra_op_parallelism_threads(threads or os.cpu_count() or 1)
-            tf.config.threading.set_inter_op_parallelism_threads(threads or os.cpu_count() or 1)
+            tf.config.threading.set_intra_op_parallelism_threads(pool)
+            tf.config.threading.set_inter_op_parallelism_threads(pool)
         except RuntimeError:
             pass
         _threads_set = True

@@ -59,6 +59,7 @@ class TrainConfig:
     crop: tuple[int, int] | None = None  # [h, w] random crops of the padded photo (None = whole photos)
     schedule: str = "plateau"  # plateau | cosine | cyclic (cosine restarts every `cycle_epochs`)
     warmup_epochs: int = 0  # linear LR warm-up before the schedule
+    prior_bias: bool = True  # the output layer's bias starts at the log-odds of the fold's car share (zoo.recipe)
     cycle_epochs: int = 10  # cyclic: epochs per cycle
     ema: float = 0.0  # decay of an exponential moving average of the weights (0 = off; 0.999 typical)
     swa_epochs: int = 0  # average the weights of the last N epochs (stochastic weight averaging; 0 = off)
@@ -264,8 +265,9 @@ class MemberSpec:
 
     def to_dict(self) -> dict:
         """The spec as plain data. Outside arch custom the builder's fields are left out while unset, and so are
-        the pseudo-label fields, the training's machine settings added later (`DEVICE_FIELDS`) and
-        `predict.compile`, so the specs and hashes of members made before those fields existed stay the same."""
+        the pseudo-label fields, the training's machine settings added later (`DEVICE_FIELDS`), `predict.compile`
+        and `train.prior_bias` when off, so the specs and hashes of members made before those fields existed stay
+        the same (a member trained with the prior bias, the default since, has a new hash and is retrained)."""
         spec = dataclasses.asdict(self)
         for key, default in BUILDER_FIELDS.items():
             if self.arch != CUSTOM and spec[key] == default:
@@ -278,6 +280,8 @@ class MemberSpec:
                 del spec["train"][key]
         if not self.predict.compile:  # added later: the specs of members made before it stay the same
             del spec["predict"]["compile"]
+        if not self.train.prior_bias:  # the recipe before the prior bias: those members' hashes stay
+            del spec["train"]["prior_bias"]
         return spec
 
     def __hash__(self) -> int:  # `builder_args` is a dict, which Python cannot hash: use the spec's sha256

@@ -35,6 +35,25 @@ class SimpleCNN(nn.Module):
         return self.layers(x)
 
 
+def output_layer(model: nn.Module) -> nn.Conv2d | nn.ConvTranspose2d | None:
+    """The network's output layer, whose bias `train.prior_bias` sets: the last registered 2-D convolution with
+    one output channel and a bias (smp's segmentation head, SimpleCNN's last conv); None for a network without."""
+    found = [
+        module
+        for module in model.modules()
+        if isinstance(module, nn.Conv2d | nn.ConvTranspose2d) and module.out_channels == 1 and module.bias is not None
+    ]
+    return found[-1] if found else None
+
+
+def set_output_bias(model: nn.Module, value: float) -> None:
+    """Set the bias of the network's `output_layer` to `value` (nothing for a network without one)."""
+    layer = output_layer(model)
+    if layer is not None and layer.bias is not None:
+        with torch.no_grad():
+            layer.bias.fill_(value)
+
+
 def build_torch_model(spec: MemberSpec) -> nn.Module:
     """An untrained model for `spec` that maps (N, 3, H, W) float images to (N, 1, H, W) logits."""
     if spec.arch == "simple_cnn":

@@ -32,7 +32,17 @@ from zoo.geometry import training_pair
 from zoo.keras_losses import segmentation_loss
 from zoo.keras_member import keras_net
 from zoo.keras_models import build_keras_unet, load_keras
-from zoo.recipe import end_epoch, epoch_lr, epoch_seed, evaluate, fold_seed, keep_training, new_state, overlay_maps
+from zoo.recipe import (
+    end_epoch,
+    epoch_lr,
+    epoch_seed,
+    evaluate,
+    fold_seed,
+    keep_training,
+    new_state,
+    overlay_maps,
+    prior_logit,
+)
 from zoo.spec import MemberSpec, TrainConfig
 from zoo.torch_losses import border_px
 from zoo.train_log import write_log
@@ -52,6 +62,8 @@ def train_keras_fold(
     work_dir.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(fold_seed(cfg, data.fold))
     model = build_keras_unet(spec)
+    if cfg.prior_bias:
+        model.get_layer("logits").bias.assign([prior_logit(data.masks, data.train_idx)])
     optimizer = _build_optimizer(keras, cfg)
     optimizer.build(model.trainable_variables)
     last_path, best_path = work_dir / "last.npz", work_dir / "best.weights.h5"

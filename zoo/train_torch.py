@@ -38,11 +38,12 @@ from zoo.recipe import (
     keep_training,
     new_state,
     overlay_maps,
+    prior_logit,
 )
 from zoo.spec import MemberSpec
 from zoo.torch_losses import border_px, segmentation_loss
 from zoo.torch_member import amp_dtype, device_and_amp, seed_everything, torch_net
-from zoo.torch_models import build_torch_model, check_logits, input_stats
+from zoo.torch_models import build_torch_model, check_logits, input_stats, set_output_bias
 from zoo.train_batches import train_loader
 from zoo.train_device import DeviceSettings, resolve_train_device
 from zoo.train_log import write_log
@@ -62,6 +63,8 @@ def train_fold(
     run = resolve_train_device(cfg, device.type, str(amp_dtype(device)).removeprefix("torch."))
     seed_everything(fold_seed(cfg, data.fold))
     model = build_torch_model(spec).to(device)
+    if cfg.prior_bias:
+        set_output_bias(model, prior_logit(data.masks, data.train_idx))
     if run.channels_last:
         model = model.to(memory_format=torch.channels_last)
     stepped = torch.compile(model) if run.compile else model  # checkpoints keep the plain module's state_dict
