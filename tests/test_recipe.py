@@ -304,7 +304,7 @@ def test_both_loops_start_the_output_bias_at_the_prior(framework, tmp_path):
             train_fold(dataclasses.replace(BASE, train=train), data, folder, progress=False)
             model = build_torch_model(BASE)
             model.load_state_dict(torch.load(folder / "best.pt", weights_only=True)["model"])
-            biases[prior] = float(output_layer(model).bias[0])
+            biases[prior] = float(output_layer(model).bias.detach()[0])
         else:
             pytest.importorskip("tensorflow")
             from zoo.keras_models import build_keras_unet
