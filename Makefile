@@ -7,7 +7,7 @@ CONFIG ?= configs/demo.yaml
 RUN ?= runs/$(basename $(notdir $(CONFIG)))
 LIB := carvana folds oof zoo stacking workbench
 
-.PHONY: setup setup-gpu lint fix test test-fast demo folds fold-train stack tune submit blend dashboard tensorboard bench bench-robust bench-scale bench-import bench-pseudo bench-calibrate bench-regime bench-guard bench-temperature bench-stacker-band clean-demo
+.PHONY: setup setup-gpu lint fix test test-fast demo folds fold-train stack tune submit blend dashboard tensorboard bench bench-robust bench-scale bench-import bench-pseudo bench-calibrate bench-regime bench-guard bench-monotone bench-temperature bench-stacker-band clean-demo
 
 setup: $(VENV)/.installed
 
@@ -75,7 +75,10 @@ bench-regime: setup  # then where LightGBM's gain comes from on its runs (bench.
 	$(PY) -m bench.regime && $(PY) -m bench.stacker_gain
 
 bench-guard: setup  # after bench-robust: re-stacks its runs with stack.guard off and on
-	$(PY) -m bench.guard
+	$(PY) -m bench.stack_option --option guard
+
+bench-monotone: setup  # after bench-robust: re-stacks its runs with stack.monotone off and on
+	$(PY) -m bench.stack_option --option monotone
 
 bench-temperature: setup  # after bench-robust and bench-regime: blends with per-member temperatures
 	$(PY) -m bench.temperature

@@ -62,15 +62,10 @@ def open_source(run_dir: Path, config: Path, data: Path | None) -> tuple[Experim
 
 def variants(cfg: ExperimentConfig) -> Iterator[tuple[str, dict]]:
     """(label, PixelStacker parameters): the configured stacker first, then one setting changed at a time."""
+    from workbench.entries import stacker_params
+
     stack = cfg.stack
-    configured = {
-        "lo": stack.band[0],
-        "hi": stack.band[1],
-        "max_pixels": stack.max_pixels,
-        "random_state": cfg.seed,
-        "max_band_share": stack.max_band_share,
-        "weighting": stack.weighting,
-    }
+    configured = stacker_params(cfg)
     yield "configured", configured
     for lo in BANDS:
         if not np.isclose(lo, stack.band[0]):

@@ -18,6 +18,7 @@ from stacking.features import (
     band_mask,
     feature_names,
     pixel_features,
+    rising_features,
     sample_band_features,
     window_sides,
 )
@@ -316,3 +317,38 @@ def test_a_band_predicted_in_chunks_equals_one_chunk(toy, model, monkeypatch):
     whole = stacker.predict_proba(batch(X[8:], angles[8:]))
     monkeypatch.setattr(pixel_stacker, "PREDICT_CHUNK", 7)
     np.testing.assert_array_equal(stacker.predict_proba(batch(X[8:], angles[8:])), whole)
+
+
+def test_rising_features_are_the_members_beliefs_and_their_consensus():
+    names = feature_names(3)
+    rising = [name for name, up in zip(names, rising_features(3)) if up]
+    assert rising == ["p_0", "p_1", "p_2", "logit_0", "logit_1", "logit_2",
+                      "mean", "min", "max", "context_small", "context_large"]
+
+
+@pytest.mark.parametrize("monotone", [True, False])
+def test_monotone_lightgbm_only_rises_with_a_members_probability(toy, monotone):
+    """Raising one member's probability and logit (the rest equal) never lowers the monotone model's answer; the
+    free model's answer falls somewhere on the same rows, so the check can fail."""
+    X, y, angles = toy
+    stacker = PixelStacker(max_pixels=20_000, monotone=monotone).fit(train(X[:8], y[:8], angles[:8]))
+    rows = sample_band_features(stream(X[8:], y[8:], angles[8:]), *band_levels(0.02, 0.98), 20_000).features
+    before = stacker.model_.predict_proba(rows)[:, 1]
+    drops = []
+    for m in range(3):
+        higher = rows.copy()
+        higher[:, m] = np.minimum(rows[:, m] + 0.05, 1.0)
+        clipped = np.clip(higher[:, m], 1 / 510, 1 - 1 / 510)
+        higher[:, 3 + m] = np.log(clipped / (1 - clipped))
+        drops.append((before - stacker.model_.predict_proba(higher)[:, 1]).max())
+    assert max(drops) <= 0.0 if monotone else max(drops) > 0.01
+
+
+def test_monotone_constraints_do_not_override_lgbm_params(toy):
+    X, y, angles = toy
+    own = [0] * len(feature_names(3))
+    stacker = PixelStacker(lgbm_params={"monotone_constraints": own}).fit(train(X[:4], y[:4], angles[:4]))
+    assert stacker.model_.get_params()["monotone_constraints"] == own
+    default = PixelStacker().fit(train(X[:4], y[:4], angles[:4]))
+    assert default.model_.get_params()["monotone_constraints"] == rising_features(3)
+    assert make_stacker("logistic").fit(train(X[:4], y[:4], angles[:4])).model_ is not None  # linear: left free

@@ -67,18 +67,23 @@ def _blend(name: str, context: EntryContext) -> Entry:
     return make_blender(name)
 
 
-def _stacker(name: str, context: EntryContext) -> Entry:
-    stack = context.config.stack
+def stacker_params(config: ExperimentConfig) -> dict:
+    """The pixel stackers' parameters (`stacking.pixel_stacker.PixelStacker`) a config's `stack` section sets."""
+    stack = config.stack
     lo, hi = stack.band
-    params = {
+    return {
         "lo": lo,
         "hi": hi,
         "max_pixels": stack.max_pixels,
-        "random_state": context.config.seed,
+        "random_state": config.seed,
         "max_band_share": stack.max_band_share,
         "weighting": stack.weighting,
+        "monotone": stack.monotone,
     }
-    return _guarded(name, make_stacker(name, **params), context)
+
+
+def _stacker(name: str, context: EntryContext) -> Entry:
+    return _guarded(name, make_stacker(name, **stacker_params(context.config)), context)
 
 
 def _guarded(name: str, entry: Entry, context: EntryContext) -> Entry:
