@@ -4,19 +4,19 @@ Everything works on one image at a time: maps (M, H, W) uint8 levels (probabilit
 1..16, and the flat row-major indices (K,) of the pixels wanted. `pixel_features` returns (K, F)
 float32 (F-ordered), F = 2M + 9 columns in this order:
 
-| columns | name | value | rises with car |
-|---|---|---|---|
-| 0 .. M-1 | `p_<m>` | member m's probability, level / 255 | yes |
-| M .. 2M-1 | `logit_<m>` | log(p / (1 - p)), p clipped to [1/510, 1 - 1/510] (half a level), so abs <= 6.23 | yes |
-| 2M | `mean` | the members' mean probability | yes |
-| 2M+1 | `std` | the members' standard deviation (ddof 0): their disagreement | no |
-| 2M+2, 2M+3 | `min`, `max` | the members' extreme probabilities | yes |
-| 2M+4, 2M+5 | `context_small`, `context_large` | box means of the member-mean map, k x k, k = `window_sides(H)` | yes |
-| 2M+6, 2M+7 | `y`, `x` | (row + 0.5) / H and (col + 0.5) / W | no |
-| 2M+8 | `angle` | the image's angle 1..16 as a number (LightGBM: categorical; logistic: one-hot) | no |
+| columns | name | value |
+|---|---|---|
+| 0 .. M-1 | `p_<m>` | member m's probability, level / 255 |
+| M .. 2M-1 | `logit_<m>` | log(p / (1 - p)), p clipped to [1/510, 1 - 1/510] (half a level), so abs <= 6.23 |
+| 2M | `mean` | the members' mean probability |
+| 2M+1 | `std` | the members' standard deviation (ddof 0): their disagreement |
+| 2M+2, 2M+3 | `min`, `max` | the members' extreme probabilities |
+| 2M+4, 2M+5 | `context_small`, `context_large` | box means of the member-mean map over k x k, k = `window_sides(H)` |
+| 2M+6, 2M+7 | `y`, `x` | (row + 0.5) / H and (col + 0.5) / W |
+| 2M+8 | `angle` | the image's angle 1..16 as a number (LightGBM: categorical; logistic: one-hot) |
 
-"Rises with car" (`rising_features`): the feature grows when a member grows surer the pixel is car, so a stacker
-may be held to answer no lower when it does (LightGBM's monotone constraints, `PixelStacker(monotone=True)`).
+`member_features` marks the first 2M columns, each member's own belief: the ones LightGBM is held monotone in
+(`PixelStacker(monotone=True)`).
 
 Context uses `cv2.blur` with its default reflect-101 border; windows are 5 and 17 px at 640 px tall, scaled.
 
@@ -56,11 +56,10 @@ def feature_names(n_members: int) -> list[str]:
     )
 
 
-def rising_features(n_members: int) -> list[int]:
-    """(F,) 1 for each feature that rises with the members' belief in car, 0 for the others (the module table's
-    last column), in `feature_names` order: LightGBM's `monotone_constraints`."""
-    rising = {"mean", "min", "max", "context_small", "context_large"}
-    return [int(name.startswith(("p_", "logit_")) or name in rising) for name in feature_names(n_members)]
+def member_features(n_members: int) -> list[int]:
+    """(F,) 1 for each member's own probability and logit, 0 for the other features, in `feature_names` order (the
+    monotone directions of `PixelStacker(monotone=True)`)."""
+    return [int(name.startswith(("p_", "logit_"))) for name in feature_names(n_members)]
 
 
 def window_sides(height: int) -> tuple[int, int]:

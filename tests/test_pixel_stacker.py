@@ -17,8 +17,8 @@ from stacking.features import (
     band_levels,
     band_mask,
     feature_names,
+    member_features,
     pixel_features,
-    rising_features,
     sample_band_features,
     window_sides,
 )
@@ -319,11 +319,10 @@ def test_a_band_predicted_in_chunks_equals_one_chunk(toy, model, monkeypatch):
     np.testing.assert_array_equal(stacker.predict_proba(batch(X[8:], angles[8:])), whole)
 
 
-def test_rising_features_are_the_members_beliefs_and_their_consensus():
+def test_member_features_are_each_members_probability_and_logit():
     names = feature_names(3)
-    rising = [name for name, up in zip(names, rising_features(3)) if up]
-    assert rising == ["p_0", "p_1", "p_2", "logit_0", "logit_1", "logit_2",
-                      "mean", "min", "max", "context_small", "context_large"]
+    assert [name for name, own in zip(names, member_features(3)) if own] == [
+        "p_0", "p_1", "p_2", "logit_0", "logit_1", "logit_2"]
 
 
 @pytest.mark.parametrize("monotone", [True, False])
@@ -350,5 +349,5 @@ def test_monotone_constraints_do_not_override_lgbm_params(toy):
     stacker = PixelStacker(lgbm_params={"monotone_constraints": own}).fit(train(X[:4], y[:4], angles[:4]))
     assert stacker.model_.get_params()["monotone_constraints"] == own
     default = PixelStacker().fit(train(X[:4], y[:4], angles[:4]))
-    assert default.model_.get_params()["monotone_constraints"] == rising_features(3)
+    assert default.model_.get_params()["monotone_constraints"] == member_features(3)
     assert make_stacker("logistic").fit(train(X[:4], y[:4], angles[:4])).model_ is not None  # linear: left free

@@ -83,7 +83,7 @@ class StackConfig:
     # blend clear of the car-bootstrap noise (stacking.robust; 7 fits instead of 4 with 3 folds, 16 of 6 with 5)
     guard: bool = False
     entries_mean: bool = True  # the equal mean of every learned entry's maps as one more entry (stacking.ensemble)
-    monotone: bool = True  # LightGBM's answer only rises with each member's probability (stacking.pixel_stacker)
+    monotone: bool = True  # LightGBM's answer only rises with each member's own probability (stacking.pixel_stacker)
     weighting: str = "pixel"  # stackers' loss: "pixel" (pooled band pixels) or "dice" (weights follow per-image Dice)
     n_submissions: int = 3  # top entries also written to RUN/submissions/ for `workbench blend`
     fit_jobs: int = 1  # entries' fits (each outer fold's and the one on all) at once; -1 = compute.cpu_workers
