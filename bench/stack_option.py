@@ -4,7 +4,8 @@ chose, on honest OOF and on the held-out synthetic test truth. The options measu
 - `guard` (`stacking.robust.Guarded`): a learned entry is kept only where inner car-grouped folds show it beats
   the selected blend clear of the car-bootstrap noise. How much it limits the learned entries' losses to the
   best member, and what it costs the submission.
-- `monotone` (`stacking.pixel_stacker`): LightGBM's answer may only rise with each member's probability.
+- `monotone` (`stacking.pixel_stacker`): LightGBM's answer may only rise with each member's own probability and
+  logit.
 
 Usage: python -m bench.stack_option --option guard|monotone [--work bench/_scratch/robust]
        [--config configs/demo.yaml] [--only NAME ...]
